@@ -1,0 +1,50 @@
+"""attnviz: see the attention of Hugging Face Transformer models.
+
+The public API (imported lazily so that ``import attnviz`` stays light)::
+
+    from attnviz import attend_text, attend_image
+    result = attend_text("The animal didn't cross the street because it was too tired.")
+    result.main.full            # float32 [layers, heads, query, key]
+
+Views live in :mod:`attnviz.render` (functions returning matplotlib Figures) and
+file output in :mod:`attnviz.report`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from attnviz.errors import AttnvizError, InputError, ModelError, OutputError, UsageError
+from attnviz.types import AttentionMaps, ImageAttention, Prediction, TextAttention, TokenInfo
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "attend_text": "attnviz.text",
+    "load_text_model": "attnviz.text",
+    "attend_image": "attnviz.image",
+    "load_image_model": "attnviz.image",
+    "capture": "attnviz.capture",
+    "CapturePlan": "attnviz.capture",
+    "attention_rollout": "attnviz.analysis.rollout",
+}
+
+__all__ = [
+    "AttnvizError", "InputError", "ModelError", "OutputError", "UsageError",
+    "AttentionMaps", "ImageAttention", "Prediction", "TextAttention", "TokenInfo",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.analysis.rollout import attention_rollout
+    from attnviz.capture import CapturePlan, capture
+    from attnviz.image import attend_image, load_image_model
+    from attnviz.text import attend_text, load_text_model
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnviz' has no attribute {name!r}")

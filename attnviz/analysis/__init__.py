@@ -1,0 +1,1 @@
+"""Pure analyses on captured attention: word merging, head ranking, rollout, sinks."""

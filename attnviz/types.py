@@ -1,0 +1,219 @@
+"""The typed results that flow from capture to analyses, views and reports.
+
+Nothing here imports torch at run time (tensors are only annotated), so the CLI's
+``--help`` path stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from attnviz.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+#: Names of the attention kinds a capture can hold.
+SELF, ENCODER, DECODER, CROSS = "self", "encoder", "decoder", "cross"
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """Attention probabilities of one attention kind, as far as a capture plan kept them.
+
+    All tensors are float32 on the CPU and hold softmax probabilities (each full
+    row sums to 1 over the keys the query may attend to).
+
+    - ``full``: ``[layers, heads, query, key]``, every layer and head (plan "full").
+    - ``layers``: layer index -> ``[heads, query, key]`` for the layers a plan kept.
+    - ``rows``: ``[layers, heads, len(row_index), key]``, the rows of the query
+      positions ``row_index`` in every layer and head (plan "focus").
+    - ``rollout``: ``[query, key]`` attention rollout (Abnar & Zuidema 2020) with
+      the settings in ``rollout_settings`` (plan "aggregate").
+    - ``kv_heads``: for grouped-query / multi-query attention, the key/value head
+      each query head reads (``None`` when every head has its own).
+
+    ``kind`` is ``"self"`` for single-stack models, or ``"encoder"``,
+    ``"decoder"`` and ``"cross"`` (queries: target tokens, keys: source tokens)
+    for encoder-decoder models. Layers and heads are 0-based, as in transformers.
+    """
+
+    kind: str
+    num_layers: int
+    num_heads: int
+    num_queries: int
+    num_keys: int
+    causal: bool = False
+    full: torch.Tensor | None = None
+    layers: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+    row_index: tuple[int, ...] = ()
+    rollout: torch.Tensor | None = None
+    rollout_settings: Mapping[str, object] = field(default_factory=dict)
+    kv_heads: tuple[int, ...] | None = None
+
+    def check_layer(self, layer: int) -> int:
+        """Return ``layer`` if it is a valid 0-based index (negative counts from the end).
+
+        Raises:
+            UsageError: the layer is out of range.
+        """
+        if not -self.num_layers <= layer < self.num_layers:
+            raise UsageError(
+                f"--layer {layer} is out of range: this model has {self.num_layers} layers (0..{self.num_layers - 1})"
+            )
+        return layer % self.num_layers
+
+    def check_head(self, head: int) -> int:
+        """Return ``head`` if it is a valid 0-based head index. Raises UsageError otherwise."""
+        if not -self.num_heads <= head < self.num_heads:
+            raise UsageError(
+                f"--head {head} is out of range: this model has {self.num_heads} heads per layer (0..{self.num_heads - 1})"
+            )
+        return head % self.num_heads
+
+    def has_layer(self, layer: int) -> bool:
+        return self.full is not None or (layer % self.num_layers) in self.layers
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """Attention of every head of one layer: float32 ``[heads, query, key]``.
+
+        Raises:
+            UsageError: out of range. KeyError: the capture plan did not keep this layer.
+        """
+        layer = self.check_layer(layer)
+        if self.full is not None:
+            return self.full[layer]
+        if layer in self.layers:
+            return self.layers[layer]
+        raise KeyError(f"layer {layer} was not captured by this plan")
+
+    def has_row(self, query: int) -> bool:
+        return self.full is not None or query in self.row_index
+
+    def query_row(self, query: int) -> torch.Tensor:
+        """Where one query position attends, in every layer and head: float32 ``[layers, heads, key]``.
+
+        Raises:
+            KeyError: the capture plan kept neither the full maps nor this row.
+        """
+        if self.full is not None:
+            return self.full[:, :, query, :]
+        if query in self.row_index:
+            return self.rows[:, :, self.row_index.index(query), :]
+        raise KeyError(f"query row {query} was not captured by this plan")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """The tokens of one text, as the tokenizer split it.
+
+    ``tokens`` are display strings (word-piece markers such as ``##`` or ``Ġ``
+    are kept only where they carry meaning: ``##`` marks a continuation piece);
+    ``word_ids[i]`` is the index of the word token ``i`` belongs to, or ``None``
+    for special tokens; ``offsets[i]`` the ``(start, end)`` character span in
+    ``text`` (``(0, 0)`` for special tokens); ``special[i]`` is True for
+    [CLS]/[SEP]/BOS/EOS/padding and the like.
+    """
+
+    text: str
+    tokens: tuple[str, ...]
+    word_ids: tuple[int | None, ...]
+    offsets: tuple[tuple[int, int], ...]
+    special: tuple[bool, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_words(self) -> int:
+        ids = [w for w in self.word_ids if w is not None]
+        return max(ids) + 1 if ids else 0
+
+    def words(self) -> tuple[str, ...]:
+        """Each word's text, taken from ``text`` through the character offsets."""
+        spans: dict[int, list[int]] = {}
+        for wid, (start, end) in zip(self.word_ids, self.offsets):
+            if wid is None:
+                continue
+            span = spans.setdefault(wid, [start, end])
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+        return tuple(self.text[spans[w][0] : spans[w][1]].strip() for w in range(self.num_words))
+
+
+@dataclass(frozen=True)
+class TextAttention:
+    """Result of :func:`attnviz.attend_text`: the tokens and their captured attention.
+
+    ``attention`` maps each attention kind (``"self"``, or ``"encoder"``,
+    ``"decoder"``, ``"cross"``) to its :class:`AttentionMaps`. ``tokens`` are the
+    input (source) tokens; ``target_tokens`` the decoder-side tokens of an
+    encoder-decoder model. ``backend`` names how attention was captured
+    (``"sdpa+attnviz"`` or ``"eager"``); ``dropped_tokens`` counts tokens cut off
+    by truncation.
+    """
+
+    model_id: str
+    model_type: str
+    backend: str
+    tokens: TokenInfo
+    attention: Mapping[str, AttentionMaps]
+    target_tokens: TokenInfo | None = None
+    dropped_tokens: int = 0
+    kv_group_note: str | None = None
+
+    @property
+    def main(self) -> AttentionMaps:
+        """The self-attention of a single-stack model, or the encoder's."""
+        return self.attention.get(SELF) or self.attention[ENCODER]
+
+    @property
+    def num_layers(self) -> int:
+        return self.main.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.main.num_heads
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class label of an image classifier with its softmax probability."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ImageAttention:
+    """Result of :func:`attnviz.attend_image`.
+
+    ``image`` is the photo as loaded (RGB, EXIF orientation applied), at its own
+    size; ``crop_box`` the ``(left, top, right, bottom)`` region of it, in pixels,
+    that the model saw after the processor's resize/crop. The model's token
+    sequence is ``prefix_tokens`` tokens ([CLS], distillation, registers; 0 for
+    SigLIP) followed by ``grid[0] * grid[1]`` patch tokens in row-major order;
+    ``cls_index`` is the position of the [CLS] token or ``None``.
+    """
+
+    model_id: str
+    model_type: str
+    backend: str
+    image: Image.Image
+    crop_box: tuple[float, float, float, float]
+    grid: tuple[int, int]
+    prefix_tokens: int
+    cls_index: int | None
+    attention: AttentionMaps
+    predictions: tuple[Prediction, ...] = ()
+    input_size: tuple[int, int] = (0, 0)  # (height, width) of the pixel tensor
+
+    @property
+    def num_layers(self) -> int:
+        return self.attention.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.attention.num_heads
