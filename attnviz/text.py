@@ -34,6 +34,26 @@ class TextModel:
     def encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
+    @property
+    def num_layers(self) -> int:
+        """Layers of the (encoder) stack, from the config."""
+        config = self.model.config
+        for name in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        return config.get_text_config().num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per layer, from the config. Raises ModelError if the model has none."""
+        config = self.model.config
+        for name in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        raise ModelError(f"'{self.source.model_id}' ({self.model_type}) has no attention heads: it is not an attention model")
+
 
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions()) -> TextModel:
     """Load a text model (encoder, decoder-only or encoder-decoder) and its tokenizer.
@@ -136,7 +156,7 @@ def attend_text(
     model: TextModel | str = DEFAULT_TEXT_MODEL,
     *,
     target: str | None = None,
-    plan: CapturePlan = FULL,
+    plan: CapturePlan | Callable[[TokenInfo, TokenInfo | None], CapturePlan] = FULL,
     max_length: int | None = None,
     options: LoadOptions = LoadOptions(),
     progress: Callable[[str, int], None] | None = None,
@@ -148,7 +168,8 @@ def attend_text(
         model: a :class:`TextModel` or a name for :func:`load_text_model`.
         target: decoder-side text for encoder-decoder models (T5, BART, Marian...);
             without it the decoder sees only its start token.
-        plan: what to capture (default: every layer and head in full).
+        plan: what to capture (default: every layer and head in full), or a
+            function of the (source, target) tokens that returns the plan.
         max_length: truncate to this many tokens (default: the model's limit).
 
     Returns:
@@ -187,6 +208,8 @@ def attend_text(
         target_info = info_t
     elif target is not None:
         raise UsageError(f"--target is for encoder-decoder models; '{tm.source.model_id}' is a {tm.model_type} model")
+    if callable(plan):
+        plan = plan(info, target_info)
     result = capture(tm.model, inputs, plan, progress=progress)
     return TextAttention(
         model_id=tm.source.model_id,

@@ -1,1 +1,290 @@
-"""``attnviz text``: placeholder, being written."""
+"""``attnviz text``: a sentence in, every layer's and head's attention out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from attnviz.cli import app
+from attnviz.cli.common import guarded, print_json, quiet_libraries, warn
+
+#: Keep every layer and head in memory (for the model view) up to this many bytes.
+FULL_BUDGET = 256 * 2**20
+
+
+@dataclass
+class TextRun:
+    """What one ``attnviz text`` run produced; rendered as human output or JSON."""
+
+    result: object  # TextAttention
+    spec: object  # ViewSpec
+    layer: int | None
+    head: int | None
+    focus: object | None = None  # Focus
+    files: list[Path] = field(default_factory=list)
+    save_attn: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        r = self.result
+        from attnviz.analysis.select import units_for
+
+        doc = {
+            "model": r.model_id,
+            "model_type": r.model_type,
+            "backend": r.backend,
+            "num_layers": r.num_layers,
+            "num_heads": r.num_heads,
+            "tokens": list(r.tokens.tokens),
+            "num_tokens": len(r.tokens),
+            "dropped_tokens": r.dropped_tokens,
+            "special": [i for i, s in enumerate(r.tokens.special) if s],
+            "attention_kinds": {
+                k: {"num_layers": m.num_layers, "num_heads": m.num_heads, "queries": m.num_queries, "keys": m.num_keys, "causal": m.causal}
+                for k, m in r.attention.items()
+            },
+            "kv_heads": list(r.main.kv_heads) if r.main.kv_heads else None,
+            "view": {"layer": self.layer, "head": self.head, "words": self.spec.words, "hide_special": self.spec.hide_special},
+        }
+        if self.spec.words:
+            doc["words"] = list(units_for(r.tokens, self.spec).labels)
+        if r.target_tokens is not None:
+            doc["target_tokens"] = list(r.target_tokens.tokens)
+        if self.focus is not None:
+            f = self.focus
+            doc["focus"] = {
+                "token": f.text,
+                "index": f.unit,
+                "token_indices": list(f.token_indices),
+                "kind": f.kind,
+                "rule": f.describe(),
+                "top": [
+                    {"layer": l.layer, "head": l.head, "target": l.target_label, "target_index": l.target, "weight": l.weight}
+                    for l in f.top
+                ],
+            }
+        doc["files"] = [str(p) for p in self.files]
+        doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        doc["skipped_views"] = self.skipped
+        return doc
+
+
+def _print_human(run: TextRun) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    r = run.result
+    kinds = ", ".join(r.attention) if len(r.attention) > 1 else ""
+    console.print(
+        f"[bold]{r.model_id}[/bold] · {r.num_layers} layers × {r.num_heads} heads · {len(r.tokens)} tokens"
+        + (f" · kinds: {kinds}" if kinds else "")
+        + f" · backend {r.backend}"
+    )
+    if r.main.kv_heads:
+        console.print(f"grouped-query attention: {_kv_summary(r.main.kv_heads)}")
+    if run.focus is not None:
+        f = run.focus
+        table = Table(
+            title=f"Heads linking '{f.text}' ({f.kind} attention; target: {f.describe()}; {run.spec.describe()})",
+            title_justify="left",
+        )
+        for col in ("layer", "head", "target", "weight"):
+            table.add_column(col, justify="right" if col != "target" else "left")
+        for link in f.top:
+            table.add_row(str(link.layer), str(link.head), link.target_label, f"{link.weight:.3f}")
+        console.print(table)
+    for note in run.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {note}")
+    if run.files or run.save_attn:
+        console.print("wrote:")
+        for path in run.files + ([run.save_attn] if run.save_attn else []):
+            console.print(f"  {path}", soft_wrap=True)
+
+
+def _kv_summary(kv_heads) -> str:
+    groups: dict[int, list[int]] = {}
+    for h, g in enumerate(kv_heads):
+        groups.setdefault(g, []).append(h)
+    return "; ".join(f"heads {hs[0]}-{hs[-1]} share KV head {g}" if len(hs) > 1 else f"head {hs[0]}: KV head {g}" for g, hs in groups.items())
+
+
+def _read_text(text: Optional[str], text_file: Optional[Path]) -> str:
+    from attnviz.errors import InputError, UsageError
+
+    if text_file is not None:
+        if text is not None:
+            raise UsageError("give the text either as an argument or with --text-file, not both")
+        try:
+            return Path(text_file).expanduser().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"--text-file '{text_file}' does not exist") from None
+        except IsADirectoryError:
+            raise InputError(f"--text-file '{text_file}' is a folder") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--text-file '{text_file}' is not UTF-8 text") from None
+        except OSError as exc:
+            raise InputError(f"cannot read --text-file '{text_file}': {exc.strerror}") from None
+    if text is None:
+        raise UsageError("give a text, e.g. attnviz text \"The cat sat.\", or --text-file PATH")
+    return text
+
+
+@app.command("text")
+def text_command(
+    text: Optional[str] = typer.Argument(None, help="The input text (or use --text-file)."),
+    model: str = typer.Option("sentence-transformers/all-MiniLM-L6-v2", "--model", "-m", help="Hub id or local folder."),
+    token: Optional[str] = typer.Option(None, "--token", "-t", help="Focus token (or word, with --words): rank the heads by where it looks."),
+    token_index: Optional[int] = typer.Option(None, "--token-index", help="Which occurrence of --token (0-based)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer for the head view and matrix (0-based; default: the focus token's top head, else the last)."),
+    head: Optional[int] = typer.Option(None, "--head", help="Head for the head view and matrix (0-based; default: the top head with --token, else the mean of all heads)."),
+    words: bool = typer.Option(False, "--words/--subwords", help="Merge word pieces into words (to = sum, from = mean)."),
+    hide_special: bool = typer.Option(False, "--hide-special", help="Drop [CLS]/[SEP]/BOS/EOS and renormalise rows."),
+    target: Optional[str] = typer.Option(None, "--target", help="Decoder text for encoder-decoder models (T5, BART, Marian)."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Read the input text from a UTF-8 file."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate the input to this many tokens."),
+    out: Path = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports."),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the summary."),
+    save_attn: Optional[Path] = typer.Option(None, "--save-attn", help="Write raw attention [L, H, Q, K] to PATH.safetensors."),
+    half: bool = typer.Option(False, "--half", help="With --save-attn: store float16 instead of float32."),
+    top: int = typer.Option(10, "--top", help="Heads listed for --token."),
+    direction: str = typer.Option("back", "--direction", help="--token links to: back (earlier tokens, as antecedents), forward or both."),
+    adjacent: bool = typer.Option(False, "--adjacent/--no-adjacent", help="Count links to the neighbouring tokens (previous/next-token heads)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto: spread a big model over devices (accelerate)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Attention of a text model: head view, model view, focus view and attention matrix."""
+    with guarded(debug):
+        run = run_text(**locals())
+        if as_json:
+            print_json(run.to_json())
+        else:
+            _print_human(run)
+
+
+def run_text(
+    text, model, token, token_index, layer, head, words, hide_special, target, text_file, max_length, out, fmt,
+    as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+) -> TextRun:
+    """Do the work of ``attnviz text`` and return what was produced (no printing)."""
+    from attnviz.errors import UsageError
+    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    if top < 1:
+        raise UsageError("--top must be at least 1")
+    content = _read_text(text, text_file)
+    if not content.strip():
+        raise UsageError("the text is empty" if not content else "the text is only whitespace")
+    out_dir = prepare_out_dir(out)
+    tensor_path = check_tensor_path(save_attn) if save_attn else None
+
+    quiet_libraries()
+    from attnviz.analysis.select import ViewSpec, find_focus
+    from attnviz.capture import CapturePlan
+    from attnviz.focus import analyse_focus, focus_kind
+    from attnviz.models import LoadOptions
+    from attnviz.text import attend_text, load_text_model
+
+    spec = ViewSpec(words=words, hide_special=hide_special)
+    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map)
+    tm = load_text_model(model, options)
+    num_layers, _ = tm.num_layers, tm.num_heads  # (raises for a model without attention)
+    if layer is not None and not -num_layers <= layer < num_layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {num_layers} layers (0..{num_layers - 1})")
+    skipped: list[str] = []
+    planned: dict = {}
+
+    def plan_for(info, target_info) -> CapturePlan:
+        n_q = len(target_info) if target_info is not None else len(info)
+        n = max(len(info), n_q)
+        heads = tm.num_heads
+        full_bytes = 4 * num_layers * heads * n * n * (3 if tm.encoder_decoder else 1)
+        keep_full = full_bytes <= FULL_BUDGET
+        rows: tuple[int, ...] = ()
+        cross_rows: tuple[int, ...] = ()
+        if token is not None:
+            q_info = target_info if (tm.encoder_decoder and target_info is not None and len(target_info) > 1) else info
+            positions = find_focus(q_info, token, token_index, spec)
+            if q_info is info:
+                rows = tuple(positions)
+            else:
+                cross_rows = tuple(positions)
+        layers = frozenset({layer % num_layers}) if layer is not None else frozenset({num_layers - 1})
+        if not keep_full:
+            skipped.append(f"model view: {n} tokens x {num_layers} layers x {heads} heads would need {full_bytes / 2**30:.1f} GiB")
+        planned["full"] = keep_full
+        return CapturePlan(full=keep_full, layers=frozenset() if keep_full else layers, rows=rows, cross_rows=cross_rows)
+
+    result = attend_text(content, tm, target=target, plan=plan_for, max_length=max_length)
+    if result.backend == "eager":
+        warn(f"{tm.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
+    main = result.main
+    focus = analyse_focus(result, token, token_index, spec, top, direction=direction, adjacent=adjacent) if token is not None else None
+    if layer is None and head is None and focus is not None and focus.top and focus.kind == main.kind:
+        layer, head = focus.top[0].layer, focus.top[0].head
+    elif layer is None and focus is not None and focus.top and focus.kind == main.kind:
+        layer = focus.top[0].layer
+    layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
+    if head is not None:
+        head = main.check_head(head)
+    if not main.has_layer(layer):
+        # the focus ranking chose a layer the first pass did not keep: capture it alone
+        result = attend_text(content, tm, target=target, plan=CapturePlan(layers=frozenset({layer})), max_length=max_length)
+        main = result.main
+
+    files = _write_views(result, spec, layer, head, focus, out_dir, fmt, skipped)
+    saved = None
+    if tensor_path is not None:
+        saved = _save_attention(result, tensor_path, half, tm, content, target, max_length)
+    return TextRun(result, spec, layer, head, focus, files, saved, skipped)
+
+
+def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skipped: list[str]) -> list[Path]:
+    from attnviz.render.text import focus_view, head_view, matrix_view, model_view
+    from attnviz.report import write_figure
+
+    files: list[Path] = []
+    multi = len(result.attention) > 1
+    for kind, maps in result.attention.items():
+        prefix = f"{kind}-" if multi else ""
+        kind_layer = layer if layer < maps.num_layers else maps.num_layers - 1
+        if not maps.has_layer(kind_layer):
+            continue
+        focus_tokens = focus.token_indices if focus is not None and focus.kind == kind else None
+        files.append(write_figure(head_view(result, kind_layer, head, spec, focus=focus_tokens, kind=kind), out_dir, f"{prefix}head-view", fmt))
+        files.append(write_figure(matrix_view(result, kind_layer, head, spec, kind=kind), out_dir, f"{prefix}matrix", fmt))
+        if maps.full is not None:
+            files.append(write_figure(model_view(result, spec, kind=kind), out_dir, f"{prefix}model-view", fmt))
+        if focus is not None and focus.kind == kind:
+            files.append(write_figure(focus_view(result, focus.token_indices, spec, kind=kind), out_dir, f"{prefix}focus-view", fmt))
+    return files
+
+
+def _save_attention(result, path: Path, half: bool, tm, content, target, max_length) -> Path:
+    """Write the raw token-level probabilities; recapture in full (streamed) if the views did not keep them."""
+    import json
+
+    import torch
+
+    from attnviz.report import save_tensors
+
+    meta = {"model": result.model_id, "tokens": json.dumps(list(result.tokens.tokens)), "backend": result.backend}
+    if result.target_tokens is not None:
+        meta["target_tokens"] = json.dumps(list(result.target_tokens.tokens))
+    if all(m.full is not None for m in result.attention.values()):
+        dtype = torch.float16 if half else torch.float32
+        tensors = {("attentions" if k == "self" else f"{k}_attentions"): m.full.to(dtype) for k, m in result.attention.items()}
+        return save_tensors(path, tensors, meta)
+    from attnviz.report import stream_attention  # bounded-memory path for long inputs
+
+    return stream_attention(path, tm, content, target, max_length, half, meta)

