@@ -18,6 +18,7 @@ from attnviz.analysis.heads import strongest_targets
 from attnviz.analysis.select import ViewSpec, find_focus, prepare, prepare_rows, units_for
 from attnviz.errors import UsageError
 from attnviz.render import common
+from attnviz.focus import analyse_focus
 from attnviz.render.text import causal_mask, focus_view, head_view, maps_for, matrix_view, model_view
 
 from tiny import TEXT
@@ -102,8 +103,7 @@ def test_titles_name_model_layer_head_and_settings(bert, spec):
         "layer 5, head mean": matrix_view(bert, 5, None, spec),
         "all layers and heads": model_view(bert, spec),
     }
-    focus = find_focus(bert.tokens, "it", None, spec)
-    figs["'it'"] = focus_view(bert, focus, spec)
+    figs["'it'"] = focus_view(bert, analyse_focus(bert, "it", None, spec), spec)
     for what, fig in figs.items():
         text = common.figure_text(fig)
         assert bert.model_id in text
@@ -202,13 +202,15 @@ def test_matrix_view_long_input_is_bounded_and_unlabelled(bert_long):
 # focus view
 
 
-def test_focus_view_cells_are_strongest_target_weights(bert):
-    focus = find_focus(bert.tokens, "it", None, PIECES)
+def test_focus_view_cells_are_link_weights(bert):
+    focus = analyse_focus(bert, "it", None, PIECES)
     fig = focus_view(bert, focus, PIECES)
     data = image_data(fig, "focus")
     units = units_for(bert.tokens, PIECES)
-    rows, ku = prepare_rows(bert.main.full[:, :, list(focus), :], list(focus), bert.tokens, PIECES)
-    exclude = [i for i, s in enumerate(ku.special) if s] + [units.unit_of(focus[0])]
+    fu = units.unit_of(focus.token_indices[0])
+    rows, ku = prepare_rows(bert.main.full[:, :, list(focus.token_indices), :], list(focus.token_indices), bert.tokens, PIECES)
+    # eligible: not special, earlier, not itself, not the neighbour
+    exclude = [i for i, s in enumerate(ku.special) if s or i >= fu - 1]
     weights, targets = strongest_targets(rows, exclude)
     assert data.shape == (6, 12)
     np.testing.assert_allclose(data, weights.numpy(), atol=1e-6)
@@ -222,44 +224,47 @@ def test_focus_view_cells_are_strongest_target_weights(bert):
 
 
 def test_focus_view_words_hidden(bert):
-    focus = find_focus(bert.tokens, "animal", None, WORDS_HIDE)
+    focus = analyse_focus(bert, "animal", None, WORDS_HIDE, direction="both", adjacent=True)
     data = image_data(focus_view(bert, focus, WORDS_HIDE), "focus")
-    rows, ku = prepare_rows(bert.main.full[:, :, list(focus), :], list(focus), bert.tokens, WORDS_HIDE)
-    own = [i for i, g in enumerate(ku.groups) if focus[0] in g]
+    positions = list(focus.token_indices)
+    rows, ku = prepare_rows(bert.main.full[:, :, positions, :], positions, bert.tokens, WORDS_HIDE)
+    own = [i for i, g in enumerate(ku.groups) if positions[0] in g]
     weights, _ = strongest_targets(rows, own)
     np.testing.assert_allclose(data, weights.numpy(), atol=1e-6)
 
 
 def test_focus_view_from_captured_rows_only(bert):
     """A "focus" capture plan keeps only the focus rows: the view must give the same numbers."""
-    focus = find_focus(bert.tokens, "it", None, PIECES)
+    positions = find_focus(bert.tokens, "it", None, PIECES)
     full = bert.main.full
-    rows_only = replace(bert.main, full=None, rows=full[:, :, list(focus), :].clone(), row_index=tuple(focus))
+    rows_only = replace(bert.main, full=None, rows=full[:, :, list(positions), :].clone(), row_index=tuple(positions))
     partial = replace(bert, attention={"self": rows_only})
-    np.testing.assert_allclose(image_data(focus_view(partial, focus, PIECES), "focus"), image_data(focus_view(bert, focus, PIECES), "focus"))
+    np.testing.assert_allclose(
+        image_data(focus_view(partial, analyse_focus(partial, "it", None, PIECES), PIECES), "focus"),
+        image_data(focus_view(bert, analyse_focus(bert, "it", None, PIECES), PIECES), "focus"),
+    )
 
 
-def test_focus_view_causal_ignores_later_tokens(gpt2):
-    focus = find_focus(gpt2.tokens, "it", None, WORDS)
-    fig = focus_view(gpt2, focus, WORDS)
-    data = image_data(fig, "focus")
+def test_focus_view_causal_looks_back(gpt2):
+    focus = analyse_focus(gpt2, "it", None, WORDS)
+    data = image_data(focus_view(gpt2, focus, WORDS), "focus")
     units = units_for(gpt2.tokens, WORDS)
-    fu = units.unit_of(focus[0])
+    fu = focus.unit
     rows, ku = prepare_rows(gpt2.main.full[:, :, list(units.groups[fu]), :], list(units.groups[fu]), gpt2.tokens, WORDS)
-    exclude = [i for i in range(len(ku)) if ku.special[i] or i >= fu]
+    exclude = [i for i in range(len(ku)) if ku.special[i] or i >= fu - 1]
     weights, targets = strongest_targets(rows, exclude)
     np.testing.assert_allclose(data, weights.numpy(), atol=1e-6)
-    assert int(targets.max()) < fu
+    assert int(focus.targets.max()) < fu - 1
 
 
-def test_focus_view_first_token_of_causal_model_is_an_error(gpt2):
-    with pytest.raises(UsageError, match="causal"):
-        focus_view(gpt2, (0,), PIECES)
+def test_focus_first_token_has_no_link(gpt2):
+    with pytest.raises(UsageError, match="no eligible target"):
+        analyse_focus(gpt2, gpt2.tokens.tokens[0], 0, PIECES)
 
 
 def test_focus_hidden_special_token_is_an_error(bert):
-    with pytest.raises(UsageError, match="special"):
-        focus_view(bert, (0,), HIDE)
+    with pytest.raises(UsageError):
+        analyse_focus(bert, "[CLS]", None, HIDE)
     with pytest.raises(UsageError):
         head_view(bert, 0, 0, HIDE, focus=(0,))
 
@@ -482,10 +487,12 @@ def test_model_view_dense_grid_stays_bounded():
 
 
 def test_focus_view_cross_attention(t5):
-    focus = find_focus(t5.target_tokens, "Tier", None, WORDS)
-    data = image_data(focus_view(t5, focus, WORDS, kind="cross"), "focus")
+    focus = analyse_focus(t5, "Tier", None, WORDS)
+    assert focus.kind == "cross"
+    data = image_data(focus_view(t5, focus, WORDS), "focus")
     maps = t5.attention["cross"]
-    rows, ku = prepare_rows(maps.full[:, :, list(focus), :], list(focus), t5.tokens, WORDS)
+    positions = list(focus.token_indices)
+    rows, ku = prepare_rows(maps.full[:, :, positions, :], positions, t5.tokens, WORDS)
     weights, _ = strongest_targets(rows, [i for i, s in enumerate(ku.special) if s])  # the source holds no "itself"
     assert data.shape == (maps.num_layers, maps.num_heads)
     np.testing.assert_allclose(data, weights.numpy(), atol=1e-6)

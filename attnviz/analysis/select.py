@@ -58,10 +58,11 @@ def prepare(attn: torch.Tensor, query_info: TokenInfo, key_info: TokenInfo, spec
     """
     qu, ku = units_for(query_info, spec), units_for(key_info, spec)
     a = attn.float()
-    mq = merge_matrix(qu.groups, a.shape[-2])
-    mq = mq / mq.sum(dim=1, keepdim=True)
-    mk = merge_matrix(ku.groups, a.shape[-1])
-    a = mq @ a @ mk.T
+    if spec.words:  # word pieces -> words; without --words every unit is one token
+        mq = merge_matrix(qu.groups, a.shape[-2])
+        mq = mq / mq.sum(dim=1, keepdim=True)
+        mk = merge_matrix(ku.groups, a.shape[-1])
+        a = mq @ a @ mk.T
     if spec.hide_special:
         qk = [i for i, s in enumerate(qu.special) if not s]
         kk = [i for i, s in enumerate(ku.special) if not s]
@@ -83,7 +84,8 @@ def prepare_rows(rows: torch.Tensor, query_tokens: list[int], key_info: TokenInf
     """
     ku = units_for(key_info, spec)
     r = rows.float().mean(dim=-2)  # [L, H, K_tokens]
-    r = r @ merge_matrix(ku.groups, r.shape[-1]).T
+    if spec.words:
+        r = r @ merge_matrix(ku.groups, r.shape[-1]).T
     if spec.hide_special:
         kk = [i for i, s in enumerate(ku.special) if not s]
         r = r[..., kk]

@@ -88,10 +88,8 @@ def _print_human(run: TextRun) -> None:
         console.print(f"grouped-query attention: {_kv_summary(r.main.kv_heads)}")
     if run.focus is not None:
         f = run.focus
-        table = Table(
-            title=f"Heads linking '{f.text}' ({f.kind} attention; target: {f.describe()}; {run.spec.describe()})",
-            title_justify="left",
-        )
+        console.print(f"heads linking '{f.text}' ({f.kind} attention; target: {f.describe()}; {run.spec.describe()}):")
+        table = Table()
         for col in ("layer", "head", "target", "weight"):
             table.add_column(col, justify="right" if col != "target" else "left")
         for link in f.top:
@@ -191,7 +189,7 @@ def run_text(
     quiet_libraries()
     from attnviz.analysis.select import ViewSpec, find_focus
     from attnviz.capture import CapturePlan
-    from attnviz.focus import analyse_focus, focus_kind
+    from attnviz.focus import analyse_focus
     from attnviz.models import LoadOptions
     from attnviz.text import attend_text, load_text_model
 
@@ -266,7 +264,7 @@ def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skip
         if maps.full is not None:
             files.append(write_figure(model_view(result, spec, kind=kind), out_dir, f"{prefix}model-view", fmt))
         if focus is not None and focus.kind == kind:
-            files.append(write_figure(focus_view(result, focus.token_indices, spec, kind=kind), out_dir, f"{prefix}focus-view", fmt))
+            files.append(write_figure(focus_view(result, focus, spec), out_dir, f"{prefix}focus-view", fmt))
     return files
 
 

@@ -32,10 +32,10 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from attnviz.analysis.heads import rank_heads, strongest_targets
-from attnviz.analysis.select import ViewMaps, ViewSpec, prepare, prepare_rows, units_for
-from attnviz.analysis.words import Units, drop_special, token_units
+from attnviz.analysis.select import ViewSpec, prepare
+from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
+from attnviz.focus import Focus
 from attnviz.render.common import (
     DPI,
     FOCUS_COLOR,
@@ -118,25 +118,6 @@ def _layer_tensor(maps: AttentionMaps, layer: int) -> torch.Tensor:
     except KeyError:
         kept = ", ".join(map(str, sorted(maps.layers))) or "none"
         raise UsageError(f"layer {layer} was not captured (the capture kept layers: {kept}); capture it in full or pick a kept layer") from None
-
-
-def _prepare(attn: torch.Tensor, query_info: TokenInfo, key_info: TokenInfo, spec: ViewSpec) -> ViewMaps:
-    """:func:`attnviz.analysis.select.prepare`, without its identity matrix products for long word-piece inputs.
-
-    With ``spec.words`` False merging is the identity, so long inputs take a
-    shortcut that gives the same result (special tokens dropped, rows renormalised).
-    """
-    if spec.words or attn.shape[-2] * attn.shape[-1] <= 256 * 256:
-        return prepare(attn, query_info, key_info, spec)
-    qu, ku = token_units(query_info), token_units(key_info)
-    a = attn.float()
-    if spec.hide_special:
-        a, qk, kk = drop_special(a, qu.special, ku.special)
-        if not qk or not kk:
-            raise UsageError("--hide-special leaves no tokens to show")
-        qu = Units(tuple(qu.labels[i] for i in qk), tuple(qu.groups[i] for i in qk), tuple(qu.special[i] for i in qk))
-        ku = Units(tuple(ku.labels[i] for i in kk), tuple(ku.groups[i] for i in kk), tuple(ku.special[i] for i in kk))
-    return ViewMaps(a, qu, ku, spec.hide_special)
 
 
 def causal_mask(query_units: Units, key_units: Units) -> np.ndarray:
@@ -235,7 +216,7 @@ def head_view(
     """
     maps, query_info, key_info = maps_for(result, kind)
     layer, head, attn = _head_map(maps, layer, head)
-    vm = _prepare(attn, query_info, key_info, spec)
+    vm = prepare(attn, query_info, key_info, spec)
     w = vm.attn.numpy().astype(np.float64)
     nq, nk = w.shape
     n = max(nq, nk)
@@ -414,7 +395,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
     """
     maps, query_info, key_info = maps_for(result, kind)
     layer, head, attn = _head_map(maps, layer, head)
-    vm = _prepare(attn, query_info, key_info, spec)
+    vm = prepare(attn, query_info, key_info, spec)
     values = vm.attn.numpy()
     nq, nk = values.shape
     mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else np.zeros((nq, nk), dtype=bool)
@@ -524,7 +505,7 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
     layers = [l for l in range(L) if maps.has_layer(l)]
     if not layers:
         raise UsageError("the capture kept no full layer; the model view needs whole layers (capture in full)")
-    prepared = {l: _prepare(maps.layer(l), query_info, key_info, spec) for l in layers}
+    prepared = {l: prepare(maps.layer(l), query_info, key_info, spec) for l in layers}
     vm0 = prepared[layers[0]]
     nq, nk = vm0.attn.shape[-2:]
     mask = causal_mask(vm0.query_units, vm0.key_units) if maps.causal else None
@@ -596,76 +577,33 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
 # focus view
 
 
-def _focus_rows(maps: AttentionMaps, tokens: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """float32 ``[layers, heads, len(tokens), keys]`` rows of ``tokens``; layers not captured are NaN.
+def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec) -> Figure:
+    """Which heads link the focus token where: a layers x heads heatmap.
 
-    Returns the rows and the list of layers that are available.
-    """
-    if all(maps.has_row(t) for t in tokens):
-        return torch.stack([maps.query_row(t) for t in tokens], dim=2).float(), list(range(maps.num_layers))
-    out = torch.full((maps.num_layers, maps.num_heads, len(tokens), maps.num_keys), float("nan"))
-    have = []
-    for l in range(maps.num_layers):
-        if maps.has_layer(l):
-            out[l] = maps.layer(l)[:, tokens, :].float()
-            have.append(l)
-    if not have:
-        raise UsageError("the capture kept neither the focus token's rows nor any full layer; capture with the focus token")
-    return out, have
+    Each cell's value is ``focus.weights[layer, head]``: the weight (probability)
+    the focus unit puts on its link target in that head (see
+    :mod:`attnviz.focus` for which targets are eligible: not special, not itself,
+    not its neighbour, earlier by default); the cell is annotated with the target
+    and the weight (e.g. ``"animal\\n.68"``). The three strongest heads are
+    outlined and listed in the subtitle. From a word (``spec.words``), the rows of
+    its pieces are averaged and pieces of each target summed (Clark et al. 2019).
 
-
-def focus_view(result: TextAttention, focus: tuple[int, ...], spec: ViewSpec, kind: str = SELF) -> Figure:
-    """Which heads send the focus token's attention where: a layers x heads heatmap.
-
-    Each cell's value is the weight (probability) the focus unit puts on its
-    strongest target that is neither a special token, nor the focus itself, nor
-    (under a causal mask) a later token; the cell is annotated with the target and
-    the weight (e.g. ``"animal\\n.68"``). The three strongest heads are outlined
-    and listed in the subtitle. From a word (``spec.words``), the rows of its
-    pieces are averaged and pieces of each target summed (Clark et al. 2019).
-
-    The image data is float32 ``[layers, heads]`` (masked where a layer was not captured).
+    The image data is float32 ``[layers, heads]``.
 
     Args:
-        result: from :func:`attnviz.attend_text`; needs the focus rows
-            (``maps.query_row``) or full layers.
-        focus: token positions of the focus token on the query side (from
-            :func:`~attnviz.analysis.select.find_focus`); the view uses the unit
-            (word or token) that holds ``focus[0]``.
+        result: from :func:`attnviz.attend_text`.
+        focus: from :func:`attnviz.focus.analyse_focus` with the same ``spec``.
         spec: words or word pieces; special tokens hidden (rows renormalised) or not.
-        kind: ``"self"``, ``"encoder"``, ``"decoder"`` or ``"cross"``.
-
-    Raises:
-        UsageError: bad kind; focus hidden/out of range; no allowed target (e.g.
-            the first token of a causal model); rows not captured.
     """
-    maps, query_info, key_info = maps_for(result, kind)
-    q_units = units_for(query_info, spec)
-    fu = _focus_unit(q_units, tuple(focus))
-    if spec.hide_special and q_units.special[fu]:
-        raise UsageError(f"the focus token '{q_units.labels[fu]}' is a special token, hidden by --hide-special")
-    tokens = list(q_units.groups[fu])
-    focus_label = q_units.labels[fu]
-    rows, have = _focus_rows(maps, tokens)
-    r, ku = prepare_rows(rows, tokens, key_info, spec)
-    missing = sorted(set(range(maps.num_layers)) - set(have))
-    r = torch.nan_to_num(r, nan=0.0)
-    same_side = key_info is query_info
-    exclude = {i for i, sp in enumerate(ku.special) if sp}
-    if same_side:
-        exclude |= {i for i, g in enumerate(ku.groups) if set(g) & set(tokens)}
-    if maps.causal:
-        exclude |= {i for i, g in enumerate(ku.groups) if min(g) > max(tokens)}
-    if len(exclude) >= len(ku):
-        raise UsageError(f"'{focus_label}' has no token to attend to besides itself and special tokens"
-                         + (" (under the causal mask it sees only earlier tokens)" if maps.causal else ""))
-    exclude_l = sorted(exclude)
-    weights, targets = strongest_targets(r, exclude_l)
-    ranked = [hl for hl in rank_heads(r, ku.labels, exclude_l, top=None) if hl.layer in have][:3]
+    kind = focus.kind
+    maps, _, _ = maps_for(result, kind)
+    fu = focus.unit
+    focus_label = focus.text
+    weights, targets = focus.weights, focus.targets
+    ranked = list(focus.top[:3])
+    missing: list[int] = []
     L, H = weights.shape
     data = np.ma.masked_array(weights.numpy().astype(np.float32), mask=np.zeros((L, H), dtype=bool))
-    for l in missing:
-        data.mask[l, :] = True
 
     cw = clamp(15.0 / H, 0.5, 0.85)
     ch = clamp(12.0 / L, 0.34, 0.52)
@@ -676,8 +614,7 @@ def focus_view(result: TextAttention, focus: tuple[int, ...], spec: ViewSpec, ki
     side = "queries: target tokens" if kind == CROSS else ""
     where = f"'{focus_label}' ({'word' if spec.words else 'token'} {fu}{', ' + side if side else ''})"
     extra = [
-        f"cell: weight {where} puts on its strongest target that is neither special nor itself"
-        + (" nor later (causal)" if maps.causal else "") + "; rows: layers, columns: heads",
+        f"cell: weight {where} puts on its {focus.describe()}; rows: layers, columns: heads",
     ]
     if ranked:
         extra.append("strongest heads: " + "; ".join(f"L{h.layer} H{h.head} → {safe_label(h.target_label, 14)} {short_weight(h.weight)}" for h in ranked))
@@ -711,10 +648,10 @@ def focus_view(result: TextAttention, focus: tuple[int, ...], spec: ViewSpec, ki
                 ax.text(h, l, "n/c", ha="center", va="center", fontsize=font, color="#777777")
                 continue
             v = float(weights[l, h])
-            label = safe_label(ku.labels[int(targets[l, h])], chars)
+            label = safe_label(focus.labels[int(targets[l, h])], chars)
             ax.text(h, l, f"{label}\n{short_weight(v)}" if two_lines else f"{label} {short_weight(v)}", ha="center", va="center",
                     fontsize=font, color=text_color_on(cmap, norm, v), linespacing=1.05)
     for hl in ranked:
         ax.add_patch(Rectangle((hl.head - 0.5, hl.layer - 0.5), 1, 1, facecolor="none", edgecolor=FOCUS_COLOR, linewidth=2.0, zorder=3))
-    add_colorbar(frame, img, left + plot_w + 0.25, top, cb_h, scale_label("weight on strongest target", spec.hide_special, False))
+    add_colorbar(frame, img, left + plot_w + 0.25, top, cb_h, scale_label("weight on link target", spec.hide_special, False))
     return frame.figure
