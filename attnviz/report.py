@@ -52,10 +52,17 @@ def _atomic(path: Path, mode: str = "wb") -> Iterator:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png") -> Path:

@@ -50,6 +50,14 @@ def ids_for(path, text, target=None):
     return inputs
 
 
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def load_saved(path):
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -92,6 +100,7 @@ def test_coreference_on_default_model(tmp_path):
     for f in doc["files"]:
         img = np.asarray(Image.open(f).convert("L"), dtype=float)
         assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 5
+        assert Path(f).stat().st_mode & 0o777 == 0o666 & ~current_umask()
     # --save-attn: exactly eager output_attentions, with metadata
     tensors, meta = load_saved(tmp_path / "a.safetensors")
     assert tensors["attentions"].dtype == torch.float32
