@@ -1,0 +1,242 @@
+"""``attnviz image``: a photo in, per-head attention heatmaps, attention rollout and predictions out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from attnviz.cli import app
+from attnviz.cli.common import guarded, print_json, quiet_libraries, warn
+from attnviz.models import DEFAULT_IMAGE_MODEL
+
+
+@dataclass
+class ImageRun:
+    """What one ``attnviz image`` run produced; rendered as human output or JSON."""
+
+    result: object  # ImageAttention
+    path: str
+    layer: int
+    head: int | None
+    head_fusion: str
+    discard_ratio: float
+    sinks: list = field(default_factory=list)
+    patch: tuple | None = None  # (x, y, row, col)
+    files: list[Path] = field(default_factory=list)
+    save_attn: Path | None = None
+
+    def to_json(self) -> dict:
+        r = self.result
+        doc = {
+            "model": r.model_id,
+            "model_type": r.model_type,
+            "backend": r.backend,
+            "image": {"path": self.path, "width": r.image.width, "height": r.image.height},
+            "input_size": list(r.input_size),
+            "crop_box": [round(float(v), 3) for v in r.crop_box],
+            "grid": list(r.grid),
+            "prefix_tokens": r.prefix_tokens,
+            "cls_index": r.cls_index,
+            "num_layers": r.num_layers,
+            "num_heads": r.num_heads,
+            "view": {"layer": self.layer, "head": self.head},
+            "rollout": {"head_fusion": self.head_fusion, "discard_ratio": self.discard_ratio,
+                        "row": "[CLS]" if r.cls_index is not None else "mean of all tokens"},
+        }
+        if r.predictions:
+            doc["predictions"] = [{"label": p.label, "score": round(p.score, 6)} for p in r.predictions]
+        else:
+            doc["predictions"] = None
+        doc["sink_patches"] = [s.to_dict() for s in self.sinks]
+        if self.patch is not None:
+            x, y, row, col = self.patch
+            doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
+        doc["files"] = [str(p) for p in self.files]
+        doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        return doc
+
+
+def _print_human(run: ImageRun) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    r = run.result
+    rows, cols = r.grid
+    console.print(
+        f"[bold]{r.model_id}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
+        f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
+        soft_wrap=True,
+    )
+    if r.predictions:
+        table = Table(title="Predictions (softmax of the logits)", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        for i, p in enumerate(r.predictions, 1):
+            table.add_row(str(i), p.label, f"{p.score:.3f}")
+        console.print(table)
+    if run.sinks:
+        n = rows * cols
+        cells = "; ".join(f"(row {s.row}, col {s.col}) {s.share:.0%} of the {s.signal} ({s.share * n:.0f}x uniform)" for s in run.sinks)
+        console.print(f"[yellow]attention sink{'s' if len(run.sinks) > 1 else ''}:[/yellow] {cells}", soft_wrap=True)
+    if run.patch is not None:
+        x, y, row, col = run.patch
+        console.print(f"--patch {x:g},{y:g} is patch (row {row}, col {col})")
+    if run.files or run.save_attn:
+        console.print("wrote:")
+        for path in run.files + ([run.save_attn] if run.save_attn else []):
+            console.print(f"  {path}", soft_wrap=True)
+
+
+def _parse_patch(text: Optional[str]) -> tuple[float, float] | None:
+    from attnviz.errors import UsageError
+
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UsageError(f"--patch must be X,Y in pixels of the photo (e.g. --patch 120,80), not '{text}'") from None
+    if not (x == x and y == y) or x in (float("inf"), float("-inf")) or y in (float("inf"), float("-inf")):
+        raise UsageError(f"--patch must be finite pixel coordinates, not '{text}'")
+    return x, y
+
+
+@app.command("image")
+def image_command(
+    path: str = typer.Argument(..., help="The photo: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF..."),
+    model: str = typer.Option(DEFAULT_IMAGE_MODEL, "--model", "-m", help="Hub id or local folder of a ViT-family model."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer of the per-head view (0-based, negative from the end; default: the last)."),
+    head: Optional[int] = typer.Option(None, "--head", help="Show this head (0-based) in the report instead of the head mean, and only it (plus the mean) in the per-head views."),
+    out: Path = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports."),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the summary."),
+    save_attn: Optional[Path] = typer.Option(None, "--save-attn", help="Write raw attention [L, H, T, T] and the rollout [rows, cols] to PATH.safetensors."),
+    head_fusion: str = typer.Option("mean", "--head-fusion", help="Rollout: fuse each layer's heads by mean, max or min."),
+    discard_ratio: float = typer.Option(0.0, "--discard-ratio", help="Rollout: zero this fraction (0..1) of the lowest fused weights (never attention to [CLS])."),
+    patch: Optional[str] = typer.Option(None, "--patch", help="X,Y: pixel of the photo (after EXIF rotation) whose patch's attention to show."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto: spread a big model over devices (accelerate)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
+    with guarded(debug):
+        run = run_image(**locals())
+        if as_json:
+            print_json(run.to_json())
+        else:
+            _print_human(run)
+
+
+def run_image(
+    path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
+    device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+) -> ImageRun:
+    """Do the work of ``attnviz image`` and return what was produced (no printing)."""
+    from attnviz.analysis.rollout import HEAD_FUSIONS
+    from attnviz.errors import UsageError
+    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    if head_fusion not in HEAD_FUSIONS:
+        raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
+    point = _parse_patch(patch)
+
+    from attnviz.images import load_image
+
+    photo = load_image(path)  # a bad file fails before any model is loaded
+    out_dir = prepare_out_dir(out)
+    tensor_path = check_tensor_path(save_attn) if save_attn else None
+
+    quiet_libraries()
+    from attnviz.image import (
+        attend_image, image_plan, image_sinks, load_image_model, point_to_patch, rollout_map,
+    )
+    from attnviz.models import LoadOptions
+
+    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map)
+    im = load_image_model(model, options)
+    n_layers, n_heads = im.info.num_layers, im.info.num_heads
+    layer = -1 if layer is None else layer
+    if not -n_layers <= layer < n_layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
+    layer %= n_layers
+    if head is not None:
+        if not -n_heads <= head < n_heads:
+            raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
+        head %= n_heads
+    plan = image_plan(im, (layer,), full=tensor_path is not None, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    result = attend_image(photo, im, plan=plan)
+    if result.backend == "eager":
+        warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
+    rollout = rollout_map(result, head_fusion, discard_ratio)
+    sinks = image_sinks(result, rollout)
+    patch_info = None
+    if point is not None:
+        row, col = point_to_patch(result, *point)
+        patch_info = (point[0], point[1], row, col)
+
+    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info)
+    run.files = _write_views(run, rollout, out_dir, fmt)
+    if tensor_path is not None:
+        run.save_attn = _save_attention(result, rollout, tensor_path, head_fusion, discard_ratio)
+    return run
+
+
+def _write_views(run: ImageRun, rollout, out_dir: Path, fmt: str) -> list[Path]:
+    from attnviz.render.image import heads_view, patch_view, predictions_view, report_view, rollout_view
+    from attnviz.report import write_figure
+
+    r = run.result
+    settings = {"head_fusion": run.head_fusion, "discard_ratio": run.discard_ratio}
+    heads = None if run.head is None else [run.head]
+    files: list[Path] = []
+    files.append(write_figure(heads_view(r, run.layer, heads=heads, sinks=run.sinks), out_dir, f"attention-layer{run.layer}", fmt))
+    files.append(write_figure(rollout_view(r, rollout, settings, sinks=run.sinks), out_dir, "rollout", fmt))
+    if run.sinks:
+        files.append(write_figure(rollout_view(r, rollout, settings, sinks=run.sinks, masked=True), out_dir, "rollout-no-sinks", fmt))
+    if run.patch is not None:
+        x, y, row, col = run.patch
+        fig = patch_view(r, run.layer, row, col, point=(x, y), heads=heads, sinks=run.sinks)
+        files.append(write_figure(fig, out_dir, f"patch-{x:g}-{y:g}-layer{run.layer}", fmt))
+    if r.predictions:
+        files.append(write_figure(predictions_view(r), out_dir, "predictions", fmt))
+    fig = report_view(
+        r, layer=run.layer, head=run.head, rollout=rollout, settings=settings, sinks=run.sinks,
+        files=[p.name for p in files],
+    )
+    report = write_figure(fig, out_dir, "report", fmt)
+    return [report] + files
+
+
+def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio: float) -> Path:
+    """``attentions`` [L, H, T, T] and ``rollout`` [rows, cols] (raw), float32, with metadata."""
+    from attnviz.report import save_tensors
+
+    meta = {
+        "model": result.model_id,
+        "grid": list(result.grid),
+        "prefix_tokens": result.prefix_tokens,
+        "cls_index": result.cls_index,
+        "backend": result.backend,
+        "rollout_head_fusion": head_fusion,
+        "rollout_discard_ratio": discard_ratio,
+        "rollout_row": "[CLS]" if result.cls_index is not None else "mean of all tokens",
+        "image_size": [result.image.width, result.image.height],
+        "crop_box": [float(v) for v in result.crop_box],
+    }
+    tensors = {"attentions": result.attention.full.float(), "rollout": rollout.float()}
+    return save_tensors(path, tensors, meta)

@@ -1,0 +1,572 @@
+"""Views of a Vision Transformer's attention, drawn over the photo itself.
+
+Every function takes an :class:`~attnviz.types.ImageAttention` (plus the maps it
+shows) and returns a :class:`matplotlib.figure.Figure`; nothing here writes files
+or touches pyplot.
+
+Geometry. The photo is drawn at its own size in its own pixel coordinates
+(``extent=(0, width, height, 0)``); a patch map of ``rows x cols`` values is drawn
+over ``result.crop_box`` (the part of the photo the patch grid covers, after the
+processor's resize and crop) with ``imshow(..., extent=crop_box)`` and
+nearest-neighbour cells, so each cell sits exactly over the pixels of its patch.
+Where the processor crops, the crop is outlined (dashed) and the photo outside it
+is dimmed.
+
+Views:
+
+- :func:`heads_view` -- where [CLS] (or another patch: :func:`patch_view`) looks
+  in one layer, one panel per head plus the head mean;
+- :func:`rollout_view` -- attention rollout, optionally with sink patches left out;
+- :func:`predictions_view` -- a classifier's top labels;
+- :func:`report_view` -- one page: photo, head mean, rollout (and the rollout
+  without sinks), predictions and notes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from attnviz.render.common import Frame, Titles, add_colorbar, figure_text, wrap
+from attnviz.types import ImageAttention, Prediction
+
+__all__ = [
+    "heads_view", "patch_view", "rollout_view", "predictions_view", "report_view", "figure_text",
+    "OVERLAY_CMAP", "OVERLAY_ALPHA",
+]
+
+#: Colour map of the heat overlays (dark = little attention, bright = much).
+OVERLAY_CMAP = "inferno"
+#: Opacity of the heat overlay over the photo.
+OVERLAY_ALPHA = 0.6
+#: Colour that marks attention-sink patches, and the query patch of :func:`patch_view`.
+SINK_COLOR = "#00e5ff"
+QUERY_COLOR = "#39ff14"
+#: Photos are drawn at most this many pixels on their long side (the coordinates stay the photo's own).
+MAX_PHOTO_PIXELS = 1600
+
+TITLE_SIZE = 12.0
+SUBTITLE_SIZE = 9.0
+PANEL_TITLE_SIZE = 9.0
+
+
+# ---------------------------------------------------------------------------
+# geometry and drawing helpers
+
+
+def _region(result: ImageAttention) -> tuple[float, float, float, float]:
+    """Display limits ``(x0, x1, y0, y1)``: the photo, grown to hold a crop that reaches beyond it (padding)."""
+    left, top, right, bottom = result.crop_box
+    w, h = result.image.width, result.image.height
+    return min(0.0, left), max(float(w), right), min(0.0, top), max(float(h), bottom)
+
+
+def _aspect(result: ImageAttention) -> float:
+    x0, x1, y0, y1 = _region(result)
+    return (x1 - x0) / max(1e-9, (y1 - y0))
+
+
+def _photo_array(result: ImageAttention) -> np.ndarray:
+    image = result.image
+    if max(image.size) > MAX_PHOTO_PIXELS:
+        image = image.copy()
+        image.thumbnail((MAX_PHOTO_PIXELS, MAX_PHOTO_PIXELS))
+    return np.asarray(image.convert("RGB"))
+
+
+def _crops(result: ImageAttention) -> bool:
+    """True when the crop box is not (about) the whole photo."""
+    left, top, right, bottom = result.crop_box
+    w, h = result.image.width, result.image.height
+    tol = 0.5
+    return abs(left) > tol or abs(top) > tol or abs(right - w) > tol or abs(bottom - h) > tol
+
+
+def _draw_photo(ax, result: ImageAttention, photo: np.ndarray | None = None, *, outline: bool = True) -> None:
+    """The photo at its own size; outside the crop dimmed and the crop outlined (dashed)."""
+    photo = _photo_array(result) if photo is None else photo
+    w, h = result.image.width, result.image.height
+    ax.imshow(photo, extent=(0, w, h, 0), interpolation="antialiased", zorder=0)
+    x0, x1, y0, y1 = _region(result)
+    left, top, right, bottom = result.crop_box
+    if _crops(result):
+        # dim what the model did not see
+        dim = dict(facecolor="white", alpha=0.55, linewidth=0, zorder=1)
+        for rect in (
+            (x0, y0, left - x0, y1 - y0), (right, y0, x1 - right, y1 - y0),
+            (left, y0, right - left, top - y0), (left, bottom, right - left, y1 - bottom),
+        ):
+            if rect[2] > 0 and rect[3] > 0:
+                ax.add_patch(Rectangle(rect[:2], rect[2], rect[3], **dim))
+        if outline:
+            box = Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white", linewidth=1.6, zorder=4)
+            ax.add_patch(box)
+            box = Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="black", linewidth=1.2,
+                            linestyle=(0, (4, 3)), zorder=5)
+            box.set_gid("crop")
+            ax.add_patch(box)
+    _frame_axes(ax, result)
+
+
+def _frame_axes(ax, result: ImageAttention) -> None:
+    x0, x1, y0, y1 = _region(result)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.5)
+        spine.set_color("#888888")
+
+
+def _overlay(ax, result: ImageAttention, values, *, vmin: float | None = None, vmax: float | None = None,
+             alpha: float = OVERLAY_ALPHA, cmap: str = OVERLAY_CMAP):
+    """A ``[rows, cols]`` map over the crop box (NaN cells transparent, hatched grey); returns the AxesImage."""
+    import matplotlib
+
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if vmin is None:
+        vmin = float(finite.min()) if finite.size else 0.0
+    if vmax is None:
+        vmax = float(finite.max()) if finite.size else 1.0
+    if vmax <= vmin:
+        vmax = vmin + (abs(vmin) * 1e-3 or 1e-6)
+    cm = matplotlib.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
+    left, top, right, bottom = result.crop_box
+    img = ax.imshow(
+        np.ma.masked_invalid(arr), extent=(left, right, bottom, top), cmap=cm, vmin=vmin, vmax=vmax,
+        alpha=alpha, interpolation="nearest", zorder=2,
+    )
+    img.set_gid("heatmap")
+    if not np.all(np.isfinite(arr)):
+        rows, cols = arr.shape
+        cw, ch = (right - left) / cols, (bottom - top) / rows
+        for r, c in zip(*np.nonzero(~np.isfinite(arr))):
+            patch = Rectangle((left + c * cw, top + r * ch), cw, ch, facecolor=(0.6, 0.6, 0.6, 0.5),
+                              edgecolor="#444444", hatch="xxxx", linewidth=0.0, zorder=3)
+            patch.set_gid("left-out")
+            ax.add_patch(patch)
+    _frame_axes(ax, result)
+    return img
+
+
+def _colorbar(frame: Frame, img, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.15):
+    """A colour bar for an overlay, drawn opaque (the overlay's transparency would grey it out)."""
+    from matplotlib.cm import ScalarMappable
+
+    return add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), left_in, top_in, height_in, label, width_in=width_in)
+
+
+def _mark_patches(ax, result: ImageAttention, cells: Sequence[tuple[int, int]], color: str, gid: str, lw: float = 1.6) -> None:
+    """Outline patches ``(row, col)`` (a dark under-stroke keeps the outline visible on any colour)."""
+    left, top, right, bottom = result.crop_box
+    rows, cols = result.grid
+    cw, ch = (right - left) / cols, (bottom - top) / rows
+    for r, c in cells:
+        for ec, width, z in (("black", lw + 1.4, 6), (color, lw, 7)):
+            rect = Rectangle((left + c * cw, top + r * ch), cw, ch, fill=False, edgecolor=ec, linewidth=width, zorder=z)
+            rect.set_gid(gid)
+            ax.add_patch(rect)
+
+
+def _titles(title: str, subtitle: str, width_in: float) -> Titles:
+    return Titles(wrap(title, width_in - 0.4, TITLE_SIZE), wrap(subtitle, width_in - 0.4, SUBTITLE_SIZE) if subtitle else "")
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of a panel grid for ``n`` panels: about 1.5 times as wide as tall, at least 4 across."""
+    cols = min(n, max(4, math.ceil(math.sqrt(n * 1.5))))
+    return math.ceil(n / cols), cols
+
+
+def _settings_text(result: ImageAttention) -> str:
+    rows, cols = result.grid
+    h, w = result.input_size
+    prefix = f"{result.prefix_tokens} prefix token{'s' if result.prefix_tokens != 1 else ''}"
+    return (
+        f"photo {result.image.width}x{result.image.height} px -> model input {w}x{h} px, {rows}x{cols} patches "
+        f"(+ {prefix}) · backend {result.backend}"
+    )
+
+
+def _panel_size(result: ImageAttention, width_in: float, max_height_in: float | None = None) -> tuple[float, float]:
+    aspect = _aspect(result)
+    w, h = width_in, width_in / aspect
+    if max_height_in is not None and h > max_height_in:
+        h, w = max_height_in, max_height_in * aspect
+    return w, h
+
+
+def sinks_note(sinks, grid: tuple[int, int]) -> str:
+    """One sentence that names the sink patches and their shares (empty without sinks)."""
+    if not sinks:
+        return ""
+    n = grid[0] * grid[1]
+    parts = [
+        f"patch (row {s.row}, col {s.col}) takes {s.share:.0%} of the "
+        f"{'late-layer [CLS] attention' if s.signal == 'attention' else 'rollout'} ({s.share * n:.0f}x uniform)"
+        for s in sinks
+    ]
+    what = "Attention sink" if len(sinks) == 1 else "Attention sinks"
+    return f"{what}: " + "; ".join(parts) + ". A sink is a token the model parks attention on, not the object."
+
+
+# ---------------------------------------------------------------------------
+# per-head maps of one layer
+
+
+def _heads_figure(
+    result: ImageAttention,
+    maps,
+    *,
+    title: str,
+    subtitle: str,
+    panel_titles: Sequence[str],
+    cbar_label: str,
+    sinks=(),
+    query_cell: tuple[int, int] | None = None,
+    point: tuple[float, float] | None = None,
+    panel_width_in: float = 3.0,
+) -> Figure:
+    maps = np.asarray(maps, dtype=np.float64)  # [panels, rows, cols]
+    n = maps.shape[0]
+    grid_rows, grid_cols = _grid_shape(n)
+    pw, ph = _panel_size(result, panel_width_in, max_height_in=panel_width_in * 1.5)
+    cbar_w, gap_x, gap_y, label_h = 0.12, 0.75, 0.25, 0.3
+    cell_w = pw + 0.08 + cbar_w + gap_x
+    width = max(7.0, 0.4 + grid_cols * cell_w)
+    titles = _titles(title, subtitle, width)
+    top0 = titles.height_in() + 0.1
+    height = top0 + grid_rows * (label_h + ph + gap_y) + 0.2
+    frame = Frame(width, height)
+    frame.titles(titles)
+    photo = _photo_array(result)
+    sink_cells = [(s.row, s.col) for s in sinks]
+    for i in range(n):
+        gr, gc = divmod(i, grid_cols)
+        x = 0.3 + gc * cell_w
+        y = top0 + gr * (label_h + ph + gap_y) + label_h
+        ax = frame.axes(x, y, pw, ph)
+        _draw_photo(ax, result, photo)
+        img = _overlay(ax, result, maps[i], vmin=0.0)
+        if sink_cells:
+            _mark_patches(ax, result, sink_cells, SINK_COLOR, "sink", lw=1.0)
+        if query_cell is not None:
+            _mark_patches(ax, result, [query_cell], QUERY_COLOR, "query")
+        if point is not None:
+            ax.plot([point[0]], [point[1]], marker="+", markersize=9, markeredgewidth=2, color=QUERY_COLOR, zorder=8)
+        ax.set_title(panel_titles[i], fontsize=PANEL_TITLE_SIZE, loc="left", pad=3)
+        _colorbar(frame, img, x + pw + 0.08, y, ph, "" if gc < grid_cols - 1 and i < n - 1 else cbar_label, width_in=cbar_w)
+    return frame.figure
+
+
+def heads_view(
+    result: ImageAttention,
+    layer: int = -1,
+    *,
+    heads: Sequence[int] | None = None,
+    sinks=(),
+) -> Figure:
+    """Where [CLS] looks in one layer: one panel per head (``heads``, default all) plus the head mean.
+
+    Each panel shows the [CLS] -> patch attention probabilities over the photo
+    (its own colour scale from 0, colour bar beside it); the panel title gives
+    the share that went to prefix tokens ([CLS] itself, distillation, registers),
+    which has no place on the photo. For a model without [CLS] (SigLIP) the map
+    is the mean attention row over all tokens, and the title says so.
+    ``sinks`` (from :func:`attnviz.analysis.sinks.detect_sinks`) are outlined.
+    """
+    from attnviz.image import cls_attention, query_label
+
+    maps_obj = result.attention
+    layer = maps_obj.check_layer(layer)
+    grid = cls_attention(result, layer)  # [H, rows, cols]
+    heads = list(range(result.num_heads)) if heads is None else [maps_obj.check_head(h) for h in heads]
+    panels = [grid[h].numpy() for h in heads]
+    mass = [float(grid[h].sum()) for h in heads]
+    names = [f"head {h} · {1 - m:.0%} to prefix tokens" if result.prefix_tokens else f"head {h}" for h, m in zip(heads, mass)]
+    mean = grid.mean(dim=0)
+    panels.append(mean.numpy())
+    names.append(f"mean of {result.num_heads} heads" + (f" · {1 - float(mean.sum()):.0%} to prefix" if result.prefix_tokens else ""))
+    q = query_label(result)
+    notes = [_settings_text(result)]
+    if result.cls_index is None:
+        notes.append("This model has no [CLS] token: each map is the mean attention row over all tokens.")
+    if sinks:
+        notes.append("Cyan squares: attention-sink patches (see the report).")
+    title = f"{q} -> patch attention · {result.model_id} · layer {layer} of 0..{result.num_layers - 1}"
+    return _heads_figure(
+        result, np.stack(panels), title=title, subtitle="\n".join(notes), panel_titles=names,
+        cbar_label="attention weight", sinks=sinks,
+    )
+
+
+def patch_view(
+    result: ImageAttention,
+    layer: int,
+    row: int,
+    col: int,
+    *,
+    point: tuple[float, float] | None = None,
+    heads: Sequence[int] | None = None,
+    sinks=(),
+) -> Figure:
+    """Where the patch at ``(row, col)`` looks in one layer: one panel per head plus the head mean.
+
+    The query patch is outlined in green and ``point`` (photo pixels) marked with a cross.
+    """
+    from attnviz.image import query_attention
+
+    maps_obj = result.attention
+    layer = maps_obj.check_layer(layer)
+    grid = query_attention(result, layer, row, col)
+    heads = list(range(result.num_heads)) if heads is None else [maps_obj.check_head(h) for h in heads]
+    panels = [grid[h].numpy() for h in heads] + [grid.mean(dim=0).numpy()]
+    names = [f"head {h} · {1 - float(grid[h].sum()):.0%} to prefix" if result.prefix_tokens else f"head {h}" for h in heads]
+    names.append(f"mean of {result.num_heads} heads")
+    at = f" at pixel ({point[0]:g}, {point[1]:g})" if point is not None else ""
+    title = f"patch (row {row}, col {col}){at} -> patch attention · {result.model_id} · layer {layer} of 0..{result.num_layers - 1}"
+    notes = [_settings_text(result), "Green square: the query patch."]
+    return _heads_figure(
+        result, np.stack(panels), title=title, subtitle="\n".join(notes), panel_titles=names,
+        cbar_label="attention weight", sinks=sinks, query_cell=(row, col), point=point,
+    )
+
+
+# ---------------------------------------------------------------------------
+# rollout
+
+
+def _rollout_subtitle(result: ImageAttention, settings: dict) -> str:
+    fusion = settings.get("head_fusion", "mean")
+    discard = float(settings.get("discard_ratio", 0.0))
+    if result.cls_index is not None:
+        dropped = f"lowest {discard:.0%} of weights discarded (never attention to [CLS]), " if discard else ""
+        row = "the [CLS] row"
+    else:
+        dropped = f"lowest {discard:.0%} of weights discarded, " if discard else ""
+        row = "the mean row over all tokens (this model has no [CLS])"
+    return (
+        f"Rollout (Abnar & Zuidema 2020): head fusion {fusion}, discard ratio {discard:g}. Per layer the heads are "
+        f"fused, {dropped}A' = norm(0.5 A + 0.5 I), R = A'_L ... A'_1; shown: {row} of R over the patches."
+    )
+
+
+def _draw_rollout(ax, result, rollout, sinks, masked: bool):
+    from attnviz.analysis.sinks import without_sinks
+
+    import torch
+
+    values = torch.as_tensor(rollout).double()
+    if masked and sinks:
+        values = without_sinks(values, sinks)
+    img = _overlay(ax, result, values.numpy())
+    if sinks and not masked:
+        _mark_patches(ax, result, [(s.row, s.col) for s in sinks], SINK_COLOR, "sink")
+    return img
+
+
+def rollout_view(
+    result: ImageAttention,
+    rollout,
+    settings: dict | None = None,
+    *,
+    sinks=(),
+    masked: bool = False,
+    width_in: float = 7.0,
+) -> Figure:
+    """Attention rollout over the photo: ``rollout`` is the raw ``[rows, cols]`` row of R over the patches.
+
+    The colour scale runs from the smallest to the largest value shown (the
+    colour bar gives the raw rollout weights). With ``masked`` the ``sinks`` are
+    left out (hatched) and the scale spans the other patches only; without it
+    they are outlined in cyan.
+    """
+    settings = dict(settings or {})
+    fusion, discard = settings.get("head_fusion", "mean"), float(settings.get("discard_ratio", 0.0))
+    pw, ph = _panel_size(result, width_in - 1.3, max_height_in=8.0)
+    width = max(width_in, pw + 1.3)
+    what = "attention rollout" + (" without sink patches" if masked and sinks else "")
+    notes = [_rollout_subtitle(result, settings), _settings_text(result)]
+    if sinks and masked:
+        cells = ", ".join(f"({s.row}, {s.col})" for s in sinks)
+        notes.append(f"Sink patch{'es' if len(sinks) > 1 else ''} {cells} left out (hatched); the colour scale spans the other patches.")
+    elif sinks:
+        notes.append(sinks_note(sinks, result.grid) + " Cyan square: the sink; see the view without it.")
+    titles = _titles(f"{what} · {result.model_id}", "\n".join(notes), width)
+    top = titles.height_in() + 0.1
+    frame = Frame(width, top + ph + 0.3)
+    frame.titles(titles)
+    ax = frame.axes(0.3, top, pw, ph)
+    _draw_photo(ax, result)
+    img = _draw_rollout(ax, result, rollout, sinks, masked)
+    _colorbar(frame, img, 0.3 + pw + 0.1, top, ph, "rollout weight" + (" (sinks left out)" if masked and sinks else ""))
+    return frame.figure
+
+
+# ---------------------------------------------------------------------------
+# predictions
+
+
+def _draw_predictions(ax, predictions: Sequence[Prediction], fontsize: float = 9.0) -> None:
+    labels = [_short(p.label, 34) for p in predictions][::-1]
+    scores = [p.score for p in predictions][::-1]
+    y = np.arange(len(scores))
+    bars = ax.barh(y, scores, color="#4c72b0", height=0.6)
+    for bar in bars:
+        bar.set_gid("prediction")
+    ax.set_yticks(y, labels, fontsize=fontsize)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("probability (softmax of the logits)", fontsize=fontsize - 1)
+    ax.tick_params(axis="x", labelsize=fontsize - 1)
+    for yi, s in zip(y, scores):
+        if s > 0.8:
+            ax.text(s - 0.01, yi, f"{s:.3f}", va="center", ha="right", fontsize=fontsize - 1, color="white")
+        else:
+            ax.text(s + 0.01, yi, f"{s:.3f}", va="center", fontsize=fontsize - 1)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _short(label: str, n: int) -> str:
+    label = str(label).replace("$", r"\$")
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def predictions_view(result: ImageAttention, width_in: float = 6.5) -> Figure:
+    """A classifier's top predictions as horizontal bars (probability = softmax of the logits)."""
+    preds = list(result.predictions)
+    titles = _titles(f"top-{len(preds)} predictions · {result.model_id}", "labels from config.id2label", width_in)
+    top = titles.height_in() + 0.1
+    bar_h = 0.32 * max(1, len(preds))
+    label_w = 2.6
+    frame = Frame(width_in, top + bar_h + 0.7)
+    frame.titles(titles)
+    ax = frame.axes(label_w, top, width_in - label_w - 0.3, bar_h)
+    if preds:
+        _draw_predictions(ax, preds)
+    else:
+        ax.text(0.5, 0.5, "this model has no classification head", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    return frame.figure
+
+
+# ---------------------------------------------------------------------------
+# the one-page report
+
+
+def report_view(
+    result: ImageAttention,
+    *,
+    layer: int,
+    head: int | None,
+    rollout,
+    settings: dict | None = None,
+    sinks=(),
+    files: Sequence[str] = (),
+) -> Figure:
+    """One page: the photo, [CLS] attention of ``layer`` (head mean, or ``head``), the rollout, the
+    rollout without sink patches (when there are sinks), the predictions and notes."""
+    from attnviz.image import cls_attention, query_label
+
+    settings = dict(settings or {})
+    fusion, discard = settings.get("head_fusion", "mean"), float(settings.get("discard_ratio", 0.0))
+    layer = result.attention.check_layer(layer)
+    grid = cls_attention(result, layer)
+    if head is None:
+        att, att_name = grid.mean(dim=0), f"{query_label(result)} attention, layer {layer}, mean of {result.num_heads} heads"
+    else:
+        head = result.attention.check_head(head)
+        att, att_name = grid[head], f"{query_label(result)} attention, layer {layer}, head {head}"
+    n_panels = 4 if sinks else 3
+    pw, ph = _panel_size(result, 3.3, max_height_in=4.4)
+    cbar_w, gap = 0.12, 0.75
+    cell_w = pw + 0.08 + cbar_w + gap
+    width = max(10.0, 0.3 + n_panels * cell_w)
+    rows, cols = result.grid
+    title = f"attnviz image · {result.model_id}"
+    sub = (
+        f"{result.model_type}, {result.num_layers} layers x {result.num_heads} heads, {rows}x{cols} patches + "
+        f"{result.prefix_tokens} prefix token{'s' if result.prefix_tokens != 1 else ''}, backend {result.backend} · "
+        f"rollout: heads fused by {fusion}, discard ratio {discard:g}"
+    )
+    titles = _titles(title, sub, width)
+    top = titles.height_in() + 0.15
+    label_h = 0.35
+    preds = list(result.predictions)
+    bottom_h = max(1.9, 0.32 * len(preds) + 0.8) if preds else 1.3
+    note_h = 0.0
+    notes = []
+    if sinks:
+        notes.append(sinks_note(sinks, result.grid))
+    if result.cls_index is None:
+        notes.append("This model has no [CLS] token: attention and rollout show the mean row over all tokens.")
+    if _crops(result):
+        notes.append("Dashed box: the part of the photo the model's patches cover (after the processor's resize and crop); "
+                     "the rest is dimmed.")
+    height = top + label_h + ph + 0.35 + bottom_h + note_h + 0.2
+    frame = Frame(width, height)
+    frame.titles(titles)
+    fig = frame.figure
+    photo = _photo_array(result)
+
+    def panel(i: int, name: str, color: str = "black"):
+        x = 0.3 + i * cell_w
+        ax = frame.axes(x, top + label_h, pw, ph)
+        ax.set_title(wrap(name, pw + 0.6, PANEL_TITLE_SIZE), fontsize=PANEL_TITLE_SIZE, loc="left", pad=3, color=color)
+        return ax, x
+
+    ax, _ = panel(0, f"photo {result.image.width}x{result.image.height}" + (" · dashed: what the model saw" if _crops(result) else ""))
+    _draw_photo(ax, result, photo)
+    ax, x = panel(1, att_name)
+    _draw_photo(ax, result, photo)
+    img = _overlay(ax, result, att.numpy(), vmin=0.0)
+    if sinks:
+        _mark_patches(ax, result, [(s.row, s.col) for s in sinks], SINK_COLOR, "sink", lw=1.2)
+    _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "attention weight", width_in=cbar_w)
+    ax, x = panel(2, "attention rollout" + (" (cyan: sink)" if sinks else ""))
+    _draw_photo(ax, result, photo)
+    img = _draw_rollout(ax, result, rollout, sinks, masked=False)
+    _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "rollout weight", width_in=cbar_w)
+    if sinks:
+        ax, x = panel(3, "rollout without the sink patch" + ("es" if len(sinks) > 1 else "") + " (hatched)", color="#b00020")
+        _draw_photo(ax, result, photo)
+        img = _draw_rollout(ax, result, rollout, sinks, masked=True)
+        _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "rollout weight (sinks left out)", width_in=cbar_w)
+
+    y_bottom = top + label_h + ph + 0.45
+    text_x = 0.3
+    if preds:
+        label_w = 2.4
+        ax = frame.axes(label_w + 0.2, y_bottom + 0.25, 3.0, 0.32 * len(preds))
+        _draw_predictions(ax, preds)
+        ax.set_title(f"top-{len(preds)} predictions", fontsize=PANEL_TITLE_SIZE, loc="left", pad=3)
+        text_x = label_w + 3.6
+    text_w = width - text_x - 0.3
+    y_text = y_bottom + 0.2
+    if sinks:
+        warn_text = wrap(
+            sinks_note(sinks, result.grid) + " The panel on the right leaves "
+            + ("it" if len(sinks) == 1 else "them") + " out (also rollout-no-sinks)."
+            + " Sink patches are outlined in cyan.", text_w - 0.3, 10.0,
+        )
+        t = fig.text(text_x / width, 1 - y_text / height, warn_text, ha="left", va="top", fontsize=10.0, color="#8b0000",
+                     bbox=dict(boxstyle="round,pad=0.5", facecolor="#fff0f0", edgecolor="#b00020", linewidth=1.2))
+        t.set_gid("sink-warning")
+        y_text += (warn_text.count("\n") + 1) * 10.0 * 1.3 / 72 + 0.35
+    lines = [n for n in notes if not n.startswith("Attention sink")]
+    if not preds:
+        lines.insert(0, "This model has no classification head, so there are no predictions.")
+    if files:
+        lines.append("Views beside this report: " + ", ".join(files) + ".")
+    if lines:
+        body = "\n".join(wrap(line, text_w, 9.0) for line in lines)
+        t = fig.text(text_x / width, 1 - y_text / height, body, ha="left", va="top", fontsize=9.0, color="#333333")
+        t.set_gid("notes")
+    return fig
