@@ -110,7 +110,7 @@ def _token_info(text: str, encoding, tokenizer) -> TokenInfo:
             tokens.append(tok)
             offsets[pos] = (0, 0)
             continue
-        piece = text[start:end].strip() or tok
+        piece = text[start:end].strip() or ("␣" if not tok.strip("Ġ▁Ċ \n") else tok)
         continuation = pos > 0 and word_ids[pos - 1] == word_ids[pos] and not special[pos - 1]
         tokens.append(("##" + piece) if continuation else piece)
     # renumber words 0..W-1 in order of appearance

@@ -15,7 +15,7 @@ CORPUS = [
 ]
 
 
-def bpe_tokenizer(vocab_size: int = 300):
+def bpe_tokenizer(vocab_size: int = 1000):
     """A tiny byte-level BPE fast tokenizer trained here (GPT-2 style), with BOS/EOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -34,7 +34,7 @@ def bpe_tokenizer(vocab_size: int = 300):
     )
 
 
-def bos_bpe_tokenizer(vocab_size: int = 300):
+def bos_bpe_tokenizer(vocab_size: int = 1000):
     """Like :func:`bpe_tokenizer` but prepends <s> (Llama style)."""
     from tokenizers import processors
 

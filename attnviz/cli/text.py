@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -223,7 +224,8 @@ def run_text(
         planned["full"] = keep_full
         return CapturePlan(full=keep_full, layers=frozenset() if keep_full else layers, rows=rows, cross_rows=cross_rows)
 
-    result = attend_text(content, tm, target=target, plan=plan_for, max_length=max_length)
+    with _progress(tm) as progress:
+        result = attend_text(content, tm, target=target, plan=plan_for, max_length=max_length, progress=progress)
     if result.backend == "eager":
         warn(f"{tm.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
     main = result.main
@@ -245,6 +247,22 @@ def run_text(
     if tensor_path is not None:
         saved = _save_attention(result, tensor_path, half, tm, content, target, max_length)
     return TextRun(result, spec, layer, head, focus, files, saved, skipped)
+
+
+@contextmanager
+def _progress(tm):
+    """A rich progress bar on stderr (only on a terminal), advanced after each attention layer."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    kinds = 3 if tm.encoder_decoder else 1
+    with Progress(
+        TextColumn("capturing attention"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("capture", total=tm.num_layers * kinds)
+        yield lambda kind, layer: bar.advance(task)
 
 
 def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skipped: list[str]) -> list[Path]:
