@@ -25,6 +25,7 @@ Views:
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -47,7 +48,7 @@ OVERLAY_ALPHA = 0.6
 SINK_COLOR = "#00e5ff"
 QUERY_COLOR = "#39ff14"
 #: Photos are drawn at most this many pixels on their long side (the coordinates stay the photo's own).
-MAX_PHOTO_PIXELS = 1600
+MAX_PHOTO_PIXELS = 1200
 
 TITLE_SIZE = 12.0
 SUBTITLE_SIZE = 9.0
@@ -70,12 +71,27 @@ def _aspect(result: ImageAttention) -> float:
     return (x1 - x0) / max(1e-9, (y1 - y0))
 
 
+_PHOTOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _photo_array(result: ImageAttention) -> np.ndarray:
+    """The photo as an RGB array for drawing, at most :data:`MAX_PHOTO_PIXELS` on its long side
+    (made once per photo: a big photo is shrunk once, not once per panel)."""
     image = result.image
+    try:
+        return _PHOTOS[image]
+    except (KeyError, TypeError):
+        pass
+    shown = image
     if max(image.size) > MAX_PHOTO_PIXELS:
-        image = image.copy()
-        image.thumbnail((MAX_PHOTO_PIXELS, MAX_PHOTO_PIXELS))
-    return np.asarray(image.convert("RGB"))
+        shown = image.copy()
+        shown.thumbnail((MAX_PHOTO_PIXELS, MAX_PHOTO_PIXELS))
+    arr = np.asarray(shown.convert("RGB"))
+    try:
+        _PHOTOS[image] = arr
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return arr
 
 
 def _crops(result: ImageAttention) -> bool:
