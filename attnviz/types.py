@@ -192,7 +192,8 @@ class ImageAttention:
 
     ``image`` is the photo as loaded (RGB, EXIF orientation applied), at its own
     size; ``crop_box`` the ``(left, top, right, bottom)`` region of it, in pixels,
-    that the model saw after the processor's resize/crop. The model's token
+    that the patch grid covers (the processor's resize/crop region, less any strip
+    that does not fill a whole patch). The model's token
     sequence is ``prefix_tokens`` tokens ([CLS], distillation, registers; 0 for
     SigLIP) followed by ``grid[0] * grid[1]`` patch tokens in row-major order;
     ``cls_index`` is the position of the [CLS] token or ``None``.
