@@ -2,33 +2,62 @@
 
 The model keeps a fast attention path (PyTorch SDPA) for its own output. A custom
 function registered under the name ``"attnviz"`` in transformers'
-``AttentionInterface`` receives each attention call's query/key states, mask and
-scaling, and recomputes the probabilities exactly as transformers' eager path does
-(``softmax(q @ k^T * scaling [+ position bias] [+ mask])``), in row blocks, only for
-what the :class:`CapturePlan` needs. Models that do not dispatch through the
-``AttentionInterface`` (e.g. DeBERTa-v2, MPNet) fall back to eager
-``output_attentions=True``.
+``AttentionInterface`` receives each attention call's query/key/value states,
+mask and scaling, and recomputes the probabilities exactly as transformers' eager
+path does (``softmax(q @ k^T * scaling [softcap] [+ position bias] [+ mask])``),
+in row blocks, only for what the :class:`CapturePlan` needs:
+
+- *focus* (``rows``): a few query rows in every layer and head, O(L*H*N) memory;
+  the layer's output still comes from SDPA;
+- *layer* (``layers``): every head of the chosen layers, O(H*N^2) per chosen layer;
+- *aggregate* (``rollout``): head-fused maps and the rollout accumulated layer by
+  layer in two ``[N, N]`` buffers, O(N^2); no layer's ``[H, N, N]`` ever exists;
+- *full* / ``on_layer``: every layer, either kept (O(L*H*N^2)) or handed to a
+  callback one layer at a time (streaming to a file, see
+  :class:`attnviz.report.AttentionWriter`).
+
+When a call needs every row of a layer anyway (layer, aggregate, full), the layer's
+output is computed from those probabilities (``P @ V``, row block by row block)
+instead of a second pass through SDPA. Key columns that the mask rules out for a
+whole row block (the causal upper triangle, outside a sliding window) are neither
+computed nor written: maps are allocated as zero-filled anonymous memory, so the
+pages of a causal model's upper triangle are never touched and cost no RAM.
+
+Models that do not dispatch through the ``AttentionInterface`` (e.g. DeBERTa-v2,
+MPNet, ALiBi models such as BLOOM and MPT) fall back to eager
+``output_attentions=True`` (``Capture.backend == "eager"``, with a one-line
+``Capture.notice``).
 
 Attention calls are attributed to a layer and kind by module path (e.g.
 ``decoder.block.3.layer.1.EncDecAttention`` -> cross-attention, layer 3).
+Captured maps are float32 on the CPU; they move there row block by row block as
+they are produced.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
+import mmap
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
-from attnviz.analysis.rollout import fuse_heads, rollout_step
-from attnviz.errors import ModelError
+from attnviz.analysis.rollout import HEAD_FUSIONS, fuse_heads
+from attnviz.errors import ModelError, UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps
 
 IMPLEMENTATION = "attnviz"
-#: Bytes of float32 scores one row block may use.
-BLOCK_BYTES = 1 << 26
+#: Bytes of float32 scores one row block may use (``heads * rows * keys * 4``).
+BLOCK_BYTES = 1 << 24
+#: Rows per block of the rollout's matrix product.
+PRODUCT_ROWS = 512
+#: Tensors at least this large are allocated as zero-filled anonymous memory
+#: (pages the capture never writes, e.g. a causal map's upper triangle, stay unbacked).
+LAZY_ZERO_BYTES = 1 << 22
+_MIN32 = torch.finfo(torch.float32).min
 
 
 @dataclass(frozen=True)
@@ -36,14 +65,23 @@ class CapturePlan:
     """What to keep from one forward pass.
 
     - ``full``: every layer's ``[heads, query, key]`` map (memory O(L*H*N^2)).
-    - ``layers``: keep these layers' maps in full (O(H*N^2) each).
-    - ``rows``: keep these query positions in every layer and head (O(L*H*N)).
+    - ``layers``: keep these layers' maps in full (O(H*N^2) each); 0-based,
+      non-negative; applies to every attention kind.
+    - ``rows``: keep these query positions in every layer and head (O(L*H*N));
+      ``cross_rows`` does the same for cross-attention (decoder positions).
+      Negative positions count from the end; a kind keeps the rows it has
+      (``AttentionMaps.row_index``), e.g. a short decoder keeps fewer.
     - ``rollout``: accumulate attention rollout layer by layer with
       ``head_fusion`` and ``discard_ratio`` (O(N^2)); ``protect`` lists key
-      positions (e.g. [CLS]) never discarded.
+      positions (e.g. [CLS]) never discarded. Not for cross-attention.
     - ``on_layer``: called with ``(kind, layer, probs[heads, query, key])`` for
-      every layer of every kind, e.g. to stream maps to disk; the maps are not kept.
-    - ``kinds``: restrict ``layers``/``rows``/``rollout`` to these kinds (None: all).
+      every layer of every kind, in order within a kind, e.g. to stream maps to
+      disk (:class:`attnviz.report.AttentionWriter`); the maps are not kept
+      unless ``full`` or ``layers`` asks for them.
+    - ``need_outputs``: set False when the caller does not use the model's
+      output (``Capture.outputs``). For a single-stack model whose plan only
+      keeps ``layers``, the forward pass then stops right after the last
+      requested layer (``Capture.outputs`` is None).
     """
 
     full: bool = False
@@ -55,6 +93,7 @@ class CapturePlan:
     protect: tuple[int, ...] = ()
     on_layer: Callable[[str, int, torch.Tensor], None] | None = None
     cross_rows: tuple[int, ...] = ()
+    need_outputs: bool = True
 
     @property
     def needs_full_layers(self) -> bool:
@@ -66,11 +105,20 @@ FULL = CapturePlan(full=True)
 
 @dataclass
 class Capture:
-    """What :func:`capture` returns: the maps per attention kind, the backend used and the model output."""
+    """What :func:`capture` returns.
+
+    ``attention``: the maps per attention kind; ``backend``: ``"sdpa+attnviz"``
+    or ``"eager"`` (the fallback); ``outputs``: the model output (None when the
+    forward stopped early, see ``CapturePlan.need_outputs``); ``notice``: one
+    line for the user when the eager fallback was used (else None);
+    ``stopped_early``: the forward stopped after the last needed layer.
+    """
 
     attention: dict[str, AttentionMaps]
     backend: str
     outputs: Any
+    notice: str | None = None
+    stopped_early: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -129,26 +177,238 @@ def eager_probabilities(
     Returns:
         float32 ``[heads, R, K]`` probabilities; each row sums to 1.
     """
-    heads, kv_heads = query.shape[0], key.shape[0]
-    q = query[:, rows].float()
-    k = key.float()
-    if kv_heads != heads:
-        k = k.repeat_interleave(heads // kv_heads, dim=0)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if position_bias is not None:
-        scores = scores + position_bias[:, rows].float()
-    if mask is not None:
-        m = mask[:, rows]
-        if m.dtype == torch.bool:
-            scores = scores.masked_fill(~m, torch.finfo(torch.float32).min)
+    call = _Call(query, key, None, scaling, mask, causal, position_bias, softcap, q_offset)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=query.device)
+    return call.probs(rows, 0, call.nk)
+
+
+def _lazy_zeros(shape: tuple[int, ...]) -> torch.Tensor:
+    """A zero-filled float32 CPU tensor; large ones are anonymous memory the OS backs only where written."""
+    numel = math.prod(shape)
+    if numel * 4 < LAZY_ZERO_BYTES:
+        return torch.zeros(shape, dtype=torch.float32)
+    buf = mmap.mmap(-1, numel * 4)  # zero-filled by the OS, pages allocated on first write
+    return torch.frombuffer(buf, dtype=torch.float32, count=numel).view(shape)
+
+
+class _Call:
+    """One attention call on one sequence: the states and how eager attention scores them.
+
+    ``query``: ``[H, Q, d]``; ``key``/``value``: ``[Hkv, K, d]``; ``mask``:
+    ``[1|H, Q, K]`` boolean (True = attend) or additive float; ``bias``:
+    ``[1|H, Q, K]`` additive position bias.
+    """
+
+    def __init__(self, query, key, value, scaling, mask, causal, bias=None, softcap=None, q_offset=0):
+        self.q = query
+        self.heads, self.nq, self.dim = query.shape
+        self.kv_heads, self.nk = key.shape[0], key.shape[1]
+        if self.heads % self.kv_heads:
+            raise ModelError(f"{self.heads} query heads are not a multiple of {self.kv_heads} key/value heads")
+        self.group = self.heads // self.kv_heads
+        self.key = key
+        self.v = value
+        self.scaling = scaling
+        if mask is not None and mask.shape[-1] > self.nk:
+            mask = mask[..., : self.nk]
+        self.mask = mask
+        self.causal = causal and mask is None
+        self.bias = bias[..., : self.nk] if bias is not None and bias.shape[-1] > self.nk else bias
+        self.softcap = softcap
+        self.q_offset = q_offset
+        self._k32: torch.Tensor | None = None
+        self._v32: torch.Tensor | None = None
+
+    @property
+    def k(self) -> torch.Tensor:
+        """float32 contiguous keys ``[Hkv, K, d]``, made once per call."""
+        if self._k32 is None:
+            self._k32 = self.key.float().contiguous()
+        return self._k32
+
+    # -- rows and key ranges ------------------------------------------------
+
+    def block_rows(self, r0: int) -> int:
+        """Rows of the block starting at ``r0``: as many as keep ``heads * rows * keys`` floats within BLOCK_BYTES."""
+        cap = max(1, BLOCK_BYTES // (4 * self.heads))
+        if self.mask is None and self.causal:  # keys [0, r0 + rows): rows * (r0 + rows) <= cap
+            rows = int((math.sqrt(r0 * r0 + 4 * cap) - r0) / 2)
         else:
-            scores = scores + m.float()
-    elif causal and q.shape[1] > 0:
-        kpos = torch.arange(k.shape[1], device=k.device)
-        scores = scores.masked_fill(kpos[None, :] > (rows[:, None] + q_offset), torch.finfo(torch.float32).min)
-    return torch.softmax(scores, dim=-1)
+            rows = cap // max(self.nk, 1)
+        return max(1, min(self.nq - r0, rows))
+
+    def blocks(self):
+        """``(r0, r1, lo, hi)`` for every row block: rows ``[r0, r1)`` attend only to keys ``[lo, hi)``."""
+        r0 = 0
+        while r0 < self.nq:
+            r1 = r0 + self.block_rows(r0)
+            lo, hi = self.key_range(r0, r1)
+            yield r0, r1, lo, hi
+            r0 = r1
+
+    def key_range(self, r0: int, r1: int) -> tuple[int, int]:
+        """Key columns ``[lo, hi)`` outside of which every query row in ``[r0, r1)`` has probability exactly 0."""
+        if self.mask is None:
+            if self.causal:
+                return 0, max(1, min(self.nk, r1 + self.q_offset))
+            return 0, self.nk
+        m = self.mask[:, r0:r1]
+        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        if not bool(allowed.any(dim=-1).all()):
+            return 0, self.nk  # a fully masked row: eager spreads it uniformly over every key
+        cols = allowed.any(dim=-2).any(dim=0).nonzero()
+        return int(cols[0]), int(cols[-1]) + 1
+
+    # -- probabilities --------------------------------------------------------
+
+    def probs(self, rows, lo: int, hi: int, scratch: "_Scratch | None" = None) -> torch.Tensor:
+        """float32 ``[H, R, hi - lo]`` probabilities of query ``rows`` (a slice or an index tensor) over keys ``[lo, hi)``.
+
+        Columns outside ``[lo, hi)`` must have probability exactly 0 (see :meth:`key_range`).
+        With ``scratch`` the result lives in a reused buffer, valid until the next call.
+        """
+        q = self.q[:, rows]  # [H, R, d]
+        r, kr = q.shape[1], hi - lo
+        qg = q.reshape(self.kv_heads, self.group * r, self.dim)  # query head h reads kv head h // group
+        if qg.dtype != torch.float32:
+            qg = qg.float()
+        kt = self.k[:, lo:hi].transpose(-1, -2)
+        if scratch is not None:
+            s = torch.matmul(qg, kt, out=scratch.get("scores", (self.kv_heads, self.group * r, kr), qg.device))
+        else:
+            s = torch.matmul(qg, kt)
+        s = s.view(self.heads, r, kr)
+        s.mul_(self.scaling)
+        if self.softcap is not None:
+            s.div_(self.softcap).tanh_().mul_(self.softcap)
+        if self.bias is not None:
+            s.add_(self.bias[:, rows, lo:hi])
+        if self.mask is not None:
+            m = self.mask[:, rows, lo:hi]
+            if m.dtype == torch.bool:
+                s.masked_fill_(~m, _MIN32)
+            else:
+                s.add_(m)
+        elif self.causal and r > 0:
+            if isinstance(rows, slice):
+                # row r0 + a may not see key lo + c when c > a + delta: only columns > delta need masking
+                delta = (rows.start or 0) + self.q_offset - lo
+                c0 = max(0, delta + 1)
+                if c0 < kr:
+                    future = (torch.arange(c0, kr, device=s.device)[None, :]
+                              > torch.arange(r, device=s.device)[:, None] + delta)
+                    s[:, :, c0:].masked_fill_(future, _MIN32)
+            else:
+                qpos = torch.arange(self.nq, device=s.device)[rows]
+                kpos = torch.arange(lo, hi, device=s.device)
+                s.masked_fill_(kpos[None, :] > (qpos[:, None] + self.q_offset), _MIN32)
+        if scratch is not None:
+            return torch._softmax(s, -1, False, out=scratch.get("probs", (self.heads, r, kr), s.device))
+        return torch.softmax(s, dim=-1)
+
+    def output(self, p: torch.Tensor, lo: int, hi: int, scratch: "_Scratch | None" = None) -> torch.Tensor:
+        """``P @ V`` of a row block: ``[H, R, hi - lo]`` -> ``[H, R, dv]`` (float32)."""
+        if self._v32 is None:
+            self._v32 = self.v.float().contiguous()
+        r = p.shape[1]
+        pg = p.view(self.kv_heads, self.group * r, hi - lo)
+        vs = self._v32[:, lo:hi]
+        if scratch is not None:
+            o = torch.matmul(pg, vs, out=scratch.get("output", (self.kv_heads, self.group * r, vs.shape[-1]), p.device))
+        else:
+            o = torch.matmul(pg, vs)
+        return o.view(self.heads, r, -1)
+
+
+class _Scratch:
+    """Reusable float32 work buffers (scores, probabilities, ...) so that row blocks allocate nothing."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], device=None) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.device != torch.device(device or "cpu"):
+            buf = torch.empty(max(n, 1), dtype=torch.float32, device=device)
+            self._bufs[name] = buf
+        return buf[:n].view(shape)
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+def _fuse_into(p: torch.Tensor, head_fusion: str, out: torch.Tensor) -> torch.Tensor:
+    """:func:`attnviz.analysis.rollout.fuse_heads` of ``p`` (contiguous ``[H, R, K]``) written into ``out`` (``[R, K]``).
+
+    The mean is a matrix-vector product (a reduction over the outer dimension is
+    many times slower in PyTorch on CPU); it equals ``p.mean(0)`` up to float
+    rounding (~1e-7).
+    """
+    heads = p.shape[0]
+    if head_fusion == "mean":
+        ones = torch.ones((1, heads), dtype=p.dtype, device=p.device)
+        torch.matmul(ones, p.reshape(heads, -1), out=out.view(1, -1))
+        return out.div_(heads)
+    if head_fusion == "max":
+        return torch.amax(p, 0, out=out)
+    return torch.amin(p, 0, out=out)
+
+
+# ---------------------------------------------------------------------------
+# rollout, accumulated in place
+
+
+def _check_rollout_settings(plan: CapturePlan) -> None:
+    if plan.rollout:
+        if plan.head_fusion not in HEAD_FUSIONS:
+            raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{plan.head_fusion}'")
+        if not 0.0 <= plan.discard_ratio < 1.0:
+            raise UsageError(f"--discard-ratio must be in [0, 1), not {plan.discard_ratio}")
+
+
+def _rollout_step_(a: torch.Tensor, discard_ratio: float, protect) -> torch.Tensor:
+    """:func:`attnviz.analysis.rollout.rollout_step`, in place on the fused map ``a`` (same operations, same order)."""
+    n = a.shape[-1]
+    a.mul_(0.5)
+    if discard_ratio > 0:
+        k = int(discard_ratio * a.numel())
+        if k:
+            flat = a.view(-1)
+            idx = torch.topk(flat, k, largest=False).indices
+            if protect:
+                cols = idx % n
+                keep = torch.isin(cols, torch.as_tensor(list(protect), device=idx.device))
+                idx = idx[~keep]
+            flat[idx] = 0
+            del idx
+    a.diagonal().add_(0.5)
+    a.div_(a.sum(dim=-1, keepdim=True))
+    return a
+
+
+def _is_lower(a: torch.Tensor) -> bool:
+    """True if the square ``a`` is lower triangular (no nonzero above the diagonal), checked block by block."""
+    n = a.shape[0]
+    for r0 in range(0, n, PRODUCT_ROWS):
+        r1 = min(n, r0 + PRODUCT_ROWS)
+        if r1 < n and bool(a[r0:r1, r1:].any()):
+            return False
+        if bool(torch.triu(a[r0:r1, r0:r1], diagonal=1).any()):
+            return False
+    return True
+
+
+def _left_multiply_(s: torch.Tensor, r: torch.Tensor, s_lower: bool, r_lower: bool, scratch=None) -> torch.Tensor:
+    """``s <- s @ r`` row block by row block, skipping the zero triangles of lower-triangular factors."""
+    n = s.shape[0]
+    for r0 in range(0, n, PRODUCT_ROWS):
+        r1 = min(n, r0 + PRODUCT_ROWS)
+        inner = r1 if s_lower else n  # s[r0:r1, r1:] == 0
+        cols = inner if r_lower else r.shape[1]  # r[:inner, inner:] == 0
+        tmp = scratch.get("product", (r1 - r0, cols)) if scratch is not None else None
+        s[r0:r1, :cols] = torch.matmul(s[r0:r1, :inner], r[:inner, :cols], out=tmp)
+    return s
 
 
 # ---------------------------------------------------------------------------
@@ -159,112 +419,152 @@ _ACTIVE: contextvars.ContextVar["_Session | None"] = contextvars.ContextVar("att
 _UNSUPPORTED_KWARGS = ("s_aux", "sinks")
 
 
+class _StopForward(Exception):
+    """Raised from the attention function after the last layer a ``need_outputs=False`` plan needs."""
+
+
 class _Session:
-    def __init__(self, plan: CapturePlan, names: Mapping[int, str], encoder_decoder: bool, progress=None):
+    def __init__(self, plan: CapturePlan, names: Mapping[int, str], encoder_decoder: bool, progress=None,
+                 stop_after: int | None = None):
         self.plan = plan
         self.names = names
         self.encoder_decoder = encoder_decoder
         self.progress = progress
-        self.full: dict[str, dict[int, torch.Tensor]] = {}
+        self.stop_after = stop_after
+        self.full: dict[str, dict[int, tuple[torch.Tensor, list]]] = {}
         self.layers: dict[str, dict[int, torch.Tensor]] = {}
         self.rows: dict[str, dict[int, torch.Tensor]] = {}
         self.rollout: dict[str, torch.Tensor] = {}
+        self.rollout_lower: dict[str, bool] = {}
         self.shape: dict[str, tuple[int, int, int]] = {}
         self.causal: dict[str, bool] = {}
         self.kv_heads: dict[str, int] = {}
+        self.row_index: dict[str, tuple[int, ...]] = {}
+        self.scratch = _Scratch()
         self.calls = 0
         self.counts: dict[str, int] = {}
         self.problem: str | None = None
 
-    def observe(self, module, query, key, attention_mask, scaling, is_causal, kwargs) -> None:
+    def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
+        """Capture what the plan needs from one attention call; return the call's output if computed here, else None."""
         self.calls += 1
         path = self.names.get(id(module))
         if path is None:
             self.problem = f"an attention call from an unnamed module ({type(module).__name__})"
-            return
+            return None
         for name in _UNSUPPORTED_KWARGS:
             if kwargs.get(name) is not None:
                 self.problem = f"attention with '{name}' in {path}"
-                return
+                return None
+        if query.shape[0] != 1:
+            self.problem = f"a batch of {query.shape[0]} sequences in {path}"
+            return None
         kind = attention_kind(path, self.encoder_decoder)
         layer = self.counts.get(kind, 0)
         self.counts[kind] = layer + 1
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        causal = bool(causal) and attention_mask is None and query.shape[2] > 1
-        if kind == CROSS:
-            causal = False
-        # query: [B, H, Q, d]; key: [B, Hkv, K, d]; one sequence (B = 1)
-        q, k = query[0], key[0]
-        heads, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+        causal = bool(causal) and attention_mask is None and query.shape[2] > 1 and kind != CROSS
         mask = attention_mask[0] if attention_mask is not None else None  # [1|H, Q, K]
         bias = kwargs.get("position_bias")
         bias = bias[0] if bias is not None else None  # [1|H, Q, K]
         softcap = kwargs.get("softcap")
+        # query: [B, H, Q, d]; key/value: [B, Hkv, K, d]; one sequence (B = 1)
+        call = _Call(query[0], key[0], value[0], scaling, mask, causal, bias, softcap)
+        heads, nq, nk = call.heads, call.nq, call.nk
         self.shape[kind] = (heads, nq, nk)
         self.causal[kind] = self.causal.get(kind, False) or causal or (mask is not None and _looks_causal(mask))
-        self.kv_heads[kind] = k.shape[0]
-
-        def probs(rows: torch.Tensor) -> torch.Tensor:
-            return eager_probabilities(q, k, scaling, mask, causal, rows, bias, softcap).cpu()
+        self.kv_heads[kind] = call.kv_heads
 
         plan = self.plan
         want_rows = plan.cross_rows if kind == CROSS else plan.rows
-        keep_layer = layer in plan.layers
-        block = max(1, BLOCK_BYTES // (4 * heads * max(nk, 1)))
-        if plan.needs_full_layers or keep_layer:
-            # [H, Q, K] float32, built in row blocks
-            out = torch.empty((heads, nq, nk), dtype=torch.float32)
-            for r0 in range(0, nq, block):
-                rows = torch.arange(r0, min(nq, r0 + block), device=q.device)
-                out[:, r0 : r0 + len(rows)] = probs(rows)
+        keep = plan.needs_full_layers or layer in plan.layers
+        roll = plan.rollout and kind != CROSS
+        stopping = self.stop_after is not None and kind == SELF and layer >= self.stop_after
+        own_output = (keep or roll or softcap is not None) and not (dropout and module.training) and not stopping
+        result = None
+        if keep or roll or own_output:
+            result = self._all_rows(call, kind, layer, keep, roll, own_output, value.dtype)
+        want_rows = tuple(r for r in want_rows if -nq <= r < nq)  # rows this kind has (decoders may be shorter)
+        self.row_index[kind] = want_rows
+        if want_rows:
+            rows = torch.tensor([r % nq for r in want_rows], dtype=torch.long)
+            full = self.layers.get(kind, {}).get(layer)
+            if full is None and kind in self.full and layer in self.full[kind]:
+                full = self.full[kind][layer][0]
+            if full is not None:
+                self.rows.setdefault(kind, {})[layer] = full[:, rows].clone()
+            else:
+                self.rows.setdefault(kind, {})[layer] = call.probs(rows.to(query.device), 0, nk).cpu()  # [H, R, K]
+        if self.progress is not None:
+            self.progress(kind, layer)
+        if stopping:
+            raise _StopForward()
+        if result is not None:
+            return result.unsqueeze(0)  # [1, Q, H, dv], as SDPA returns it
+        return None
+
+    def _all_rows(self, call: _Call, kind: str, layer: int, keep: bool, roll: bool, own_output: bool, dtype):
+        """Every row of one call, block by block: the kept layer map, the head-fused rollout map, the output."""
+        heads, nq, nk = call.heads, call.nq, call.nk
+        out = _lazy_zeros((heads, nq, nk)) if keep else None
+        fused = _lazy_zeros((nq, nk)) if roll else None
+        extents: list[tuple[int, int, int, int]] = []
+        result = None
+        if own_output:
+            result = torch.empty((nq, heads, call.v.shape[-1]), dtype=dtype, device=call.v.device)
+        scratch = self.scratch
+        for r0, r1, lo, hi in call.blocks():
+            p = call.probs(slice(r0, r1), lo, hi, scratch)  # [H, b, hi - lo] float32, in scratch
+            extents.append((r0, r1, lo, hi))
+            if result is not None:
+                result[r0:r1] = call.output(p, lo, hi, scratch).transpose(0, 1)
+            if out is not None:
+                out[:, r0:r1, lo:hi] = p  # to the CPU as it is produced
+            if fused is not None:
+                fused[r0:r1, lo:hi] = _fuse_into(p, self.plan.head_fusion, scratch.get("fused", (r1 - r0, hi - lo), p.device))
+        plan = self.plan
+        if out is not None:
             if plan.on_layer is not None:
                 plan.on_layer(kind, layer, out)
             if plan.full:
-                self.full.setdefault(kind, {})[layer] = out
-            if keep_layer:
+                self.full.setdefault(kind, {})[layer] = (out, extents)
+            if layer in plan.layers:
                 self.layers.setdefault(kind, {})[layer] = out
-            if want_rows:
-                self.rows.setdefault(kind, {})[layer] = out[:, list(want_rows)].clone()
-            if plan.rollout and kind != CROSS:
-                self._roll(kind, fuse_heads(out, plan.head_fusion))
-        else:
-            if want_rows:
-                rows = torch.tensor(want_rows, device=q.device)
-                self.rows.setdefault(kind, {})[layer] = probs(rows)  # [H, R, K]
-            if plan.rollout and kind != CROSS:
-                fused = torch.empty((nq, nk), dtype=torch.float32)  # [Q, K]
-                for r0 in range(0, nq, block):
-                    rows = torch.arange(r0, min(nq, r0 + block), device=q.device)
-                    fused[r0 : r0 + len(rows)] = fuse_heads(probs(rows), plan.head_fusion)
-                self._roll(kind, fused)
-        if self.progress is not None:
-            self.progress(kind, layer)
+        if fused is not None:
+            self._roll(kind, fused)
+        return result
 
     def _roll(self, kind: str, fused: torch.Tensor) -> None:
-        step = rollout_step(fused, self.plan.discard_ratio, self.plan.protect)  # [N, N], rows sum to 1
+        """Fold one layer's head-fused map (float32 ``[N, N]``, consumed) into the rollout of ``kind``."""
+        step = _rollout_step_(fused, self.plan.discard_ratio, self.plan.protect)  # rows sum to 1
+        lower = _is_lower(step)
         prev = self.rollout.get(kind)
-        self.rollout[kind] = step if prev is None else step @ prev
+        if prev is not None:
+            step = _left_multiply_(step, prev, lower, self.rollout_lower[kind], self.scratch)
+            lower = lower and self.rollout_lower[kind]
+        self.rollout[kind] = step
+        self.rollout_lower[kind] = lower
 
-    def result(self) -> dict[str, AttentionMaps]:
+    def result(self, num_layers: Mapping[str, int] | None = None) -> dict[str, AttentionMaps]:
+        self.scratch.clear()
         out: dict[str, AttentionMaps] = {}
         for kind, (heads, nq, nk) in self.shape.items():
-            full = self.full.get(kind)
-            num_layers = self.counts[kind]
+            count = (num_layers or {}).get(kind, self.counts[kind])
             rows = self.rows.get(kind)
-            row_index = self.plan.cross_rows if kind == CROSS else self.plan.rows
+            row_index = self.row_index.get(kind, ())
             kvh = self.kv_heads[kind]
             out[kind] = AttentionMaps(
                 kind=kind,
-                num_layers=num_layers,
+                num_layers=count,
                 num_heads=heads,
                 num_queries=nq,
                 num_keys=nk,
                 causal=self.causal.get(kind, False),
-                full=torch.stack([full[i] for i in range(num_layers)]) if full else None,
+                full=self._stack_full(kind),
                 layers=dict(self.layers.get(kind, {})),
-                rows=torch.stack([rows[i] for i in range(num_layers)]) if rows else None,
+                rows=torch.stack([rows[i] for i in range(len(rows))]) if rows else None,
                 row_index=tuple(row_index) if rows else (),
                 rollout=self.rollout.get(kind),
                 rollout_settings=(
@@ -276,6 +576,25 @@ class _Session:
             )
         return out
 
+    def _stack_full(self, kind: str) -> torch.Tensor | None:
+        """``[L, H, Q, K]`` from the per-layer maps, copying only their written extents (then freeing each layer)."""
+        layers = self.full.get(kind)
+        if not layers:
+            return None
+        n = len(layers)
+        first = layers[0][0]
+        full = _lazy_zeros((n, *first.shape))
+        for i in range(n):
+            src, extents = layers[i]
+            for r0, r1, lo, hi in extents:
+                full[i, :, r0:r1, lo:hi] = src[:, r0:r1, lo:hi]
+            kept = self.layers.get(kind, {})
+            if i in kept:
+                kept[i] = full[i]
+            layers[i] = None  # free the layer as soon as it is copied
+        self.full.pop(kind)
+        return full
+
 
 def _looks_causal(mask: torch.Tensor) -> bool:
     """True if an explicit mask forbids the key just after the diagonal in row 0 (a causal pattern)."""
@@ -286,24 +605,30 @@ def _looks_causal(mask: torch.Tensor) -> bool:
 
 
 def _attnviz_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """Registered as ``"attnviz"``: SDPA for the output, plus the capture session's bookkeeping."""
+    """Registered as ``"attnviz"``: SDPA for the output (unless the capture computed it), plus the capture's bookkeeping."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     session = _ACTIVE.get()
     if session is not None:
-        session.observe(module, query, key, attention_mask, scaling, is_causal, kwargs)
+        out = session.attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+        if out is not None:
+            return out, None
     if kwargs.get("softcap") is not None:
-        # SDPA has no soft-capping; fall back to the eager formula for the output.
-        probs = eager_probabilities(
-            query[0], key[0], scaling if scaling is not None else query.shape[-1] ** -0.5,
-            attention_mask[0] if attention_mask is not None else None,
-            attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True)),
-            torch.arange(query.shape[2], device=query.device), None, kwargs["softcap"],
-        ).to(value.dtype)
-        v = value[0]
-        if v.shape[0] != probs.shape[0]:
-            v = v.repeat_interleave(probs.shape[0] // v.shape[0], dim=0)
-        return torch.matmul(probs, v).unsqueeze(0).transpose(1, 2), None
+        # SDPA has no soft-capping: the eager formula, row block by row block.
+        causal = attention_mask is None and query.shape[2] > 1 and bool(
+            is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        )
+        bias = kwargs.get("position_bias")
+        call = _Call(
+            query[0], key[0], value[0], scaling if scaling is not None else query.shape[-1] ** -0.5,
+            attention_mask[0] if attention_mask is not None else None, causal,
+            bias[0] if bias is not None else None, kwargs["softcap"],
+        )
+        out = torch.empty((call.nq, call.heads, value.shape[-1]), dtype=value.dtype, device=value.device)
+        scratch = _Scratch()
+        for r0, r1, lo, hi in call.blocks():
+            out[r0:r1] = call.output(call.probs(slice(r0, r1), lo, hi, scratch), lo, hi, scratch).transpose(0, 1)
+        return out.unsqueeze(0), None
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
@@ -336,6 +661,30 @@ def is_encoder_decoder(model) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
+_ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
+
+
+def _early_stop_layer(model, plan: CapturePlan, encdec: bool) -> tuple[int | None, int | None]:
+    """``(last layer needed, number of layers)`` when the forward may stop early, else ``(None, None)``.
+
+    Only for single-stack models whose every decoder layer is an attention layer
+    and whose plan keeps nothing but ``layers`` and does not need the outputs.
+    """
+    if plan.need_outputs or encdec or not plan.layers or plan.full or plan.on_layer or plan.rows or plan.rollout:
+        return None, None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int) or n <= 0:
+        return None, None
+    types = getattr(config, "layer_types", None)
+    if types is not None and (len(types) != n or any(t not in _ATTENTION_LAYER_TYPES for t in types)):
+        return None, None
+    last = max(plan.layers)
+    if last >= n:
+        return None, None
+    return last, n
+
+
 def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL, progress=None) -> Capture:
     """Run ``model(**inputs)`` once (batch of one) and capture attention as ``plan`` asks.
 
@@ -348,34 +697,60 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
     Returns:
         :class:`Capture` with float32 CPU maps per attention kind; probabilities
         equal transformers' eager ``output_attentions`` (fp32: max abs diff <= 1e-5).
+        ``model.config._attn_implementation`` is restored afterwards, also when
+        the forward raises.
 
     Raises:
         ModelError: the model produced no attention at all.
+        UsageError: bad rollout settings (head fusion, discard ratio).
     """
+    _check_rollout_settings(plan)
     _register()
     names = {id(m): name for name, m in model.named_modules()}
     encdec = is_encoder_decoder(model)
     previous = model.config._attn_implementation
-    session = _Session(plan, names, encdec, progress)
+    stop_after, num_layers = _early_stop_layer(model, plan, encdec)
+    session = _Session(plan, names, encdec, progress, stop_after)
+    problem = "it does not support setting its attention implementation"
     if _set_implementation(model, IMPLEMENTATION):
         token = _ACTIVE.set(session)
+        stopped = False
+        outputs = None
         try:
             with torch.inference_mode():
-                outputs = model(**inputs)
+                outputs = model(**_without_cache(model, inputs))
+        except _StopForward:
+            stopped = True
         finally:
             _ACTIVE.reset(token)
             _set_implementation(model, previous)
         if session.calls and session.problem is None:
-            return Capture(session.result(), "sdpa+attnviz", outputs)
-    return _capture_eager(model, inputs, plan, encdec, previous)
+            counts = {SELF: num_layers} if stopped else None
+            return Capture(session.result(counts), "sdpa+attnviz", outputs, None, stopped)
+        problem = session.problem or "no attention call went through transformers' AttentionInterface"
+    return _capture_eager(model, inputs, plan, encdec, previous, problem)
 
 
-def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str) -> Capture:
+def _without_cache(model, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` plus ``use_cache=False`` where the model takes it: a capture never generates, so a KV cache is waste."""
+    inputs = dict(inputs)
+    if "use_cache" not in inputs:
+        try:
+            import inspect
+
+            if "use_cache" in inspect.signature(model.forward).parameters:
+                inputs["use_cache"] = False
+        except (TypeError, ValueError):  # pragma: no cover - exotic forward signatures
+            pass
+    return inputs
+
+
+def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str, problem: str = "") -> Capture:
     """Fallback: eager attention with ``output_attentions=True`` (keeps every map in memory)."""
     switched = previous != "eager" and _set_implementation(model, "eager")
     try:
         with torch.inference_mode():
-            outputs = model(**inputs, output_attentions=True)
+            outputs = model(**_without_cache(model, inputs), output_attentions=True)
     finally:
         if switched:
             _set_implementation(model, previous)
@@ -399,8 +774,8 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
                 plan.on_layer(kind, layer, full[layer])
             if plan.rollout and kind != CROSS:
                 session._roll(kind, fuse_heads(full[layer], plan.head_fusion))
-        rows = plan.cross_rows if kind == CROSS else plan.rows
         L, H, Q, K = full.shape
+        rows = tuple(r for r in (plan.cross_rows if kind == CROSS else plan.rows) if -Q <= r < Q)
         result[kind] = AttentionMaps(
             kind=kind, num_layers=L, num_heads=H, num_queries=Q, num_keys=K,
             causal=kind in (DECODER,) or (kind == SELF and bool(getattr(model.config, "is_decoder", False) or _is_causal_lm(model))),
@@ -413,8 +788,61 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         )
     if not result:
         raise ModelError(f"{type(model).__name__} returned no attention probabilities (is it an attention model?)")
-    return Capture(result, "eager", outputs)
+    notice = (
+        f"{type(model).__name__} cannot use attnviz's attention capture ({problem}); captured with backend 'eager' "
+        "(output_attentions=True), which keeps every layer's maps in memory"
+    )
+    return Capture(result, "eager", outputs, notice)
 
 
 def _is_causal_lm(model) -> bool:
     return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (model.config.architectures or []))
+
+
+# ---------------------------------------------------------------------------
+# shapes before capturing (for streaming to a file)
+
+
+def attention_shapes(model, inputs: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int, int, int]]:
+    """``{kind: (layers, heads, queries, keys)}`` that :func:`capture` will produce for ``inputs``.
+
+    Runs a probe forward on the first two positions of every sequence input
+    (``input_ids``, ``attention_mask``, ``decoder_input_ids``...; the full inputs
+    when there is no ``input_ids``/``inputs_embeds``) and scales the query/key
+    lengths to the real inputs. Use it to size a streamed ``--save-attn`` file
+    before the real capture starts.
+    """
+    probe, lengths = _probe_inputs(inputs)
+    cap = capture(model, probe, CapturePlan(need_outputs=False))
+    shapes = {}
+    for kind, maps in cap.attention.items():
+        q_side = "decoder" if kind in (DECODER, CROSS) else "encoder"
+        k_side = "decoder" if kind == DECODER else "encoder"
+        nq = maps.num_queries + lengths.get(q_side, (0, 0))[0] - lengths.get(q_side, (0, 0))[1]
+        nk = maps.num_keys + lengths.get(k_side, (0, 0))[0] - lengths.get(k_side, (0, 0))[1]
+        shapes[kind] = (maps.num_layers, maps.num_heads, nq, nk)
+    return shapes
+
+
+_DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds")
+
+
+def _probe_inputs(inputs: Mapping[str, torch.Tensor]):
+    """Inputs cut to at most 2 positions, and ``{side: (real length, probe length)}``."""
+    lengths: dict[str, tuple[int, int]] = {}
+    for side, key_names in (("encoder", ("input_ids", "inputs_embeds")), ("decoder", ("decoder_input_ids", "decoder_inputs_embeds"))):
+        for name in key_names:
+            if name in inputs and inputs[name] is not None:
+                n = inputs[name].shape[1]
+                lengths[side] = (n, min(n, 2))
+                break
+    if "encoder" not in lengths:
+        return dict(inputs), {}
+    probe = {}
+    for name, value in inputs.items():
+        side = "decoder" if name in _DECODER_KEYS else "encoder"
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and side in lengths and value.shape[1] == lengths[side][0]:
+            probe[name] = value[:, : lengths[side][1]]
+        else:
+            probe[name] = value
+    return probe, lengths
