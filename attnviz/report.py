@@ -260,6 +260,7 @@ class AttentionWriter:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+            os.chmod(self._tmp, 0o666 & ~_umask())
             os.replace(self._tmp, self.path)
         except OSError as exc:
             self._discard()

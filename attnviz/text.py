@@ -45,6 +45,16 @@ class TextModel:
         return config.get_text_config().num_hidden_layers
 
     @property
+    def num_decoder_layers(self) -> int:
+        """Layers of the decoder stack of an encoder-decoder model (else :attr:`num_layers`)."""
+        config = self.model.config
+        for name in ("num_decoder_layers", "decoder_layers"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        return self.num_layers
+
+    @property
     def num_heads(self) -> int:
         """Attention heads per layer, from the config. Raises ModelError if the model has none."""
         config = self.model.config
@@ -151,38 +161,33 @@ def tokenize(tm: TextModel, text: str, max_length: int | None = None, target: bo
     return enc, _token_info(text, enc, tm.tokenizer), dropped
 
 
-def attend_text(
-    text: str,
-    model: TextModel | str = DEFAULT_TEXT_MODEL,
-    *,
-    target: str | None = None,
-    plan: CapturePlan | Callable[[TokenInfo, TokenInfo | None], CapturePlan] = FULL,
-    max_length: int | None = None,
-    options: LoadOptions = LoadOptions(),
-    progress: Callable[[str, int], None] | None = None,
-) -> TextAttention:
-    """Capture the attention of a text model on one text.
+@dataclass(frozen=True)
+class PreparedText:
+    """Model inputs for one text (batch of one) with its tokens.
 
-    Args:
-        text: the input (source) text.
-        model: a :class:`TextModel` or a name for :func:`load_text_model`.
-        target: decoder-side text for encoder-decoder models (T5, BART, Marian...);
-            without it the decoder sees only its start token.
-        plan: what to capture (default: every layer and head in full), or a
-            function of the (source, target) tokens that returns the plan.
-        max_length: truncate to this many tokens (default: the model's limit).
+    ``inputs``: ``input_ids`` (int64 ``[1, N]``), ``attention_mask``..., and
+    ``decoder_input_ids`` (``[1, T]``) for encoder-decoder models;
+    ``tokens``/``target_tokens``: what each position is; ``dropped_tokens``:
+    tokens cut off by truncation.
+    """
 
-    Returns:
-        :class:`TextAttention`; for the default plan ``result.main.full`` is float32
-        ``[layers, heads, tokens, tokens]`` attention probabilities equal to
-        transformers' eager ``output_attentions`` (within 1e-5 in fp32).
+    inputs: dict
+    tokens: TokenInfo
+    target_tokens: TokenInfo | None
+    dropped_tokens: int
+
+
+def prepare_text(tm: TextModel, text: str, target: str | None = None, max_length: int | None = None) -> PreparedText:
+    """Tokenize ``text`` (and the decoder-side ``target``) into model inputs on the model's device.
+
+    Encoder-decoder models get ``decoder_input_ids`` = [decoder start token] +
+    the target's tokens (only the start token without a target).
 
     Raises:
-        UsageError: empty text, bad max_length. ModelError: model problems.
+        UsageError: empty text, bad ``max_length``, ``target`` for a model without a decoder.
     """
     import torch
 
-    tm = model if isinstance(model, TextModel) else load_text_model(model, options)
     enc, info, dropped = tokenize(tm, text, max_length)
     device = next(tm.model.parameters()).device
     inputs = {"input_ids": torch.tensor([enc["input_ids"]], device=device)}
@@ -208,18 +213,58 @@ def attend_text(
         target_info = info_t
     elif target is not None:
         raise UsageError(f"--target is for encoder-decoder models; '{tm.source.model_id}' is a {tm.model_type} model")
-    if callable(plan):
-        plan = plan(info, target_info)
-    result = capture(tm.model, inputs, plan, progress=progress)
+    return PreparedText(inputs, info, target_info, dropped)
+
+
+def attend_prepared(
+    tm: TextModel, prepared: PreparedText, plan: CapturePlan = FULL, progress: Callable[[str, int], None] | None = None
+) -> TextAttention:
+    """Capture attention for inputs made by :func:`prepare_text` (see :func:`attend_text`)."""
+    result = capture(tm.model, prepared.inputs, plan, progress=progress)
     return TextAttention(
         model_id=tm.source.model_id,
         model_type=tm.model_type,
         backend=result.backend,
-        tokens=info,
+        tokens=prepared.tokens,
         attention=result.attention,
-        target_tokens=target_info,
-        dropped_tokens=dropped,
+        target_tokens=prepared.target_tokens,
+        dropped_tokens=prepared.dropped_tokens,
+        notice=result.notice,
     )
+
+
+def attend_text(
+    text: str,
+    model: TextModel | str = DEFAULT_TEXT_MODEL,
+    *,
+    target: str | None = None,
+    plan: CapturePlan = FULL,
+    max_length: int | None = None,
+    options: LoadOptions = LoadOptions(),
+    progress: Callable[[str, int], None] | None = None,
+) -> TextAttention:
+    """Capture the attention of a text model on one text.
+
+    Args:
+        text: the input (source) text.
+        model: a :class:`TextModel` or a name for :func:`load_text_model`.
+        target: decoder-side text for encoder-decoder models (T5, BART, Marian...);
+            without it the decoder sees only its start token.
+        plan: what to capture (default: every layer and head in full); see
+            :class:`attnviz.capture.CapturePlan`.
+        max_length: truncate to this many tokens (default: the model's limit).
+        progress: called with ``(kind, layer)`` after each attention layer.
+
+    Returns:
+        :class:`TextAttention`; for the default plan ``result.main.full`` is float32
+        ``[layers, heads, tokens, tokens]`` attention probabilities equal to
+        transformers' eager ``output_attentions`` (within 1e-5 in fp32).
+
+    Raises:
+        UsageError: empty text, bad max_length. ModelError: model problems.
+    """
+    tm = model if isinstance(model, TextModel) else load_text_model(model, options)
+    return attend_prepared(tm, prepare_text(tm, text, target, max_length), plan, progress)
 
 
 def _forward_args(model) -> set[str]:

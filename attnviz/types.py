@@ -151,8 +151,8 @@ class TextAttention:
     ``"decoder"``, ``"cross"``) to its :class:`AttentionMaps`. ``tokens`` are the
     input (source) tokens; ``target_tokens`` the decoder-side tokens of an
     encoder-decoder model. ``backend`` names how attention was captured
-    (``"sdpa+attnviz"`` or ``"eager"``); ``dropped_tokens`` counts tokens cut off
-    by truncation.
+    (``"sdpa+attnviz"`` or ``"eager"``); ``notice`` says why when it fell back to
+    eager; ``dropped_tokens`` counts tokens cut off by truncation.
     """
 
     model_id: str
@@ -162,7 +162,7 @@ class TextAttention:
     attention: Mapping[str, AttentionMaps]
     target_tokens: TokenInfo | None = None
     dropped_tokens: int = 0
-    kv_group_note: str | None = None
+    notice: str | None = None
 
     @property
     def main(self) -> AttentionMaps:

@@ -251,3 +251,31 @@ def test_text_file(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     result = invoke("text", "", "--debug", "--out", tmp_path)
     assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_long_input_plan_streams_save_attn(tiny_models, tmp_path, monkeypatch, kind):
+    """Past the in-memory budget: no model view, focus rows + one layer captured, --save-attn streamed layer by layer."""
+    import attnviz.cli.text as cli_text
+
+    monkeypatch.setattr(cli_text, "FULL_BUDGET", 0)
+    path = tiny_models(kind)
+    target = ["--target", "Das Tier ging nicht", "--token", "Tier", "--words"] if kind == "t5" else ["--token", "it"]
+    result = invoke("text", TEXT, "--model", path, *target, "--json", "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "streaming" in result.stderr
+    doc = json.loads(result.stdout)
+    names = {Path(f).name for f in doc["files"]}
+    assert not any("model-view" in n for n in names) and doc["skipped_views"]
+    assert any("focus-view" in n for n in names) and any("head-view" in n for n in names)
+    tensors, meta = load_saved(tmp_path / "a.safetensors")
+    ref = eager_attentions(path, ids_for(path, TEXT, "Das Tier ging nicht" if kind == "t5" else None))
+    for k, r in ref.items():
+        name = "attentions" if k == "self" else f"{k}_attentions"
+        assert (tensors[name] - r).abs().max().item() <= 1e-5
+    assert json.loads(meta["tokens"]) == doc["tokens"]
+    # the focus ranking matches eager too
+    top = doc["focus"]["top"][0]
+    if kind == "gpt2":
+        it = doc["tokens"].index("it")
+        assert abs(ref["self"][top["layer"], top["head"], it, top["target_index"]].item() - top["weight"]) <= 1e-5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -192,7 +192,7 @@ def run_text(
     from attnviz.capture import CapturePlan
     from attnviz.focus import analyse_focus
     from attnviz.models import LoadOptions
-    from attnviz.text import attend_text, load_text_model
+    from attnviz.text import attend_prepared, load_text_model, prepare_text
 
     spec = ViewSpec(words=words, hide_special=hide_special)
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map)
@@ -201,51 +201,64 @@ def run_text(
     if layer is not None and not -num_layers <= layer < num_layers:
         raise UsageError(f"--layer {layer} is out of range: this model has {num_layers} layers (0..{num_layers - 1})")
     skipped: list[str] = []
-    planned: dict = {}
-
-    def plan_for(info, target_info) -> CapturePlan:
-        n_q = len(target_info) if target_info is not None else len(info)
-        n = max(len(info), n_q)
-        heads = tm.num_heads
-        full_bytes = 4 * num_layers * heads * n * n * (3 if tm.encoder_decoder else 1)
-        keep_full = full_bytes <= FULL_BUDGET
-        rows: tuple[int, ...] = ()
-        cross_rows: tuple[int, ...] = ()
-        if token is not None:
-            q_info = target_info if (tm.encoder_decoder and target_info is not None and len(target_info) > 1) else info
-            positions = find_focus(q_info, token, token_index, spec)
-            if q_info is info:
-                rows = tuple(positions)
-            else:
-                cross_rows = tuple(positions)
-        layers = frozenset({layer % num_layers}) if layer is not None else frozenset({num_layers - 1})
-        if not keep_full:
-            skipped.append(f"model view: {n} tokens x {num_layers} layers x {heads} heads would need {full_bytes / 2**30:.1f} GiB")
-        planned["full"] = keep_full
-        return CapturePlan(full=keep_full, layers=frozenset() if keep_full else layers, rows=rows, cross_rows=cross_rows)
-
-    with _progress(tm) as progress:
-        result = attend_text(content, tm, target=target, plan=plan_for, max_length=max_length, progress=progress)
-    if result.backend == "eager":
-        warn(f"{tm.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
+    prepared = prepare_text(tm, content, target, max_length)
+    info, target_info = prepared.tokens, prepared.target_tokens
+    n = max(len(info), len(target_info) if target_info is not None else 0)
+    full_bytes = 4 * num_layers * tm.num_heads * n * n * (3 if tm.encoder_decoder else 1)
+    keep_full = full_bytes <= FULL_BUDGET
+    if not keep_full:
+        skipped.append(f"model view: {n} tokens x {num_layers} layers x {tm.num_heads} heads would need {full_bytes / 2**30:.1f} GiB")
+    rows: tuple[int, ...] = ()
+    cross_rows: tuple[int, ...] = ()
+    if token is not None:
+        on_target = tm.encoder_decoder and target_info is not None and len(target_info) > 1
+        positions = find_focus(target_info if on_target else info, token, token_index, spec)
+        cross_rows, rows = (tuple(positions), ()) if on_target else ((), tuple(positions))
+    # the head view's layer: given, else (without --token) the last; with --token it follows the ranking
+    layers: frozenset[int] = frozenset()
+    if not keep_full and (layer is not None or token is None):
+        chosen = (layer if layer is not None else -1) % num_layers
+        layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)} if tm.encoder_decoder else {chosen})
+    writer = None
+    if tensor_path is not None and not keep_full:
+        writer = _open_writer(tm, prepared, tensor_path, half)
+    plan = CapturePlan(
+        full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
+        on_layer=writer.write_layer if writer is not None else None,
+    )
+    try:
+        with _progress(tm) as progress:
+            result = attend_prepared(tm, prepared, plan, progress)
+        saved = writer.close() if writer is not None else None
+    finally:
+        if writer is not None:
+            writer.abort()
+    if result.notice:
+        warn(result.notice)
     main = result.main
     focus = analyse_focus(result, token, token_index, spec, top, direction=direction, adjacent=adjacent) if token is not None else None
-    if layer is None and head is None and focus is not None and focus.top and focus.kind == main.kind:
-        layer, head = focus.top[0].layer, focus.top[0].head
-    elif layer is None and focus is not None and focus.top and focus.kind == main.kind:
+    if focus is not None and focus.top and layer is None:
+        # default view: the focus token's top head (of its own attention kind)
         layer = focus.top[0].layer
+        head = focus.top[0].head if head is None else head
     layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
     if head is not None:
         head = main.check_head(head)
-    if not main.has_layer(layer):
-        # the focus ranking chose a layer the first pass did not keep: capture it alone
-        result = attend_text(content, tm, target=target, plan=CapturePlan(layers=frozenset({layer})), max_length=max_length)
+    wanted = {kind: min(layer, maps.num_layers - 1) for kind, maps in result.attention.items()}
+    if not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
+        # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
+        plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
+        with _progress(tm) as progress:
+            again = attend_prepared(tm, prepared, plan, progress)
+        result = replace(
+            result,
+            attention={k: replace(m, layers={**m.layers, **again.attention[k].layers}) for k, m in result.attention.items()},
+        )
         main = result.main
 
     files = _write_views(result, spec, layer, head, focus, out_dir, fmt, skipped)
-    saved = None
-    if tensor_path is not None:
-        saved = _save_attention(result, tensor_path, half, tm, content, target, max_length)
+    if tensor_path is not None and saved is None:
+        saved = _save_full(result, tensor_path, half)
     return TextRun(result, spec, layer, head, focus, files, saved, skipped)
 
 
@@ -273,12 +286,12 @@ def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skip
     multi = len(result.attention) > 1
     for kind, maps in result.attention.items():
         prefix = f"{kind}-" if multi else ""
-        kind_layer = layer if layer < maps.num_layers else maps.num_layers - 1
-        if not maps.has_layer(kind_layer):
-            continue
+        kind_layer = min(layer, maps.num_layers - 1)
+        kind_head = head if head is None or head < maps.num_heads else None
         focus_tokens = focus.token_indices if focus is not None and focus.kind == kind else None
-        files.append(write_figure(head_view(result, kind_layer, head, spec, focus=focus_tokens, kind=kind), out_dir, f"{prefix}head-view", fmt))
-        files.append(write_figure(matrix_view(result, kind_layer, head, spec, kind=kind), out_dir, f"{prefix}matrix", fmt))
+        if maps.has_layer(kind_layer):
+            files.append(write_figure(head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind), out_dir, f"{prefix}head-view", fmt))
+            files.append(write_figure(matrix_view(result, kind_layer, kind_head, spec, kind=kind), out_dir, f"{prefix}matrix", fmt))
         if maps.full is not None:
             files.append(write_figure(model_view(result, spec, kind=kind), out_dir, f"{prefix}model-view", fmt))
         if focus is not None and focus.kind == kind:
@@ -286,21 +299,31 @@ def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skip
     return files
 
 
-def _save_attention(result, path: Path, half: bool, tm, content, target, max_length) -> Path:
-    """Write the raw token-level probabilities; recapture in full (streamed) if the views did not keep them."""
-    import json
+def _metadata(result_or_prepared, model_id: str) -> dict:
+    meta = {"model": model_id, "tokens": list(result_or_prepared.tokens.tokens)}
+    if result_or_prepared.target_tokens is not None:
+        meta["target_tokens"] = list(result_or_prepared.target_tokens.tokens)
+    return meta
 
+
+def _save_full(result, path: Path, half: bool) -> Path:
+    """Write the raw token-level probabilities kept in memory (short inputs)."""
     import torch
 
-    from attnviz.report import save_tensors
+    from attnviz.report import attention_tensor_name, save_tensors
 
-    meta = {"model": result.model_id, "tokens": json.dumps(list(result.tokens.tokens)), "backend": result.backend}
-    if result.target_tokens is not None:
-        meta["target_tokens"] = json.dumps(list(result.target_tokens.tokens))
-    if all(m.full is not None for m in result.attention.values()):
-        dtype = torch.float16 if half else torch.float32
-        tensors = {("attentions" if k == "self" else f"{k}_attentions"): m.full.to(dtype) for k, m in result.attention.items()}
-        return save_tensors(path, tensors, meta)
-    from attnviz.report import stream_attention  # bounded-memory path for long inputs
+    dtype = torch.float16 if half else torch.float32
+    tensors = {attention_tensor_name(k): m.full.to(dtype) for k, m in result.attention.items()}
+    return save_tensors(path, tensors, {**_metadata(result, result.model_id), "backend": result.backend})
 
-    return stream_attention(path, tm, content, target, max_length, half, meta)
+
+def _open_writer(tm, prepared, path: Path, half: bool):
+    """A streaming writer for long inputs: every layer goes to the file as it is captured."""
+    from attnviz.capture import attention_shapes
+    from attnviz.report import AttentionWriter, attention_file_size
+
+    shapes = attention_shapes(tm.model, prepared.inputs)
+    dtype = "float16" if half else "float32"
+    meta = _metadata(prepared, tm.source.model_id)
+    warn(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {path}")
+    return AttentionWriter(path, shapes, dtype=dtype, metadata=meta)
