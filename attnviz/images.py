@@ -19,6 +19,11 @@ error and its warning become an :class:`~attnviz.errors.InputError`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
 import os
 import struct
 import warnings

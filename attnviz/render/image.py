@@ -405,7 +405,6 @@ def rollout_view(
     they are outlined in cyan.
     """
     settings = dict(settings or {})
-    fusion, discard = settings.get("head_fusion", "mean"), float(settings.get("discard_ratio", 0.0))
     pw, ph = _panel_size(result, width_in - 1.3, max_height_in=8.0)
     width = max(width_in, pw + 1.3)
     what = "attention rollout" + (" without sink patches" if masked and sinks else "")
