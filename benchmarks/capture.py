@@ -360,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _markdown(doc: dict, md: str, checks: list[str]) -> str:
     cfg = doc["model"]["config"]
+    bases = [r["baseline_rss_mb"] for r in doc["results"] if "baseline_rss_mb" in r]
+    baseline = (
+        f" Baseline RSS after loading the model (every weight resident, one 16-token warm-up forward): "
+        f"{min(bases):.0f}-{max(bases):.0f} MiB in every process; the peaks below include it."
+        if bases
+        else ""
+    )
     head = (
         "## Capture benchmark\n\n"
         f"Random-weight Llama-style model (`LlamaModel` via `AutoModel`, no LM head; {cfg['num_hidden_layers']} layers, "
@@ -369,7 +376,7 @@ def _markdown(doc: dict, md: str, checks: list[str]) -> str:
         f"transformers {doc['transformers']}. Every row is a fresh process; time is the wall time of the call, "
         "peak RSS the process's peak resident memory during the call (weights and libraries included), "
         "ratios are to the floor (a) at the same N. `python benchmarks/capture.py` reproduces it "
-        f"(this run: {doc['total_seconds'] / 60:.1f} min).\n\n"
+        f"(this run: {doc['total_seconds'] / 60:.1f} min).{baseline}\n\n"
     )
     tail = ("\n\nTargets at N = 4096:\n\n" + "\n".join(checks) + "\n") if checks else "\n"
     return head + md + tail + _notes(doc)
