@@ -363,7 +363,8 @@ def _markdown(doc: dict, md: str, checks: list[str]) -> str:
     bases = [r["baseline_rss_mb"] for r in doc["results"] if "baseline_rss_mb" in r]
     baseline = (
         f" Baseline RSS after loading the model (every weight resident, one 16-token warm-up forward): "
-        f"{min(bases):.0f}-{max(bases):.0f} MiB in every process; the peaks below include it."
+        + (f"{min(bases):.0f}" if round(min(bases)) == round(max(bases)) else f"{min(bases):.0f}-{max(bases):.0f}")
+        + " MiB in every process; the peaks below include it."
         if bases
         else ""
     )
