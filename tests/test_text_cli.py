@@ -279,3 +279,27 @@ def test_long_input_plan_streams_save_attn(tiny_models, tmp_path, monkeypatch, k
     if kind == "gpt2":
         it = doc["tokens"].index("it")
         assert abs(ref["self"][top["layer"], top["head"], it, top["target_index"]].item() - top["weight"]) <= 1e-5
+
+
+def test_pickle_weights_need_allow_pickle(tmp_path):
+    import os
+
+    from tiny import text_config, wordpiece_tokenizer
+    from transformers import AutoModel
+
+    tok = wordpiece_tokenizer()
+    model = AutoModel.from_config(text_config("bert", len(tok)))
+    folder = tmp_path / "pickled"
+    model.save_pretrained(folder)
+    os.remove(folder / "model.safetensors")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    tok.save_pretrained(folder)
+    refused = invoke("text", "hi there", "--model", folder, "--out", tmp_path / "o")
+    assert refused.exit_code == 3 and "--allow-pickle" in refused.stderr
+    doc = run_json("text", "hi there", "--model", folder, "--out", tmp_path / "o", "--allow-pickle")
+    assert doc["num_layers"] == 3
+
+
+def test_python_m_attnviz():
+    out = subprocess.run([sys.executable, "-m", "attnviz", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("attnviz ")

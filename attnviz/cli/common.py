@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -15,6 +16,17 @@ import typer
 from attnviz.errors import AttnvizError, AttnvizWarning
 
 INTERNAL_ERROR = 70
+
+# Options every command shares (typer reads these defaults; nothing heavy is imported).
+OUT = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports.")
+FORMAT = typer.Option("png", "--format", help="png, svg or pdf.")
+JSON = typer.Option(False, "--json", help="Print one JSON document instead of the summary.")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto.")
+DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+DEVICE_MAP = typer.Option(None, "--device-map", help="e.g. auto: spread a big model over devices (accelerate).")
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust.")
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust.")
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
 def quiet_libraries() -> None:

@@ -9,7 +9,9 @@ from typing import Optional
 import typer
 
 from attnviz.cli import app
-from attnviz.cli.common import guarded, print_json, quiet_libraries, warn
+from attnviz.cli.common import (
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
+)
 from attnviz.models import DEFAULT_IMAGE_MODEL
 
 
@@ -115,19 +117,19 @@ def image_command(
     model: str = typer.Option(DEFAULT_IMAGE_MODEL, "--model", "-m", help="Hub id or local folder of a ViT-family model."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer of the per-head view (0-based, negative from the end; default: the last)."),
     head: Optional[int] = typer.Option(None, "--head", help="Show this head (0-based) in the report instead of the head mean, and only it (plus the mean) in the per-head views."),
-    out: Path = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports."),
-    fmt: str = typer.Option("png", "--format", help="png, svg or pdf."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the summary."),
+    out: Path = OUT,
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
     save_attn: Optional[Path] = typer.Option(None, "--save-attn", help="Write raw attention [L, H, T, T] and the rollout [rows, cols] to PATH.safetensors."),
     head_fusion: str = typer.Option("mean", "--head-fusion", help="Rollout: fuse each layer's heads by mean, max or min."),
     discard_ratio: float = typer.Option(0.0, "--discard-ratio", help="Rollout: zero this fraction (0..1) of the lowest fused weights (never attention to [CLS])."),
     patch: Optional[str] = typer.Option(None, "--patch", help="X,Y: pixel of the photo (after EXIF rotation) whose patch's attention to show."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto: spread a big model over devices (accelerate)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    allow_pickle: bool = ALLOW_PICKLE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
+    debug: bool = DEBUG,
 ) -> None:
     """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
     with guarded(debug):

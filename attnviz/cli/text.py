@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 
 from attnviz.cli import app
-from attnviz.cli.common import guarded, print_json, quiet_libraries, warn
+from attnviz.cli.common import (
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
+)
 
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
 FULL_BUDGET = 256 * 2**20
@@ -145,20 +147,20 @@ def text_command(
     target: Optional[str] = typer.Option(None, "--target", help="Decoder text for encoder-decoder models (T5, BART, Marian)."),
     text_file: Optional[Path] = typer.Option(None, "--text-file", help="Read the input text from a UTF-8 file."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate the input to this many tokens."),
-    out: Path = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports."),
-    fmt: str = typer.Option("png", "--format", help="png, svg or pdf."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the summary."),
+    out: Path = OUT,
+    fmt: str = FORMAT,
+    as_json: bool = JSON,
     save_attn: Optional[Path] = typer.Option(None, "--save-attn", help="Write raw attention [L, H, Q, K] to PATH.safetensors."),
     half: bool = typer.Option(False, "--half", help="With --save-attn: store float16 instead of float32."),
     top: int = typer.Option(10, "--top", help="Heads listed for --token."),
     direction: str = typer.Option("back", "--direction", help="--token links to: back (earlier tokens, as antecedents), forward or both."),
     adjacent: bool = typer.Option(False, "--adjacent/--no-adjacent", help="Count links to the neighbouring tokens (previous/next-token heads)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto: spread a big model over devices (accelerate)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
+    allow_pickle: bool = ALLOW_PICKLE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
+    debug: bool = DEBUG,
 ) -> None:
     """Attention of a text model: head view, model view, focus view and attention matrix."""
     with guarded(debug):
