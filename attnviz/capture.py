@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from attnviz.analysis.rollout import HEAD_FUSIONS, fuse_heads
+from attnviz.analysis.rollout import HEAD_FUSIONS, fuse_heads, rollout_step
 from attnviz.errors import ModelError, UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps
 
@@ -367,26 +367,6 @@ def _check_rollout_settings(plan: CapturePlan) -> None:
             raise UsageError(f"--discard-ratio must be in [0, 1), not {plan.discard_ratio}")
 
 
-def _rollout_step_(a: torch.Tensor, discard_ratio: float, protect) -> torch.Tensor:
-    """:func:`attnviz.analysis.rollout.rollout_step`, in place on the fused map ``a`` (same operations, same order)."""
-    n = a.shape[-1]
-    a.mul_(0.5)
-    if discard_ratio > 0:
-        k = int(discard_ratio * a.numel())
-        if k:
-            flat = a.view(-1)
-            idx = torch.topk(flat, k, largest=False).indices
-            if protect:
-                cols = idx % n
-                keep = torch.isin(cols, torch.as_tensor(list(protect), device=idx.device))
-                idx = idx[~keep]
-            flat[idx] = 0
-            del idx
-    a.diagonal().add_(0.5)
-    a.div_(a.sum(dim=-1, keepdim=True))
-    return a
-
-
 def _is_lower(a: torch.Tensor) -> bool:
     """True if the square ``a`` is lower triangular (no nonzero above the diagonal), checked block by block."""
     n = a.shape[0]
@@ -538,7 +518,7 @@ class _Session:
 
     def _roll(self, kind: str, fused: torch.Tensor) -> None:
         """Fold one layer's head-fused map (float32 ``[N, N]``, consumed) into the rollout of ``kind``."""
-        step = _rollout_step_(fused, self.plan.discard_ratio, self.plan.protect)  # rows sum to 1
+        step = rollout_step(fused, self.plan.discard_ratio, self.plan.protect, inplace=True)  # rows sum to 1
         lower = _is_lower(step)
         prev = self.rollout.get(kind)
         if prev is not None:

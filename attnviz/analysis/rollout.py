@@ -35,13 +35,17 @@ def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
 
 
-def rollout_step(fused: torch.Tensor, discard_ratio: float = 0.0, protect: Sequence[int] = ()) -> torch.Tensor:
+def rollout_step(
+    fused: torch.Tensor, discard_ratio: float = 0.0, protect: Sequence[int] = (), inplace: bool = False
+) -> torch.Tensor:
     """One layer's rollout factor ``A'`` from its head-fused map ``fused`` (``[N, N]``).
 
     ``discard_ratio`` r in [0, 1): the ``floor(r * N * N)`` smallest weights of
     ``fused`` are set to 0, except in the key columns listed in ``protect`` (e.g.
     the [CLS] position). Then ``A' = 0.5 * A + 0.5 * I`` with rows renormalised to
-    sum to 1. Returns a new float32 ``[N, N]`` tensor; ``fused`` is not modified.
+    sum to 1. Returns a new float32 ``[N, N]`` tensor; ``fused`` is not modified
+    unless ``inplace`` (then ``fused`` must be float32 and is returned, to save
+    one ``[N, N]`` buffer).
 
     Raises:
         UsageError: ``discard_ratio`` outside [0, 1).
@@ -49,7 +53,8 @@ def rollout_step(fused: torch.Tensor, discard_ratio: float = 0.0, protect: Seque
     if not 0.0 <= discard_ratio < 1.0:
         raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
     n = fused.shape[-1]
-    out = fused.float() * 0.5
+    out = fused if inplace else fused.float().clone()
+    out.mul_(0.5)
     if discard_ratio > 0:
         k = int(discard_ratio * out.numel())
         if k:
@@ -60,8 +65,9 @@ def rollout_step(fused: torch.Tensor, discard_ratio: float = 0.0, protect: Seque
                 keep = torch.isin(cols, torch.as_tensor(list(protect), device=idx.device))
                 idx = idx[~keep]
             flat[idx] = 0
+            del idx
     out.diagonal().add_(0.5)
-    out /= out.sum(dim=-1, keepdim=True)
+    out.div_(out.sum(dim=-1, keepdim=True))
     return out
 
 
