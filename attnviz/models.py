@@ -131,6 +131,7 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         ModelError: not found/offline, pickle weights without ``allow_pickle``,
         an architecture ``auto_class`` cannot load.
     """
+    device = None if options.device_map else pick_device(options.device)  # fail before loading any weights
     kwargs = dict(
         trust_remote_code=options.trust_remote_code,
         use_safetensors=None if options.allow_pickle else True,
@@ -153,7 +154,7 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         if Path(source.location).is_dir():
             raise ModelError(f"cannot load '{source.model_id}': {msg.strip().splitlines()[0][:200]}") from exc
         raise _unreachable(source, exc) from exc
-    if not options.device_map:
-        model = model.to(pick_device(options.device))
+    if device is not None:
+        model = model.to(device)
     model.eval()
     return model

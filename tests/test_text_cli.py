@@ -303,3 +303,49 @@ def test_pickle_weights_need_allow_pickle(tmp_path):
 def test_python_m_attnviz():
     out = subprocess.run([sys.executable, "-m", "attnviz", "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("attnviz ")
+
+
+def test_long_input_4000_tokens(tmp_path):
+    """A 4000-token text file on a random Llama-style model: bounded plan, legible report, numbers equal eager."""
+    import transformers as tf
+
+    from tiny import CORPUS, bos_bpe_tokenizer
+
+    tok = bos_bpe_tokenizer()
+    config = tf.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, max_position_embeddings=8192, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    tf.AutoModel.from_config(config).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    words = " ".join(CORPUS).split()
+    text = " ".join(words[(7 * i) % len(words)] for i in range(3300)) + " The zebra was tired."
+    (tmp_path / "long.txt").write_text(text, encoding="utf-8")
+    n = len(tok(text)["input_ids"])
+    assert n > 4000
+    doc = run_json("text", "--text-file", tmp_path / "long.txt", "--model", tmp_path / "llama", "--token", "zebra",
+                   "--words", "--out", tmp_path / "o")
+    assert doc["num_tokens"] == n and doc["skipped_views"]  # no model view: it would not fit the in-memory budget
+    names = {Path(f).name for f in doc["files"]}
+    assert names == {"head-view.png", "matrix.png", "focus-view.png"}
+    for f in doc["files"]:
+        w, h = Image.open(f).size
+        assert w <= 4000 and h <= 4000  # bounded, whatever the token count
+    ref = eager_attentions(tmp_path / "llama", ids_for(tmp_path / "llama", text))["self"]
+    top = doc["focus"]["top"][0]
+    pieces = doc["focus"]["token_indices"]
+    assert doc["words"][doc["focus"]["index"]] == "zebra"
+    # a word's link weight: mean over its pieces' rows, summed over the target word's pieces (Clark et al. 2019)
+    target_pieces = _word_pieces(tok, text, top["target_index"])
+    expected = ref[top["layer"], top["head"]][pieces][:, target_pieces].sum(-1).mean().item()
+    assert abs(expected - top["weight"]) <= 1e-5
+
+
+def _word_pieces(tok, text, word_index):
+    """Token positions of the word_index-th unit of --words (special tokens are units of their own)."""
+    from attnviz.analysis.select import ViewSpec, units_for
+    from attnviz.text import _token_info
+
+    enc = tok(text, return_offsets_mapping=True)
+    return list(units_for(_token_info(text, enc, tok), ViewSpec(words=True)).groups[word_index])

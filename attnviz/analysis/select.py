@@ -119,7 +119,8 @@ def find_focus(info: TokenInfo, token: str, index: int | None, spec: ViewSpec) -
     if index is None:
         if len(hits) > 1:
             raise UsageError(
-                f"{what} '{token}' occurs {len(hits)} times (at {', '.join(map(str, hits))}); pick one with --token-index 0..{len(hits) - 1}"
+                f"{what} '{token}' occurs {len(hits)} times (at {', '.join(map(str, hits[:10]))}{', ...' if len(hits) > 10 else ''}); "
+                f"pick one with --token-index 0..{len(hits) - 1}"
             )
         index = 0
     if not 0 <= index < len(hits):

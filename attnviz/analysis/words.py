@@ -8,6 +8,7 @@ mean of its pieces' rows, so every row still sums to 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -28,11 +29,13 @@ class Units:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def _unit_of_token(self) -> dict[int, int]:
+        return {t: u for u, g in enumerate(self.groups) for t in g}
+
     def unit_of(self, token: int) -> int:
-        for i, g in enumerate(self.groups):
-            if token in g:
-                return i
-        raise KeyError(token)
+        """Index of the unit that holds token position ``token``. Raises KeyError if none does."""
+        return self._unit_of_token[token]
 
 
 def token_units(info: TokenInfo) -> Units:
