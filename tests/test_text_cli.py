@@ -349,3 +349,21 @@ def _word_pieces(tok, text, word_index):
 
     enc = tok(text, return_offsets_mapping=True)
     return list(units_for(_token_info(text, enc, tok), ViewSpec(words=True)).groups[word_index])
+
+
+@pytest.mark.parametrize("fmt, magic", [("svg", b"<svg"), ("pdf", b"%PDF")])
+def test_vector_formats(tiny_models, tmp_path, fmt, magic):
+    doc = run_json("text", TEXT, "--model", tiny_models("bert"), "--token", "it", "--format", fmt, "--out", tmp_path)
+    assert doc["files"] and all(f.endswith(f".{fmt}") for f in doc["files"])
+    for f in doc["files"]:
+        head = Path(f).read_bytes()[:400]
+        assert magic in head
+
+
+def test_vision_model_is_refused_by_text(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                       image_size=32, patch_size=16)).save_pretrained(tmp_path / "vit")
+    result = invoke("text", "hi", "--model", tmp_path / "vit", "--out", tmp_path / "o")
+    assert result.exit_code == 3 and "attnviz image" in result.stderr
