@@ -638,6 +638,7 @@ def _set_implementation(model, name: str) -> bool:
 
 
 def is_encoder_decoder(model) -> bool:
+    """True for encoder-decoder models (T5, BART, Marian...), whose attention comes in three kinds."""
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 

@@ -75,6 +75,7 @@ class AttentionMaps:
         return head % self.num_heads
 
     def has_layer(self, layer: int) -> bool:
+        """True if :meth:`layer` can return this layer's ``[heads, query, key]`` maps."""
         return self.full is not None or (layer % self.num_layers) in self.layers
 
     def layer(self, layer: int) -> torch.Tensor:
@@ -91,6 +92,7 @@ class AttentionMaps:
         raise KeyError(f"layer {layer} was not captured by this plan")
 
     def has_row(self, query: int) -> bool:
+        """True if :meth:`query_row` can return this query position's ``[layers, heads, key]`` rows."""
         return self.full is not None or query in self.row_index
 
     def query_row(self, query: int) -> torch.Tensor:

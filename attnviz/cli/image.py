@@ -31,6 +31,7 @@ class ImageRun:
     save_attn: Path | None = None
 
     def to_json(self) -> dict:
+        """The ``--json`` document (plain JSON types only)."""
         r = self.result
         doc = {
             "model": r.model_id,

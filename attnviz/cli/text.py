@@ -32,6 +32,7 @@ class TextRun:
     skipped: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """The ``--json`` document (plain JSON types only)."""
         r = self.result
         from attnviz.analysis.select import units_for
 
