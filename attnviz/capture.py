@@ -28,8 +28,9 @@ MPNet, ALiBi models such as BLOOM and MPT) fall back to eager
 ``output_attentions=True`` (``Capture.backend == "eager"``, with a one-line
 ``Capture.notice``).
 
-Attention calls are attributed to a layer and kind by module path (e.g.
-``decoder.block.3.layer.1.EncDecAttention`` -> cross-attention, layer 3).
+Attention calls are attributed to a kind by module path
+(``decoder.block.3.layer.1.EncDecAttention`` is cross-attention) and to a layer
+by call order within that kind (which also serves ALBERT's shared layers).
 Captured maps are float32 on the CPU; they move there row block by row block as
 they are produced.
 """

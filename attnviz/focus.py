@@ -19,18 +19,9 @@ import torch
 from attnviz.analysis.heads import HeadLink, rank_heads, strongest_targets
 from attnviz.analysis.select import ViewSpec, find_focus, prepare_rows, units_for
 from attnviz.errors import UsageError
-from attnviz.types import CROSS, DECODER, TextAttention, TokenInfo
+from attnviz.types import CROSS, TextAttention
 
 DIRECTIONS = ("back", "forward", "both")
-
-
-def sides(result: TextAttention, kind: str) -> tuple[TokenInfo, TokenInfo]:
-    """(query tokens, key tokens) of an attention kind."""
-    if kind == CROSS:
-        return result.target_tokens, result.tokens
-    if kind == DECODER:
-        return result.target_tokens, result.target_tokens
-    return result.tokens, result.tokens
 
 
 def focus_kind(result: TextAttention) -> str:
@@ -92,9 +83,8 @@ def analyse_focus(
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
     kind = kind or focus_kind(result)
-    query_info, key_info = sides(result, kind)
+    maps, query_info, key_info = result.sides(kind)
     positions = find_focus(query_info, token, index, spec)
-    maps = result.attention[kind]
     rows = torch.stack([maps.query_row(p) for p in positions], dim=-2)  # [L, H, R, K_tokens]
     r, key_units = prepare_rows(rows, list(positions), key_info, spec)  # [L, H, K_units]
     query_units = units_for(query_info, spec)

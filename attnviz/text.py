@@ -34,35 +34,30 @@ class TextModel:
     def encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
+    def _config_int(self, *names: str) -> int | None:
+        """The first of ``names`` that the model's config sets to an int (configs name things differently)."""
+        values = (getattr(self.model.config, name, None) for name in names)
+        return next((v for v in values if isinstance(v, int)), None)
+
     @property
     def num_layers(self) -> int:
         """Layers of the (encoder) stack, from the config."""
-        config = self.model.config
-        for name in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers"):
-            value = getattr(config, name, None)
-            if isinstance(value, int):
-                return value
-        return config.get_text_config().num_hidden_layers
+        found = self._config_int("num_hidden_layers", "n_layer", "num_layers", "encoder_layers")
+        return found if found is not None else self.model.config.get_text_config().num_hidden_layers
 
     @property
     def num_decoder_layers(self) -> int:
         """Layers of the decoder stack of an encoder-decoder model (else :attr:`num_layers`)."""
-        config = self.model.config
-        for name in ("num_decoder_layers", "decoder_layers"):
-            value = getattr(config, name, None)
-            if isinstance(value, int):
-                return value
-        return self.num_layers
+        found = self._config_int("num_decoder_layers", "decoder_layers")
+        return found if found is not None else self.num_layers
 
     @property
     def num_heads(self) -> int:
         """Attention heads per layer, from the config. Raises ModelError if the model has none."""
-        config = self.model.config
-        for name in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"):
-            value = getattr(config, name, None)
-            if isinstance(value, int):
-                return value
-        raise ModelError(f"'{self.source.model_id}' ({self.model_type}) has no attention heads: it is not an attention model")
+        found = self._config_int("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+        if found is None:
+            raise ModelError(f"'{self.source.model_id}' ({self.model_type}) has no attention heads: it is not an attention model")
+        return found
 
 
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions()) -> TextModel:

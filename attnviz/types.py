@@ -166,6 +166,27 @@ class TextAttention:
     dropped_tokens: int = 0
     notice: str | None = None
 
+    def sides(self, kind: str = SELF) -> tuple[AttentionMaps, TokenInfo, TokenInfo]:
+        """The attention of ``kind`` with its query-side and key-side tokens: ``(maps, query_info, key_info)``.
+
+        Query side: ``target_tokens`` for ``"decoder"``/``"cross"``, else ``tokens``;
+        key side: ``target_tokens`` for ``"decoder"``, else ``tokens``. ``"self"``
+        on an encoder-decoder result means ``"encoder"``.
+
+        Raises:
+            UsageError: no attention of this kind (the message lists those there are), or no target tokens.
+        """
+        if kind == SELF and SELF not in self.attention and ENCODER in self.attention:
+            kind = ENCODER
+        if kind not in self.attention:
+            have = ", ".join(self.attention) or "none"
+            raise UsageError(f"this result has no {kind} attention (it has: {have})")
+        query_info = self.target_tokens if kind in (DECODER, CROSS) else self.tokens
+        key_info = self.target_tokens if kind == DECODER else self.tokens
+        if query_info is None or key_info is None:
+            raise UsageError(f"this result has no target (decoder) tokens for {kind} attention")
+        return self.attention[kind], query_info, key_info
+
     @property
     def main(self) -> AttentionMaps:
         """The self-attention of a single-stack model, or the encoder's."""

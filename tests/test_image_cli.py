@@ -17,15 +17,8 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from attnviz.cli import app
-from vision_tiny import eager_attentions, make_photo, make_vision_model, reference_rollout
+from vision_tiny import DEIT, DINOV2, ROOT, SAMPLES, needs_deit, needs_dinov2, eager_attentions, make_photo, make_vision_model, reference_rollout
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-DEIT = SHARED / "models" / "deit-tiny-patch16-224"
-DINOV2 = SHARED / "models" / "dinov2-small-saliency"
-SAMPLES = ROOT / "samples"
-needs_deit = pytest.mark.skipif(not DEIT.exists(), reason="../shared/models/deit-tiny-patch16-224 is not here")
-needs_dinov2 = pytest.mark.skipif(not DINOV2.exists(), reason="../shared/models/dinov2-small-saliency is not here")
 
 runner = CliRunner()
 

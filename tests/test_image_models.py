@@ -7,7 +7,6 @@ DeiT-Tiny and DINOv2-S weights from ../shared/models where that folder exists.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,21 +14,13 @@ import torch
 from PIL import Image
 
 from attnviz.analysis.rollout import attention_rollout
-from attnviz.capture import FULL
 from attnviz.errors import ModelError, UsageError
 from attnviz.image import (
     attend_image, cls_attention, image_plan, image_sinks, load_image_model, patch_box, point_to_patch,
     query_attention, rollout_map,
 )
-from vision_tiny import KINDS, LAYOUT, eager_attentions, make_photo, make_vision_model, reference_rollout
+from vision_tiny import DEIT, DINOV2, SAMPLES, needs_deit, needs_dinov2, KINDS, LAYOUT, eager_attentions, make_photo, make_vision_model, reference_rollout
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-DEIT = SHARED / "models" / "deit-tiny-patch16-224"
-DINOV2 = SHARED / "models" / "dinov2-small-saliency"
-SAMPLES = ROOT / "samples"
-needs_deit = pytest.mark.skipif(not DEIT.exists(), reason="../shared/models/deit-tiny-patch16-224 is not here")
-needs_dinov2 = pytest.mark.skipif(not DINOV2.exists(), reason="../shared/models/dinov2-small-saliency is not here")
 
 #: kind -> expected (rows, cols) on the test photos
 GRIDS = {k: (4, 4) for k in KINDS} | {"dinov2-nocrop": (4, 8)}

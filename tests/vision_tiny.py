@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 #: kind -> (prefix tokens, patch size)
@@ -41,6 +42,16 @@ LAYOUT = {
 KINDS = tuple(LAYOUT)
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40, initializer_range=0.5)
 LABELS = {0: "red", 1: "green", 2: "blue", 3: "cat", 4: "espresso"}
+
+#: the real weights in ../shared (beside the project root); tests that need them skip where it is absent
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+DEIT = SHARED / "models" / "deit-tiny-patch16-224"
+DINOV2 = SHARED / "models" / "dinov2-small-saliency"
+SAMPLES = ROOT / "samples"
+needs_deit = pytest.mark.skipif(not DEIT.exists(), reason="../shared/models/deit-tiny-patch16-224 is not here")
+needs_dinov2 = pytest.mark.skipif(not DINOV2.exists(), reason="../shared/models/dinov2-small-saliency is not here")
+
 
 
 def _processor(name: str, **kwargs):

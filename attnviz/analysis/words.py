@@ -1,8 +1,9 @@
-"""Merge word pieces into words and drop special tokens (attention sinks).
+"""Group word pieces into words: the units a text view shows.
 
 Word merging follows Clark et al. 2019 ("What Does BERT Look At?"): attention
 TO a word is the sum of the attention to its pieces, attention FROM a word is the
-mean of its pieces' rows, so every row still sums to 1.
+mean of its pieces' rows, so every row still sums to 1 (applied in
+:mod:`attnviz.analysis.select`).
 """
 
 from __future__ import annotations
@@ -69,48 +70,3 @@ def merge_matrix(groups: tuple[tuple[int, ...], ...], num_tokens: int) -> torch.
     for u, g in enumerate(groups):
         m[u, list(g)] = 1.0
     return m
-
-
-def merge_attention(attn: torch.Tensor, query_units: Units, key_units: Units | None = None) -> torch.Tensor:
-    """Merge word pieces: ``[..., Q_tokens, K_tokens]`` -> ``[..., Q_units, K_units]`` (float32).
-
-    TO a unit: sum over its key tokens. FROM a unit: mean over its query tokens.
-    Rows that summed to 1 still sum to 1.
-    """
-    key_units = key_units or query_units
-    mq = merge_matrix(query_units.groups, attn.shape[-2])
-    mq = mq / mq.sum(dim=1, keepdim=True)
-    mk = merge_matrix(key_units.groups, attn.shape[-1])
-    return mq @ attn.float() @ mk.T
-
-
-def merge_rows(rows: torch.Tensor, key_units: Units) -> torch.Tensor:
-    """Merge the key side only: ``[..., K_tokens]`` -> ``[..., K_units]`` (sum over pieces)."""
-    mk = merge_matrix(key_units.groups, rows.shape[-1])
-    return rows.float() @ mk.T
-
-
-def drop_special(attn: torch.Tensor, query_special, key_special=None) -> tuple[torch.Tensor, list[int], list[int]]:
-    """Remove special units (e.g. [CLS], [SEP], BOS) from both axes and renormalise rows to sum to 1.
-
-    Args:
-        attn: ``[..., Q, K]`` probabilities.
-        query_special / key_special: booleans per query / key unit.
-
-    Returns:
-        ``(attn_kept [..., Q', K'], kept_query_indices, kept_key_indices)``. A row
-        whose kept weights sum to 0 stays 0.
-    """
-    key_special = query_special if key_special is None else key_special
-    qk = [i for i, s in enumerate(query_special) if not s]
-    kk = [i for i, s in enumerate(key_special) if not s]
-    sub = attn[..., qk, :][..., kk]
-    total = sub.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, sub / total.clamp_min(1e-30), sub), qk, kk
-
-
-def renormalise_rows(rows: torch.Tensor, keep: list[int]) -> torch.Tensor:
-    """Keep the key positions ``keep`` of ``[..., K]`` rows and renormalise each row to sum to 1."""
-    sub = rows[..., keep]
-    total = sub.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, sub / total.clamp_min(1e-30), sub)

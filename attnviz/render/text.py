@@ -85,29 +85,8 @@ _FADED_COLOR = "#8c8c8c"
 
 
 def maps_for(result: TextAttention, kind: str = SELF) -> tuple[AttentionMaps, TokenInfo, TokenInfo]:
-    """The attention of ``kind`` with its query-side and key-side tokens.
-
-    Query side: ``result.target_tokens`` for ``"decoder"``/``"cross"``, else
-    ``result.tokens``; key side: ``result.target_tokens`` for ``"decoder"``, else
-    ``result.tokens``. ``"self"`` on an encoder-decoder result means ``"encoder"``.
-
-    Returns:
-        ``(maps, query_info, key_info)``.
-
-    Raises:
-        UsageError: the result has no attention of this kind (the message lists those it has).
-    """
-    if kind == SELF and SELF not in result.attention and ENCODER in result.attention:
-        kind = ENCODER
-    if kind not in result.attention:
-        have = ", ".join(result.attention) or "none"
-        raise UsageError(f"--kind {kind}: this result has no {kind} attention (it has: {have})")
-    maps = result.attention[kind]
-    query_info = result.target_tokens if kind in (DECODER, CROSS) else result.tokens
-    key_info = result.target_tokens if kind == DECODER else result.tokens
-    if query_info is None or key_info is None:
-        raise UsageError(f"--kind {kind}: this result has no target (decoder) tokens")
-    return maps, query_info, key_info
+    """``(maps, query_info, key_info)`` of ``kind``: see :meth:`attnviz.types.TextAttention.sides`."""
+    return result.sides(kind)
 
 
 def _layer_tensor(maps: AttentionMaps, layer: int) -> torch.Tensor:
