@@ -145,7 +145,10 @@ def test_tiny_models_json_and_saved_tensors(kind, tiny, photo, tmp_path, one_thr
     assert doc["prefix_tokens"] == prefix and doc["grid"] == [4, 4]
     assert doc["cls_index"] == (None if kind == "siglip" else 0)
     assert (doc["predictions"] is None) == (kind != "deit-distilled")
-    assert all(Path(f).suffix == ".pdf" and Path(f).exists() for f in doc["files"])
+    assert doc["files"] and all(Path(f).suffix == ".pdf" for f in doc["files"])
+    for f in doc["files"]:  # real PDFs, each holding a page with content
+        data = Path(f).read_bytes()
+        assert data.startswith(b"%PDF") and b"/Type /Page" in data and len(data) > 2000
     tensors, meta = load_saved(saved)
     ref, _ = eager_attentions(folder, photo)
     assert (tensors["attentions"] - ref).abs().max().item() <= 1e-5
