@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from attnviz.capture import FULL, CapturePlan, capture
 from attnviz.errors import ModelError, UsageError
-from attnviz.models import DEFAULT_IMAGE_MODEL, LoadOptions, ModelSource, load_config, load_model, resolve_model
+from attnviz.models import DEFAULT_IMAGE_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model, resolve_model
 from attnviz.types import SELF, ImageAttention, Prediction
 
 #: model_type -> names of the prefix tokens that come before the patches (registers added from the config).
@@ -85,16 +85,37 @@ class VisionInfo:
 
 @dataclass(frozen=True)
 class ImageModel:
-    """A loaded vision model with its image processor and :class:`VisionInfo`."""
+    """A vision model's image processor and :class:`VisionInfo`, and (once loaded) its weights.
+
+    ``model`` is ``None`` until :meth:`with_weights` loads it, so that layer/head
+    ranges and ``--patch`` are checked against the config and processor first.
+    """
 
     source: ModelSource
     model: Any
     processor: Any
     info: VisionInfo
+    options: LoadOptions = LoadOptions()
 
     @property
     def model_type(self) -> str:
         return self.info.model_type
+
+    def with_weights(self) -> "ImageModel":
+        """This model with its weights loaded; a classifier whose head the checkpoint lacks shows no predictions.
+
+        Raises:
+            ModelError: weights missing, incomplete or unloadable (:func:`attnviz.models.load_model`).
+        """
+        if self.model is not None:
+            return self
+        config = load_config(self.source, self.options)
+        model = load_model(self.source, _model_class(config, self.info), self.options)
+        # the loaded model's own config is authoritative (e.g. a vision tower of a CLIPModel checkpoint)
+        loaded = vision_info(model.config)
+        classifier = self.info.classifier and not getattr(model, "attnviz_new_head", ())
+        info = VisionInfo(loaded.model_type, loaded.patch_size, loaded.prefix, loaded.num_layers, loaded.num_heads, classifier)
+        return ImageModel(self.source, model, self.processor, info, self.options)
 
 
 # ---------------------------------------------------------------------------
@@ -167,12 +188,14 @@ def _model_class(config, info: VisionInfo):
     return transformers.AutoModel
 
 
-def load_image_model(name: str = DEFAULT_IMAGE_MODEL, options: LoadOptions = LoadOptions()) -> ImageModel:
+def load_image_model(name: str = DEFAULT_IMAGE_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True) -> ImageModel:
     """Load a Vision Transformer (or a CLIP/SigLIP vision tower) and its image processor.
 
     Classifiers (``*ForImageClassification``, DeiT ``...WithTeacher``) load with
     their head so that :func:`attend_image` can report predictions; a full
-    CLIPModel / SiglipModel checkpoint loads only its vision tower.
+    CLIPModel / SiglipModel checkpoint loads only its vision tower. With
+    ``weights=False`` only the config and processor load; :meth:`ImageModel.with_weights`
+    loads the rest.
 
     Raises:
         ModelError: not found (offline and not cached: one line suggesting
@@ -191,11 +214,9 @@ def load_image_model(name: str = DEFAULT_IMAGE_MODEL, options: LoadOptions = Loa
         raise ModelError(
             f"cannot load an image processor for '{name}' (it needs a preprocessor_config.json): {first}"
         ) from exc
-    model = load_model(source, _model_class(config, info), options)
-    # the loaded model's own config is authoritative (e.g. a vision tower of a CLIPModel checkpoint)
-    loaded = vision_info(model.config)
-    info = VisionInfo(loaded.model_type, loaded.patch_size, loaded.prefix, loaded.num_layers, loaded.num_heads, info.classifier)
-    return ImageModel(source, model, processor, info)
+    check_weight_files(source, options)
+    im = ImageModel(source, None, processor, info, options)
+    return im.with_weights() if weights else im
 
 
 # ---------------------------------------------------------------------------
@@ -377,7 +398,7 @@ def attend_image(
     """
     from attnviz.images import load_image
 
-    im = model if isinstance(model, ImageModel) else load_image_model(model, options)
+    im = (model if isinstance(model, ImageModel) else load_image_model(model, options)).with_weights()
     photo = load_image(image)
     pixel_values, box, grid, input_size = preprocess(im, photo)
     param = next(im.model.parameters())
@@ -483,12 +504,25 @@ def point_to_patch(result: ImageAttention, x: float, y: float) -> tuple[int, int
     Raises:
         UsageError: the point lies outside the region the model saw (the crop).
     """
-    left, top, right, bottom = result.crop_box
-    rows, cols = result.grid
-    if not (left <= x < right and top <= y < bottom) or not (0 <= x < result.image.width and 0 <= y < result.image.height):
+    return patch_at(result.crop_box, result.grid, (result.image.width, result.image.height), x, y)
+
+
+def patch_at(crop_box, grid: tuple[int, int], image_size: tuple[int, int], x: float, y: float) -> tuple[int, int]:
+    """The patch ``(row, col)`` of a ``grid`` laid over ``crop_box`` (photo pixels) that covers pixel ``(x, y)``.
+
+    ``image_size`` is the photo's ``(width, height)``; :func:`preprocess` gives ``crop_box`` and
+    ``grid`` without the model's weights, so ``--patch`` is checked before they load.
+
+    Raises:
+        UsageError: the point lies outside the region the model saw (the crop).
+    """
+    left, top, right, bottom = crop_box
+    rows, cols = grid
+    width, height = image_size
+    if not (left <= x < right and top <= y < bottom) or not (0 <= x < width and 0 <= y < height):
         raise UsageError(
             f"--patch {x:g},{y:g} is outside the part of the photo the model saw: "
-            f"x in [{max(left, 0):.0f}, {min(right, result.image.width):.0f}), y in [{max(top, 0):.0f}, {min(bottom, result.image.height):.0f})"
+            f"x in [{max(left, 0):.0f}, {min(right, width):.0f}), y in [{max(top, 0):.0f}, {min(bottom, height):.0f})"
         )
     col = min(cols - 1, int((x - left) / (right - left) * cols))
     row = min(rows - 1, int((y - top) / (bottom - top) * rows))

@@ -36,6 +36,9 @@ class LoadOptions:
 
     ``device``: "cpu", "cuda", "mps" or "auto"; ``dtype``: "float32", "bfloat16" or
     "float16"; ``device_map``: e.g. "auto" for accelerate's big-model inference.
+    ``random_weights_ok``: load a checkpoint that lacks attention-path tensors
+    (they are randomly initialised, and the result says "random weights")
+    instead of refusing it.
     """
 
     allow_pickle: bool = False
@@ -43,6 +46,7 @@ class LoadOptions:
     device: str = "cpu"
     dtype: str = "float32"
     device_map: str | None = None
+    random_weights_ok: bool = False
 
 
 def resolve_model(name: str) -> ModelSource:
@@ -124,37 +128,173 @@ def pick_device(device: str) -> str:
     return device
 
 
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | None) -> None:
+    """Refuse a ``--device-map`` that names a device this machine does not have (before loading).
+
+    Raises:
+        UsageError: not a strategy (auto, balanced, balanced_low_0, sequential) nor an existing device.
+    """
+    if device_map is None or device_map in _DEVICE_MAP_STRATEGIES:
+        return
+    import torch
+
+    from attnviz.errors import UsageError
+
+    try:
+        dev = torch.device(device_map)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device-map must be auto, balanced, balanced_low_0, sequential or a device such as cpu or cuda:0, not '{device_map}'"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            have = f"this machine has {count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device is available"
+            raise UsageError(f"--device-map {device_map}: {have}")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"--device-map {device_map}: no MPS device is available")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise UsageError(f"--device-map {device_map}: attnviz runs on cpu, cuda or mps devices")
+
+
+def check_weight_files(source: ModelSource, options: LoadOptions = LoadOptions()) -> None:
+    """Check, before loading, that a local model folder's weight files can be read (safetensors headers).
+
+    Reads only each ``*.safetensors`` header (milliseconds). Hub ids are checked when they load.
+
+    Raises:
+        ModelError: a truncated or corrupt safetensors file; no weights at all.
+        UsageError: a ``--device-map`` that names a missing device.
+    """
+    check_device_map(options.device_map)
+    folder = Path(source.location)
+    if not folder.is_dir():
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    if not files and not pickles:
+        raise ModelError(f"'{source.model_id}' has no weights (no *.safetensors file)")
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"'{f}' is not a readable safetensors file ({_first_line(exc)}): truncated or corrupt?") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+#: Parameter names that are never on the attention path (their absence changes no attention map).
+_NOT_ATTENTION_PATH = re.compile(r"(^|\.)pooler\.")
+
+
+@dataclass(frozen=True)
+class WeightCoverage:
+    """What a checkpoint did not provide: ``attention_path`` tensors (embeddings, attention layers,
+    norms, position tables) and ``head`` tensors (a task head, e.g. a classifier) that were randomly
+    initialised on loading, and tensors whose shape did not match."""
+
+    attention_path: tuple[str, ...] = ()
+    head: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.attention_path and not self.head
+
+
+def weight_coverage(model, loading_info: dict) -> WeightCoverage:
+    """Sort transformers' ``output_loading_info`` (missing and mismatched keys) into attention path and task head.
+
+    A parameter belongs to the task head when the model wraps a base model
+    (``base_model_prefix``) and the name lies outside it (``classifier.*``,
+    ``lm_head.*``); pooler parameters are ignored (no view uses them); all other
+    parameters feed the attention maps.
+    """
+    missing = set(loading_info.get("missing_keys") or ())
+    for item in loading_info.get("mismatched_keys") or ():
+        missing.add(item[0] if isinstance(item, (tuple, list)) else str(item))
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    wraps = bool(prefix) and getattr(model, prefix, None) is not None and getattr(model, prefix) is not model
+    path, head = [], []
+    for name in sorted(missing):
+        if _NOT_ATTENTION_PATH.search(name):
+            continue
+        (head if wraps and not name.startswith(prefix + ".") else path).append(name)
+    return WeightCoverage(tuple(path), tuple(head))
+
+
 def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
-    """Load weights with ``auto_class.from_pretrained`` in eval mode.
+    """Load weights with ``auto_class.from_pretrained`` in eval mode, refusing incomplete checkpoints.
+
+    After loading, transformers' loading info is checked (:func:`weight_coverage`):
+    any randomly initialised attention-path tensor is an error unless
+    ``options.random_weights_ok`` (then ``model.attnviz_random_weights`` lists them);
+    a randomly initialised task head only is recorded in ``model.attnviz_new_head``
+    (callers then show no predictions).
 
     Raises:
         ModelError: not found/offline, pickle weights without ``allow_pickle``,
-        an architecture ``auto_class`` cannot load.
+        an architecture ``auto_class`` cannot load, corrupt weights, missing tensors.
     """
     device = None if options.device_map else pick_device(options.device)  # fail before loading any weights
+    check_device_map(options.device_map)
     kwargs = dict(
         trust_remote_code=options.trust_remote_code,
         use_safetensors=None if options.allow_pickle else True,
         dtype=_torch_dtype(options.dtype),
+        output_loading_info=True,
     )
     if options.device_map:
         kwargs["device_map"] = options.device_map
+    from safetensors import SafetensorError
+
     try:
-        model = auto_class.from_pretrained(source.location, **kwargs)
+        model, info = auto_class.from_pretrained(source.location, **kwargs)
+    except SafetensorError as exc:
+        raise ModelError(f"cannot load '{source.model_id}': a safetensors file is truncated or corrupt ({_first_line(exc)})") from exc
     except ValueError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load '{source.model_id}' with {auto_class.__name__}: {msg[:200]}") from exc
+        raise ModelError(f"cannot load '{source.model_id}' with {auto_class.__name__}: {_first_line(exc)}") from exc
     except OSError as exc:
         msg = str(exc)
-        if "safetensors" in msg.lower() or "use_safetensors" in msg:
+        if ("safetensors" in msg.lower() or "use_safetensors" in msg) and not options.allow_pickle:
             raise ModelError(
                 f"'{source.model_id}' has no safetensors weights; rerun with --allow-pickle to load pickle (.bin) weights "
                 "if you trust the source"
             ) from exc
         if Path(source.location).is_dir():
-            raise ModelError(f"cannot load '{source.model_id}': {msg.strip().splitlines()[0][:200]}") from exc
+            raise ModelError(f"cannot load '{source.model_id}': {_first_line(exc)}") from exc
         raise _unreachable(source, exc) from exc
+    except RuntimeError as exc:
+        if "size mismatch" in str(exc) or "shape" in str(exc).lower():
+            raise ModelError(f"cannot load '{source.model_id}': the checkpoint's tensors do not fit its config ({_first_line(exc)})") from exc
+        raise
+    coverage = weight_coverage(model, info)
+    if coverage.attention_path and not options.random_weights_ok:
+        n = len(coverage.attention_path)
+        raise ModelError(
+            f"'{source.model_id}': the checkpoint lacks {n} tensor{'s' if n != 1 else ''} the attention depends on "
+            f"(first: {coverage.attention_path[0]}), which would be random; refusing to show an untrained network "
+            "(--random-weights-ok to look at it anyway)"
+        )
+    model.attnviz_random_weights = coverage.attention_path
+    model.attnviz_new_head = coverage.head
     if device is not None:
         model = model.to(device)
     model.eval()
     return model
+
+
+def random_weights_note(model) -> str | None:
+    """"random weights: ..." when attention-path tensors were randomly initialised (``--random-weights-ok``), else None."""
+    names = getattr(model, "attnviz_random_weights", ())
+    if not names:
+        return None
+    return f"random weights: {len(names)} tensor{'s' if len(names) != 1 else ''} missing from the checkpoint were randomly initialised (first: {names[0]})"

@@ -2,7 +2,10 @@
 
 Every file is written to a temporary name in its destination folder and moved into
 place when complete (``os.replace``), so an interrupted run never leaves a
-half-written file where a good one was.
+half-written file where a good one was. A command's run writes through one
+:class:`RunOutput`: all its files are staged and moved into place together, only
+over files attnviz wrote (the folder's manifest says which), never onto the
+model's own files.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMATS = ("png", "svg", "pdf")
 DPI = 150
+#: Name of the manifest each output folder holds: what the last run wrote there.
+MANIFEST = ".attnviz-manifest.json"
+#: Temporary files and folders attnviz makes start with this and end in ``.part``
+#: (``.attnviz-<pid>-<random>.part``); a later run removes those of dead processes.
+TEMP_PREFIX = ".attnviz-"
+_HASH_LIMIT = 64 * 2**20  # files above this are recorded by size and mtime, not sha256
 
 
 def prepare_out_dir(path: str | os.PathLike) -> Path:
@@ -46,7 +55,7 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
 def _atomic(path: Path, mode: str = "wb") -> Iterator:
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".part")
     except OSError as exc:
         raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
     try:
@@ -83,18 +92,29 @@ def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png") -> P
 
 
 def check_tensor_path(path: str | os.PathLike) -> Path:
-    """Validate a ``--save-attn`` destination before any work is done; create its folder.
+    """Validate a ``--save-attn`` destination before any work is done (creates nothing).
 
     Raises:
-        OutputError: the path is a folder, lacks the .safetensors suffix, or its folder is not writable.
+        OutputError: the path is a folder, lacks the .safetensors suffix, or a parent is a file.
     """
     p = Path(path).expanduser()
     if p.is_dir():
         raise OutputError(f"--save-attn '{p}' is a folder; give a file name such as attn.safetensors")
     if p.suffix != ".safetensors":
         raise OutputError(f"--save-attn '{p}' must end in .safetensors")
-    prepare_out_dir(p.parent if str(p.parent) else ".")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"--save-attn '{p}': '{parent}' is a file, not a folder")
+            break
     return p
+
+
+def _tensor_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
+    """String metadata of an attention file, marked as attnviz's (:func:`is_attnviz_tensor_file`)."""
+    meta = {"format": "attnviz-attention", "attnviz": _version()}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    return meta
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, object]) -> Path:
@@ -106,9 +126,9 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"],
     from safetensors.torch import save
 
     p = check_tensor_path(path)
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=_tensor_metadata(metadata))
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         with _atomic(p) as fh:
             fh.write(data)
     except OSError as exc:
@@ -133,9 +153,7 @@ def _stream_header(shapes: Mapping[str, tuple[int, ...]], dtype: str, metadata: 
     if dtype not in _ST_DTYPES:
         raise OutputError(f"attention files are float32 or float16, not '{dtype}'")
     code, size = _ST_DTYPES[dtype]
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    header: dict[str, object] = {"__metadata__": _tensor_metadata(metadata)}
     offsets, start = {}, 0
     for kind, shape in shapes.items():
         nbytes = size
@@ -205,7 +223,8 @@ class AttentionWriter:
         self.expected_bytes = attention_file_size(self.shapes, dtype, metadata)
         self._written: dict[str, set[int]] = {kind: set() for kind in self.shapes}
         try:
-            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".part")
             self._fh = os.fdopen(fd, "wb")
             self._fh.write(head)
             self._fh.truncate(self.expected_bytes)
@@ -297,3 +316,369 @@ def _le_bytes(t: "torch.Tensor") -> memoryview:
     if sys.byteorder != "little":  # pragma: no cover
         arr = arr.byteswap()
     return memoryview(arr).cast("B")
+
+
+# ---------------------------------------------------------------------------
+# one run's outputs: staged, then moved into place together, with a manifest
+
+
+def _fingerprint(path: Path) -> dict:
+    import hashlib
+
+    st = path.stat()
+    if st.st_size > _HASH_LIMIT:
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"size": st.st_size, "sha256": digest.hexdigest()}
+
+
+def _same_file(path: Path, recorded: object) -> bool:
+    """``path`` is a regular file (not a link) that still is what a manifest recorded."""
+    if not isinstance(recorded, dict) or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        now = _fingerprint(path)
+    except OSError:
+        return False
+    keys = ("size", "sha256") if "sha256" in recorded else ("size", "mtime_ns")
+    return all(now.get(k) == recorded.get(k) for k in keys)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of an output folder (``{}`` when there is none or it is unreadable)."""
+    try:
+        doc = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and isinstance(doc.get("files"), dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove ``.attnviz-<pid>-*.part`` files/folders in ``folder`` left by processes that are gone (e.g. SIGKILL)."""
+    import shutil
+
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(".part")):
+            continue
+        pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _temp_name() -> str:
+    import secrets
+
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.part"
+
+
+class _Place:
+    """A destination folder that may not exist yet; files are staged in a temporary folder and moved in on commit.
+
+    If the folder exists, the stage is a hidden folder inside it. If not, the stage stands for its
+    first missing ancestor (created beside that ancestor's parent) and is renamed into place, so a
+    failed run creates no folder at all.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        probe = folder
+        while not probe.exists() and not probe.is_symlink():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise OutputError(f"'{probe}' is a file, so '{folder}' cannot be a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to '{probe}': permission denied")
+        self.existing = probe  # the deepest folder that exists
+        self.exists = probe == folder
+        self._stage: Path | None = None
+
+    @property
+    def first_missing(self) -> Path:
+        return self.folder if self.exists else Path(self.existing, self.folder.relative_to(self.existing).parts[0])
+
+    def stage(self) -> Path:
+        """The staged counterpart of :attr:`folder` (created on first use)."""
+        if self._stage is None:
+            remove_stale_temporaries(self.existing)
+            root = self.existing / _temp_name()
+            try:
+                root.mkdir()
+            except OSError as exc:
+                raise OutputError(f"cannot write to '{self.existing}': {exc.strerror or exc}") from exc
+            self._stage = root
+        inner = self._stage if self.exists else self._stage / self.folder.relative_to(self.first_missing)
+        try:
+            inner.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write to '{self.existing}': {exc.strerror or exc}") from exc
+        return inner
+
+    def discard(self) -> None:
+        import shutil
+
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+
+
+class RunOutput:
+    """Every file one run writes, all or nothing, and only over files attnviz wrote.
+
+    Figures (and any other report files) go to ``out_dir``; an attention tensor file
+    (``--save-attn``) may go elsewhere. Everything is first written into a temporary
+    ``.attnviz-<pid>-<random>.part`` folder next to its destination; :meth:`commit`
+    checks every destination again and then moves the files into place, writes the
+    folder's manifest (:data:`MANIFEST`: what this run wrote, with its settings and the
+    attnviz version) and removes the previous run's outputs that this run did not write
+    again (only those still exactly as attnviz wrote them). A run that fails or is
+    interrupted before the commit leaves every previous file as it was and creates no
+    folder.
+
+    Rules, checked by :meth:`check` (call it before the expensive work) and at commit:
+
+    - a file that exists under a name this run writes must be one attnviz wrote (listed in
+      the folder's manifest with the same content) unless ``force``;
+    - nothing is ever written onto a file in ``protect`` (the model's and tokenizer's
+      files), whatever ``force`` says;
+    - the tensor file may replace only an attention file attnviz wrote
+      (:func:`is_attnviz_tensor_file`) unless ``force``.
+
+    Usage::
+
+        out = RunOutput("attnviz-out", command="text", settings={...}, protect=model_files)
+        out.check(["head-view.png"], tensor="attn.safetensors")   # fails fast, before loading
+        with out:
+            out.figure(fig, "head-view", "png")
+            save_tensors(out.tensor_target("attn.safetensors"), tensors, meta)
+        out.files  # final paths
+
+    Raises:
+        OutputError: a destination that is a folder/file of the wrong kind, not writable,
+            a user's file in the way, or a protected file.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, command: str, settings: Mapping[str, object] | None = None,
+                 force: bool = False, protect: "set[str] | frozenset[str]" = frozenset(), stamp: str | None = None):
+        self.out_dir = Path(out_dir).expanduser()
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OutputError(f"output folder '{self.out_dir}' is a file")
+        self.command = command
+        self.settings = dict(settings or {})
+        self.force = force
+        self.protect = frozenset(protect)
+        self.stamp = stamp
+        self._place = _Place(self.out_dir)
+        self._previous = read_manifest(self.out_dir) if self._place.exists else {}
+        self._names: list[str] = []
+        self._tensor: tuple[Path, _Place] | None = None
+        self.files: list[Path] = []
+        self.tensor: Path | None = None
+        self.left_alone: list[Path] = []
+
+    # -- checks -----------------------------------------------------------
+
+    def _check_target(self, path: Path, owned: bool, what: str) -> None:
+        real = os.path.realpath(path)
+        if real in self.protect or os.path.realpath(path.parent) + os.sep + path.name in self.protect:
+            raise OutputError(f"refusing to write {what} '{path}': the model is loaded from that file")
+        if not (path.exists() or path.is_symlink()):
+            return
+        if path.is_dir() and not path.is_symlink():
+            raise OutputError(f"cannot write {what} '{path}': it is a folder")
+        if not owned and not self.force:
+            where = "another --out" if what == "a report to" else "another file name"
+            raise OutputError(f"'{path}' exists and attnviz did not write it; choose {where}, move it, or rerun with --force")
+
+    def _owned(self, name: str) -> bool:
+        path = self.out_dir / name
+        if self._tensor is not None and os.path.abspath(path) == os.path.abspath(self._tensor[0]) and is_attnviz_tensor_file(path):
+            return True
+        return _same_file(path, self._previous.get("files", {}).get(name))
+
+    def check(self, names=(), tensor: str | os.PathLike | None = None) -> None:
+        """Check destinations before any work: ``names`` in the output folder, ``tensor`` anywhere.
+
+        Raises:
+            OutputError: see the class docstring.
+        """
+        for name in names:
+            self._check_target(self.out_dir / name, self._owned(name), "a report to")
+        if tensor is not None:
+            path = check_tensor_path(tensor)
+            self._check_target(path, is_attnviz_tensor_file(path), "attention to")
+
+    # -- writing ----------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """A staged path to write the output folder's file ``name`` to (moved into place on commit)."""
+        if name in self._names:
+            raise OutputError(f"two outputs of this run are both named '{name}'")
+        self._check_target(self.out_dir / name, self._owned(name), "a report to")
+        self._names.append(name)
+        return self._place.stage() / name
+
+    def figure(self, fig: "Figure", stem: str, fmt: str = "png", **savefig) -> Path:
+        """Stage ``fig`` as ``stem.fmt`` (see :func:`write_figure`); returns its final path."""
+        if self.stamp:
+            fig.text(0.5, 0.002, self.stamp, ha="center", va="bottom", fontsize=8, color="#b00020", weight="bold")
+        staged = self.path(f"{stem}.{fmt}")
+        write_figure(fig, staged.parent, stem, fmt, **savefig)
+        return self.out_dir / staged.name
+
+    def tensor_target(self, path: str | os.PathLike) -> Path:
+        """A staged path for the attention file ``path`` (``--save-attn``); moved into place on commit."""
+        final = check_tensor_path(path)
+        self._check_target(final, is_attnviz_tensor_file(final), "attention to")
+        if os.path.abspath(final.parent) == os.path.abspath(self.out_dir):
+            self._tensor = (final, self._place)
+            return self.path(final.name)
+        place = _Place(final.parent)
+        self._tensor = (final, place)
+        return place.stage() / final.name
+
+    # -- commit / abort ---------------------------------------------------
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into place, write the manifest, remove the previous run's leftovers."""
+        for name in self._names:
+            self._check_target(self.out_dir / name, self._owned(name), "a report to")
+        if self._tensor is not None and self._tensor[1] is not self._place:
+            final, place = self._tensor
+            self._check_target(final, is_attnviz_tensor_file(final), "attention to")
+        staged = self._place.stage() if self._names or not self._place.exists else None
+        record = {}
+        if staged is not None:
+            for name in self._names:
+                record[name] = _fingerprint(staged / name)
+        previous = self._previous.get("files", {})
+        manifest = {
+            "attnviz": _version(),
+            "command": self.command,
+            "settings": self.settings,
+            "files": record,
+        }
+        try:
+            if staged is not None:
+                (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+                for p in staged.iterdir():
+                    os.chmod(p, 0o666 & ~_umask())
+            if self._tensor is not None and self._tensor[1] is not self._place:
+                final, place = self._tensor
+                self._move_in(place, [final.name])
+                self.tensor = final
+            if staged is not None:
+                self._move_in(self._place, self._names + [MANIFEST])
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot move the outputs into '{self.out_dir}': {exc.strerror or exc}") from exc
+        if self._tensor is not None and self._tensor[1] is self._place:
+            self.tensor = self._tensor[0]
+        for name, recorded in previous.items():
+            if name in record or name == MANIFEST or "/" in name or name.startswith("."):
+                continue
+            old = self.out_dir / name
+            if _same_file(old, recorded):
+                old.unlink(missing_ok=True)
+            elif old.exists() or old.is_symlink():
+                self.left_alone.append(old)
+        self.files = [self.out_dir / n for n in self._names if self._tensor is None or self.out_dir / n != self._tensor[0]]
+        return self.files
+
+    @staticmethod
+    def _move_in(place: _Place, names: list[str]) -> None:
+        stage = place.stage()
+        if place.exists:
+            for name in names:
+                os.replace(stage / name, place.folder / name)
+            place.discard()
+        else:
+            root = place._stage
+            os.rename(root, place.first_missing)
+            place._stage = None
+
+    def abort(self) -> None:
+        """Remove everything staged (idempotent)."""
+        self._place.discard()
+        if self._tensor is not None:
+            self._tensor[1].discard()
+
+    def __enter__(self) -> "RunOutput":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _version() -> str:
+    from attnviz import __version__
+
+    return __version__
+
+
+def model_files(location: str | os.PathLike) -> frozenset[str]:
+    """Real paths of every file in a model folder (and what its links point to), never to be written."""
+    found: set[str] = set()
+    root = Path(location)
+    if not root.is_dir():
+        return frozenset()
+    for dirpath, _dirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            p = Path(dirpath, name)
+            found.add(os.path.realpath(p))
+            found.add(os.path.abspath(p))
+    return frozenset(found)
+
+
+def is_attnviz_tensor_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an attention file attnviz wrote (safetensors with attnviz's tensor names and metadata)."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= 1 << 26:
+                return False
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        return False
+    if meta.get("format") == "attnviz-attention":
+        return True
+    names = {k for k in header if k != "__metadata__"}
+    return "model" in meta and bool(names) and names <= {"attentions", "rollout", "encoder_attentions", "decoder_attentions", "cross_attentions"}

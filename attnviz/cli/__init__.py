@@ -6,17 +6,54 @@ stays fast; each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click
 
 from attnviz import __version__
 
+
+class _Group(TyperGroup):
+    """The command group: command-line parse errors become one ``attnviz: error:`` line (exit 2)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(2)
+        except click.UsageError as exc:
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"attnviz: error: {message}", err=True)
+            command = exc.ctx.command_path if exc.ctx is not None else "attnviz"
+            typer.echo(f"Try '{command} --help'.", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            typer.echo(f"attnviz: error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            typer.echo("attnviz: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
     name="attnviz",
+    cls=_Group,
     help="See the attention of Hugging Face Transformer models: PNG/SVG/PDF reports and a terminal summary, offline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

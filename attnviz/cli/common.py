@@ -27,6 +27,10 @@ DEVICE_MAP = typer.Option(None, "--device-map", help="e.g. auto: spread a big mo
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust.")
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+FORCE = typer.Option(False, "--force", help="Overwrite files in the way that attnviz did not write (never the model's own files).")
+RANDOM_WEIGHTS_OK = typer.Option(
+    False, "--random-weights-ok", help="Show a model even if its checkpoint lacks attention tensors (they are random; every output says so).",
+)
 
 
 def quiet_libraries() -> None:
@@ -48,15 +52,49 @@ def warn(message: str) -> None:
     typer.echo(f"attnviz: warning: {message}", err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every ``finally`` removes its temporary files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise Terminated(signum)
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """Treat SIGTERM and SIGHUP like SIGINT while a command runs (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def guarded(debug: bool) -> Iterator[None]:
     """Turn :class:`AttnvizError` into one line on stderr and its exit code.
 
     Unexpected exceptions also become one line (exit 70) unless ``debug``, which
     re-raises them with the traceback. Warnings raised inside are printed as
-    one-line ``attnviz: warning:`` messages.
+    one-line ``attnviz: warning:`` messages. Ctrl-C exits 130; SIGTERM and SIGHUP
+    are handled the same way (temporary files removed) and exit 143 and 129.
     """
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _signals_as_interrupts():
         warnings.simplefilter("always", AttnvizWarning)
         try:
             yield
@@ -68,6 +106,11 @@ def guarded(debug: bool) -> Iterator[None]:
                 raise
             typer.echo(f"attnviz: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except Terminated as exc:
+            import signal
+
+            typer.echo(f"attnviz: stopped by {signal.Signals(exc.signum).name}", err=True)
+            raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
             typer.echo("attnviz: interrupted", err=True)
             raise typer.Exit(130) from None
@@ -94,3 +137,49 @@ def print_json(document: dict) -> None:
     """The one JSON document on stdout."""
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+#: Longest --text-file attnviz reads (bytes); longer texts would be truncated to the model's positions anyway.
+TEXT_FILE_LIMIT = 16 * 2**20
+
+
+def read_text_file(path: Path) -> str:
+    """Read ``--text-file`` (``-`` is standard input): a regular UTF-8 file of at most :data:`TEXT_FILE_LIMIT` bytes.
+
+    Raises:
+        InputError: missing, a folder, a FIFO/device or other non-regular file, too large, not UTF-8.
+    """
+    import stat
+
+    from attnviz.errors import InputError
+
+    limit = TEXT_FILE_LIMIT
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+        where = "standard input"
+    else:
+        p = Path(path).expanduser()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise InputError(f"--text-file '{path}' does not exist") from None
+        except OSError as exc:
+            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"--text-file '{path}' is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"--text-file '{path}' is not a regular file (a pipe or device?); use --text-file - to read standard input")
+        if st.st_size > limit:
+            raise InputError(f"--text-file '{path}' is {st.st_size / 2**20:.1f} MiB; attnviz reads at most {limit // 2**20} MiB")
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read(limit + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
+        where = f"--text-file '{path}'"
+    if len(data) > limit:
+        raise InputError(f"{where} is more than {limit // 2**20} MiB; attnviz reads at most {limit // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{where} is not UTF-8 text") from None

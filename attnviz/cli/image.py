@@ -10,7 +10,8 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
-    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
+    quiet_libraries, warn,
 )
 from attnviz.models import DEFAULT_IMAGE_MODEL
 
@@ -29,6 +30,7 @@ class ImageRun:
     patch: tuple | None = None  # (x, y, row, col)
     files: list[Path] = field(default_factory=list)
     save_attn: Path | None = None
+    random_weights: str | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -37,6 +39,7 @@ class ImageRun:
             "model": r.model_id,
             "model_type": r.model_type,
             "backend": r.backend,
+            "random_weights": self.random_weights,
             "image": {"path": self.path, "width": r.image.width, "height": r.image.height},
             "input_size": list(r.input_size),
             "crop_box": [round(float(v), 3) for v in r.crop_box],
@@ -74,6 +77,8 @@ def _print_human(run: ImageRun) -> None:
         f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
         soft_wrap=True,
     )
+    if run.random_weights:
+        console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
     if r.predictions:
         table = Table(title="Predictions (softmax of the logits)", title_justify="left")
         table.add_column("#", justify="right")
@@ -130,6 +135,8 @@ def image_command(
     device_map: Optional[str] = DEVICE_MAP,
     allow_pickle: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
+    force: bool = FORCE,
+    random_weights_ok: bool = RANDOM_WEIGHTS_OK,
     debug: bool = DEBUG,
 ) -> None:
     """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
@@ -143,12 +150,16 @@ def image_command(
 
 def run_image(
     path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
-    device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+    device, dtype, device_map, allow_pickle, trust_remote_code, force=False, random_weights_ok=False, debug=False,
 ) -> ImageRun:
-    """Do the work of ``attnviz image`` and return what was produced (no printing)."""
+    """Do the work of ``attnviz image`` and return what was produced (no printing).
+
+    The photo, layer/head ranges, ``--patch`` and the output paths are checked against the config
+    and image processor before the weights load; all files are written together at the end, or none.
+    """
     from attnviz.analysis.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+    from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
@@ -161,17 +172,14 @@ def run_image(
     from attnviz.images import load_image
 
     photo = load_image(path)  # a bad file fails before any model is loaded
-    out_dir = prepare_out_dir(out)
     tensor_path = check_tensor_path(save_attn) if save_attn else None
 
     quiet_libraries()
-    from attnviz.image import (
-        attend_image, image_plan, image_sinks, load_image_model, point_to_patch, rollout_map,
-    )
-    from attnviz.models import LoadOptions
+    from attnviz.image import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
+    from attnviz.models import LoadOptions, random_weights_note
 
-    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map)
-    im = load_image_model(model, options)
+    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
+    im = load_image_model(model, options, weights=False)  # config and processor only: checks come first
     n_layers, n_heads = im.info.num_layers, im.info.num_heads
     layer = -1 if layer is None else layer
     if not -n_layers <= layer < n_layers:
@@ -181,47 +189,72 @@ def run_image(
         if not -n_heads <= head < n_heads:
             raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
         head %= n_heads
+    patch_info = None
+    names = [f"report.{fmt}", f"attention-layer{layer}.{fmt}", f"rollout.{fmt}"]
+    if point is not None:
+        _, box, grid, _ = preprocess(im, photo)
+        row, col = patch_at(box, grid, (photo.width, photo.height), *point)
+        patch_info = (point[0], point[1], row, col)
+        names.append(f"{_patch_stem(point[0], point[1], layer)}.{fmt}")
+    output = RunOutput(
+        out, command="image", force=force, protect=model_files(im.source.location),
+        settings={"model": im.source.model_id, "image": str(path), "layer": layer, "head": head, "head_fusion": head_fusion,
+                  "discard_ratio": discard_ratio, "patch": patch, "format": fmt, "save_attn": str(tensor_path) if tensor_path else None},
+    )
+    output.check(names, tensor=tensor_path)
+
+    im = im.with_weights()
+    note = random_weights_note(im.model)
+    if note:
+        warn(note)
+        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    if getattr(im.model, "attnviz_new_head", ()):
+        warn(f"'{im.source.model_id}' has no trained classification head in its checkpoint: no predictions are shown")
     plan = image_plan(im, (layer,), full=tensor_path is not None, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = attend_image(photo, im, plan=plan)
     if result.backend == "eager":
         warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
     rollout = rollout_map(result, head_fusion, discard_ratio)
     sinks = image_sinks(result, rollout)
-    patch_info = None
-    if point is not None:
-        row, col = point_to_patch(result, *point)
-        patch_info = (point[0], point[1], row, col)
 
-    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info)
-    run.files = _write_views(run, rollout, out_dir, fmt)
-    if tensor_path is not None:
-        run.save_attn = _save_attention(result, rollout, tensor_path, head_fusion, discard_ratio)
+    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info, random_weights=note)
+    with output:
+        files = _write_views(run, rollout, output, fmt)
+        if tensor_path is not None:
+            _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio)
+    run.files = files
+    run.save_attn = output.tensor
+    for left in output.left_alone:
+        warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
     return run
 
 
-def _write_views(run: ImageRun, rollout, out_dir: Path, fmt: str) -> list[Path]:
+def _patch_stem(x: float, y: float, layer: int) -> str:
+    return f"patch-{x:g}-{y:g}-layer{layer}"
+
+
+def _write_views(run: ImageRun, rollout, output, fmt: str) -> list[Path]:
     from attnviz.render.image import heads_view, patch_view, predictions_view, report_view, rollout_view
-    from attnviz.report import write_figure
 
     r = run.result
     settings = {"head_fusion": run.head_fusion, "discard_ratio": run.discard_ratio}
     heads = None if run.head is None else [run.head]
     files: list[Path] = []
-    files.append(write_figure(heads_view(r, run.layer, heads=heads, sinks=run.sinks), out_dir, f"attention-layer{run.layer}", fmt))
-    files.append(write_figure(rollout_view(r, rollout, settings, sinks=run.sinks), out_dir, "rollout", fmt))
+    files.append(output.figure(heads_view(r, run.layer, heads=heads, sinks=run.sinks), f"attention-layer{run.layer}", fmt))
+    files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks), "rollout", fmt))
     if run.sinks:
-        files.append(write_figure(rollout_view(r, rollout, settings, sinks=run.sinks, masked=True), out_dir, "rollout-no-sinks", fmt))
+        files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks, masked=True), "rollout-no-sinks", fmt))
     if run.patch is not None:
         x, y, row, col = run.patch
         fig = patch_view(r, run.layer, row, col, point=(x, y), heads=heads, sinks=run.sinks)
-        files.append(write_figure(fig, out_dir, f"patch-{x:g}-{y:g}-layer{run.layer}", fmt))
+        files.append(output.figure(fig, _patch_stem(x, y, run.layer), fmt))
     if r.predictions:
-        files.append(write_figure(predictions_view(r), out_dir, "predictions", fmt))
+        files.append(output.figure(predictions_view(r), "predictions", fmt))
     fig = report_view(
         r, layer=run.layer, head=run.head, rollout=rollout, settings=settings, sinks=run.sinks,
         files=[p.name for p in files],
     )
-    report = write_figure(fig, out_dir, "report", fmt)
+    report = output.figure(fig, "report", fmt)
     return [report] + files
 
 

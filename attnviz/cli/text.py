@@ -11,7 +11,8 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
-    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
+    quiet_libraries, warn,
 )
 
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
@@ -30,6 +31,7 @@ class TextRun:
     files: list[Path] = field(default_factory=list)
     save_attn: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    random_weights: str | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -40,6 +42,7 @@ class TextRun:
             "model": r.model_id,
             "model_type": r.model_type,
             "backend": r.backend,
+            "random_weights": self.random_weights,
             "num_layers": r.num_layers,
             "num_heads": r.num_heads,
             "tokens": list(r.tokens.tokens),
@@ -88,6 +91,8 @@ def _print_human(run: TextRun) -> None:
         + (f" · kinds: {kinds}" if kinds else "")
         + f" · backend {r.backend}"
     )
+    if run.random_weights:
+        console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
     if r.main.kv_heads:
         console.print(f"grouped-query attention: {_kv_summary(r.main.kv_heads)}")
     if run.focus is not None:
@@ -115,21 +120,13 @@ def _kv_summary(kv_heads) -> str:
 
 
 def _read_text(text: Optional[str], text_file: Optional[Path]) -> str:
-    from attnviz.errors import InputError, UsageError
+    from attnviz.cli.common import read_text_file
+    from attnviz.errors import UsageError
 
     if text_file is not None:
         if text is not None:
             raise UsageError("give the text either as an argument or with --text-file, not both")
-        try:
-            return Path(text_file).expanduser().read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"--text-file '{text_file}' does not exist") from None
-        except IsADirectoryError:
-            raise InputError(f"--text-file '{text_file}' is a folder") from None
-        except UnicodeDecodeError:
-            raise InputError(f"--text-file '{text_file}' is not UTF-8 text") from None
-        except OSError as exc:
-            raise InputError(f"cannot read --text-file '{text_file}': {exc.strerror}") from None
+        return read_text_file(text_file)
     if text is None:
         raise UsageError("give a text, e.g. attnviz text \"The cat sat.\", or --text-file PATH")
     return text
@@ -161,6 +158,8 @@ def text_command(
     device_map: Optional[str] = DEVICE_MAP,
     allow_pickle: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
+    force: bool = FORCE,
+    random_weights_ok: bool = RANDOM_WEIGHTS_OK,
     debug: bool = DEBUG,
 ) -> None:
     """Attention of a text model: head view, model view, focus view and attention matrix."""
@@ -174,11 +173,17 @@ def text_command(
 
 def run_text(
     text, model, token, token_index, layer, head, words, hide_special, target, text_file, max_length, out, fmt,
-    as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+    as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code,
+    force=False, random_weights_ok=False, debug=False,
 ) -> TextRun:
-    """Do the work of ``attnviz text`` and return what was produced (no printing)."""
+    """Do the work of ``attnviz text`` and return what was produced (no printing).
+
+    Everything the config and tokenizer can tell (layer and head ranges, --max-length, the focus
+    token, the output paths) is checked before the weights load; all files are written together
+    at the end (:class:`attnviz.report.RunOutput`), or none.
+    """
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+    from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
@@ -187,82 +192,115 @@ def run_text(
     content = _read_text(text, text_file)
     if not content.strip():
         raise UsageError("the text is empty" if not content else "the text is only whitespace")
-    out_dir = prepare_out_dir(out)
     tensor_path = check_tensor_path(save_attn) if save_attn else None
 
     quiet_libraries()
     from attnviz.analysis.select import ViewSpec, find_focus
     from attnviz.capture import CapturePlan
     from attnviz.focus import analyse_focus
-    from attnviz.models import LoadOptions
+    from attnviz.models import LoadOptions, random_weights_note
     from attnviz.text import attend_prepared, load_text_model, prepare_text
 
     spec = ViewSpec(words=words, hide_special=hide_special)
-    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map)
-    tm = load_text_model(model, options)
-    num_layers, _ = tm.num_layers, tm.num_heads  # (raises for a model without attention)
+    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
+    tm = load_text_model(model, options, weights=False)  # config and tokenizer only: checks come first
+    num_layers, num_heads = tm.num_layers, tm.num_heads  # (raises for a model without attention)
     if layer is not None and not -num_layers <= layer < num_layers:
         raise UsageError(f"--layer {layer} is out of range: this model has {num_layers} layers (0..{num_layers - 1})")
+    if head is not None and not -num_heads <= head < num_heads:
+        raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
     skipped: list[str] = []
     prepared = prepare_text(tm, content, target, max_length)
     info, target_info = prepared.tokens, prepared.target_tokens
     n = max(len(info), len(target_info) if target_info is not None else 0)
-    full_bytes = 4 * num_layers * tm.num_heads * n * n * (3 if tm.encoder_decoder else 1)
+    full_bytes = 4 * num_layers * num_heads * n * n * (3 if tm.encoder_decoder else 1)
     keep_full = full_bytes <= FULL_BUDGET
     if not keep_full:
-        skipped.append(f"model view: {n} tokens x {num_layers} layers x {tm.num_heads} heads would need {full_bytes / 2**30:.1f} GiB")
+        skipped.append(f"model view: {n} tokens x {num_layers} layers x {num_heads} heads would need {full_bytes / 2**30:.1f} GiB")
     rows: tuple[int, ...] = ()
     cross_rows: tuple[int, ...] = ()
+    on_target = tm.encoder_decoder and target_info is not None and len(target_info) > 1
     if token is not None:
-        on_target = tm.encoder_decoder and target_info is not None and len(target_info) > 1
         positions = find_focus(target_info if on_target else info, token, token_index, spec)
         cross_rows, rows = (tuple(positions), ()) if on_target else ((), tuple(positions))
+
+    output = RunOutput(
+        out, command="text", force=force, protect=model_files(tm.source.location),
+        settings={"model": tm.source.model_id, "text": content[:200], "token": token, "layer": layer, "head": head,
+                  "words": words, "hide_special": hide_special, "format": fmt, "save_attn": str(tensor_path) if tensor_path else None},
+    )
+    kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
+    focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
+    output.check(_view_names(kinds, keep_full, focus_kind, fmt), tensor=tensor_path)
+
+    tm = tm.with_weights()
+    note = random_weights_note(tm.model)
+    if note:
+        warn(note)
+        output.stamp = "RANDOM WEIGHTS: not the trained model"
     # the head view's layer: given, else (without --token) the last; with --token it follows the ranking
     layers: frozenset[int] = frozenset()
     if not keep_full and (layer is not None or token is None):
         chosen = (layer if layer is not None else -1) % num_layers
         layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)} if tm.encoder_decoder else {chosen})
-    writer = None
-    if tensor_path is not None and not keep_full:
-        writer = _open_writer(tm, prepared, tensor_path, half)
-    plan = CapturePlan(
-        full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
-        on_layer=writer.write_layer if writer is not None else None,
-    )
-    try:
-        with _progress(tm) as progress:
-            result = attend_prepared(tm, prepared, plan, progress)
-        saved = writer.close() if writer is not None else None
-    finally:
-        if writer is not None:
-            writer.abort()
-    if result.notice:
-        warn(result.notice)
-    main = result.main
-    focus = analyse_focus(result, token, token_index, spec, top, direction=direction, adjacent=adjacent) if token is not None else None
-    if focus is not None and focus.top and layer is None:
-        # default view: the focus token's top head (of its own attention kind)
-        layer = focus.top[0].layer
-        head = focus.top[0].head if head is None else head
-    layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
-    if head is not None:
-        head = main.check_head(head)
-    wanted = {kind: min(layer, maps.num_layers - 1) for kind, maps in result.attention.items()}
-    if not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
-        # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
-        plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
-        with _progress(tm) as progress:
-            again = attend_prepared(tm, prepared, plan, progress)
-        result = replace(
-            result,
-            attention={k: replace(m, layers={**m.layers, **again.attention[k].layers}) for k, m in result.attention.items()},
+    with output:
+        writer = None
+        if tensor_path is not None and not keep_full:
+            writer = _open_writer(tm, prepared, output.tensor_target(tensor_path), tensor_path, half)
+        plan = CapturePlan(
+            full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
+            on_layer=writer.write_layer if writer is not None else None,
         )
+        try:
+            with _progress(tm) as progress:
+                result = attend_prepared(tm, prepared, plan, progress)
+            if writer is not None:
+                writer.close()
+        finally:
+            if writer is not None:
+                writer.abort()
+        if result.notice:
+            warn(result.notice)
         main = result.main
+        focus = analyse_focus(result, token, token_index, spec, top, direction=direction, adjacent=adjacent) if token is not None else None
+        if focus is not None and focus.top and layer is None:
+            # default view: the focus token's top head (of its own attention kind)
+            layer = focus.top[0].layer
+            head = focus.top[0].head if head is None else head
+        layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
+        if head is not None:
+            head = main.check_head(head)
+        wanted = {kind: min(layer, maps.num_layers - 1) for kind, maps in result.attention.items()}
+        if not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
+            # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
+            plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
+            with _progress(tm) as progress:
+                again = attend_prepared(tm, prepared, plan, progress)
+            result = replace(
+                result,
+                attention={k: replace(m, layers={**m.layers, **again.attention[k].layers}) for k, m in result.attention.items()},
+            )
+            main = result.main
 
-    files = _write_views(result, spec, layer, head, focus, out_dir, fmt, skipped)
-    if tensor_path is not None and saved is None:
-        saved = _save_full(result, tensor_path, half)
-    return TextRun(result, spec, layer, head, focus, files, saved, skipped)
+        _write_views(result, spec, layer, head, focus, output, fmt, skipped)
+        if tensor_path is not None and writer is None:
+            _save_full(result, output.tensor_target(tensor_path), half)
+    for path in output.left_alone:
+        warn(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
+    return TextRun(result, spec, layer, head, focus, list(output.files), output.tensor, skipped, note)
+
+
+def _view_names(kinds, keep_full: bool, focus_kind: str | None, fmt: str) -> list[str]:
+    """The file names :func:`_write_views` will write (checked against the output folder before loading)."""
+    names = []
+    for kind in kinds:
+        prefix = f"{kind}-" if len(kinds) > 1 else ""
+        names += [f"{prefix}head-view.{fmt}", f"{prefix}matrix.{fmt}"]
+        if keep_full:
+            names.append(f"{prefix}model-view.{fmt}")
+        if kind == focus_kind:
+            names.append(f"{prefix}focus-view.{fmt}")
+    return names
 
 
 @contextmanager
@@ -281,9 +319,8 @@ def _progress(tm):
         yield lambda kind, layer: bar.advance(task)
 
 
-def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skipped: list[str]) -> list[Path]:
+def _write_views(result, spec, layer, head, focus, output, fmt: str, skipped: list[str]) -> list[Path]:
     from attnviz.render.text import focus_view, head_view, matrix_view, model_view
-    from attnviz.report import write_figure
 
     files: list[Path] = []
     multi = len(result.attention) > 1
@@ -293,12 +330,12 @@ def _write_views(result, spec, layer, head, focus, out_dir: Path, fmt: str, skip
         kind_head = head if head is None or head < maps.num_heads else None
         focus_tokens = focus.token_indices if focus is not None and focus.kind == kind else None
         if maps.has_layer(kind_layer):
-            files.append(write_figure(head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind), out_dir, f"{prefix}head-view", fmt))
-            files.append(write_figure(matrix_view(result, kind_layer, kind_head, spec, kind=kind), out_dir, f"{prefix}matrix", fmt))
+            files.append(output.figure(head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind), f"{prefix}head-view", fmt))
+            files.append(output.figure(matrix_view(result, kind_layer, kind_head, spec, kind=kind), f"{prefix}matrix", fmt))
         if maps.full is not None:
-            files.append(write_figure(model_view(result, spec, kind=kind), out_dir, f"{prefix}model-view", fmt))
+            files.append(output.figure(model_view(result, spec, kind=kind), f"{prefix}model-view", fmt))
         if focus is not None and focus.kind == kind:
-            files.append(write_figure(focus_view(result, focus, spec), out_dir, f"{prefix}focus-view", fmt))
+            files.append(output.figure(focus_view(result, focus, spec), f"{prefix}focus-view", fmt))
     return files
 
 
@@ -320,13 +357,14 @@ def _save_full(result, path: Path, half: bool) -> Path:
     return save_tensors(path, tensors, {**_metadata(result, result.model_id), "backend": result.backend})
 
 
-def _open_writer(tm, prepared, path: Path, half: bool):
-    """A streaming writer for long inputs: every layer goes to the file as it is captured."""
+def _open_writer(tm, prepared, path: Path, final: Path, half: bool):
+    """A streaming writer for long inputs: every layer goes to the (staged) file ``path`` as it is captured."""
     from attnviz.capture import attention_shapes
     from attnviz.report import AttentionWriter, attention_file_size
+    from attnviz.text import model_inputs
 
-    shapes = attention_shapes(tm.model, prepared.inputs)
+    shapes = attention_shapes(tm.model, model_inputs(tm, prepared))
     dtype = "float16" if half else "float32"
     meta = _metadata(prepared, tm.source.model_id)
-    warn(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {path}")
+    warn(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {final}")
     return AttentionWriter(path, shapes, dtype=dtype, metadata=meta)
