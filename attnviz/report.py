@@ -297,3 +297,18 @@ def _le_bytes(t: "torch.Tensor") -> memoryview:
     if sys.byteorder != "little":  # pragma: no cover
         arr = arr.byteswap()
     return memoryview(arr).cast("B")
+
+
+def write_html(page: str, out_dir: Path, stem: str = "report") -> Path:
+    """Write one self-contained HTML page (from :mod:`attnviz.html`) as ``out_dir/stem.html`` (UTF-8).
+
+    Raises:
+        OutputError: a write error.
+    """
+    path = Path(out_dir) / f"{stem}.html"
+    try:
+        with _atomic(path) as fh:
+            fh.write(page.encode("utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    return path
