@@ -48,12 +48,14 @@ def start(width: int = 1300, height: int = 1000):
 
 
 def requests(driver) -> list[str]:
-    """URLs the page requested since the last call (DevTools Network.requestWillBeSent)."""
+    """URLs the page requested since the last call (DevTools Network.requestWillBeSent), ``data:`` URIs left out."""
     urls = []
     for entry in driver.get_log("performance"):
         msg = json.loads(entry["message"])["message"]
         if msg.get("method") == "Network.requestWillBeSent":
-            urls.append(msg["params"]["request"]["url"])
+            url = msg["params"]["request"]["url"]
+            if not url.startswith("data:"):  # inline data (the embedded photo) is no request to anything
+                urls.append(url)
     return urls
 
 

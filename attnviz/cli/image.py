@@ -148,10 +148,10 @@ def run_image(
     """Do the work of ``attnviz image`` and return what was produced (no printing)."""
     from attnviz.analysis.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+    from attnviz.cli.common import parse_formats
+    from attnviz.report import check_tensor_path, prepare_out_dir
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    figure_formats, html = parse_formats(fmt)
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
     if not 0.0 <= discard_ratio < 1.0:
@@ -181,7 +181,7 @@ def run_image(
         if not -n_heads <= head < n_heads:
             raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
         head %= n_heads
-    plan = image_plan(im, (layer,), full=tensor_path is not None, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    plan = image_plan(im, (layer,), full=tensor_path is not None or html, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = attend_image(photo, im, plan=plan)
     if result.backend == "eager":
         warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
@@ -193,7 +193,13 @@ def run_image(
         patch_info = (point[0], point[1], row, col)
 
     run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info)
-    run.files = _write_views(run, rollout, out_dir, fmt)
+    run.files = [p for f in figure_formats for p in _write_views(run, rollout, out_dir, f)]
+    if html:
+        from attnviz.html import image_page
+        from attnviz.report import write_html
+
+        settings = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
+        run.files.append(write_html(image_page(result, rollout, settings, sinks, layer, head), out_dir))
     if tensor_path is not None:
         run.save_attn = _save_attention(result, rollout, tensor_path, head_fusion, discard_ratio)
     return run

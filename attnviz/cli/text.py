@@ -178,10 +178,11 @@ def run_text(
 ) -> TextRun:
     """Do the work of ``attnviz text`` and return what was produced (no printing)."""
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, check_tensor_path, prepare_out_dir
+    from attnviz.report import check_tensor_path, prepare_out_dir
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    from attnviz.cli.common import parse_formats
+
+    figure_formats, html = parse_formats(fmt)
     if top < 1:
         raise UsageError("--top must be at least 1")
     content = _read_text(text, text_file)
@@ -225,9 +226,10 @@ def run_text(
     writer = None
     if tensor_path is not None and not keep_full:
         writer = _open_writer(tm, prepared, tensor_path, half)
+    collector = _html_collector(tm, prepared, rows, cross_rows) if html and not keep_full else None
     plan = CapturePlan(
         full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
-        on_layer=writer.write_layer if writer is not None else None,
+        on_layer=_both(writer.write_layer if writer is not None else None, collector),
     )
     try:
         with _progress(tm) as progress:
@@ -259,7 +261,12 @@ def run_text(
         )
         main = result.main
 
-    files = _write_views(result, spec, layer, head, focus, out_dir, fmt, skipped)
+    files = [p for f in figure_formats for p in _write_views(result, spec, layer, head, focus, out_dir, f, skipped)]
+    if html:
+        from attnviz.html import text_page
+        from attnviz.report import write_html
+
+        files.append(write_html(text_page(result, focus, spec, layer, head, collector), out_dir))
     if tensor_path is not None and saved is None:
         saved = _save_full(result, tensor_path, half)
     return TextRun(result, spec, layer, head, focus, files, saved, skipped)
@@ -330,3 +337,19 @@ def _open_writer(tm, prepared, path: Path, half: bool):
     meta = _metadata(prepared, tm.source.model_id)
     warn(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {path}")
     return AttentionWriter(path, shapes, dtype=dtype, metadata=meta)
+
+
+def _html_collector(tm, prepared, rows, cross_rows):
+    """For ``--format html`` on inputs too long to keep every map: collect the page's data layer by layer."""
+    from attnviz.html.payload import TextCollector
+    from attnviz.types import CROSS, ENCODER, SELF
+
+    kind = CROSS if cross_rows else (ENCODER if tm.encoder_decoder else SELF)
+    return TextCollector(prepared.tokens, prepared.target_tokens, tuple(cross_rows or rows), kind)
+
+
+def _both(first, second):
+    """One ``on_layer`` callback calling both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda kind, layer, probs: (first(kind, layer, probs), second(kind, layer, probs))
