@@ -166,3 +166,23 @@ def test_repr_html_is_an_iframe_without_cdn(readme):
     r, _ = readme
     html = r._repr_html_()
     assert html.startswith("<iframe srcdoc=") and "cdn" not in html.lower() and "&lt;script&gt;" not in html[:50]
+
+
+def test_cli_long_input_path_streams_layers(tmp_path, monkeypatch, tiny_models):
+    """Beyond FULL_BUDGET the CLI keeps no full maps: the page's data comes from the capture's on_layer callback."""
+    import attnviz.cli.text as cli_text
+    import attnviz.html.payload as payload
+
+    monkeypatch.setattr(cli_text, "FULL_BUDGET", 1)
+    monkeypatch.setattr(payload, "FULL_TOKENS", 4)
+    folder = tiny_models("gpt2")
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["text", "the cat sat on the mat because it was tired", "--model", str(folder), "--token", "it",
+                              "--format", "html", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [p.split("/")[-1] for p in doc["files"]] == ["report.html"]
+    p = payload_of((out / "report.html").read_text())
+    assert p["mode"] == "topk" and p["full_tokens"] == 4
+    v = resolve(p["kinds"]["self"]["variants"], "00")
+    assert "idx" in v and v["focus_rows"]["unit"] == doc["focus"]["index"]

@@ -106,9 +106,11 @@ class TextCollector:
         target_tokens: TokenInfo | None = None,
         focus_tokens: tuple[int, ...] = (),
         focus_kind: str | None = None,
-        full_tokens: int = FULL_TOKENS,
-        k: int = TOP_K,
+        full_tokens: int | None = None,
+        k: int | None = None,
     ):
+        full_tokens = FULL_TOKENS if full_tokens is None else full_tokens
+        k = TOP_K if k is None else k
         self.tokens, self.target_tokens = tokens, target_tokens
         self.focus_tokens, self.focus_kind = tuple(focus_tokens), focus_kind
         self.full_tokens, self.k = full_tokens, k
