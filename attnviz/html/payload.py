@@ -225,11 +225,12 @@ def _focus_grid(result, focus, spec: ViewSpec, collector: TextCollector) -> dict
         f = analyse_focus(result, label, same.index(unit), spec, top=None, kind=focus.kind, direction=focus.direction, adjacent=focus.adjacent)
     except (UsageError, KeyError):
         return None
+    key_groups = units_for(result.sides(focus.kind)[2], spec).groups
     return {
         "text": f.text,
         "weights": [[round(float(w), 5) for w in row] for row in f.weights],
         "targets": [[f.labels[int(t)] for t in row] for row in f.targets],
-        "target_tokens": [[list(units_for(result.sides(focus.kind)[2], spec).groups[int(t)]) for t in row] for row in f.targets],
+        "target_tokens": [[list(key_groups[int(t)]) for t in row] for row in f.targets],
         "rule": f.describe(),
         "top": [{"layer": l.layer, "head": l.head, "target": l.target_label, "weight": round(l.weight, 5)} for l in f.top[:10]],
     }
