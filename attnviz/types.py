@@ -187,11 +187,11 @@ class TextAttention:
             raise UsageError(f"this result has no target (decoder) tokens for {kind} attention")
         return self.attention[kind], query_info, key_info
 
-    def _repr_html_(self) -> str:
-        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN; needs full maps)."""
-        from attnviz.html import notebook_html
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
+        from attnviz.html import repr_html
 
-        return notebook_html(self)
+        return repr_html(self)
 
     @property
     def main(self) -> AttentionMaps:
@@ -240,11 +240,11 @@ class ImageAttention:
     predictions: tuple[Prediction, ...] = ()
     input_size: tuple[int, int] = (0, 0)  # (height, width) of the pixel tensor
 
-    def _repr_html_(self) -> str:
-        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN)."""
-        from attnviz.html import notebook_html
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
+        from attnviz.html import repr_html
 
-        return notebook_html(self)
+        return repr_html(self)
 
     @property
     def num_layers(self) -> int:

@@ -186,3 +186,11 @@ def test_cli_long_input_path_streams_layers(tmp_path, monkeypatch, tiny_models):
     assert p["mode"] == "topk" and p["full_tokens"] == 4
     v = resolve(p["kinds"]["self"]["variants"], "00")
     assert "idx" in v and v["focus_rows"]["unit"] == doc["focus"]["index"]
+
+
+def test_repr_html_none_without_full_maps(readme):
+    from dataclasses import replace
+
+    r, _ = readme
+    light = replace(r, attention={"self": replace(r.main, full=None, layers={0: r.main.full[0]})})
+    assert light._repr_html_() is None

@@ -216,3 +216,53 @@ def test_image_report(driver, tmp_path):
     assert "head fusion mean" in driver.find_element(By.ID, "av-rollout-cap").text
     assert "espresso" in driver.find_element(By.ID, "av-preds").text
     check_clean(driver)
+
+
+def test_notebook_iframe(driver, readme_page, tmp_path):
+    """``_repr_html_``: the same page inside an iframe srcdoc works offline too."""
+    _, r = readme_page
+    host = tmp_path / "notebook.html"
+    host.write_text("<!DOCTYPE html><html><body>" + r._repr_html_() + "</body></html>", encoding="utf-8")
+    open_page_without_api = host.resolve().as_uri()
+    driver.get("about:blank")
+    browser.requests(driver), driver.get_log("browser")
+    driver.get(open_page_without_api)
+    frame = driver.find_element("css selector", "iframe")
+    driver.switch_to.frame(frame)
+    try:
+        st = driver.execute_script("return attnviz.select({layer: 3, head: 1, token: %d})" % r.tokens.tokens.index("it"))
+        assert st["layer"] == 3
+        best = max(driver.execute_script("return attnviz.links()"), key=lambda l: l["weight"])
+        assert r.tokens.tokens[best["to"]] == "animal"
+    finally:
+        driver.switch_to.default_content()
+    assert [u for u in browser.requests(driver) if u != open_page_without_api and u != "about:srcdoc"] == []
+    assert browser.console_errors(driver) == []
+
+
+def test_topk_report(driver, readme_page, tmp_path):
+    """Beyond the full-map token count the page draws the strongest k links per row and the focus token's full rows."""
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.focus import analyse_focus
+    from attnviz.html import text_page
+    from attnviz.html.payload import TextCollector
+    from attnviz.report import write_html
+
+    _, r = readme_page
+    focus = analyse_focus(r, "it", None, ViewSpec())
+    col = TextCollector(r.tokens, None, focus.token_indices, "self", full_tokens=8, k=3)
+    for l in range(r.num_layers):
+        col("self", l, r.main.full[l])
+    path = write_html(text_page(r, focus, ViewSpec(), collector=col), tmp_path)
+    open_page(driver, path)
+    assert "strongest 3 links" in driver.find_element("id", "av-data-note").text
+    it, tired = r.tokens.tokens.index("it"), r.tokens.tokens.index("tired")
+    driver.execute_script("attnviz.select({layer: 3, head: 1, token: %d})" % it)
+    full = driver.execute_script("return attnviz.links()")
+    assert len(full) > 3  # the focus token's full row
+    assert r.tokens.tokens[max(full, key=lambda l: l["weight"])["to"]] == "animal"
+    driver.execute_script("attnviz.select({token: %d})" % tired)
+    top = driver.execute_script("return attnviz.links()")
+    want = r.main.full[3, 1, tired].topk(3)
+    assert sorted(l["to"] for l in top) == sorted(want.indices.tolist())
+    check_clean(driver)

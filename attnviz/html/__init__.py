@@ -9,6 +9,6 @@
 Writing the page to disk is :func:`attnviz.report.write_html`'s job.
 """
 
-from attnviz.html.page import image_page, notebook_html, text_page
+from attnviz.html.page import image_page, notebook_html, repr_html, text_page
 
-__all__ = ["text_page", "image_page", "notebook_html"]
+__all__ = ["text_page", "image_page", "notebook_html", "repr_html"]

@@ -45,6 +45,17 @@ def image_page(result, rollout=None, settings=None, sinks=(), layer: int = -1, h
     return render_page(payload, f"attnviz · {result.model_id} · image")
 
 
+def repr_html(obj) -> str | None:
+    """``_repr_html_`` of Text-/ImageAttention: :func:`notebook_html`, or None (plain repr) when the result
+    lacks the maps a page needs (e.g. captured with a light plan)."""
+    from attnviz.errors import AttnvizError
+
+    try:
+        return notebook_html(obj)
+    except (AttnvizError, KeyError):
+        return None
+
+
 def notebook_html(obj, height: int = 860) -> str:
     """An ``<iframe srcdoc>`` holding the report of ``obj`` (Text- or ImageAttention), for ``_repr_html_``.
 

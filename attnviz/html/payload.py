@@ -157,14 +157,14 @@ class TextCollector:
         for key, v in data.variants.items():
             if not isinstance(v, dict) or "error" in v:
                 continue
-            attn = prepare(probs, q_info, k_info, v["spec"]).attn  # [H, Qu, Ku]
             if self.mode == "full":
+                attn = prepare(probs, q_info, k_info, v["spec"]).attn  # [H, Qu, Ku]
                 data.layers[key][layer] = quantise_rows(attn)
-            else:
-                k = min(self.k, attn.shape[-1])
-                vals, idx = attn.topk(k, dim=-1)
-                q, peak = quantise_rows(vals)
-                data.layers[key][layer] = (q, peak, idx.to(torch.int32).numpy().astype(np.uint16))
+            else:  # one head at a time: the extra memory stays one head's map, however long the input
+                k = min(self.k, len(v["key"]["labels"]))
+                vals, idx = zip(*(prepare(head, q_info, k_info, v["spec"]).attn.topk(k, dim=-1) for head in probs))
+                q, peak = quantise_rows(torch.stack(vals))
+                data.layers[key][layer] = (q, peak, torch.stack(idx).to(torch.int32).numpy().astype(np.uint16))
                 if kind == self.focus_kind and self.focus_tokens:
                     unit = _visible_unit(v["query"]["groups"], self.focus_tokens[0])
                     if unit is not None:

@@ -206,9 +206,12 @@
       colQ.innerHTML = ""; colK.innerHTML = "";
       if (!d) return;
       var fu = focusUnit(d);
+      // rows of 20 px; smaller for very long inputs (a canvas is at most ~32,000 px tall)
+      ROW = Math.max(4, Math.min(20, Math.floor(30000 / Math.max(d.Q, d.K, 1))));
+      var rowStyle = ROW < 20 ? "height:" + ROW + "px;line-height:" + ROW + "px;font-size:" + Math.max(4, ROW - 3) + "px" : "";
       function tok(side, i, label, special) {
         var t = el("div", { cls: "tok" + (special ? " special" : "") + (side === "from" && i === fu ? " focus" : ""),
-          "data-side": side, "data-index": i, text: label });
+          "data-side": side, "data-index": i, text: label, style: rowStyle });
         t.addEventListener("mouseenter", function () { S.hover = i; S.hoverSide = side; drawLinks(); });
         t.addEventListener("mouseleave", function () { S.hover = null; drawLinks(); });
         t.addEventListener("click", function () {
