@@ -194,3 +194,15 @@ def test_repr_html_none_without_full_maps(readme):
     r, _ = readme
     light = replace(r, attention={"self": replace(r.main, full=None, layers={0: r.main.full[0]})})
     assert light._repr_html_() is None
+
+
+def test_prepare_sparse_equals_prepare():
+    """The O(N^2) merge used for long inputs equals the analysis' prepare() (what --words/--hide-special draw)."""
+    from attnviz import attend_text
+    from attnviz.html.payload import prepare_sparse
+
+    r = attend_text("Tokenization is unbelievably subtle, isn't it?")
+    for spec in VARIANTS:
+        want = prepare(r.main.full, r.tokens, r.tokens, spec).attn
+        got = prepare_sparse(r.main.full, r.tokens, r.tokens, spec)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), spec

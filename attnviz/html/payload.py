@@ -71,6 +71,40 @@ def dequantise(q: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) / np.float32(255.0) * peak[..., None].astype(np.float32)
 
 
+def prepare_sparse(attn: torch.Tensor, query_info: TokenInfo, key_info: TokenInfo, spec: ViewSpec) -> torch.Tensor:
+    """What :func:`attnviz.analysis.select.prepare` computes (``.attn``), in O(Q*K) for long inputs.
+
+    ``prepare`` merges word pieces with dense membership matrices (``M_q A M_k^T``,
+    O(N^3)); here attention TO a word is an ``index_add`` over its pieces and FROM a
+    word the mean of its pieces' rows, then special tokens are dropped and rows
+    renormalised exactly as ``prepare`` does. Equal to it within float32 rounding
+    (tested). ``attn``: float ``[..., Q_tokens, K_tokens]``.
+    """
+    if not spec.words and not spec.hide_special:
+        return attn.float()
+    a = attn.float()
+    qu, ku = units_for(query_info, spec), units_for(key_info, spec)
+    if spec.words:
+        kidx = torch.empty(a.shape[-1], dtype=torch.long)
+        for u, g in enumerate(ku.groups):
+            kidx[list(g)] = u
+        a = torch.zeros(*a.shape[:-1], len(ku), dtype=a.dtype).index_add_(-1, kidx, a)
+        qidx = torch.empty(a.shape[-2], dtype=torch.long)
+        for u, g in enumerate(qu.groups):
+            qidx[list(g)] = u
+        counts = torch.tensor([len(g) for g in qu.groups], dtype=a.dtype)
+        a = torch.zeros(*a.shape[:-2], len(qu), a.shape[-1], dtype=a.dtype).index_add_(-2, qidx, a) / counts[:, None]
+    if spec.hide_special:
+        qk = [i for i, sp in enumerate(qu.special) if not sp]
+        kk = [i for i, sp in enumerate(ku.special) if not sp]
+        if not qk or not kk:
+            raise UsageError("--hide-special leaves no tokens to show")
+        a = a[..., qk, :][..., kk]
+        total = a.sum(dim=-1, keepdim=True)
+        a = torch.where(total > 0, a / total.clamp_min(1e-30), a)
+    return a
+
+
 def kind_infos(kind: str, tokens: TokenInfo, target_tokens: TokenInfo | None) -> tuple[TokenInfo, TokenInfo]:
     """(query-side, key-side) tokens of an attention kind (as :meth:`TextAttention.sides`)."""
     query = target_tokens if kind in (DECODER, CROSS) else tokens
@@ -162,7 +196,7 @@ class TextCollector:
                 data.layers[key][layer] = quantise_rows(attn)
             else:  # one head at a time: the extra memory stays one head's map, however long the input
                 k = min(self.k, len(v["key"]["labels"]))
-                vals, idx = zip(*(prepare(head, q_info, k_info, v["spec"]).attn.topk(k, dim=-1) for head in probs))
+                vals, idx = zip(*(prepare_sparse(head, q_info, k_info, v["spec"]).topk(k, dim=-1) for head in probs))
                 q, peak = quantise_rows(torch.stack(vals))
                 data.layers[key][layer] = (q, peak, torch.stack(idx).to(torch.int32).numpy().astype(np.uint16))
                 if kind == self.focus_kind and self.focus_tokens:
