@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -71,6 +72,24 @@ def dequantise(q: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) / np.float32(255.0) * peak[..., None].astype(np.float32)
 
 
+@lru_cache(maxsize=16)
+def _merge_plan(query_info: TokenInfo, key_info: TokenInfo, spec: ViewSpec):
+    """Per token its unit (query and key side), the query units' sizes, and the visible units (long inputs: computed once)."""
+    qu, ku = units_for(query_info, spec), units_for(key_info, spec)
+
+    def unit_index(units, n):
+        idx = [0] * n
+        for u, g in enumerate(units.groups):
+            for t in g:
+                idx[t] = u
+        return torch.tensor(idx, dtype=torch.long)
+
+    counts = torch.tensor([len(g) for g in qu.groups], dtype=torch.float32)
+    qk = [i for i, sp in enumerate(qu.special) if not sp]
+    kk = [i for i, sp in enumerate(ku.special) if not sp]
+    return unit_index(qu, len(query_info)), unit_index(ku, len(key_info)), counts, len(qu), len(ku), qk, kk
+
+
 def prepare_sparse(attn: torch.Tensor, query_info: TokenInfo, key_info: TokenInfo, spec: ViewSpec) -> torch.Tensor:
     """What :func:`attnviz.analysis.select.prepare` computes (``.attn``), in O(Q*K) for long inputs.
 
@@ -79,24 +98,18 @@ def prepare_sparse(attn: torch.Tensor, query_info: TokenInfo, key_info: TokenInf
     word the mean of its pieces' rows, then special tokens are dropped and rows
     renormalised exactly as ``prepare`` does. Equal to it within float32 rounding
     (tested). ``attn``: float ``[..., Q_tokens, K_tokens]``.
+
+    Raises:
+        UsageError: hiding special tokens leaves nothing.
     """
-    if not spec.words and not spec.hide_special:
-        return attn.float()
     a = attn.float()
-    qu, ku = units_for(query_info, spec), units_for(key_info, spec)
+    if not spec.words and not spec.hide_special:
+        return a
+    qidx, kidx, counts, nq, nk, qk, kk = _merge_plan(query_info, key_info, spec)
     if spec.words:
-        kidx = torch.empty(a.shape[-1], dtype=torch.long)
-        for u, g in enumerate(ku.groups):
-            kidx[list(g)] = u
-        a = torch.zeros(*a.shape[:-1], len(ku), dtype=a.dtype).index_add_(-1, kidx, a)
-        qidx = torch.empty(a.shape[-2], dtype=torch.long)
-        for u, g in enumerate(qu.groups):
-            qidx[list(g)] = u
-        counts = torch.tensor([len(g) for g in qu.groups], dtype=a.dtype)
-        a = torch.zeros(*a.shape[:-2], len(qu), a.shape[-1], dtype=a.dtype).index_add_(-2, qidx, a) / counts[:, None]
+        a = torch.zeros(*a.shape[:-1], nk, dtype=a.dtype).index_add_(-1, kidx, a)
+        a = torch.zeros(*a.shape[:-2], nq, nk, dtype=a.dtype).index_add_(-2, qidx, a) / counts[:, None]
     if spec.hide_special:
-        qk = [i for i, sp in enumerate(qu.special) if not sp]
-        kk = [i for i, sp in enumerate(ku.special) if not sp]
         if not qk or not kk:
             raise UsageError("--hide-special leaves no tokens to show")
         a = a[..., qk, :][..., kk]

@@ -169,7 +169,7 @@
     app.appendChild(matBox);
 
     app.appendChild(el("h2", { text: "Model view" }));
-    app.appendChild(el("p", { cls: "note", text: "Every layer (rows) and head (columns) as a small attention map (queries down, keys across; colour: weight 0 white to 1 dark blue). Click one to open it in the head view." }));
+    app.appendChild(el("p", { cls: "note", text: "Every layer (rows) and head (columns) as a small attention map (queries down, keys across; colour: weight 0 white to 1 dark blue; beyond 128 tokens each cell shows the largest weight it covers). Click one to open it in the head view." }));
     var mv = el("div", { cls: "modelview", id: "av-modelview" });
     app.appendChild(mv);
 
@@ -279,51 +279,69 @@
       status.textContent = txt;
     }
 
+    // the head mean of the selected heads, binned to at most MAXPX x MAXPX cells (max per bin; exact when not binned)
+    var MAXPX = 620;
     function matrixValues(d) {
       var l = Math.min(S.layer, d.L - 1), hs = S.heads.filter(function (h) { return h < d.H; });
-      var m = new Float32Array(d.Q * d.K);
-      hs.forEach(function (h) {
-        for (var qi = 0; qi < d.Q; qi++) row(d, l, h, qi).forEach(function (x) { m[qi * d.K + x.to] += x.w / hs.length; });
-      });
-      return m;
+      var RQ = Math.min(d.Q, MAXPX), RK = Math.min(d.K, MAXPX), m = new Float32Array(RQ * RK), acc = new Float32Array(d.K);
+      for (var qi = 0; qi < d.Q; qi++) {
+        var touched = [];
+        hs.forEach(function (h) {
+          row(d, l, h, qi).forEach(function (x) { if (!acc[x.to]) touched.push(x.to); acc[x.to] += x.w / hs.length; });
+        });
+        var bq = Math.floor(qi * RQ / d.Q);
+        touched.forEach(function (k) {
+          var o = bq * RK + Math.floor(k * RK / d.K);
+          if (acc[k] > m[o]) m[o] = acc[k];
+          acc[k] = 0;
+        });
+      }
+      return { m: m, RQ: RQ, RK: RK, binned: RQ < d.Q || RK < d.K };
     }
 
     function renderMatrix() {
       var d = cur();
       matBox.innerHTML = "";
       if (!d) return;
-      var m = matrixValues(d), max = 0;
+      var mv = matrixValues(d), m = mv.m, RQ = mv.RQ, RK = mv.RK, max = 0;
       for (var i = 0; i < m.length; i++) if (m[i] > max) max = m[i];
-      var cell = Math.max(2, Math.min(22, Math.floor(620 / Math.max(d.Q, d.K))));
-      var showLabels = cell >= 8, padL = 0, padT = 0;
+      var cell = Math.max(1, Math.min(22, Math.floor(MAXPX / Math.max(RQ, RK))));
+      var showLabels = !mv.binned && cell >= 8, padL = 0, padT = 0;
       if (showLabels) { padL = 8 + 7 * Math.max.apply(null, d.v.query.labels.map(function (s) { return Math.min(s.length, 18); })); padT = 4 + 6 * Math.max.apply(null, d.v.key.labels.map(function (s) { return Math.min(s.length, 18); })); }
-      var cv = el("canvas", { width: d.K, height: d.Q, style: "width:" + d.K * cell + "px;height:" + d.Q * cell + "px;margin-left:" + padL + "px;margin-top:" + padT + "px" });
-      var ctx = cv.getContext("2d"), img = ctx.createImageData(d.K, d.Q);
+      var cv = el("canvas", { width: RK, height: RQ, style: "width:" + RK * cell + "px;height:" + RQ * cell + "px;margin-left:" + padL + "px;margin-top:" + padT + "px" });
+      var ctx = cv.getContext("2d"), img = ctx.createImageData(RK, RQ);
       for (i = 0; i < m.length; i++) {
         var c = cmap(BLUES, max > 0 ? m[i] / max : 0);
         img.data[4 * i] = c[0]; img.data[4 * i + 1] = c[1]; img.data[4 * i + 2] = c[2]; img.data[4 * i + 3] = 255;
       }
       ctx.putImageData(img, 0, 0);
       matBox.appendChild(cv);
+      matBox.style.width = "";
       if (showLabels) {
         var labs = el("div", { cls: "mlabels" });
         d.v.query.labels.forEach(function (s, i) {
-          labs.appendChild(el("div", { cls: "ylab", text: s, style: "right:" + (d.K * cell + 4) + "px;top:" + (padT + i * cell) + "px;line-height:" + cell + "px;font-size:" + Math.min(11, cell) + "px;left:auto" }));
+          labs.appendChild(el("div", { cls: "ylab", text: s, style: "right:" + (RK * cell + 4) + "px;top:" + (padT + i * cell) + "px;line-height:" + cell + "px;font-size:" + Math.min(11, cell) + "px;left:auto" }));
         });
         d.v.key.labels.forEach(function (s, i) {
           labs.appendChild(el("div", { cls: "xlab", text: s, style: "left:" + (padL + i * cell + cell * 0.3) + "px;top:" + (padT - 2) + "px;font-size:" + Math.min(11, cell) + "px" }));
         });
         matBox.appendChild(labs);
-        matBox.style.width = (padL + d.K * cell) + "px";
+        matBox.style.width = (padL + RK * cell) + "px";
       }
       cv.addEventListener("mousemove", function (ev) {
-        var r = cv.getBoundingClientRect(), ki = Math.floor((ev.clientX - r.left) / cell), qi = Math.floor((ev.clientY - r.top) / cell);
-        if (qi < 0 || ki < 0 || qi >= d.Q || ki >= d.K) return;
-        readout.textContent = "query " + qi + " '" + d.v.query.labels[qi] + "' → key " + ki + " '" + d.v.key.labels[ki] + "': " + fmt(m[qi * d.K + ki]);
+        var r = cv.getBoundingClientRect(), bk = Math.floor((ev.clientX - r.left) / cell), bq = Math.floor((ev.clientY - r.top) / cell);
+        if (bq < 0 || bk < 0 || bq >= RQ || bk >= RK) return;
+        if (!mv.binned) {
+          readout.textContent = "query " + bq + " '" + d.v.query.labels[bq] + "' → key " + bk + " '" + d.v.key.labels[bk] + "': " + fmt(m[bq * RK + bk]);
+        } else {
+          var q0 = Math.ceil(bq * d.Q / RQ), q1 = Math.ceil((bq + 1) * d.Q / RQ) - 1, k0 = Math.ceil(bk * d.K / RK), k1 = Math.ceil((bk + 1) * d.K / RK) - 1;
+          readout.textContent = "queries " + q0 + "–" + q1 + " ('" + d.v.query.labels[q0] + "'…) → keys " + k0 + "–" + k1 + " ('" + d.v.key.labels[k0] + "'…): largest " + fmt(m[bq * RK + bk]);
+        }
       });
       matNote.textContent = S.kind + " attention, layer " + S.layer + ", " + (S.heads.length > 1 ? "mean of heads " + S.heads.join(", ") : "head " + S.heads[0]) +
         "; rows: queries, columns: keys; colour: 0 (white) to " + fmt(max) + " (the largest value shown)" +
         (d.idx ? "; only the strongest " + d.k + " links per row are embedded (others show as 0)" : "") +
+        (mv.binned ? "; " + d.Q + " x " + d.K + " shown as " + RQ + " x " + RK + " cells, each the largest weight it covers" : "") +
         (showLabels ? "" : "; labels left out at this size: point at a cell to read them");
     }
 
@@ -337,22 +355,28 @@
         var size = Math.max(36, Math.min(72, Math.floor(1100 / d.H) - 6));
         mv.appendChild(el("div"));
         for (var h = 0; h < d.H; h++) mv.appendChild(el("div", { cls: "lab", text: "head " + h }));
+        // thumbnails of at most 128 x 128 cells, each the largest weight it covers
+        var RQ = Math.min(d.Q, 128), RK = Math.min(d.K, 128), acc = new Float32Array(RQ * RK);
         var off = document.createElement("canvas");
-        off.width = d.K; off.height = d.Q;
+        off.width = RK; off.height = RQ;
         var octx = off.getContext("2d");
         for (var l = 0; l < d.L; l++) {
           mv.appendChild(el("div", { cls: "lab", text: "layer " + l }));
           for (h = 0; h < d.H; h++) {
-            var img = octx.createImageData(d.K, d.Q), px = img.data;
-            for (var p = 0; p < px.length; p += 4) { px[p] = 255; px[p + 1] = 255; px[p + 2] = 255; px[p + 3] = 255; }
-            for (var qi = 0; qi < d.Q; qi++) row(d, l, h, qi).forEach(function (x) {
-              var c = cmap(BLUES, x.w), o = 4 * (qi * d.K + x.to);
-              px[o] = c[0]; px[o + 1] = c[1]; px[o + 2] = c[2];
-            });
+            var img = octx.createImageData(RK, RQ), px = img.data;
+            acc.fill(0);
+            for (var qi = 0; qi < d.Q; qi++) {
+              var bq = Math.floor(qi * RQ / d.Q) * RK;
+              row(d, l, h, qi).forEach(function (x) { var o = bq + Math.floor(x.to * RK / d.K); if (x.w > acc[o]) acc[o] = x.w; });
+            }
+            for (var p = 0; p < acc.length; p++) {
+              var c = cmap(BLUES, acc[p]);
+              px[4 * p] = c[0]; px[4 * p + 1] = c[1]; px[4 * p + 2] = c[2]; px[4 * p + 3] = 255;
+            }
             octx.putImageData(img, 0, 0);
             var cv = el("canvas", { width: size, height: size, "data-layer": l, "data-head": h, title: "layer " + l + ", head " + h + ": open in the head view" });
             var c2 = cv.getContext("2d");
-            c2.imageSmoothingEnabled = d.Q > size;
+            c2.imageSmoothingEnabled = RQ > size;
             c2.drawImage(off, 0, 0, size, size);
             (function (l, h) { cv.addEventListener("click", function () { select({ layer: l, heads: [h] }); document.getElementById("av-headview").scrollIntoView(); }); })(l, h);
             mv.appendChild(cv);
