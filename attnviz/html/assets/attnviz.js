@@ -115,12 +115,13 @@
     }
 
     // ------------------------------------------------ layout
-    var totalTok = kinds[order[0]].variants["00"];
     app.innerHTML = "";
     app.appendChild(el("h1", { text: "attnviz · " + DATA.model }));
     app.appendChild(el("p", { cls: "meta", text: DATA.model_type + " · backend " + DATA.backend + " · kinds: " + order.join(", ") +
       (DATA.dropped_tokens ? " · " + DATA.dropped_tokens + " tokens cut off by truncation" : "") }));
-    app.appendChild(el("p", { cls: "meta", text: "Input: " + DATA.text + (DATA.target != null ? "  ·  target: " + DATA.target : "") }));
+    var inputText = "Input: " + DATA.text + (DATA.target != null ? "  ·  target: " + DATA.target : "");
+    if (inputText.length <= 400) app.appendChild(el("p", { cls: "meta", text: inputText }));
+    else app.appendChild(el("details", { cls: "meta" }, [el("summary", { text: inputText.slice(0, 300) + "… (" + DATA.text.length + " characters; open to read all)" }), el("p", { text: inputText })]));
     app.appendChild(el("p", { cls: "note", id: "av-data-note", text: "Data: " + DATA.quantisation + ". " + (DATA.mode === "full"
       ? "Full maps of every layer and head (inputs up to " + DATA.full_tokens + " tokens embed full maps)."
       : "This input is longer than " + DATA.full_tokens + " tokens: the page holds the strongest " + DATA.top_k +
@@ -195,7 +196,6 @@
         headBox.appendChild(b);
       })(h);
       wordsBox.checked = S.words; hideBox.checked = S.hide;
-      var v = variant(S.kind, S.hide ? (S.words ? "11" : "01") : (S.words ? "10" : "00"));
       hideBox.disabled = !!(variant(S.kind, (S.words ? "1" : "0") + "1") || {}).error;
     }
 
