@@ -188,8 +188,11 @@ def test_image_report(driver, tmp_path):
     from attnviz.image import rollout_map
     from attnviz.report import write_html
 
+    from attnviz.analysis.sinks import SinkPatch
+
     r = attend_image(SAMPLES / "coffee.png", str(DEIT))
-    path = write_html(image_page(r, rollout_map(r)), tmp_path)
+    sink = SinkPatch(0, 13, 0.2, "rollout")  # deit-tiny has none: one given, to drive the toggles
+    path = write_html(image_page(r, rollout_map(r), sinks=[sink]), tmp_path)
     open_page(driver, path)
     st = driver.execute_script("return attnviz.state()")
     assert st["layer"] == r.num_layers - 1 and st["head"] is None and st["token"] is None
@@ -215,6 +218,14 @@ def test_image_report(driver, tmp_path):
     assert "layer 0, head 2" in driver.find_element(By.ID, "av-attn-cap").text
     assert "head fusion mean" in driver.find_element(By.ID, "av-rollout-cap").text
     assert "espresso" in driver.find_element(By.ID, "av-preds").text
+    # sink patches: outlined, then left out of the colour scale with the real mouse on the checkbox
+    assert "(row 0, col 13) 20% of the rollout" in driver.find_element(By.ID, "av-rollout-cap").text
+    seen(driver, driver.find_element(By.ID, "av-leave-out")).click()
+    assert driver.execute_script("return attnviz.state().leave_out_sinks") is True
+    assert "sink patches left out" in driver.find_element(By.ID, "av-rollout-cap").text
+    grey = driver.execute_script(
+        "var c = document.querySelector('#av-rollout canvas'); return Array.from(c.getContext('2d').getImageData(13, 0, 1, 1).data)")
+    assert grey[:3] == [128, 128, 128]
     check_clean(driver)
 
 
