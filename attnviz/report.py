@@ -91,6 +91,21 @@ def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png") -> P
     return path
 
 
+def write_html(page: str, out_dir: Path, stem: str = "report") -> Path:
+    """Write one self-contained HTML page (from :mod:`attnviz.html`) as ``out_dir/stem.html`` (UTF-8).
+
+    Raises:
+        OutputError: a write error.
+    """
+    path = Path(out_dir) / f"{stem}.html"
+    try:
+        with _atomic(path) as fh:
+            fh.write(page.encode("utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    return path
+
+
 def check_tensor_path(path: str | os.PathLike) -> Path:
     """Validate a ``--save-attn`` destination before any work is done (creates nothing).
 
@@ -553,6 +568,12 @@ class RunOutput:
             fig.text(0.5, 0.002, self.stamp, ha="center", va="bottom", fontsize=8, color="#b00020", weight="bold")
         staged = self.path(f"{stem}.{fmt}")
         write_figure(fig, staged.parent, stem, fmt, **savefig)
+        return self.out_dir / staged.name
+
+    def page(self, html: str, stem: str = "report") -> Path:
+        """Stage one self-contained HTML page (:mod:`attnviz.html`) as ``stem.html`` (UTF-8); returns its final path."""
+        staged = self.path(f"{stem}.html")
+        write_html(html, staged.parent, stem)
         return self.out_dir / staged.name
 
     def tensor_target(self, path: str | os.PathLike) -> Path:

@@ -187,6 +187,12 @@ class TextAttention:
             raise UsageError(f"this result has no target (decoder) tokens for {kind} attention")
         return self.attention[kind], query_info, key_info
 
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
+        from attnviz.html import repr_html
+
+        return repr_html(self)
+
     @property
     def main(self) -> AttentionMaps:
         """The self-attention of a single-stack model, or the encoder's."""
@@ -233,6 +239,12 @@ class ImageAttention:
     attention: AttentionMaps
     predictions: tuple[Prediction, ...] = ()
     input_size: tuple[int, int] = (0, 0)  # (height, width) of the pixel tensor
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
+        from attnviz.html import repr_html
+
+        return repr_html(self)
 
     @property
     def num_layers(self) -> int:

@@ -19,7 +19,7 @@ INTERNAL_ERROR = 70
 
 # Options every command shares (typer reads these defaults; nothing heavy is imported).
 OUT = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports.")
-FORMAT = typer.Option("png", "--format", help="png, svg or pdf.")
+FORMAT = typer.Option("png", "--format", help="png, svg, pdf or html (interactive report.html); several with commas, e.g. png,html.")
 JSON = typer.Option(False, "--json", help="Print one JSON document instead of the summary.")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto.")
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
@@ -183,3 +183,18 @@ def read_text_file(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{where} is not UTF-8 text") from None
+
+def parse_formats(fmt: str) -> tuple[list[str], bool]:
+    """``--format`` as (figure formats, whether to write the HTML report): "png,html" -> (["png"], True).
+
+    Raises:
+        UsageError: an unknown or empty format.
+    """
+    from attnviz.errors import UsageError
+    from attnviz.report import FORMATS
+
+    names = [f.strip().lower() for f in fmt.split(",") if f.strip()]
+    bad = [f for f in names if f not in FORMATS + ("html",)]
+    if bad or not names:
+        raise UsageError(f"--format must be one or more of {', '.join(FORMATS + ('html',))} (comma-separated), not '{fmt}'")
+    return [f for f in dict.fromkeys(names) if f != "html"], "html" in names

@@ -159,10 +159,10 @@ def run_image(
     """
     from attnviz.analysis.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
+    from attnviz.cli.common import parse_formats
+    from attnviz.report import RunOutput, check_tensor_path, model_files
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    figure_formats, html = parse_formats(fmt)
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
     if not 0.0 <= discard_ratio < 1.0:
@@ -190,12 +190,14 @@ def run_image(
             raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
         head %= n_heads
     patch_info = None
-    names = [f"report.{fmt}", f"attention-layer{layer}.{fmt}", f"rollout.{fmt}"]
+    names = [f"{stem}.{f}" for f in figure_formats for stem in ("report", f"attention-layer{layer}", "rollout")]
     if point is not None:
         _, box, grid, _ = preprocess(im, photo)
         row, col = patch_at(box, grid, (photo.width, photo.height), *point)
         patch_info = (point[0], point[1], row, col)
-        names.append(f"{_patch_stem(point[0], point[1], layer)}.{fmt}")
+        names += [f"{_patch_stem(point[0], point[1], layer)}.{f}" for f in figure_formats]
+    if html:
+        names.append("report.html")
     output = RunOutput(
         out, command="image", force=force, protect=model_files(im.source.location),
         settings={"model": im.source.model_id, "image": str(path), "layer": layer, "head": head, "head_fusion": head_fusion,
@@ -210,7 +212,7 @@ def run_image(
         output.stamp = "RANDOM WEIGHTS: not the trained model"
     if getattr(im.model, "attnviz_new_head", ()):
         warn(f"'{im.source.model_id}' has no trained classification head in its checkpoint: no predictions are shown")
-    plan = image_plan(im, (layer,), full=tensor_path is not None, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    plan = image_plan(im, (layer,), full=tensor_path is not None or html, head_fusion=head_fusion, discard_ratio=discard_ratio)
     result = attend_image(photo, im, plan=plan)
     if result.backend == "eager":
         warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
@@ -219,7 +221,12 @@ def run_image(
 
     run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info, random_weights=note)
     with output:
-        files = _write_views(run, rollout, output, fmt)
+        files = [p for f in figure_formats for p in _write_views(run, rollout, output, f)]
+        if html:
+            from attnviz.html import image_page
+
+            settings = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
+            files.append(output.page(image_page(result, rollout, settings, sinks, layer, head), "report"))
         if tensor_path is not None:
             _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio)
     run.files = files

@@ -183,10 +183,11 @@ def run_text(
     at the end (:class:`attnviz.report.RunOutput`), or none.
     """
     from attnviz.errors import UsageError
-    from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
+    from attnviz.report import RunOutput, check_tensor_path, model_files
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    from attnviz.cli.common import parse_formats
+
+    figure_formats, html = parse_formats(fmt)
     if top < 1:
         raise UsageError("--top must be at least 1")
     content = _read_text(text, text_file)
@@ -231,7 +232,7 @@ def run_text(
     )
     kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
     focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
-    output.check(_view_names(kinds, keep_full, focus_kind, fmt), tensor=tensor_path)
+    output.check(_view_names(kinds, keep_full, focus_kind, figure_formats, html), tensor=tensor_path)
 
     tm = tm.with_weights()
     note = random_weights_note(tm.model)
@@ -247,9 +248,10 @@ def run_text(
         writer = None
         if tensor_path is not None and not keep_full:
             writer = _open_writer(tm, prepared, output.tensor_target(tensor_path), tensor_path, half)
+        collector = _html_collector(tm, prepared, rows, cross_rows) if html and not keep_full else None
         plan = CapturePlan(
             full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
-            on_layer=writer.write_layer if writer is not None else None,
+            on_layer=_both(writer.write_layer if writer is not None else None, collector),
         )
         try:
             with _progress(tm) as progress:
@@ -282,7 +284,12 @@ def run_text(
             )
             main = result.main
 
-        _write_views(result, spec, layer, head, focus, output, fmt, skipped)
+        for figure_format in figure_formats:
+            _write_views(result, spec, layer, head, focus, output, figure_format, skipped)
+        if html:
+            from attnviz.html import text_page
+
+            output.page(text_page(result, focus, spec, layer, head, collector), "report")
         if tensor_path is not None and writer is None:
             _save_full(result, output.tensor_target(tensor_path), half)
     for path in output.left_alone:
@@ -290,17 +297,18 @@ def run_text(
     return TextRun(result, spec, layer, head, focus, list(output.files), output.tensor, skipped, note)
 
 
-def _view_names(kinds, keep_full: bool, focus_kind: str | None, fmt: str) -> list[str]:
-    """The file names :func:`_write_views` will write (checked against the output folder before loading)."""
+def _view_names(kinds, keep_full: bool, focus_kind: str | None, formats, html: bool) -> list[str]:
+    """The file names :func:`_write_views` (and the HTML report) will write, checked before loading."""
     names = []
-    for kind in kinds:
-        prefix = f"{kind}-" if len(kinds) > 1 else ""
-        names += [f"{prefix}head-view.{fmt}", f"{prefix}matrix.{fmt}"]
-        if keep_full:
-            names.append(f"{prefix}model-view.{fmt}")
-        if kind == focus_kind:
-            names.append(f"{prefix}focus-view.{fmt}")
-    return names
+    for fmt in formats:
+        for kind in kinds:
+            prefix = f"{kind}-" if len(kinds) > 1 else ""
+            names += [f"{prefix}head-view.{fmt}", f"{prefix}matrix.{fmt}"]
+            if keep_full:
+                names.append(f"{prefix}model-view.{fmt}")
+            if kind == focus_kind:
+                names.append(f"{prefix}focus-view.{fmt}")
+    return names + (["report.html"] if html else [])
 
 
 @contextmanager
@@ -368,3 +376,19 @@ def _open_writer(tm, prepared, path: Path, final: Path, half: bool):
     meta = _metadata(prepared, tm.source.model_id)
     warn(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {final}")
     return AttentionWriter(path, shapes, dtype=dtype, metadata=meta)
+
+
+def _html_collector(tm, prepared, rows, cross_rows):
+    """For ``--format html`` on inputs too long to keep every map: collect the page's data layer by layer."""
+    from attnviz.html.payload import TextCollector
+    from attnviz.types import CROSS, ENCODER, SELF
+
+    kind = CROSS if cross_rows else (ENCODER if tm.encoder_decoder else SELF)
+    return TextCollector(prepared.tokens, prepared.target_tokens, tuple(cross_rows or rows), kind)
+
+
+def _both(first, second):
+    """One ``on_layer`` callback calling both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda kind, layer, probs: (first(kind, layer, probs), second(kind, layer, probs))
