@@ -124,8 +124,11 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
+def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions(), attn_implementation: str | None = None):
     """Load weights with ``auto_class.from_pretrained`` in eval mode.
+
+    ``attn_implementation`` (e.g. ``"eager"``) is passed on to ``from_pretrained``
+    when given (see :func:`load_model_for_capture`).
 
     Raises:
         ModelError: not found/offline, pickle weights without ``allow_pickle``,
@@ -139,6 +142,8 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
     )
     if options.device_map:
         kwargs["device_map"] = options.device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model = auto_class.from_pretrained(source.location, **kwargs)
     except ValueError as exc:
@@ -157,4 +162,24 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
     if device is not None:
         model = model.to(device)
     model.eval()
+    return model
+
+
+def load_model_for_capture(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
+    """:func:`load_model`, reloaded with ``attn_implementation="eager"`` where attnviz needs it.
+
+    Architectures that neither take attnviz's attention function nor can switch
+    to eager after loading (their attention class is fixed when the model is
+    built, e.g. Data2VecVision's SDPA class) are loaded again as eager, so that
+    the eager fallback sees real attention probabilities. Others load once.
+
+    Raises:
+        ModelError: as :func:`load_model`.
+    """
+    from attnviz.capture import needs_eager_load
+
+    model = load_model(source, auto_class, options)
+    if needs_eager_load(model):
+        del model
+        model = load_model(source, auto_class, options, attn_implementation="eager")
     return model

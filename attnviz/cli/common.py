@@ -27,6 +27,10 @@ DEVICE_MAP = typer.Option(None, "--device-map", help="e.g. auto: spread a big mo
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for sources you trust.")
 TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run model code from the Hub; only for sources you trust.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+VERIFY = typer.Option(
+    True, "--verify/--no-verify",
+    help="For a model type attnviz's tests do not cover, check the capture against eager attention first (on the first tokens / the image).",
+)
 
 
 def quiet_libraries() -> None:
@@ -94,3 +98,10 @@ def print_json(document: dict) -> None:
     """The one JSON document on stdout."""
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def verification_json(result) -> dict:
+    """``verified`` (True when the capture was checked against eager on this model and matched) and
+    ``verification`` (see :meth:`attnviz.verify.Verification.to_json`) for a command's ``--json``."""
+    v = getattr(result, "verification", None)
+    return {"verified": bool(v is not None and v.verified), "verification": v.to_json() if v is not None else None}

@@ -12,6 +12,7 @@ from attnviz.cli import app
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
 )
+from attnviz.cli.common import VERIFY, verification_json
 from attnviz.models import DEFAULT_IMAGE_MODEL
 
 
@@ -59,6 +60,7 @@ class ImageRun:
             doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        doc.update(verification_json(r))
         return doc
 
 
@@ -74,6 +76,8 @@ def _print_human(run: ImageRun) -> None:
         f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
         soft_wrap=True,
     )
+    if getattr(r.verification, "verified", False):
+        console.print(r.verification.describe())
     if r.predictions:
         table = Table(title="Predictions (softmax of the logits)", title_justify="left")
         table.add_column("#", justify="right")
@@ -131,6 +135,7 @@ def image_command(
     allow_pickle: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
     debug: bool = DEBUG,
+    verify: bool = VERIFY,
 ) -> None:
     """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
     with guarded(debug):
@@ -143,7 +148,7 @@ def image_command(
 
 def run_image(
     path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
-    device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+    device, dtype, device_map, allow_pickle, trust_remote_code, debug, verify=True,
 ) -> ImageRun:
     """Do the work of ``attnviz image`` and return what was produced (no printing)."""
     from attnviz.analysis.rollout import HEAD_FUSIONS
@@ -182,8 +187,10 @@ def run_image(
             raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
         head %= n_heads
     plan = image_plan(im, (layer,), full=tensor_path is not None, head_fusion=head_fusion, discard_ratio=discard_ratio)
-    result = attend_image(photo, im, plan=plan)
-    if result.backend == "eager":
+    result = attend_image(photo, im, plan=plan, verify=verify)
+    if result.verification is not None and result.verification.notice:
+        warn(result.verification.notice)
+    elif result.backend == "eager":
         warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
     rollout = rollout_map(result, head_fusion, discard_ratio)
     sinks = image_sinks(result, rollout)

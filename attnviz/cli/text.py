@@ -13,6 +13,7 @@ from attnviz.cli import app
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORMAT, JSON, OUT, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries, warn,
 )
+from attnviz.cli.common import VERIFY, verification_json
 
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
 FULL_BUDGET = 256 * 2**20
@@ -73,6 +74,7 @@ class TextRun:
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["skipped_views"] = self.skipped
+        doc.update(verification_json(r))
         return doc
 
 
@@ -90,6 +92,8 @@ def _print_human(run: TextRun) -> None:
     )
     if r.main.kv_heads:
         console.print(f"grouped-query attention: {_kv_summary(r.main.kv_heads)}")
+    if getattr(r.verification, "verified", False):
+        console.print(r.verification.describe())
     if run.focus is not None:
         f = run.focus
         console.print(f"heads linking '{f.text}' ({f.kind} attention; target: {f.describe()}; {run.spec.describe()}):")
@@ -162,6 +166,7 @@ def text_command(
     allow_pickle: bool = ALLOW_PICKLE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
     debug: bool = DEBUG,
+    verify: bool = VERIFY,
 ) -> None:
     """Attention of a text model: head view, model view, focus view and attention matrix."""
     with guarded(debug):
@@ -175,6 +180,7 @@ def text_command(
 def run_text(
     text, model, token, token_index, layer, head, words, hide_special, target, text_file, max_length, out, fmt,
     as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code, debug,
+    verify=True,
 ) -> TextRun:
     """Do the work of ``attnviz text`` and return what was produced (no printing)."""
     from attnviz.errors import UsageError
@@ -231,7 +237,7 @@ def run_text(
     )
     try:
         with _progress(tm) as progress:
-            result = attend_prepared(tm, prepared, plan, progress)
+            result = attend_prepared(tm, prepared, plan, progress, verify=verify)
         saved = writer.close() if writer is not None else None
     finally:
         if writer is not None:
@@ -252,7 +258,7 @@ def run_text(
         # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
         plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
         with _progress(tm) as progress:
-            again = attend_prepared(tm, prepared, plan, progress)
+            again = attend_prepared(tm, prepared, plan, progress, verify=verify)
         result = replace(
             result,
             attention={k: replace(m, layers={**m.layers, **again.attention[k].layers}) for k, m in result.attention.items()},
