@@ -185,9 +185,10 @@ def _run_check(model, model_type: str, inputs: Mapping[str, Any]) -> Verificatio
     if not takes_attnviz(model):
         return Verification(EAGER, model_type)
     probe, lengths = _probe_inputs(inputs, PROBE_TOKENS)
-    described = (
-        f"the first {lengths['encoder'][1]} tokens" if "encoder" in lengths else "the input"
-    ) if lengths else "the input"
+    if "encoder" in lengths:
+        described = f"the first {lengths['encoder'][1]} tokens"
+    else:
+        described = "the whole image" if "pixel_values" in inputs else "the whole input"
     tol = tolerance_for(model)
     try:
         ours, _ref, diffs = compare(model, probe)
