@@ -795,7 +795,9 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         }
     else:
         groups = {SELF: getattr(outputs, "attentions", None)}
-    causal_modules = _causal_attention(model)
+    mask = inputs.get("attention_mask")
+    padded = isinstance(mask, torch.Tensor) and bool((mask == 0).any())  # fully masked rows spread over every key
+    causal_modules = _causal_attention(model) and not padded
     result: dict[str, AttentionMaps] = {}
     for kind, maps in groups.items():
         if not maps or any(m is None for m in maps):

@@ -126,7 +126,7 @@ def attention_diffs(ours: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str
     A kind present in only one of them, or of another shape, counts as ``inf``.
     """
     out: dict[str, float] = {}
-    for kind in sorted(set(ours) | set(ref)):
+    for kind in list(ours) + [k for k in ref if k not in ours]:
         a, b = ours.get(kind), ref.get(kind)
         if a is None or b is None or a.full is None or b.full is None or a.full.shape != b.full.shape:
             out[kind] = float("inf")
@@ -194,7 +194,8 @@ def _run_check(model, model_type: str, inputs: Mapping[str, Any]) -> Verificatio
         ours, _ref, diffs = compare(model, probe)
     except ModelError as exc:
         raise ModelError(
-            f"cannot verify attnviz's capture on this {model_type} model ({type(model).__name__}) against eager: {exc}"
+            f"cannot verify attnviz's capture on this {model_type} model against eager ({exc}); "
+            "rerun with --no-verify to use the capture unchecked"
         ) from exc
     if ours.backend == "eager":
         return Verification(EAGER, model_type, probe=described)
@@ -260,7 +261,9 @@ class KindCheck:
     ``causal``: nothing above the diagonal; ``sliding_layers``: layers in which
     some key that the causal mask (or, without one, the full sequence) allows gets
     exactly 0 probability in every head, i.e. a sliding-window or local mask.
-    ``grid``: the patch grid ``(rows, cols)`` for images.
+    ``grid``: the patch grid ``(rows, cols)`` for images; ``compared``: False where
+    attnviz's backend is eager ``output_attentions`` itself (then checked for rows
+    summing to 1 and causal masks, and the difference is 0 by construction).
     """
 
     input: str
@@ -273,6 +276,7 @@ class KindCheck:
     sliding_layers: int
     max_abs_diff: float
     grid: tuple[int, int] | None = None
+    compared: bool = True  # False: attnviz's backend is eager output_attentions itself (checked, nothing to compare)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -349,7 +353,7 @@ def _rows_for(name: str, ours, ref, diffs: Mapping[str, float], grid=None) -> li
         causal = bool(maps.causal)
         rows.append(KindCheck(
             name, kind, maps.num_layers, maps.num_heads, maps.num_queries, maps.num_keys, causal,
-            masked_layers(reference.full, causal), diff, grid,
+            masked_layers(reference.full, causal), diff, grid, ours is not ref,
         ))
     return rows
 

@@ -40,7 +40,7 @@ def _print_human(report) -> None:
         cells = [r.input, r.kind, f"{r.num_layers}×{r.num_heads}", f"{r.queries}×{r.keys}"]
         if vision:
             cells.append(f"{r.grid[0]}×{r.grid[1]}" if r.grid else "-")
-        cells += ["yes" if r.causal else "no", f"{r.sliding_layers}/{r.num_layers}" if r.sliding_layers else "-", _fmt_diff(r.max_abs_diff)]
+        cells += ["yes" if r.causal else "no", f"{r.sliding_layers}/{r.num_layers}" if r.sliding_layers else "-", _fmt_diff(r.max_abs_diff) if r.compared else "is eager"]
         table.add_row(*cells)
     console.print(table)
     console.print("sliding: layers in which a sliding-window or local mask was seen; max |Δ|: max abs difference from eager", soft_wrap=True)
