@@ -24,9 +24,15 @@ computed nor written: maps are allocated as zero-filled anonymous memory, so the
 pages of a causal model's upper triangle are never touched and cost no RAM.
 
 Models that do not dispatch through the ``AttentionInterface`` (e.g. DeBERTa-v2,
-MPNet, ALiBi models such as BLOOM and MPT) fall back to eager
+MPNet, Falcon, ALiBi models such as BLOOM and MPT) fall back to eager
 ``output_attentions=True`` (``Capture.backend == "eager"``, with a one-line
-``Capture.notice``).
+``Capture.notice``). The fallback really is eager: the model is switched (or its
+configs forced) to ``"eager"`` for the call, attention modules built for another
+implementation are refused in one line (:func:`non_eager_modules`; load such a
+model with ``attn_implementation="eager"``, as :func:`attnviz.models.load_model_for_capture`
+does), and the returned maps are checked (rows sum to 1, nothing above the
+diagonal of a causal model). :mod:`attnviz.verify` compares the capture with
+this eager reference at run time for model types the tests do not cover.
 
 Attention calls are attributed to a kind by module path
 (``decoder.block.3.layer.1.EncDecAttention`` is cross-attention) and to a layer
@@ -638,6 +644,31 @@ def _set_implementation(model, name: str) -> bool:
     return model.config._attn_implementation == name
 
 
+def takes_attnviz(model) -> bool:
+    """True if ``model`` accepts attnviz's attention function (it dispatches through transformers' AttentionInterface).
+
+    The model's attention implementation is left as it was. A model that takes it
+    may still route some calls elsewhere; the run-time check in
+    :mod:`attnviz.verify` catches that.
+    """
+    _register()
+    previous = model.config._attn_implementation
+    ok = _set_implementation(model, IMPLEMENTATION)
+    if model.config._attn_implementation != previous:
+        _set_implementation(model, previous)
+    return ok
+
+
+def needs_eager_load(model) -> bool:
+    """True if ``model`` must be (re)loaded with ``attn_implementation="eager"`` for attnviz to capture it.
+
+    That is: it does not take attnviz's function, and its attention modules were
+    built for another implementation (see :func:`non_eager_modules`), so neither
+    the capture nor the eager fallback could see its attention probabilities.
+    """
+    return not takes_attnviz(model) and bool(non_eager_modules(model))
+
+
 def is_encoder_decoder(model) -> bool:
     """True for encoder-decoder models (T5, BART, Marian...), whose attention comes in three kinds."""
     return bool(getattr(model.config, "is_encoder_decoder", False))
@@ -667,7 +698,7 @@ def _early_stop_layer(model, plan: CapturePlan, encdec: bool) -> tuple[int | Non
     return last, n
 
 
-def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL, progress=None) -> Capture:
+def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL, progress=None, backend: str = "auto") -> Capture:
     """Run ``model(**inputs)`` once (batch of one) and capture attention as ``plan`` asks.
 
     Args:
@@ -675,6 +706,9 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
         inputs: model inputs for one sequence (``input_ids``/``pixel_values``...).
         plan: what to keep (see :class:`CapturePlan`).
         progress: optional callback ``(kind, layer)`` after each attention call.
+        backend: ``"auto"`` (attnviz's function where the model takes it, else
+            eager) or ``"eager"`` (always the model's own eager attention with
+            ``output_attentions=True``; see :func:`capture_eager`).
 
     Returns:
         :class:`Capture` with float32 CPU maps per attention kind; probabilities
@@ -683,11 +717,16 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
         the forward raises.
 
     Raises:
-        ModelError: the model produced no attention at all.
+        ModelError: the model produced no attention at all, or it does not take
+        attnviz's function and cannot run eager attention either.
         UsageError: bad rollout settings (head fusion, discard ratio).
     """
     _check_rollout_settings(plan)
     _register()
+    if backend == "eager":
+        return capture_eager(model, inputs, plan)
+    if backend != "auto":
+        raise UsageError(f"capture backend must be 'auto' or 'eager', not '{backend}'")
     names = {id(m): name for name, m in model.named_modules()}
     encdec = is_encoder_decoder(model)
     previous = model.config._attn_implementation
@@ -727,15 +766,32 @@ def _without_cache(model, inputs: Mapping[str, Any]) -> dict[str, Any]:
     return inputs
 
 
-def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str, problem: str = "") -> Capture:
+def capture_eager(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL) -> Capture:
+    """The reference: the model's own eager attention with ``output_attentions=True``, checked to be eager.
+
+    The model is switched to ``attn_implementation="eager"`` for the call (forced
+    on the config where transformers refuses to switch it, as for Falcon, whose
+    attention reads the config at run time) and restored afterwards. Every
+    returned map is checked: ``[1, heads, query, key]``, finite, rows summing to 1,
+    and nothing above the diagonal where the attention module is causal.
+
+    Returns:
+        :class:`Capture` with ``backend == "eager"`` and float32 CPU maps.
+
+    Raises:
+        ModelError: one line naming the architecture when its attention modules
+        were built for another implementation (e.g. Data2VecVision's SDPA class:
+        load it with ``attn_implementation="eager"``) or when the maps fail the checks.
+    """
+    _check_rollout_settings(plan)
+    return _capture_eager(model, inputs, plan, is_encoder_decoder(model), model.config._attn_implementation, None)
+
+
+def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str, problem: str | None = "") -> Capture:
     """Fallback: eager attention with ``output_attentions=True`` (keeps every map in memory)."""
-    switched = previous != "eager" and _set_implementation(model, "eager")
-    try:
+    with _eager(model):
         with torch.inference_mode():
             outputs = model(**_without_cache(model, inputs), output_attentions=True)
-    finally:
-        if switched:
-            _set_implementation(model, previous)
     groups: dict[str, tuple] = {}
     if encdec:
         groups = {
@@ -745,11 +801,15 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         }
     else:
         groups = {SELF: getattr(outputs, "attentions", None)}
+    mask = inputs.get("attention_mask")
+    padded = isinstance(mask, torch.Tensor) and bool((mask == 0).any())  # fully masked rows spread over every key
+    causal_modules = _causal_attention(model) and not padded
     result: dict[str, AttentionMaps] = {}
     for kind, maps in groups.items():
         if not maps or any(m is None for m in maps):
             continue
         full = torch.stack([m[0].float().cpu() for m in maps])  # [L, H, Q, K]
+        causal = _check_eager_maps(model, kind, maps, full, causal_modules and kind != CROSS)
         session = _Session(plan, {}, encdec)
         for layer in range(full.shape[0]):
             if plan.on_layer is not None:
@@ -760,7 +820,7 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         rows = tuple(r for r in (plan.cross_rows if kind == CROSS else plan.rows) if -Q <= r < Q)
         result[kind] = AttentionMaps(
             kind=kind, num_layers=L, num_heads=H, num_queries=Q, num_keys=K,
-            causal=kind in (DECODER,) or (kind == SELF and bool(getattr(model.config, "is_decoder", False) or _is_causal_lm(model))),
+            causal=kind in (DECODER,) or (kind == SELF and bool(getattr(model.config, "is_decoder", False) or _is_causal_lm(model) or causal)),
             full=full if plan.full else None,
             layers={l: full[l] for l in plan.layers if l < L},
             rows=full[:, :, list(rows)].clone() if rows else None,
@@ -770,11 +830,139 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         )
     if not result:
         raise ModelError(f"{type(model).__name__} returned no attention probabilities (is it an attention model?)")
-    notice = (
-        f"{type(model).__name__} cannot use attnviz's attention capture ({problem}); captured with backend 'eager' "
-        "(output_attentions=True), which keeps every layer's maps in memory"
-    )
+    if problem is None:
+        notice = None
+    else:
+        notice = (
+            f"{type(model).__name__} cannot use attnviz's attention capture ({problem}); captured with backend 'eager' "
+            "(output_attentions=True), which keeps every layer's maps in memory"
+        )
     return Capture(result, "eager", outputs, notice)
+
+
+#: Attention modules that are not eager, by class name, where the architecture has no ``*_ATTENTION_CLASSES`` table.
+_NOT_EAGER_NAME = re.compile(r"sdpa|flash|flex", re.IGNORECASE)
+
+
+def non_eager_modules(model) -> list[tuple[str, str]]:
+    """``[(module path, class name)]`` of attention modules that were built for a non-eager implementation.
+
+    transformers picks some architectures' attention class when the model is
+    built (``DATA2VEC_VISION_SELF_ATTENTION_CLASSES[config._attn_implementation]``);
+    such a module ignores a later switch to eager and returns no (or wrong)
+    weights. Found from those tables in the model's own module, else by class name.
+    """
+    import sys
+
+    eager: set[type] = set()
+    other: set[type] = set()
+    for cls in {type(m) for m in model.modules()} | {type(model)}:
+        module = sys.modules.get(cls.__module__)
+        for name, table in vars(module).items() if module is not None else ():
+            if name.endswith("ATTENTION_CLASSES") and isinstance(table, dict):
+                for impl, klass in table.items():
+                    if isinstance(klass, type):
+                        (eager if impl == "eager" else other).add(klass)
+    found = []
+    for path, m in model.named_modules():
+        cls = type(m)
+        if cls in eager:
+            continue
+        if cls in other or ("attention" in cls.__name__.lower() and _NOT_EAGER_NAME.search(cls.__name__)):
+            found.append((path, cls.__name__))
+    return found
+
+
+class _eager:
+    """Context manager: the model runs eager attention inside (switched, or forced on its configs), restored after.
+
+    Raises ModelError (one line naming the architecture) where attention modules
+    were built for another implementation and cannot be switched.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.saved: list[tuple[Any, Any]] = []
+
+    def __enter__(self):
+        model = self.model
+        previous = model.config._attn_implementation
+        if previous != "eager" and not _set_implementation(model, "eager"):
+            _set_implementation(model, previous)
+            # transformers would not switch it (not AttentionInterface-based): set every config it reads
+            configs = {id(model.config): model.config}
+            for m in model.modules():
+                cfg = getattr(m, "config", None)
+                if cfg is not None and hasattr(cfg, "_attn_implementation_internal"):
+                    configs[id(cfg)] = cfg
+            for cfg in configs.values():
+                self.saved.append((cfg, cfg._attn_implementation_internal))
+                cfg._attn_implementation_internal = "eager"
+        else:
+            self.saved.append((model, previous))
+        bad = non_eager_modules(model)
+        if bad:
+            self._restore()
+            path, cls = bad[0]
+            arch = type(model).__name__
+            mt = getattr(model.config, "model_type", "?")
+            raise ModelError(
+                f"{arch} ({mt}) cannot run eager attention: its attention modules were built for "
+                f"'{previous}' ({cls}, e.g. {path or 'the model'}); load it with attn_implementation=\"eager\""
+            )
+        return model
+
+    def _restore(self):
+        for obj, value in reversed(self.saved):
+            if obj is self.model:
+                if value != "eager":
+                    _set_implementation(obj, value)
+            else:
+                obj._attn_implementation_internal = value
+        self.saved.clear()
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def _causal_attention(model) -> bool:
+    """True if the model's self-attention modules say they are causal (``is_causal = True``)."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool) and m is not model]
+    return bool(flags) and all(flags)
+
+
+def _check_eager_maps(model, kind: str, maps, full: torch.Tensor, causal_modules: bool) -> bool:
+    """Check eager maps ``full`` ``[L, H, Q, K]`` (float32); return True if they are causal (nothing above the diagonal).
+
+    Raises ModelError when a map has the wrong rank, is not finite, has rows that
+    do not sum to 1, or puts weight above the diagonal though the model's
+    attention is causal (a mask that eager attention ignored).
+    """
+    arch = type(model).__name__
+    if any(m.dim() != 4 or m.shape[0] != 1 for m in maps) or len({tuple(m.shape) for m in maps}) != 1:
+        raise ModelError(f"{arch}: eager output_attentions are not [1, heads, query, key] maps of one shape")
+    if not bool(torch.isfinite(full).all()):
+        raise ModelError(f"{arch}: eager output_attentions contain NaN or infinite values")
+    half = maps[0].dtype in (torch.float16, torch.bfloat16)
+    tol = 2e-2 if half else 1e-4
+    sums = full.sum(-1)
+    if any(isinstance(getattr(m, "sinks", None), torch.Tensor) for m in model.modules()):
+        worst = float((sums - 1).clamp(min=0).max()) if sums.numel() else 0.0  # attention sinks take the rest of a row
+    else:
+        worst = float((sums - 1).abs().max()) if sums.numel() else 0.0
+    if worst > tol:
+        raise ModelError(f"{arch}: eager output_attentions rows do not sum to 1 (off by up to {worst:.3g}); attnviz cannot trust them")
+    L, H, Q, K = full.shape
+    if Q < 2 or Q != K:
+        return False
+    above = float(torch.triu(full, diagonal=1).sum(-1).amax()) if Q > 1 else 0.0
+    if causal_modules and above > 1e-6:
+        raise ModelError(
+            f"{arch} ({getattr(model.config, 'model_type', '?')}): its attention is causal, but eager output_attentions put "
+            f"{above:.3g} of a row's probability above the diagonal (the mask was not applied); refusing"
+        )
+    return above == 0.0
 
 
 def _is_causal_lm(model) -> bool:
@@ -809,14 +997,14 @@ def attention_shapes(model, inputs: Mapping[str, torch.Tensor]) -> dict[str, tup
 _DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds")
 
 
-def _probe_inputs(inputs: Mapping[str, torch.Tensor]):
-    """Inputs cut to at most 2 positions, and ``{side: (real length, probe length)}``."""
+def _probe_inputs(inputs: Mapping[str, torch.Tensor], positions: int = 2):
+    """Inputs cut to at most ``positions`` positions, and ``{side: (real length, probe length)}``."""
     lengths: dict[str, tuple[int, int]] = {}
     for side, key_names in (("encoder", ("input_ids", "inputs_embeds")), ("decoder", ("decoder_input_ids", "decoder_inputs_embeds"))):
         for name in key_names:
             if name in inputs and inputs[name] is not None:
                 n = inputs[name].shape[1]
-                lengths[side] = (n, min(n, 2))
+                lengths[side] = (n, min(n, positions))
                 break
     if "encoder" not in lengths:
         return dict(inputs), {}

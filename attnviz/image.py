@@ -19,7 +19,13 @@ dinov2_with_registers                 [CLS], ``num_register_tokens`` registers
 beit, data2vec-vision                 [CLS]
 clip_vision_model (CLIP vision tower) [CLS]
 siglip_vision_model                   none (SigLIP has no [CLS])
+ijepa (I-JEPA)                        none (no [CLS])
 ====================================  ===================================
+
+Models without [CLS] are read through the mean query row (the mean over all
+tokens of each layer's attention rows). ViTMAE is refused: it randomly drops
+``mask_ratio`` of the patches and shuffles the rest on every forward pass, so
+its tokens are not the photo's patches in order.
 
 The grid is the processed ``pixel_values`` height and width divided by the
 patch size (a non-square input gives a non-square grid), and ``prefix + rows *
@@ -33,10 +39,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from attnviz.capture import FULL, CapturePlan, capture
+from attnviz.capture import FULL, CapturePlan
 from attnviz.errors import ModelError, UsageError
-from attnviz.models import DEFAULT_IMAGE_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model, resolve_model
+from attnviz.models import DEFAULT_IMAGE_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model_for_capture, resolve_model
 from attnviz.types import SELF, ImageAttention, Prediction
+from attnviz.verify import verified_capture
 
 #: model_type -> names of the prefix tokens that come before the patches (registers added from the config).
 _PREFIX = {
@@ -49,11 +56,17 @@ _PREFIX = {
     "data2vec-vision": ("[CLS]",),
     "clip_vision_model": ("[CLS]",),
     "siglip_vision_model": (),
+    "ijepa": (),
 }
+#: Models that randomly mask and shuffle patches on every forward (MAE pre-training): refused.
+_RANDOM_MASKING = {"vit_mae"}
 #: Multimodal checkpoints whose vision tower we load on its own.
 _VISION_TOWER = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}
 _WINDOWED = {"swin", "swinv2", "donut-swin", "maskformer-swin", "swin2sr", "swiftformer"}
-SUPPORTED = "ViT, DeiT, DINO, DINOv2 (with or without registers), BEiT, and the vision towers of CLIP and SigLIP"
+SUPPORTED = (
+    "ViT, DeiT, DINO, DINOv2 (with or without registers), BEiT, Data2VecVision, I-JEPA, "
+    "and the vision towers of CLIP and SigLIP"
+)
 #: How many predictions attend_image keeps for a classifier.
 TOP_K = 5
 
@@ -110,7 +123,7 @@ class ImageModel:
         if self.model is not None:
             return self
         config = load_config(self.source, self.options)
-        model = load_model(self.source, _model_class(config, self.info), self.options)
+        model = load_model_for_capture(self.source, _model_class(config, self.info), self.options)
         # the loaded model's own config is authoritative (e.g. a vision tower of a CLIPModel checkpoint)
         loaded = vision_info(model.config)
         classifier = self.info.classifier and not getattr(model, "attnviz_new_head", ())
@@ -143,6 +156,13 @@ def check_supported(config, name: str) -> None:
         )
     if vc.model_type in _PREFIX:
         return
+    if vc.model_type in _RANDOM_MASKING:
+        ratio = getattr(vc, "mask_ratio", None)
+        raise ModelError(
+            f"'{name}' is a {vc.model_type} model: it randomly masks {ratio if ratio is not None else 'a share'} of the "
+            "patches and shuffles the rest on every forward pass, so its tokens are not the photo's patches in order; "
+            f"attnviz image supports {SUPPORTED}"
+        )
     if getattr(config, "vision_config", None) is None and (
         hasattr(config, "vocab_size") and not hasattr(config, "patch_size")
     ):
@@ -375,6 +395,7 @@ def attend_image(
     plan: CapturePlan = FULL,
     options: LoadOptions = LoadOptions(),
     progress: Callable[[str, int], None] | None = None,
+    verify: bool = True,
 ) -> ImageAttention:
     """Capture the attention of a Vision Transformer over one photo.
 
@@ -384,6 +405,9 @@ def attend_image(
         model: an :class:`ImageModel` or a name for :func:`load_image_model`.
         plan: what to capture (default: every layer and head in full; see
             :func:`image_plan` for the light plan the CLI uses).
+        verify: for a model type outside :data:`attnviz.verify.PROVEN_TYPES`,
+            compare the capture with eager on this image first and use eager if
+            they differ (``result.verification`` says what happened).
 
     Returns:
         :class:`~attnviz.types.ImageAttention`; with the default plan
@@ -404,7 +428,7 @@ def attend_image(
     param = next(im.model.parameters())
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
     try:
-        result = capture(im.model, {"pixel_values": pixel_values}, plan, progress=progress)
+        result, verdict = verified_capture(im.model, im.model_type, {"pixel_values": pixel_values}, plan, progress, verify)
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"'{im.source.model_id}' failed on this image: {first}") from exc
@@ -432,6 +456,7 @@ def attend_image(
         attention=maps,
         predictions=predictions(im, result.outputs),
         input_size=input_size,
+        verification=verdict,
     )
 
 

@@ -231,7 +231,7 @@ def weight_coverage(model, loading_info: dict) -> WeightCoverage:
     return WeightCoverage(tuple(path), tuple(head))
 
 
-def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
+def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions(), attn_implementation: str | None = None):
     """Load weights with ``auto_class.from_pretrained`` in eval mode, refusing incomplete checkpoints.
 
     After loading, transformers' loading info is checked (:func:`weight_coverage`):
@@ -239,6 +239,9 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
     ``options.random_weights_ok`` (then ``model.attnviz_random_weights`` lists them);
     a randomly initialised task head only is recorded in ``model.attnviz_new_head``
     (callers then show no predictions).
+
+    ``attn_implementation`` (e.g. ``"eager"``) is passed on to ``from_pretrained``
+    when given (see :func:`load_model_for_capture`).
 
     Raises:
         ModelError: not found/offline, pickle weights without ``allow_pickle``,
@@ -256,6 +259,8 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         kwargs["device_map"] = options.device_map
     from safetensors import SafetensorError
 
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model, info = auto_class.from_pretrained(source.location, **kwargs)
     except SafetensorError as exc:
@@ -298,3 +303,21 @@ def random_weights_note(model) -> str | None:
     if not names:
         return None
     return f"random weights: {len(names)} tensor{'s' if len(names) != 1 else ''} missing from the checkpoint were randomly initialised (first: {names[0]})"
+def load_model_for_capture(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
+    """:func:`load_model`, reloaded with ``attn_implementation="eager"`` where attnviz needs it.
+
+    Architectures that neither take attnviz's attention function nor can switch
+    to eager after loading (their attention class is fixed when the model is
+    built, e.g. Data2VecVision's SDPA class) are loaded again as eager, so that
+    the eager fallback sees real attention probabilities. Others load once.
+
+    Raises:
+        ModelError: as :func:`load_model`.
+    """
+    from attnviz.capture import needs_eager_load
+
+    model = load_model(source, auto_class, options)
+    if needs_eager_load(model):
+        del model
+        model = load_model(source, auto_class, options, attn_implementation="eager")
+    return model

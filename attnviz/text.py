@@ -9,12 +9,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from attnviz.capture import FULL, CapturePlan, capture
+from attnviz.capture import FULL, CapturePlan
 from attnviz.errors import AttnvizWarning, ModelError, UsageError
-from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model, resolve_model
+from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, check_weight_files, load_config, load_model_for_capture, resolve_model
 from attnviz.types import TextAttention, TokenInfo
+from attnviz.verify import verified_capture
 
-_VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "clip_vision_model", "siglip_vision_model", "convnext", "resnet"}
+_VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "clip_vision_model", "siglip_vision_model", "convnext", "resnet", "ijepa", "data2vec-vision", "vit_mae"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class TextModel:
             return self
         from transformers import AutoModel
 
-        model = load_model(self.source, AutoModel, self.options)
+        model = load_model_for_capture(self.source, AutoModel, self.options)
         return TextModel(self.source, model, self.tokenizer, _max_positions(model.config, self.tokenizer), model.config, self.options)
 
     @property
@@ -239,11 +240,16 @@ def prepare_text(tm: TextModel, text: str, target: str | None = None, max_length
 
 
 def attend_prepared(
-    tm: TextModel, prepared: PreparedText, plan: CapturePlan = FULL, progress: Callable[[str, int], None] | None = None
+    tm: TextModel, prepared: PreparedText, plan: CapturePlan = FULL, progress: Callable[[str, int], None] | None = None,
+    verify: bool = True,
 ) -> TextAttention:
-    """Capture attention for inputs made by :func:`prepare_text` (see :func:`attend_text`)."""
+    """Capture attention for inputs made by :func:`prepare_text` (see :func:`attend_text`).
+
+    ``verify``: check the capture against eager on the first tokens first when the
+    model type is not one attnviz's tests prove exact (:mod:`attnviz.verify`).
+    """
     tm = tm.with_weights()
-    result = capture(tm.model, model_inputs(tm, prepared), plan, progress=progress)
+    result, verdict = verified_capture(tm.model, tm.model_type, model_inputs(tm, prepared), plan, progress, verify)
     return TextAttention(
         model_id=tm.source.model_id,
         model_type=tm.model_type,
@@ -253,6 +259,7 @@ def attend_prepared(
         target_tokens=prepared.target_tokens,
         dropped_tokens=prepared.dropped_tokens,
         notice=result.notice,
+        verification=verdict,
     )
 
 
@@ -265,6 +272,7 @@ def attend_text(
     max_length: int | None = None,
     options: LoadOptions = LoadOptions(),
     progress: Callable[[str, int], None] | None = None,
+    verify: bool = True,
 ) -> TextAttention:
     """Capture the attention of a text model on one text.
 
@@ -277,6 +285,9 @@ def attend_text(
             :class:`attnviz.capture.CapturePlan`.
         max_length: truncate to this many tokens (default: the model's limit).
         progress: called with ``(kind, layer)`` after each attention layer.
+        verify: for a model type outside :data:`attnviz.verify.PROVEN_TYPES`,
+            compare the capture with eager on the first tokens first and use eager
+            for the whole run if they differ (``result.verification`` says what happened).
 
     Returns:
         :class:`TextAttention`; for the default plan ``result.main.full`` is float32
@@ -287,7 +298,7 @@ def attend_text(
         UsageError: empty text, bad max_length. ModelError: model problems.
     """
     tm = model if isinstance(model, TextModel) else load_text_model(model, options)
-    return attend_prepared(tm, prepare_text(tm, text, target, max_length), plan, progress)
+    return attend_prepared(tm, prepare_text(tm, text, target, max_length), plan, progress, verify)
 
 
 def model_inputs(tm: TextModel, prepared: PreparedText) -> dict:

@@ -7,7 +7,7 @@ Nothing here imports torch at run time (tensors are only annotated), so the CLI'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from attnviz.errors import UsageError
 
@@ -165,6 +165,7 @@ class TextAttention:
     target_tokens: TokenInfo | None = None
     dropped_tokens: int = 0
     notice: str | None = None
+    verification: Any = None  # attnviz.verify.Verification: how far the capture is checked against eager
 
     def sides(self, kind: str = SELF) -> tuple[AttentionMaps, TokenInfo, TokenInfo]:
         """The attention of ``kind`` with its query-side and key-side tokens: ``(maps, query_info, key_info)``.
@@ -239,6 +240,7 @@ class ImageAttention:
     attention: AttentionMaps
     predictions: tuple[Prediction, ...] = ()
     input_size: tuple[int, int] = (0, 0)  # (height, width) of the pixel tensor
+    verification: Any = None  # attnviz.verify.Verification: how far the capture is checked against eager
 
     def _repr_html_(self) -> str | None:
         """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""

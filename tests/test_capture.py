@@ -24,7 +24,7 @@ from attnviz.report import AttentionWriter, attention_file_size, attention_tenso
 from tiny import TEXT, TEXT_KINDS, eager_attentions
 
 TOL = 1e-5
-FALLBACK = {"mpnet", "deberta-v2"}  # not routed through transformers' AttentionInterface
+FALLBACK = {"mpnet", "deberta-v2", "falcon", "falcon-old"}  # not routed through transformers' AttentionInterface
 ROLLOUTS = [(f, d, p) for f in ("mean", "max", "min") for d, p in ((0.0, ()), (0.3, (0,)))]
 
 

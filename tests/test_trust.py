@@ -352,8 +352,6 @@ def no_weights(monkeypatch):
         raise AssertionError("weights were loaded")
 
     monkeypatch.setattr(attnviz.models, "load_model", refuse)
-    monkeypatch.setattr("attnviz.text.load_model", refuse)
-    monkeypatch.setattr("attnviz.image.load_model", refuse)
 
 
 @pytest.mark.parametrize("args,code,words", [

@@ -112,6 +112,13 @@ def text_config(kind: str, vocab: int):
             **{**c, "num_hidden_layers": 4}, num_key_value_heads=2, head_dim=8, sliding_window=4, max_position_embeddings=128,
             attn_logit_softcapping=50.0, query_pre_attn_scalar=8, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         )
+    if kind in ("falcon", "falcon-old"):
+        # new decoder architecture (Falcon-40B/180B: grouped KV heads) and the old one (Falcon-7B: multi-query)
+        new = kind == "falcon"
+        return tf.FalconConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_kv_heads=2 if new else None,
+            new_decoder_architecture=new, multi_query=not new, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+        )
     if kind == "t5":
         return tf.T5Config(
             vocab_size=vocab, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_decoder_layers=2, num_heads=4,
@@ -132,6 +139,7 @@ TOKENIZERS = {
     "mpnet": wordpiece_tokenizer, "deberta-v2": wordpiece_tokenizer,
     "gpt2": bpe_tokenizer, "llama": bos_bpe_tokenizer, "mistral": bos_bpe_tokenizer, "qwen2": bpe_tokenizer,
     "gemma2": bos_bpe_tokenizer, "t5": t5_tokenizer, "bart": t5_tokenizer,
+    "falcon": bpe_tokenizer, "falcon-old": bpe_tokenizer,
 }
 TEXT_KINDS = tuple(TOKENIZERS)
 

@@ -16,6 +16,8 @@ siglip             SiglipVisionModel                    0          Siglip: 32x32
 beit               BeitModel                            1          Beit: 32x32
 clip-vision        CLIPVisionModel                      1          CLIP: shortest edge 32, crop 32
 clip-full          CLIPModel (text + vision)            1          CLIP: shortest edge 32, crop 32
+data2vec-vision    Data2VecVisionModel (rel. pos. bias) 1          Beit: 32x32
+ijepa              IJepaModel (no [CLS])                0          ViT: 32x32
 swin               SwinModel                            -          ViT: 32x32
 =================  ===================================  =========  ====================================
 """
@@ -38,6 +40,8 @@ LAYOUT = {
     "beit": (1, 8),
     "clip-vision": (1, 8),
     "clip-full": (1, 8),
+    "data2vec-vision": (1, 8),
+    "ijepa": (0, 8),
 }
 KINDS = tuple(LAYOUT)
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40, initializer_range=0.5)
@@ -99,6 +103,12 @@ def build(kind: str):
         text = dict(vocab_size=99, max_position_embeddings=16, **COMMON)
         cfg = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
         return tf.CLIPModel(cfg), proc
+    if kind == "data2vec-vision":
+        cfg = tf.Data2VecVisionConfig(image_size=32, patch_size=8, use_relative_position_bias=True, **COMMON)
+        return tf.Data2VecVisionModel(cfg), _processor("BeitImageProcessor", size={"height": 32, "width": 32})
+    if kind == "ijepa":
+        cfg = tf.IJepaConfig(image_size=32, patch_size=8, **COMMON)
+        return tf.IJepaModel(cfg), _processor("ViTImageProcessor", size={"height": 32, "width": 32})
     if kind == "swin":
         cfg = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
         return tf.SwinModel(cfg), _processor("ViTImageProcessor", size={"height": 32, "width": 32})

@@ -77,6 +77,8 @@ try:  # the image command lives in its own module
 except ImportError:  # pragma: no cover
     pass
 
+from attnviz.cli import check as _check  # noqa: E402,F401
+
 
 def main() -> None:
     """Console-script entry point."""

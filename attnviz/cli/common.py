@@ -31,6 +31,10 @@ FORCE = typer.Option(False, "--force", help="Overwrite files in the way that att
 RANDOM_WEIGHTS_OK = typer.Option(
     False, "--random-weights-ok", help="Show a model even if its checkpoint lacks attention tensors (they are random; every output says so).",
 )
+VERIFY = typer.Option(
+    True, "--verify/--no-verify",
+    help="For a model type attnviz's tests do not cover, check the capture against eager attention first (on the first tokens / the image).",
+)
 
 
 def quiet_libraries() -> None:
@@ -184,6 +188,7 @@ def read_text_file(path: Path) -> str:
     except UnicodeDecodeError:
         raise InputError(f"{where} is not UTF-8 text") from None
 
+
 def parse_formats(fmt: str) -> tuple[list[str], bool]:
     """``--format`` as (figure formats, whether to write the HTML report): "png,html" -> (["png"], True).
 
@@ -198,3 +203,10 @@ def parse_formats(fmt: str) -> tuple[list[str], bool]:
     if bad or not names:
         raise UsageError(f"--format must be one or more of {', '.join(FORMATS + ('html',))} (comma-separated), not '{fmt}'")
     return [f for f in dict.fromkeys(names) if f != "html"], "html" in names
+
+
+def verification_json(result) -> dict:
+    """``verified`` (True when the capture was checked against eager on this model and matched) and
+    ``verification`` (see :meth:`attnviz.verify.Verification.to_json`) for a command's ``--json``."""
+    v = getattr(result, "verification", None)
+    return {"verified": bool(v is not None and v.verified), "verification": v.to_json() if v is not None else None}

@@ -13,6 +13,7 @@ from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
     quiet_libraries, warn,
 )
+from attnviz.cli.common import VERIFY, verification_json
 from attnviz.models import DEFAULT_IMAGE_MODEL
 
 
@@ -62,6 +63,7 @@ class ImageRun:
             doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        doc.update(verification_json(r))
         return doc
 
 
@@ -79,6 +81,8 @@ def _print_human(run: ImageRun) -> None:
     )
     if run.random_weights:
         console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
+    if getattr(r.verification, "verified", False):
+        console.print(r.verification.describe())
     if r.predictions:
         table = Table(title="Predictions (softmax of the logits)", title_justify="left")
         table.add_column("#", justify="right")
@@ -138,6 +142,7 @@ def image_command(
     force: bool = FORCE,
     random_weights_ok: bool = RANDOM_WEIGHTS_OK,
     debug: bool = DEBUG,
+    verify: bool = VERIFY,
 ) -> None:
     """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
     with guarded(debug):
@@ -150,7 +155,7 @@ def image_command(
 
 def run_image(
     path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
-    device, dtype, device_map, allow_pickle, trust_remote_code, force=False, random_weights_ok=False, debug=False,
+    device, dtype, device_map, allow_pickle, trust_remote_code, force=False, random_weights_ok=False, debug=False, verify=True,
 ) -> ImageRun:
     """Do the work of ``attnviz image`` and return what was produced (no printing).
 
@@ -213,8 +218,10 @@ def run_image(
     if getattr(im.model, "attnviz_new_head", ()):
         warn(f"'{im.source.model_id}' has no trained classification head in its checkpoint: no predictions are shown")
     plan = image_plan(im, (layer,), full=tensor_path is not None or html, head_fusion=head_fusion, discard_ratio=discard_ratio)
-    result = attend_image(photo, im, plan=plan)
-    if result.backend == "eager":
+    result = attend_image(photo, im, plan=plan, verify=verify)
+    if result.verification is not None and result.verification.notice:
+        warn(result.verification.notice)
+    elif result.backend == "eager":
         warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
     rollout = rollout_map(result, head_fusion, discard_ratio)
     sinks = image_sinks(result, rollout)

@@ -14,6 +14,7 @@ from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
     quiet_libraries, warn,
 )
+from attnviz.cli.common import VERIFY, verification_json
 
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
 FULL_BUDGET = 256 * 2**20
@@ -76,6 +77,7 @@ class TextRun:
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["skipped_views"] = self.skipped
+        doc.update(verification_json(r))
         return doc
 
 
@@ -95,6 +97,8 @@ def _print_human(run: TextRun) -> None:
         console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
     if r.main.kv_heads:
         console.print(f"grouped-query attention: {_kv_summary(r.main.kv_heads)}")
+    if getattr(r.verification, "verified", False):
+        console.print(r.verification.describe())
     if run.focus is not None:
         f = run.focus
         console.print(f"heads linking '{f.text}' ({f.kind} attention; target: {f.describe()}; {run.spec.describe()}):")
@@ -161,6 +165,7 @@ def text_command(
     force: bool = FORCE,
     random_weights_ok: bool = RANDOM_WEIGHTS_OK,
     debug: bool = DEBUG,
+    verify: bool = VERIFY,
 ) -> None:
     """Attention of a text model: head view, model view, focus view and attention matrix."""
     with guarded(debug):
@@ -174,7 +179,7 @@ def text_command(
 def run_text(
     text, model, token, token_index, layer, head, words, hide_special, target, text_file, max_length, out, fmt,
     as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code,
-    force=False, random_weights_ok=False, debug=False,
+    force=False, random_weights_ok=False, debug=False, verify=True,
 ) -> TextRun:
     """Do the work of ``attnviz text`` and return what was produced (no printing).
 
@@ -255,7 +260,7 @@ def run_text(
         )
         try:
             with _progress(tm) as progress:
-                result = attend_prepared(tm, prepared, plan, progress)
+                result = attend_prepared(tm, prepared, plan, progress, verify=verify)
             if writer is not None:
                 writer.close()
         finally:
@@ -277,7 +282,7 @@ def run_text(
             # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
             plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
             with _progress(tm) as progress:
-                again = attend_prepared(tm, prepared, plan, progress)
+                again = attend_prepared(tm, prepared, plan, progress, verify=verify)
             result = replace(
                 result,
                 attention={k: replace(m, layers={**m.layers, **again.attention[k].layers}) for k, m in result.attention.items()},
