@@ -248,6 +248,12 @@ def add_colorbar(frame: Frame, mappable, left_in: float, top_in: float, height_i
     cb = frame.figure.colorbar(mappable, cax=cax, ticks=ticks)
     cb.set_label(wrap(label, max(height_in - 0.1, 0.8), fontsize), fontsize=fontsize, linespacing=1.0)
     cb.ax.tick_params(labelsize=max(6.0, fontsize - 1), length=2, pad=1.5)
+    if ticks is None:
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        cb.locator = MaxNLocator(nbins=int(clamp(height_in * 72 / (fontsize * 2.6), 2, 6)))
+        cb.formatter = FuncFormatter(lambda v, _pos: f"{v:.2g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.0e}")
+        cb.update_ticks()
     cax.set_gid("colorbar")
     return cb
 

@@ -333,7 +333,18 @@ def text_boxes(fig: "Figure") -> list[tuple[object, object]]:
     canvas.draw()
     renderer = canvas.get_renderer()
     out = []
-    for t in fig.findobj(Text):
+    tick_texts: set[int] = set()
+    drawn: list = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                tick_texts.update((id(tick.label1), id(tick.label2)))
+            if not (ax.get_visible() and ax.axison and axis.get_visible()):
+                continue
+            for tick in axis._update_ticks():  # the ticks matplotlib draws: those inside the view limits
+                drawn.extend(lab for lab in (tick.label1, tick.label2) if tick.get_visible() and lab.get_visible())
+    texts = [t for t in fig.findobj(Text) if id(t) not in tick_texts] + drawn
+    for t in texts:
         if not t.get_visible() or not t.get_text().strip():
             continue
         if t.axes is not None and not t.axes.get_visible():
