@@ -382,3 +382,14 @@ def texts_outside(fig: "Figure", tolerance_px: float = 1.0) -> list[str]:
     W, H = fig.bbox.width, fig.bbox.height
     return [t.get_text() for t, b in text_boxes(fig)
             if b.x0 < -tolerance_px or b.y0 < -tolerance_px or b.x1 > W + tolerance_px or b.y1 > H + tolerance_px]
+
+
+def model_reference(model_id: str) -> str:
+    """How JSON names the model so it can be loaded again: the Hub id as given, or a local folder's absolute path."""
+    try:
+        p = Path(str(model_id)).expanduser()
+        if p.is_dir():
+            return str(p.resolve())
+    except OSError:  # pragma: no cover
+        pass
+    return str(model_id)
