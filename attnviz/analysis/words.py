@@ -85,6 +85,19 @@ def word_units(info: TokenInfo) -> Units:
         for c in range(a, b):
             owner[c] = j
     words = info.words()
+
+    def reader_of(i: int) -> int | None:
+        start, end = info.offsets[i] if i < len(info.offsets) else (0, 0)
+        while start < end and start < len(text) and text[start].isspace():
+            start += 1
+        return owner[start] if start < end and start < len(text) and owner[start] >= 0 else None
+
+    # a token with no characters of its own (e.g. a lone "Ġ") joins the reader word of its tokenizer word
+    by_word: dict[int, int] = {}
+    for i, wid in enumerate(info.word_ids):
+        j = reader_of(i) if wid is not None and not info.special[i] else None
+        if j is not None:
+            by_word.setdefault(wid, j)
     labels, groups, special = [], [], []
     seen: dict[tuple[str, int], int] = {}
     for i, wid in enumerate(info.word_ids):
@@ -93,12 +106,11 @@ def word_units(info: TokenInfo) -> Units:
             groups.append([i])
             special.append(True)
             continue
-        start, end = info.offsets[i] if i < len(info.offsets) else (0, 0)
-        while start < end and start < len(text) and text[start].isspace():
-            start += 1
-        if start < end and start < len(text) and owner[start] >= 0:
-            key = ("r", owner[start])
-            a, b = spans[owner[start]]
+        j = reader_of(i)
+        j = by_word.get(wid) if j is None else j
+        if j is not None:
+            key = ("r", j)
+            a, b = spans[j]
             label = text[a:b]
         else:
             key = ("w", wid)

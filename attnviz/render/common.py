@@ -125,7 +125,7 @@ def nice_step(n: int, capacity: int) -> int:
 
 def wrap(text: str, width_in: float, fontsize: float, bold: bool = False) -> str:
     """``text`` wrapped to fit ``width_in`` inches at ``fontsize`` points (a cautious character count)."""
-    chars = max(12, int(width_in * 72 / (fontsize * (0.68 if bold else 0.6))))
+    chars = max(12, int(width_in * 72 / (fontsize * (0.64 if bold else 0.58))))
     return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 

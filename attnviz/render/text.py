@@ -519,8 +519,8 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
                 tl.set_fontweight("bold")
         ax.tick_params(length=0 if x_step == 1 else 2, pad=2)
     else:
-        ax.set_xticks(range(0, nk, thin_step(nk, plot_w * 72, font * 0.6 * (len(str(nk)) + 2))))
-        ax.set_yticks(range(0, nq, thin_step(nq, plot_h * 72, font * 2.2)))
+        ax.set_xticks(range(0, nk, thin_step(nk, plot_w * 72, max(font * 0.6 * (len(str(nk)) + 3), 0 if style.print_size else 40))))
+        ax.set_yticks(range(0, nq, thin_step(nq, plot_h * 72, max(font * 2.2, 0 if style.print_size else 30))))
         ax.tick_params(labelsize=font, length=2, pad=1.5)
     ax.set_xlabel("key (attended to)", fontsize=font, labelpad=2)
     ax.set_ylabel("query (attends from)", fontsize=font, labelpad=2)
