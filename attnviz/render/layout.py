@@ -237,9 +237,9 @@ def thin_step(n: int, length_pt: float, pitch_pt: float) -> int:
 
 def thinned(n: int, step: int, keep: Sequence[int] = (), min_gap: int | None = None) -> list[int]:
     """Indices ``0, step, 2*step, ...`` plus every index in ``keep``; regular ones closer than ``min_gap``
-    (default ``step``/2, at least 1) to a kept one are dropped so labels do not collide."""
+    (default 0.8 ``step``, at least 1) to a kept one are dropped so labels do not collide."""
     keep = sorted({k for k in keep if 0 <= k < n})
-    gap = max(1, step // 2 if min_gap is None else min_gap)
+    gap = max(1, math.ceil(0.8 * step) if min_gap is None else min_gap)
     out = set(keep)
     for i in range(0, n, max(1, step)):
         if all(abs(i - k) >= gap for k in keep):
