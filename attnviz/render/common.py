@@ -291,20 +291,28 @@ def block_reduce(values: np.ndarray, mask: np.ndarray | None, max_size: int, how
     f = max(1, math.ceil(max(rows, cols) / max(1, max_size)))
     if f == 1:
         return values, mask, 1
-    pr, pc = (-rows) % f, (-cols) % f
-    allowed = np.ones(values.shape, dtype=bool) if mask is None else ~mask
-    allowed = np.pad(allowed, ((0, pr), (0, pc)))  # padding is not allowed
-    R, C = allowed.shape[0] // f, allowed.shape[1] // f
-    cnt = allowed.reshape(R, f, C, f).sum(axis=(1, 3))
-    if how == "max":
-        v = np.pad(values.astype(np.float32), ((0, pr), (0, pc)))
-        v = np.where(allowed, v, -np.inf).reshape(R, f, C, f).max(axis=(1, 3))
-        out = np.where(cnt > 0, v, 0.0).astype(np.float32)
-    else:
-        v = np.pad(values.astype(np.float64), ((0, pr), (0, pc)))
-        vs = np.where(allowed, v, 0.0).reshape(R, f, C, f).sum(axis=(1, 3))
-        out = np.where(cnt > 0, vs / np.maximum(cnt, 1), 0.0).astype(np.float32)
-    return out, ((cnt == 0) if mask is not None else None), f
+    R, C = math.ceil(rows / f), math.ceil(cols / f)
+    out = np.zeros((R, C), dtype=np.float32)
+    empty = np.zeros((R, C), dtype=bool)
+    pc = C * f - cols
+    band = max(1, (1 << 22) // max(1, f * C * f))  # output rows per band: a few MB of work at a time
+    for b0 in range(0, R, band):  # bands of rows: never a padded copy of the whole map
+        b1 = min(R, b0 + band)
+        r0, r1 = b0 * f, min(rows, b1 * f)
+        pr = (b1 - b0) * f - (r1 - r0)
+        allowed = np.ones((r1 - r0, cols), dtype=bool) if mask is None else ~mask[r0:r1]
+        allowed = np.pad(allowed, ((0, pr), (0, pc)))  # padding is not allowed
+        cnt = allowed.reshape(b1 - b0, f, C, f).sum(axis=(1, 3))
+        if how == "max":
+            v = np.pad(values[r0:r1].astype(np.float32, copy=False), ((0, pr), (0, pc)))
+            v = np.where(allowed, v, -np.inf).reshape(b1 - b0, f, C, f).max(axis=(1, 3))
+            out[b0:b1] = np.where(cnt > 0, v, 0.0)
+        else:
+            v = np.pad(values[r0:r1].astype(np.float64), ((0, pr), (0, pc)))
+            vs = np.where(allowed, v, 0.0).reshape(b1 - b0, f, C, f).sum(axis=(1, 3))
+            out[b0:b1] = np.where(cnt > 0, vs / np.maximum(cnt, 1), 0.0)
+        empty[b0:b1] = cnt == 0
+    return out, (empty if mask is not None else None), f
 
 
 def spread_positions(positions: Sequence[float], min_gap: float, low: float, high: float) -> list[float]:

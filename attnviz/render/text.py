@@ -172,8 +172,10 @@ def head_view_links(w: np.ndarray, mask: np.ndarray | None, top_k: int, skip_que
     focus) are left out.
     """
     nq, nk = w.shape
-    if top_k < nk:
-        idx = np.argpartition(-w, top_k - 1, axis=1)[:, :top_k]
+    if top_k < nk:  # row blocks: never a [Q, K] index array for a long input
+        idx = np.empty((nq, top_k), dtype=np.int64)
+        for r0 in range(0, nq, 256):
+            idx[r0 : r0 + 256] = np.argpartition(-w[r0 : r0 + 256], top_k - 1, axis=1)[:, :top_k]
     else:
         idx = np.broadcast_to(np.arange(nk), (nq, nk))
     qs = np.repeat(np.arange(nq), idx.shape[1])
