@@ -439,7 +439,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
     labelled = n <= MATRIX_LABEL_LIMIT
     sqrt = not labelled
     # natural (screen) size: cells of up to 0.3 in
-    natural_cell = min(14.0 / n, 0.3)
+    natural_cell = min((14.0 if labelled else 9.0) / n, 0.3)  # long inputs: 9 in (saving a bigger image costs RAM)
     longest = lambda units: max((len(safe_label(s, 14)) for s in units.labels), default=1)  # noqa: E731
     natural_font = clamp(natural_cell * 72 * 0.72, 6.0, 9.0)
     natural_left = (0.45 + longest(vm.query_units) * natural_font * 0.6 / 72) if labelled else 0.9
@@ -487,7 +487,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
         bottom = 0.12 + font * 2.8 / 72
     height, plot_h = style.height(top + bottom + 0.05, natural_plot_h)
     pitch_y = plot_h * 72 / nq
-    shown, shown_mask, factor = block_reduce(values, mask, int(2 * max(plot_w, plot_h) * min(style.resolution, DPI)), how="max")
+    shown, shown_mask, factor = block_reduce(values, mask, int(max(plot_w, plot_h) * style.resolution), how="max")
     if factor > 1:
         notes.append(f"shrunk for display: each pixel shows the largest weight of up to {factor} x {factor} cells")
         titles = _titles_for(style, width, "Attention matrix", result, what, spec, notes)
@@ -500,9 +500,22 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
     norm = probability_norm(1.0, sqrt=sqrt)
     if mask.any():
         hatch_behind(ax, -0.5, -0.5, nk, nq)
-    img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto",
-                    interpolation="nearest" if n <= 400 else "antialiased", zorder=1,
-                    extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+    if factor > 1:
+        # a long input: colour the shrunk map here, in row bands, as 8-bit RGBA (matplotlib would otherwise resample
+        # it through float64 RGBA arrays of the output's size, hundreds of MB at N = 4096)
+        from matplotlib.cm import ScalarMappable
+
+        rgba = np.empty((*shown.shape, 4), dtype=np.uint8)
+        for b0 in range(0, shown.shape[0], 256):
+            band = np.ma.masked_array(shown[b0 : b0 + 256], mask=None if shown_mask is None else shown_mask[b0 : b0 + 256])
+            rgba[b0 : b0 + 256] = cmap(norm(band), bytes=True)
+        img = ax.imshow(rgba, aspect="auto", interpolation="nearest", zorder=1, extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+        mappable = ScalarMappable(norm=norm, cmap=cmap)
+    else:
+        img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto",
+                        interpolation="nearest" if n <= 400 else "antialiased", zorder=1,
+                        extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+        mappable = img
     img.set_gid("attention")
     ax.set_xlim(-0.5, nk - 0.5)
     ax.set_ylim(nq - 0.5, -0.5)
@@ -536,7 +549,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
         r = Rectangle((-0.5, fq - 0.5), nk, 1, facecolor="none", edgecolor=FOCUS_COLOR, linewidth=1.5, zorder=5, clip_on=False)
         r.set_gid("focus-row")
         ax.add_patch(r)
-    add_colorbar(frame, img, left + plot_w + 0.12, top, plot_h if style.print_size else clamp(plot_h, 2.0, 6.0),
+    add_colorbar(frame, mappable, left + plot_w + 0.12, top, plot_h if style.print_size else clamp(plot_h, 2.0, 6.0),
                  scale_label("attention probability", spec.hide_special, sqrt), width_in=0.12 if compact else 0.16,
                  fontsize=font)
     return _finish(frame, style, "attention matrix", result, titles, {"layer": layer, "head": head, "kind": kind, "words": spec.words,
