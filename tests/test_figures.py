@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from attnviz.analysis.select import ViewSpec

@@ -38,7 +38,6 @@ from attnviz.errors import UsageError
 from attnviz.focus import Focus
 from attnviz.render.common import (
     ATTENTION_CMAP,
-    DPI,
     FOCUS_COLOR,
     MISSING_COLOR,
     Frame,
