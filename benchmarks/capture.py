@@ -300,7 +300,7 @@ def table(results: list[dict], sizes: list[int]) -> tuple[str, list[str]]:
             mr = r["peak_rss_mb"] / floor["peak_rss_mb"] if floor and "peak_rss_mb" in floor else None
             lines.append(
                 f"| {n} | {LABELS[mode]} | {r['seconds']:.2f} | {_fmt_ratio(tr)} | {r['peak_rss_mb']:.0f} | "
-                f"{_fmt_ratio(mr)} | {r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} |"
+                f"{_fmt_ratio(mr)} | {'-' if mode in PROCESS_MODES else format(r['peak_rss_mb'] - r['baseline_rss_mb'], '.0f')} |"
             )
     checks = []
     n = 4096
@@ -455,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_write:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
+        old = out / "results.json"
+        if a.only == "cli" and old.exists():  # keep the other rows: replace only the whole-process ones
+            prev = json.loads(old.read_text())
+            keep = [r for r in prev.get("results", []) if r.get("mode") not in PROCESS_MODES]
+            doc = {**prev, "results": keep + results, "cli_run": {k: doc[k] for k in ("threads", "repeat", "total_seconds")}}
+            all_sizes = sorted({r["n"] for r in doc["results"]})
+            md, checks = table(doc["results"], all_sizes)
+            doc["targets_4096"] = checks
         (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
         (out / "RESULTS.md").write_text(_markdown(doc, md, checks))
         print(f"\nwrote {out / 'results.json'} and {out / 'RESULTS.md'}")
@@ -505,6 +513,12 @@ def _notes(doc: dict) -> str:
         "`[N, N]` buffers; each layer's probabilities are computed in row blocks (never a whole `[heads, N, N]`) "
         "and the layer output is computed from them (`P @ V`) instead of a second pass through SDPA; the rollout "
         "product skips the zero triangles of causal maps.",
+        "- (f) and (g) (`--only cli`) are whole processes, measured side by side: (f) imports attnviz's loaders, loads "
+        "the model and a word-level tokenizer, tokenizes a text file of N tokens and runs one SDPA forward; (g) is "
+        "`python -m attnviz text --text-file F --token zebra` with every default view written (head view, matrix and "
+        "focus view; the model view is skipped at this length). (g) captures the token's rows and, in the same pass, "
+        "only the one `[N, N]` map of the head its head view and matrix draw (`CapturePlan.follow`). Time: the "
+        "process's wall time (imports and loading included); peak RSS: its `ru_maxrss`; ratios are to (f).",
         "",
         "Maps are allocated as zero-filled anonymous memory and only the key range a row block may attend to is "
         "written, so the causal upper triangle of a decoder's maps is never backed by RAM.",
