@@ -80,11 +80,13 @@ def _print_human(run: ImageRun) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from attnviz.render.layout import DEFAULT_STYLE
+
     console = Console(highlight=False)
     r = run.result
     rows, cols = r.grid
     console.print(
-        f"[bold]{r.model_id}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
+        f"[bold]{(run.style or DEFAULT_STYLE).model_label(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
         f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
         soft_wrap=True,
     )
