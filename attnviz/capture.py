@@ -85,6 +85,15 @@ class CapturePlan:
       every layer of every kind, in order within a kind, e.g. to stream maps to
       disk (:class:`attnviz.report.AttentionWriter`); the maps are not kept
       unless ``full`` or ``layers`` asks for them.
+    - ``head_maps``: keep one head's ``[query, key]`` map, or the mean of the
+      layer's heads (head ``None``), for these ``(layer, head)`` pairs: O(N^2)
+      each, never the layer's ``[heads, query, key]`` (``AttentionMaps.head_maps``).
+      Applies to every attention kind.
+    - ``follow``: called after each layer with ``(kind, layer, rows[heads, R, key])``
+      (the ``rows``/``cross_rows`` of that layer); it returns ``(head, score)`` or
+      None. Per kind, the ``[query, key]`` map of the best-scoring ``(layer, head)``
+      so far (first wins ties) is kept in ``head_maps``, the previous one dropped:
+      a view of "the focus token's top head" in one pass and O(N^2) memory.
     - ``need_outputs``: set False when the caller does not use the model's
       output (``Capture.outputs``). For a single-stack model whose plan only
       keeps ``layers``, the forward pass then stops right after the last
@@ -101,6 +110,8 @@ class CapturePlan:
     on_layer: Callable[[str, int, torch.Tensor], None] | None = None
     cross_rows: tuple[int, ...] = ()
     need_outputs: bool = True
+    head_maps: frozenset = frozenset()
+    follow: Callable[[str, int, torch.Tensor], tuple[int | None, float] | None] | None = None
 
     @property
     def needs_full_layers(self) -> bool:
@@ -232,6 +243,19 @@ class _Call:
         if self._k32 is None:
             self._k32 = self.key.float().contiguous()
         return self._k32
+
+    def head(self, h: int) -> "_Call":
+        """The same call restricted to query head ``h`` (and the key/value head it reads)."""
+        kv = h // self.group
+
+        def pick(t):
+            return t[h : h + 1] if t is not None and t.shape[0] == self.heads and self.heads > 1 else t
+
+        one = _Call(self.q[h : h + 1], self.key[kv : kv + 1], self.v[kv : kv + 1], self.scaling, pick(self.mask), self.causal,
+                    pick(self.bias), self.softcap, self.q_offset)
+        if self._k32 is not None:
+            one._k32 = self._k32[kv : kv + 1]
+        return one
 
     # -- rows and key ranges ------------------------------------------------
 
@@ -427,6 +451,8 @@ class _Session:
         self.causal: dict[str, bool] = {}
         self.kv_heads: dict[str, int] = {}
         self.row_index: dict[str, tuple[int, ...]] = {}
+        self.head_maps: dict[str, dict[tuple[int, int | None], torch.Tensor]] = {}
+        self.followed: dict[str, tuple[float, tuple[int, int | None], torch.Tensor]] = {}
         self.scratch = _Scratch()
         self.calls = 0
         self.counts: dict[str, int] = {}
@@ -468,11 +494,16 @@ class _Session:
         want_rows = plan.cross_rows if kind == CROSS else plan.rows
         keep = plan.needs_full_layers or layer in plan.layers
         roll = plan.rollout and kind != CROSS
+        heads_here = [h for l, h in plan.head_maps if l == layer and (h is None or h < heads)]
+        mean = None in heads_here
         stopping = self.stop_after is not None and kind == SELF and layer >= self.stop_after
-        own_output = (keep or roll or softcap is not None) and not (dropout and module.training) and not stopping
+        own_output = (keep or roll or mean or softcap is not None) and not (dropout and module.training) and not stopping
         result = None
-        if keep or roll or own_output:
-            result = self._all_rows(call, kind, layer, keep, roll, own_output, value.dtype)
+        if keep or roll or own_output or mean:
+            result = self._all_rows(call, kind, layer, keep, roll, own_output, value.dtype, mean)
+        for h in heads_here:
+            if h is not None:
+                self.head_maps.setdefault(kind, {})[(layer, h)] = self._one_head(call, h)
         want_rows = tuple(r for r in want_rows if -nq <= r < nq)  # rows this kind has (decoders may be shorter)
         self.row_index[kind] = want_rows
         if want_rows:
@@ -484,6 +515,8 @@ class _Session:
                 self.rows.setdefault(kind, {})[layer] = full[:, rows].clone()
             else:
                 self.rows.setdefault(kind, {})[layer] = call.probs(rows.to(query.device), 0, nk).cpu()  # [H, R, K]
+            if plan.follow is not None:
+                self._follow(call, kind, layer, self.rows[kind][layer])
         if self.progress is not None:
             self.progress(kind, layer)
         if stopping:
@@ -492,11 +525,39 @@ class _Session:
             return result.unsqueeze(0)  # [1, Q, H, dv], as SDPA returns it
         return None
 
-    def _all_rows(self, call: _Call, kind: str, layer: int, keep: bool, roll: bool, own_output: bool, dtype):
-        """Every row of one call, block by block: the kept layer map, the head-fused rollout map, the output."""
+    def _one_head(self, call: _Call, head: int) -> torch.Tensor:
+        """float32 ``[Q, K]`` probabilities of one head, row block by row block (never the layer's ``[H, Q, K]``)."""
+        one = call.head(head)
+        out = _lazy_zeros((one.nq, one.nk))
+        for r0, r1, lo, hi in one.blocks():
+            out[r0:r1, lo:hi] = one.probs(slice(r0, r1), lo, hi, self.scratch)[0]
+        return out
+
+    def _follow(self, call: _Call, kind: str, layer: int, rows: torch.Tensor) -> None:
+        """Ask ``plan.follow`` about this layer; keep its head's map if it scores best so far for ``kind``."""
+        pick = self.plan.follow(kind, layer, rows)
+        if pick is None:
+            return
+        head, score = pick
+        best = self.followed.get(kind)
+        if best is not None and not score > best[0]:
+            return
+        self.followed.pop(kind, None)  # free the old map before making the new one
+        if head is None:
+            m = self._one_head(call, 0)
+            for h in range(1, call.heads):
+                m.add_(self._one_head(call, h))
+            m.div_(call.heads)
+        else:
+            m = self._one_head(call, head)
+        self.followed[kind] = (float(score), (layer, head), m)
+
+    def _all_rows(self, call: _Call, kind: str, layer: int, keep: bool, roll: bool, own_output: bool, dtype, mean: bool = False):
+        """Every row of one call, block by block: the kept layer map, the head-fused rollout map, the head mean, the output."""
         heads, nq, nk = call.heads, call.nq, call.nk
         out = _lazy_zeros((heads, nq, nk)) if keep else None
         fused = _lazy_zeros((nq, nk)) if roll else None
+        head_mean = _lazy_zeros((nq, nk)) if mean else None
         extents: list[tuple[int, int, int, int]] = []
         result = None
         if own_output:
@@ -511,6 +572,8 @@ class _Session:
                 out[:, r0:r1, lo:hi] = p  # to the CPU as it is produced
             if fused is not None:
                 fused[r0:r1, lo:hi] = _fuse_into(p, self.plan.head_fusion, scratch.get("fused", (r1 - r0, hi - lo), p.device))
+            if head_mean is not None:
+                head_mean[r0:r1, lo:hi] = _fuse_into(p, "mean", scratch.get("mean", (r1 - r0, hi - lo), p.device))
         plan = self.plan
         if out is not None:
             if plan.on_layer is not None:
@@ -521,6 +584,8 @@ class _Session:
                 self.layers.setdefault(kind, {})[layer] = out
         if fused is not None:
             self._roll(kind, fused)
+        if head_mean is not None:
+            self.head_maps.setdefault(kind, {})[(layer, None)] = head_mean
         return result
 
     def _roll(self, kind: str, fused: torch.Tensor) -> None:
@@ -560,6 +625,8 @@ class _Session:
                     else {}
                 ),
                 kv_heads=tuple(h // (heads // kvh) for h in range(heads)) if kvh != heads else None,
+                head_maps={**self.head_maps.get(kind, {}),
+                           **({self.followed[kind][1]: self.followed[kind][2]} if kind in self.followed else {})},
             )
         return out
 
@@ -683,7 +750,8 @@ def _early_stop_layer(model, plan: CapturePlan, encdec: bool) -> tuple[int | Non
     Only for single-stack models whose every decoder layer is an attention layer
     and whose plan keeps nothing but ``layers`` and does not need the outputs.
     """
-    if plan.need_outputs or encdec or not plan.layers or plan.full or plan.on_layer or plan.rows or plan.rollout:
+    if plan.need_outputs or encdec or not (plan.layers or plan.head_maps) or plan.full or plan.on_layer or plan.rows or plan.rollout \
+            or plan.follow is not None:
         return None, None
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     n = getattr(config, "num_hidden_layers", None)
@@ -692,7 +760,7 @@ def _early_stop_layer(model, plan: CapturePlan, encdec: bool) -> tuple[int | Non
     types = getattr(config, "layer_types", None)
     if types is not None and (len(types) != n or any(t not in _ATTENTION_LAYER_TYPES for t in types)):
         return None, None
-    last = max(plan.layers)
+    last = max([*plan.layers, *(l for l, _ in plan.head_maps)])
     if last >= n:
         return None, None
     return last, n
@@ -818,6 +886,17 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
                 session._roll(kind, fuse_heads(full[layer], plan.head_fusion))
         L, H, Q, K = full.shape
         rows = tuple(r for r in (plan.cross_rows if kind == CROSS else plan.rows) if -Q <= r < Q)
+        head_maps = {(l, h): (full[l].mean(dim=0) if h is None else full[l, h].clone())
+                     for l, h in plan.head_maps if l < L and (h is None or h < H)}
+        if plan.follow is not None and rows:
+            best = None
+            for l in range(L):
+                pick = plan.follow(kind, l, full[l][:, [r % Q for r in rows]])
+                if pick is not None and (best is None or pick[1] > best[0]):
+                    best = (pick[1], l, pick[0])
+            if best is not None:
+                _, l, h = best
+                head_maps[(l, h)] = full[l].mean(dim=0) if h is None else full[l, h].clone()
         result[kind] = AttentionMaps(
             kind=kind, num_layers=L, num_heads=H, num_queries=Q, num_keys=K,
             causal=kind in (DECODER,) or (kind == SELF and bool(getattr(model.config, "is_decoder", False) or _is_causal_lm(model) or causal)),
@@ -827,6 +906,7 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
             row_index=tuple(rows),
             rollout=session.rollout.get(kind),
             rollout_settings={"head_fusion": plan.head_fusion, "discard_ratio": plan.discard_ratio} if plan.rollout else {},
+            head_maps=head_maps,
         )
     if not result:
         raise ModelError(f"{type(model).__name__} returned no attention probabilities (is it an attention model?)")

@@ -18,8 +18,9 @@ import torch
 
 from attnviz.analysis.heads import HeadLink, rank_heads, strongest_targets
 from attnviz.analysis.select import ViewSpec, find_focus, prepare_rows, units_for
+from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
-from attnviz.types import CROSS, TextAttention
+from attnviz.types import CROSS, TextAttention, TokenInfo
 
 DIRECTIONS = ("back", "forward", "both")
 
@@ -57,11 +58,102 @@ class Focus:
     direction: str
     adjacent: bool
 
+    def grid(self) -> list[dict]:
+        """Every layer and head's link, layer-major: ``{"layer", "head", "target", "target_index", "weight"}``
+        (the data the focus view draws; ``target_index`` indexes :attr:`labels`)."""
+        L, H = self.weights.shape
+        return [
+            {"layer": l, "head": h, "target": self.labels[int(self.targets[l, h])], "target_index": int(self.targets[l, h]),
+             "weight": float(self.weights[l, h])}
+            for l in range(L) for h in range(H)
+        ]
+
     def describe(self) -> str:
         if self.kind == CROSS:
             return "strongest non-special source token"
         where = {"back": "earlier", "forward": "later", "both": "other"}[self.direction]
         return f"strongest {where} non-special token" + ("" if self.adjacent else ", neighbours excluded")
+
+
+@dataclass(frozen=True)
+class FocusRule:
+    """Where one focus unit may link, resolved before any attention is captured.
+
+    ``positions``: the focus token positions (query side); ``unit``: its index
+    among the query units; ``query_units``/``all_keys``: units before hiding;
+    ``key_units``: the visible key units; ``full_index``: visible key unit -> unit
+    before hiding; ``exclude``: visible key units that are never a link target.
+    """
+
+    kind: str
+    positions: tuple[int, ...]
+    unit: int
+    query_units: Units
+    all_keys: Units
+    key_units: Units
+    full_index: tuple[int, ...]
+    exclude: tuple[int, ...]
+    key_info: TokenInfo
+    spec: ViewSpec
+
+    def unit_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 ``[..., H, R, K_tokens]`` rows of the focus positions -> ``[..., H, K_units]`` (Clark et al. 2019)."""
+        r, _ = prepare_rows(rows, list(self.positions), self.key_info, self.spec)
+        return r
+
+    def links(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights, targets)`` ``[..., H]`` of each head's link, from ``rows`` ``[..., H, R, K_tokens]``
+        (targets index the visible key units)."""
+        return strongest_targets(self.unit_rows(rows), list(self.exclude))
+
+    def follow(self, layer: int | None = None, head: int | None = None):
+        """A :class:`~attnviz.capture.CapturePlan` ``follow`` callback: per layer, the head whose link weighs most
+        (or ``head``), scored by that weight; only ``layer`` when given; only this rule's kind."""
+
+        def pick(kind: str, at: int, rows: torch.Tensor):
+            if kind != self.kind or (layer is not None and at != layer):
+                return None
+            w, _ = self.links(rows.float())
+            h = int(torch.argmax(w)) if head is None else head
+            return h, float(w[h])
+
+        return pick
+
+
+def focus_rule(query_info: TokenInfo, key_info: TokenInfo, kind: str, token: str, index: int | None, spec: ViewSpec,
+               direction: str = "back", adjacent: bool = False) -> FocusRule:
+    """Resolve ``token`` and the link eligibility rules (see :func:`analyse_focus`) from the tokens alone.
+
+    Raises:
+        UsageError: token missing or ambiguous, bad ``direction``, or no eligible target.
+    """
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
+    positions = find_focus(query_info, token, index, spec)
+    all_keys = units_for(key_info, spec)
+    query_units = units_for(query_info, spec)
+    unit = query_units.unit_of(positions[0])
+    keep = [i for i, sp in enumerate(all_keys.special) if not (spec.hide_special and sp)]
+    key_units = Units(tuple(all_keys.labels[i] for i in keep), tuple(all_keys.groups[i] for i in keep),
+                      tuple(all_keys.special[i] for i in keep))
+    full_index = tuple(keep)
+    exclude = []
+    for i in range(len(key_units)):
+        if key_units.special[i]:
+            exclude.append(i)
+            continue
+        if kind == CROSS:
+            continue
+        d = full_index[i] - unit
+        if d == 0 or (not adjacent and abs(d) == 1) or (direction == "back" and d > 0) or (direction == "forward" and d < 0):
+            exclude.append(i)
+    if len(exclude) == len(key_units.labels):
+        raise UsageError(
+            f"'{query_units.labels[unit]}' has no eligible target ({direction} of it, not special"
+            + ("" if adjacent else ", not adjacent") + "); try --direction both"
+            + ("" if adjacent else " or --adjacent")
+        )
+    return FocusRule(kind, tuple(positions), unit, query_units, all_keys, key_units, full_index, tuple(exclude), key_info, spec)
 
 
 def analyse_focus(
@@ -80,38 +172,17 @@ def analyse_focus(
         UsageError: token missing or ambiguous (the message lists the tokens), bad
         ``direction``, or no eligible target at all.
     """
-    if direction not in DIRECTIONS:
-        raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
     kind = kind or focus_kind(result)
     maps, query_info, key_info = result.sides(kind)
-    positions = find_focus(query_info, token, index, spec)
-    rows = torch.stack([maps.query_row(p) for p in positions], dim=-2)  # [L, H, R, K_tokens]
-    r, key_units = prepare_rows(rows, list(positions), key_info, spec)  # [L, H, K_units]
-    query_units = units_for(query_info, spec)
-    unit = query_units.unit_of(positions[0])
-    all_keys = units_for(key_info, spec)
-    full_index = [all_keys.unit_of(g[0]) for g in key_units.groups]  # visible unit -> unit before hiding
-    exclude = []
-    for i, g in enumerate(key_units.groups):
-        if key_units.special[i]:
-            exclude.append(i)
-            continue
-        if kind == CROSS:
-            continue
-        d = full_index[i] - unit
-        if d == 0 or (not adjacent and abs(d) == 1) or (direction == "back" and d > 0) or (direction == "forward" and d < 0):
-            exclude.append(i)
-    if len(exclude) == len(key_units.labels):
-        raise UsageError(
-            f"'{query_units.labels[unit]}' has no eligible target ({direction} of it, not special"
-            + ("" if adjacent else ", not adjacent") + "); try --direction both"
-            + ("" if adjacent else " or --adjacent")
-        )
-    weights, targets = strongest_targets(r, exclude)
-    links = rank_heads(r, key_units.labels, exclude, top)
-    links = [HeadLink(l.layer, l.head, full_index[l.target], l.target_label, l.weight) for l in links]
-    full_targets = torch.tensor(full_index)[targets]
+    rule = focus_rule(query_info, key_info, kind, token, index, spec, direction, adjacent)
+    rows = torch.stack([maps.query_row(p) for p in rule.positions], dim=-2)  # [L, H, R, K_tokens]
+    r = rule.unit_rows(rows)  # [L, H, K_units]
+    weights, targets = strongest_targets(r, list(rule.exclude))
+    links = rank_heads(r, rule.key_units.labels, list(rule.exclude), top)
+    links = [HeadLink(l.layer, l.head, rule.full_index[l.target], l.target_label, l.weight) for l in links]
+    full_targets = torch.tensor(rule.full_index)[targets]
     return Focus(
-        query_units.labels[unit], kind, tuple(positions), unit, weights, full_targets, all_keys.labels,
+        rule.query_units.labels[rule.unit], kind, rule.positions, rule.unit, weights, full_targets, rule.all_keys.labels,
         tuple(links), direction, adjacent,
     )
+

@@ -74,8 +74,12 @@ def _umask() -> int:
     return mask
 
 
-def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png") -> Path:
-    """Save a matplotlib Figure as ``out_dir/stem.fmt`` (png at 150 dpi, svg or pdf).
+def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png", dpi: int | None = None) -> Path:
+    """Save a matplotlib Figure as ``out_dir/stem.fmt`` (png, svg or pdf) at its own size, never cropped.
+
+    PNG is ``dpi`` (default: the figure's style dpi) pixels per inch; SVG keeps text as ``<text>``;
+    PDF embeds TrueType fonts; all three carry metadata (title, attnviz version, model, settings:
+    :func:`attnviz.render.layout.savefig_kwargs`).
 
     Raises:
         OutputError: unknown format or a write error.
@@ -85,7 +89,13 @@ def write_figure(fig: "Figure", out_dir: Path, stem: str, fmt: str = "png") -> P
     path = Path(out_dir) / f"{stem}.{fmt}"
     try:
         with _atomic(path) as fh:
-            fig.savefig(fh, format=fmt, dpi=DPI, bbox_inches="tight", facecolor="white")
+            import matplotlib
+
+            from attnviz.render.layout import SAVE_RC, savefig_kwargs
+
+            # SVG keeps <text>, PDF embeds TrueType (Type 42) fonts; the figure's own size and dpi, never cropped
+            with matplotlib.rc_context(SAVE_RC):
+                fig.savefig(fh, **savefig_kwargs(fig, fmt, dpi))
     except OSError as exc:
         raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
     return path

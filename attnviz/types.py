@@ -34,6 +34,8 @@ class AttentionMaps:
       the settings in ``rollout_settings`` (plan "aggregate").
     - ``kv_heads``: for grouped-query / multi-query attention, the key/value head
       each query head reads (``None`` when every head has its own).
+    - ``head_maps``: ``(layer, head)`` -> ``[query, key]`` for single heads a plan
+      kept (head ``None``: the mean of the layer's heads), O(N^2) each.
 
     ``kind`` is ``"self"`` for single-stack models, or ``"encoder"``,
     ``"decoder"`` and ``"cross"`` (queries: target tokens, keys: source tokens)
@@ -53,6 +55,7 @@ class AttentionMaps:
     rollout: torch.Tensor | None = None
     rollout_settings: Mapping[str, object] = field(default_factory=dict)
     kv_heads: tuple[int, ...] | None = None
+    head_maps: Mapping[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if it is a valid 0-based index (negative counts from the end).
@@ -90,6 +93,24 @@ class AttentionMaps:
         if layer in self.layers:
             return self.layers[layer]
         raise KeyError(f"layer {layer} was not captured by this plan")
+
+    def has_head_map(self, layer: int, head: int | None) -> bool:
+        """True if :meth:`head_map` can return this head's (or the head mean's) ``[query, key]`` map."""
+        layer = layer % self.num_layers
+        return (layer, head) in self.head_maps or self.has_layer(layer)
+
+    def head_map(self, layer: int, head: int | None) -> torch.Tensor:
+        """One head's float32 ``[query, key]`` map (``head`` None: the mean of the layer's heads).
+
+        Raises:
+            UsageError: out of range. KeyError: neither that map nor its layer was captured.
+        """
+        layer = self.check_layer(layer)
+        head = None if head is None else self.check_head(head)
+        if (layer, head) in self.head_maps:
+            return self.head_maps[(layer, head)]
+        lt = self.layer(layer)
+        return lt.mean(dim=0) if head is None else lt[head]
 
     def has_row(self, query: int) -> bool:
         """True if :meth:`query_row` can return this query position's ``[layers, heads, key]`` rows."""

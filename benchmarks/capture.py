@@ -27,6 +27,13 @@ an all-ones attention mask):
   (the last layer: stopping the forward after it saves only that layer's MLP);
 - ``rollout`` (e): ``capture(model, inputs, CapturePlan(rollout=True, need_outputs=False))``.
 
+``--only cli`` (N = 4096 unless ``--sizes``) measures two whole processes instead,
+side by side: (f) ``cli_floor``: import, load the model and its (word-level)
+tokenizer, tokenize a text file of N tokens, one SDPA forward; (g) ``cli``:
+``python -m attnviz text --text-file F --token zebra --model M --out TMP`` with
+every default view written. Time is the process's wall time, peak RSS its
+``ru_maxrss`` (each measured from its own fresh parent).
+
 "peak RSS" is the process's peak resident set size during that call (``VmHWM``
 after the reset; it includes the baseline: weights, libraries). If the counter
 cannot be reset, the lifetime peak (``ru_maxrss``) is used and the run says so.
@@ -42,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,8 +61,10 @@ CONFIG = dict(
     vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
     num_key_value_heads=4, max_position_embeddings=16384, rms_norm_eps=1e-6, tie_word_embeddings=False,
 )
-MODES = ("floor", "nocache", "eager", "focus", "layer", "rollout")
-DEFAULT_MODES = MODES
+MODES = ("floor", "nocache", "eager", "focus", "layer", "rollout", "cli_floor", "cli")
+DEFAULT_MODES = ("floor", "nocache", "eager", "focus", "layer", "rollout")
+#: Whole-process rows (``--only cli``): a fresh ``python`` that loads, tokenizes and runs; time = process wall time.
+PROCESS_MODES = ("cli_floor", "cli")
 LABELS = {
     "floor": "(a) SDPA forward, no capture (floor)",
     "nocache": "(a') SDPA forward, use_cache=False",
@@ -62,7 +72,11 @@ LABELS = {
     "focus": "(c) attnviz focus: 1 query row, all layers x heads",
     "layer": "(d) attnviz layer: all heads of layer 11",
     "rollout": "(e) attnviz rollout (aggregate, mean fusion)",
+    "cli_floor": "(f) process: load + tokenize + SDPA forward (CLI floor)",
+    "cli": "(g) process: `attnviz text --text-file F --token X`, all default views",
 }
+#: The word the CLI run focuses on: once, near the end of the text file.
+CLI_TOKEN = "zebra"
 MB = 1 << 20
 
 
@@ -153,11 +167,72 @@ def child(mode: str, n: int, model_dir: str, threads: int) -> dict:
 
 def build(model_dir: str) -> None:
     import torch
-    from transformers import AutoModel, LlamaConfig
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoModel, LlamaConfig, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     model = AutoModel.from_config(LlamaConfig(**CONFIG))
     model.save_pretrained(model_dir, safe_serialization=True)
+    # a word-level tokenizer (one token per word, <s> first) so that the CLI runs on exactly N tokens
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, CLI_TOKEN: 3, **{f"w{i}": i + 4 for i in range(2000)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            model_max_length=CONFIG["max_position_embeddings"]).save_pretrained(model_dir)
+
+
+def cli_text(n: int) -> str:
+    """N - 1 words (the tokenizer adds <s>): random w-words with :data:`CLI_TOKEN` once, 16 words from the end."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(2000)}" for _ in range(n - 1)]
+    words[-16] = CLI_TOKEN
+    return " ".join(words)
+
+
+def process_floor(n: int, model_dir: str, text_file: str, threads: int) -> dict:
+    """(f): what any tool must do for this input: import, load the model and tokenizer, tokenize, one SDPA forward."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from attnviz.models import LoadOptions
+    from attnviz.text import load_text_model, prepare_text
+
+    tm = load_text_model(model_dir, LoadOptions())
+    prepared = prepare_text(tm, Path(text_file).read_text(), None, None)
+    with torch.inference_mode():
+        out = tm.model(**prepared.inputs)
+    return {"tokens": len(prepared.tokens), "output": list(out.last_hidden_state.shape)}
+
+
+def _run_process(mode: str, n: int, model_dir: str, text_file: str, threads: int, timeout: float) -> dict:
+    """Run (f) or (g) as a fresh process; wall time of the whole process, its peak RSS from wait4."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory(prefix="attnviz-cli-") as out:
+        if mode == "cli":
+            cmd = [sys.executable, "-m", "attnviz", "text", "--text-file", text_file, "--token", CLI_TOKEN,
+                   "--model", model_dir, "--out", out]
+        else:
+            cmd = [sys.executable, __file__, "--process-floor", "--n", str(n), "--model", model_dir, "--text", text_file,
+                   "--threads", str(threads)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return {"mode": mode, "n": n, "error": "timeout"}
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # this parent ran only this child
+        files = sorted(os.listdir(out))
+    if proc.returncode != 0:
+        return {"mode": mode, "n": n, "error": f"exit {proc.returncode}: {' | '.join((stderr or stdout).strip().splitlines()[-3:])}"}
+    return {"mode": mode, "n": n, "seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": 0.0, "files": files,
+            "load_average": os.getloadavg()[0], "cpu_seconds": float("nan")}
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +270,7 @@ def _combine(runs: list[dict]) -> dict:
     if not ok:
         return runs[0]
     best = dict(min(ok, key=lambda r: r["seconds"]))
-    pick = min if best["mode"] in ("floor", "nocache") else max
+    pick = min if best["mode"] in ("floor", "nocache", "cli_floor") else max
     best["peak_rss_mb"] = pick(r["peak_rss_mb"] for r in ok)
     best["runs"] = [{k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "load_average")} for r in ok]
     return best
@@ -213,8 +288,8 @@ def table(results: list[dict], sizes: list[int]) -> tuple[str, list[str]]:
     ]
     by = {(r["n"], r["mode"]): r for r in results}
     for n in sizes:
-        floor = by.get((n, "floor"))
         for mode in MODES:
+            floor = by.get((n, "cli_floor" if mode in PROCESS_MODES else "floor"))
             r = by.get((n, mode))
             if r is None:
                 continue
@@ -225,10 +300,18 @@ def table(results: list[dict], sizes: list[int]) -> tuple[str, list[str]]:
             mr = r["peak_rss_mb"] / floor["peak_rss_mb"] if floor and "peak_rss_mb" in floor else None
             lines.append(
                 f"| {n} | {LABELS[mode]} | {r['seconds']:.2f} | {_fmt_ratio(tr)} | {r['peak_rss_mb']:.0f} | "
-                f"{_fmt_ratio(mr)} | {r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} |"
+                f"{_fmt_ratio(mr)} | {'-' if mode in PROCESS_MODES else format(r['peak_rss_mb'] - r['baseline_rss_mb'], '.0f')} |"
             )
     checks = []
     n = 4096
+    pf, pc = by.get((n, "cli_floor")), by.get((n, "cli"))
+    if pf and pc and "seconds" in pf and "seconds" in pc:
+        tr, mr = pc["seconds"] / pf["seconds"], pc["peak_rss_mb"] / pf["peak_rss_mb"]
+        checks.append(
+            f"- {LABELS['cli']}: time {tr:.2f}x (target <= 1.3x): {'met' if tr <= 1.3 else 'MISSED'}; "
+            f"peak {pc['peak_rss_mb']:.0f} MiB, {mr:.2f}x (target <= 1.15x, {1.15 * pf['peak_rss_mb']:.0f} MiB): "
+            f"{'met' if mr <= 1.15 else 'MISSED'}"
+        )
     floor, eager = by.get((n, "floor")), by.get((n, "eager"))
     if floor and "seconds" in floor:
         nn_mb = 3 * n * n * 4 / MB
@@ -266,7 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["cli"], help="cli: only the whole-process rows (f) and (g) at --sizes (default 4096)")
+    p.add_argument("--process-floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--text", help=argparse.SUPPRESS)
+    p.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.measure:  # run one process-level row in a fresh parent, so RUSAGE_CHILDREN holds only that process
+        mode, n, model_dir, text_file = a.measure
+        print(json.dumps(_run_process(mode, int(n), model_dir, text_file, a.threads, 1800)))
+        return 0
+    if a.process_floor:
+        print(json.dumps(process_floor(a.n, a.model, a.text, a.threads)))
+        return 0
     if a.build:
         build(a.build)
         print(json.dumps({"built": a.build}))
@@ -284,10 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
 
+    if a.only == "cli" and a.sizes == p.get_default("sizes"):
+        a.sizes = "4096"
     sizes = [512, 2048] if a.quick else [int(s) for s in a.sizes.split(",") if s.strip()]
     if a.repeat is None:
         a.repeat = 1 if a.quick else 2
-    modes = [m for m in a.modes.split(",") if m]
+    modes = list(PROCESS_MODES) if a.only == "cli" else [m for m in a.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
         p.error(f"unknown modes: {', '.join(sorted(unknown))}")
@@ -313,7 +409,14 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         if rep > 0 and n >= 4096:
                             continue  # one eager run at large N is enough (and slow)
-                    r = _run_child(["--child", mode, "--n", str(n), "--model", model_dir], a.threads, 1800)
+                    if mode in PROCESS_MODES:
+                        text_file = Path(tmp) / f"text-{n}.txt"
+                        if not text_file.exists():
+                            text_file.write_text(cli_text(n))
+                        r = _run_child(["--measure", mode, str(n), model_dir, str(text_file), "--threads", str(a.threads)],
+                                       a.threads, 1900)
+                    else:
+                        r = _run_child(["--child", mode, "--n", str(n), "--model", model_dir], a.threads, 1800)
                     r.setdefault("mode", mode)
                     r.setdefault("n", n)
                     runs[mode].append(r)
@@ -352,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_write:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
+        old = out / "results.json"
+        if a.only == "cli" and old.exists():  # keep the other rows: replace only the whole-process ones
+            prev = json.loads(old.read_text())
+            keep = [r for r in prev.get("results", []) if r.get("mode") not in PROCESS_MODES]
+            doc = {**prev, "results": keep + results, "cli_run": {k: doc[k] for k in ("threads", "repeat", "total_seconds")}}
+            all_sizes = sorted({r["n"] for r in doc["results"]})
+            md, checks = table(doc["results"], all_sizes)
+            doc["targets_4096"] = checks
         (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
         (out / "RESULTS.md").write_text(_markdown(doc, md, checks))
         print(f"\nwrote {out / 'results.json'} and {out / 'RESULTS.md'}")
@@ -402,6 +513,12 @@ def _notes(doc: dict) -> str:
         "`[N, N]` buffers; each layer's probabilities are computed in row blocks (never a whole `[heads, N, N]`) "
         "and the layer output is computed from them (`P @ V`) instead of a second pass through SDPA; the rollout "
         "product skips the zero triangles of causal maps.",
+        "- (f) and (g) (`--only cli`) are whole processes, measured side by side: (f) imports attnviz's loaders, loads "
+        "the model and a word-level tokenizer, tokenizes a text file of N tokens and runs one SDPA forward; (g) is "
+        "`python -m attnviz text --text-file F --token zebra` with every default view written (head view, matrix and "
+        "focus view; the model view is skipped at this length). (g) captures the token's rows and, in the same pass, "
+        "only the one `[N, N]` map of the head its head view and matrix draw (`CapturePlan.follow`). Time: the "
+        "process's wall time (imports and loading included); peak RSS: its `ru_maxrss`; ratios are to (f).",
         "",
         "Maps are allocated as zero-filled anonymous memory and only the key range a row block may attend to is "
         "written, so the causal upper triangle of a decoder's maps is never backed by RAM.",

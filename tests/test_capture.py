@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+import attnviz
 import attnviz.capture as cap_mod
 from attnviz.analysis.rollout import attention_rollout
 from attnviz.capture import FULL, CapturePlan, attention_shapes, capture, eager_probabilities
@@ -162,7 +163,7 @@ def test_streamed_file_equals_eager(cases, kind, tmp_path):
     assert path.stat().st_size == size
     assert not [p for p in tmp_path.iterdir() if p.name != "attn.safetensors"]  # no temporary left
     with safe_open(str(path), "pt") as fh:
-        assert fh.metadata() == {"model": kind, "tokens": '["a", "b"]'}
+        assert fh.metadata() == {"model": kind, "tokens": '["a", "b"]', "format": "attnviz-attention", "attnviz": attnviz.__version__}
         assert set(fh.keys()) == {attention_tensor_name(k) for k in c.ref}
         for k, ref in c.ref.items():
             t = fh.get_tensor(attention_tensor_name(k))
@@ -365,3 +366,41 @@ def test_writer_removes_partial_files(tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(OutputError, match="must end in .safetensors"):
         AttentionWriter(tmp_path / "a.bin", shapes)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gemma2", "t5", "mpnet"])
+def test_head_maps_keep_one_head_or_the_mean(cases, kind):
+    """``head_maps``: one head's [Q, K] map (or the head mean), never the layer's [H, Q, K]; equal to eager."""
+    c = cases(kind)
+    result = capture(c.model, c.inputs, CapturePlan(head_maps=frozenset({(1, 1), (0, None)}), need_outputs=False))
+    for k, ref in c.ref.items():
+        maps = result.attention[k]
+        assert maps.full is None and not maps.layers
+        assert set(maps.head_maps) == {(1, 1), (0, None)}
+        _close(maps.head_map(1, 1), ref[1, 1], f"{kind}/{k} layer 1 head 1")
+        _close(maps.head_map(0, None), ref[0].mean(dim=0), f"{kind}/{k} layer 0 head mean")
+        with pytest.raises(KeyError):
+            maps.head_map(1, 0)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "deberta-v2"])
+def test_follow_keeps_the_best_scoring_head_only(cases, kind):
+    """``follow``: per layer the callback scores a head; only the best (layer, head) map is kept."""
+    c = cases(kind)
+    n = c.inputs["input_ids"].shape[1]
+    seen = []
+
+    def pick(k, layer, rows):  # score: the weight the last token puts on key 0 in head (layer % H)
+        h = layer % rows.shape[0]
+        seen.append((k, layer, tuple(rows.shape)))
+        return h, float(rows[h, 0, 0])
+
+    result = capture(c.model, c.inputs, CapturePlan(rows=(n - 1,), follow=pick, need_outputs=False))
+    maps = result.attention["self"]
+    ref = c.ref["self"]
+    H = ref.shape[1]
+    scores = [float(ref[l, l % H, n - 1, 0]) for l in range(ref.shape[0])]
+    best = max(range(len(scores)), key=lambda l: (scores[l], -l))
+    assert set(maps.head_maps) == {(best, best % H)}
+    _close(maps.head_map(best, best % H), ref[best, best % H], f"{kind} followed head")
+    assert [l for _, l, _ in seen] == list(range(ref.shape[0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -266,8 +267,11 @@ def test_dinov2_report_names_the_sink_and_offers_the_sink_free_view(tmp_path):
     names = {Path(f).name for f in doc["files"]}
     assert names == {"report.svg", "attention-layer11.svg", "rollout.svg", "rollout-no-sinks.svg"}
     svg = (out / "report.svg").read_text()
-    assert "Attention sink: patch (row 2, col 8)" in svg
-    assert "rollout without the sink patch" in svg
+    assert len(re.findall(r"<text\b", svg)) > 10  # text stays text (svg.fonttype none)
+    words = " ".join(re.sub(r"<[^>]+>", " ", svg).split())
+    assert "Possible attention sink: patch (row 2, col 8) takes" in words
+    assert "not what the patch shows" in words
+    assert "rollout without the flagged patch" in words
     assert 'id="sink' in svg and 'id="left-out' in svg  # the sink is outlined, and hatched where left out
 
 
@@ -283,3 +287,24 @@ def test_human_output_names_sinks(tmp_path, capsys):
     assert "m · 2 layers × 3 heads · grid 4×4 · 1 prefix token · backend eager" in out
     assert "attention sink: (row 1, col 2) 50% of the rollout (8x uniform)" in out
     assert "r.png" in out
+
+
+def test_print_size_views_label_and_json_hold_what_is_drawn(tiny, photo, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    doc = run_json(photo, "--model", tiny("vit"), "--out", out, "--size", "page", "--dpi", "100", "--views", "heads,rollout",
+                   "--label", "tiny ViT", "--scale", "per-head")
+    assert sorted(Path(f).name for f in doc["files"]) == ["attention-layer1.png", "rollout.png"]
+    assert doc["label"] == "tiny ViT" and doc["model"] == str(Path(tiny("vit")).resolve())
+    assert doc["style"]["size"] == "page" and doc["style"]["scale"] == "per-head"
+    rows, cols = doc["grid"]
+    heads = doc["cls_maps"]["heads"]
+    assert len(heads) == doc["num_heads"] and len(heads[0]["map"]) == rows and len(heads[0]["map"][0]) == cols
+    total = sum(map(sum, heads[0]["map"]))
+    assert total == pytest.approx(heads[0]["to_patches"], abs=1e-4) and heads[0]["to_prefix"] == pytest.approx(1 - total, abs=1e-4)
+    assert len(doc["rollout_map"]) == rows
+    with Image.open(out / "rollout.png") as im:
+        assert im.size[0] == 690 and "tiny ViT" in im.text["Title"]
+    plain = run_json(photo, "--model", tiny("vit"), "--out", tmp_path / "p")
+    assert plain["label"] == "vit"  # the folder's name, not the path

@@ -367,3 +367,38 @@ def test_vision_model_is_refused_by_text(tmp_path):
                        image_size=32, patch_size=16)).save_pretrained(tmp_path / "vit")
     result = invoke("text", "hi", "--model", tmp_path / "vit", "--out", tmp_path / "o")
     assert result.exit_code == 3 and "attnviz image" in result.stderr
+
+
+def test_words_merge_contractions_and_json_holds_the_focus_grid(tmp_path):
+    sentence = "The animal didn't cross the street because it was too tired."
+    doc = run_json("text", sentence, "--words", "--token", "didn't", "--out", tmp_path / "a")
+    assert "didn't" in doc["words"] and doc["focus"]["token"] == "didn't"
+    assert len(doc["focus"]["token_indices"]) == 3  # didn ' t
+    doc = run_json("text", sentence, "--words", "--token", "it", "--out", tmp_path / "b")
+    grid = doc["focus"]["grid"]
+    assert len(grid) == doc["num_layers"] * doc["num_heads"]
+    top = max(grid, key=lambda c: c["weight"])
+    assert (top["layer"], top["head"], top["target"]) == (3, 1, "animal") and top["weight"] == pytest.approx(0.677, abs=5e-4)
+    assert doc["focus"]["units"][top["target_index"]] == "animal"
+    hv = doc["head_view"]
+    assert (hv["layer"], hv["head"]) == (3, 1) and "didn't" in hv["queries"]
+    it, animal = hv["queries"].index("it"), hv["keys"].index("animal")
+    assert any(q == it and k == animal and w == pytest.approx(0.677, abs=5e-4) for q, k, w in hv["links"])
+    assert doc["label"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_header_counts_words_and_views_sizes_are_chosen(tmp_path):
+    from PIL import Image
+
+    sentence = "The animal didn't cross the street because it was too tired."
+    result = invoke("text", sentence, "--words", "--token", "it", "--views", "focus,matrix", "--size", "column", "--dpi", "100",
+                    "--label", "MiniLM", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "14 words (16 tokens)" in result.output and "MiniLM" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["focus-view.png", "matrix.png"]
+    with Image.open(tmp_path / "focus-view.png") as im:
+        assert im.size[0] == 330 and im.text["Title"].startswith("Focus view · MiniLM")
+    bad = invoke("text", sentence, "--views", "head,graph", "--out", tmp_path)
+    assert bad.exit_code != 0 and "unknown view 'graph'" in bad.output
+    bad = invoke("text", sentence, "--size", "huge", "--out", tmp_path)
+    assert bad.exit_code != 0 and "--size" in bad.output

@@ -109,7 +109,10 @@ def find_focus(info: TokenInfo, token: str, index: int | None, spec: ViewSpec) -
     want = token.strip().lower()
     if not want:
         raise UsageError("--token is empty")
-    hits = [i for i, lab in enumerate(units.labels) if lab.lower().removeprefix("##") == want.removeprefix("##")]
+    def norm(s: str) -> str:  # typographic apostrophes match typed ones: didn’t == didn't
+        return s.lower().replace("’", "'").replace("‘", "'").removeprefix("##")
+
+    hits = [i for i, lab in enumerate(units.labels) if norm(lab) == norm(want)]
     what = "word" if spec.words else "token"
     listing = " ".join(f"{i}:{lab}" for i, lab in enumerate(units.labels))
     if len(listing) > 600:

@@ -1,6 +1,8 @@
 """Group word pieces into words: the units a text view shows.
 
-Word merging follows Clark et al. 2019 ("What Does BERT Look At?"): attention
+Words are what readers count: contractions, hyphenated and apostrophe words are
+one word ("didn't", "state-of-the-art"), punctuation stands alone
+(:func:`reader_words`). Word merging follows Clark et al. 2019 ("What Does BERT Look At?"): attention
 TO a word is the sum of the attention to its pieces, attention FROM a word is the
 mean of its pieces' rows, so every row still sums to 1 (applied in
 :mod:`attnviz.analysis.select`).
@@ -8,6 +10,7 @@ mean of its pieces' rows, so every row still sums to 1 (applied in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -44,21 +47,79 @@ def token_units(info: TokenInfo) -> Units:
     return Units(tuple(info.tokens), tuple((i,) for i in range(len(info))), tuple(info.special))
 
 
+#: A word as readers count it: letters/digits, joined by apostrophes or hyphens inside the word
+#: ("didn't", "state-of-the-art", "O'Neill", "rock'n'roll"). Anything else that is not a space is
+#: punctuation and stands alone, one character per unit ("...", tokenised as one token, stays one unit).
+READER_WORD = re.compile(r"\w+(?:['’‘\-‐‑]\w+)*", re.UNICODE)
+
+
+def reader_words(text: str) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the words and punctuation marks of ``text``, in order.
+
+    Words follow :data:`READER_WORD` (contractions and hyphenated words are one
+    word); every other non-space character is a unit of its own.
+    """
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in READER_WORD.finditer(text):
+        spans.extend((i, i + 1) for i in range(pos, m.start()) if not text[i].isspace())
+        spans.append((m.start(), m.end()))
+        pos = m.end()
+    spans.extend((i, i + 1) for i in range(pos, len(text)) if not text[i].isspace())
+    return spans
+
+
 def word_units(info: TokenInfo) -> Units:
-    """One unit per word (special tokens stay units of their own), in token order."""
+    """One unit per word as readers count it (special tokens stay units of their own), in token order.
+
+    A token belongs to the reader word (:func:`reader_words`) that holds the first
+    non-space character of its span in ``info.text``: "didn't" (BERT: ``didn``,
+    ``'``, ``t``) and "state-of-the-art" are one word each; punctuation stands
+    alone. Tokens without a character span (offsets ``(0, 0)``) fall back to the
+    tokenizer's own word ids. A unit's label is the word's text.
+    """
+    text = info.text
+    spans = reader_words(text)
+    owner = [-1] * (len(text) + 1)
+    for j, (a, b) in enumerate(spans):
+        for c in range(a, b):
+            owner[c] = j
     words = info.words()
-    labels, groups, special = [], [], []
-    seen: dict[int, int] = {}
+
+    def reader_of(i: int) -> int | None:
+        start, end = info.offsets[i] if i < len(info.offsets) else (0, 0)
+        while start < end and start < len(text) and text[start].isspace():
+            start += 1
+        return owner[start] if start < end and start < len(text) and owner[start] >= 0 else None
+
+    # a token with no characters of its own (e.g. a lone "Ġ") joins the reader word of its tokenizer word
+    by_word: dict[int, int] = {}
     for i, wid in enumerate(info.word_ids):
-        if wid is None:
+        j = reader_of(i) if wid is not None and not info.special[i] else None
+        if j is not None:
+            by_word.setdefault(wid, j)
+    labels, groups, special = [], [], []
+    seen: dict[tuple[str, int], int] = {}
+    for i, wid in enumerate(info.word_ids):
+        if wid is None or info.special[i]:
             labels.append(info.tokens[i])
             groups.append([i])
             special.append(True)
-        elif wid in seen:
-            groups[seen[wid]].append(i)
+            continue
+        j = reader_of(i)
+        j = by_word.get(wid) if j is None else j
+        if j is not None:
+            key = ("r", j)
+            a, b = spans[j]
+            label = text[a:b]
         else:
-            seen[wid] = len(labels)
-            labels.append(words[wid])
+            key = ("w", wid)
+            label = words[wid] if wid < len(words) else info.tokens[i]
+        if key in seen:
+            groups[seen[key]].append(i)
+        else:
+            seen[key] = len(labels)
+            labels.append(label)
             groups.append([i])
             special.append(False)
     return Units(tuple(labels), tuple(tuple(g) for g in groups), tuple(special))

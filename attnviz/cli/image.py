@@ -14,7 +14,11 @@ from attnviz.cli.common import (
     quiet_libraries, warn,
 )
 from attnviz.cli.common import VERIFY, verification_json
+from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 from attnviz.models import DEFAULT_IMAGE_MODEL
+
+#: The views ``attnviz image`` can write (``--views``); ``rollout`` includes rollout-no-sinks, ``patch`` needs --patch.
+IMAGE_VIEWS = ("report", "heads", "rollout", "patch", "predictions")
 
 
 @dataclass
@@ -32,12 +36,19 @@ class ImageRun:
     files: list[Path] = field(default_factory=list)
     save_attn: Path | None = None
     random_weights: str | None = None
+    style: object | None = None  # Style
+    views: tuple[str, ...] = ()
+    rollout: object | None = None  # float [rows, cols] tensor
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
+        from attnviz.render.layout import DEFAULT_STYLE, model_reference
+
         r = self.result
+        style = self.style or DEFAULT_STYLE
         doc = {
-            "model": r.model_id,
+            "model": model_reference(r.model_id),
+            "label": style.model_label(r.model_id),
             "model_type": r.model_type,
             "backend": r.backend,
             "random_weights": self.random_weights,
@@ -58,6 +69,9 @@ class ImageRun:
         else:
             doc["predictions"] = None
         doc["sink_patches"] = [s.to_dict() for s in self.sinks]
+        doc["style"] = style.describe()
+        doc["views"] = list(self.views)
+        doc.update(_maps_json(self))
         if self.patch is not None:
             x, y, row, col = self.patch
             doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
@@ -71,11 +85,13 @@ def _print_human(run: ImageRun) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from attnviz.render.layout import DEFAULT_STYLE
+
     console = Console(highlight=False)
     r = run.result
     rows, cols = r.grid
     console.print(
-        f"[bold]{r.model_id}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
+        f"[bold]{(run.style or DEFAULT_STYLE).model_label(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
         f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
         soft_wrap=True,
     )
@@ -134,6 +150,12 @@ def image_command(
     head_fusion: str = typer.Option("mean", "--head-fusion", help="Rollout: fuse each layer's heads by mean, max or min."),
     discard_ratio: float = typer.Option(0.0, "--discard-ratio", help="Rollout: zero this fraction (0..1) of the lowest fused weights (never attention to [CLS])."),
     patch: Optional[str] = typer.Option(None, "--patch", help="X,Y: pixel of the photo (after EXIF rotation) whose patch's attention to show."),
+    size: str = SIZE,
+    dpi: Optional[int] = DPI_OPTION,
+    label: Optional[str] = LABEL,
+    cmap: Optional[str] = CMAP,
+    scale: str = SCALE,
+    views: str = typer.Option(",".join(IMAGE_VIEWS), "--views", help="Views to write: any of report,heads,rollout,patch,predictions."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -156,6 +178,7 @@ def image_command(
 def run_image(
     path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
     device, dtype, device_map, allow_pickle, trust_remote_code, force=False, random_weights_ok=False, debug=False, verify=True,
+    size="screen", dpi=None, label=None, cmap=None, scale="shared", views=",".join(IMAGE_VIEWS),
 ) -> ImageRun:
     """Do the work of ``attnviz image`` and return what was produced (no printing).
 
@@ -173,6 +196,11 @@ def run_image(
     if not 0.0 <= discard_ratio < 1.0:
         raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
     point = _parse_patch(patch)
+    from attnviz.cli.style import parse_views
+    from attnviz.render.layout import Style
+
+    chosen_views = parse_views(views, IMAGE_VIEWS)
+    style = Style.from_options(size, dpi, cmap, scale, label, {"head_fusion": head_fusion, "discard_ratio": discard_ratio})
 
     from attnviz.images import load_image
 
@@ -195,18 +223,20 @@ def run_image(
             raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
         head %= n_heads
     patch_info = None
-    names = [f"{stem}.{f}" for f in figure_formats for stem in ("report", f"attention-layer{layer}", "rollout")]
+    stems = {"report": "report", "heads": f"attention-layer{layer}", "rollout": "rollout"}
+    names = [f"{stems[v]}.{f}" for f in figure_formats for v in chosen_views if v in stems]
     if point is not None:
         _, box, grid, _ = preprocess(im, photo)
         row, col = patch_at(box, grid, (photo.width, photo.height), *point)
         patch_info = (point[0], point[1], row, col)
-        names += [f"{_patch_stem(point[0], point[1], layer)}.{f}" for f in figure_formats]
+        names += [f"{_patch_stem(point[0], point[1], layer)}.{f}" for f in figure_formats if "patch" in chosen_views]
     if html:
         names.append("report.html")
     output = RunOutput(
         out, command="image", force=force, protect=model_files(im.source.location),
         settings={"model": im.source.model_id, "image": str(path), "layer": layer, "head": head, "head_fusion": head_fusion,
-                  "discard_ratio": discard_ratio, "patch": patch, "format": fmt, "save_attn": str(tensor_path) if tensor_path else None},
+                  "discard_ratio": discard_ratio, "patch": patch, "format": fmt, "size": size,
+                  "views": list(chosen_views), "save_attn": str(tensor_path) if tensor_path else None},
     )
     output.check(names, tensor=tensor_path)
 
@@ -226,7 +256,8 @@ def run_image(
     rollout = rollout_map(result, head_fusion, discard_ratio)
     sinks = image_sinks(result, rollout)
 
-    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info, random_weights=note)
+    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info, random_weights=note,
+                   style=style, views=chosen_views, rollout=rollout)
     with output:
         files = [p for f in figure_formats for p in _write_views(run, rollout, output, f)]
         if html:
@@ -253,20 +284,27 @@ def _write_views(run: ImageRun, rollout, output, fmt: str) -> list[Path]:
     r = run.result
     settings = {"head_fusion": run.head_fusion, "discard_ratio": run.discard_ratio}
     heads = None if run.head is None else [run.head]
+    style, views = run.style, run.views or IMAGE_VIEWS
     files: list[Path] = []
-    files.append(output.figure(heads_view(r, run.layer, heads=heads, sinks=run.sinks), f"attention-layer{run.layer}", fmt))
-    files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks), "rollout", fmt))
-    if run.sinks:
-        files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks, masked=True), "rollout-no-sinks", fmt))
-    if run.patch is not None:
+    if "heads" in views:
+        fig = heads_view(r, run.layer, heads=heads, sinks=run.sinks, style=style)
+        files.append(output.figure(fig, f"attention-layer{run.layer}", fmt))
+    if "rollout" in views:
+        files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks, style=style), "rollout", fmt))
+        if run.sinks:
+            fig = rollout_view(r, rollout, settings, sinks=run.sinks, masked=True, style=style)
+            files.append(output.figure(fig, "rollout-no-sinks", fmt))
+    if run.patch is not None and "patch" in views:
         x, y, row, col = run.patch
-        fig = patch_view(r, run.layer, row, col, point=(x, y), heads=heads, sinks=run.sinks)
+        fig = patch_view(r, run.layer, row, col, point=(x, y), heads=heads, sinks=run.sinks, style=style)
         files.append(output.figure(fig, _patch_stem(x, y, run.layer), fmt))
-    if r.predictions:
-        files.append(output.figure(predictions_view(r), "predictions", fmt))
+    if r.predictions and "predictions" in views:
+        files.append(output.figure(predictions_view(r, style=style), "predictions", fmt))
+    if "report" not in views:
+        return files
     fig = report_view(
         r, layer=run.layer, head=run.head, rollout=rollout, settings=settings, sinks=run.sinks,
-        files=[p.name for p in files],
+        files=[p.name for p in files], style=style,
     )
     report = output.figure(fig, "report", fmt)
     return [report] + files
@@ -290,3 +328,29 @@ def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio
     }
     tensors = {"attentions": result.attention.full.float(), "rollout": rollout.float()}
     return save_tensors(path, tensors, meta)
+
+
+def _maps_json(run: ImageRun) -> dict:
+    """What the image figures draw: per-head [CLS] maps of the chosen layer (with a summary) and the rollout."""
+    from attnviz.image import cls_attention
+
+    r = run.result
+    out: dict = {}
+    if r.attention.has_layer(run.layer):
+        grid = cls_attention(r, run.layer)  # [H, rows, cols]
+        rows, cols = r.grid
+        heads = []
+        for h in range(grid.shape[0]):
+            g = grid[h]
+            top = int(g.argmax())
+            heads.append({
+                "head": h, "to_patches": round(float(g.sum()), 6), "to_prefix": round(1 - float(g.sum()), 6),
+                "max": round(float(g.max()), 6), "max_patch": {"row": top // cols, "col": top % cols},
+                "map": [[round(float(v), 6) for v in row] for row in g.tolist()],
+            })
+        out["cls_maps"] = {"layer": run.layer, "query": "[CLS]" if r.cls_index is not None else "mean of all tokens",
+                           "scale": run.style.scale if run.style is not None else "shared", "heads": heads,
+                           "mean": [[round(float(v), 6) for v in row] for row in grid.mean(dim=0).tolist()]}
+    if run.rollout is not None:
+        out["rollout_map"] = [[round(float(v), 8) for v in row] for row in run.rollout.float().tolist()]
+    return out

@@ -15,6 +15,10 @@ from attnviz.cli.common import (
     quiet_libraries, warn,
 )
 from attnviz.cli.common import VERIFY, verification_json
+from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
+
+#: The views ``attnviz text`` can write (``--views``).
+TEXT_VIEWS = ("head", "model", "focus", "matrix")
 
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
 FULL_BUDGET = 256 * 2**20
@@ -33,14 +37,19 @@ class TextRun:
     save_attn: Path | None = None
     skipped: list[str] = field(default_factory=list)
     random_weights: str | None = None
+    style: object | None = None  # Style
+    views: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
         r = self.result
         from attnviz.analysis.select import units_for
+        from attnviz.render.layout import DEFAULT_STYLE, model_reference
 
+        style = self.style or DEFAULT_STYLE
         doc = {
-            "model": r.model_id,
+            "model": model_reference(r.model_id),
+            "label": style.model_label(r.model_id),
             "model_type": r.model_type,
             "backend": r.backend,
             "random_weights": self.random_weights,
@@ -56,6 +65,8 @@ class TextRun:
             },
             "kv_heads": list(r.main.kv_heads) if r.main.kv_heads else None,
             "view": {"layer": self.layer, "head": self.head, "words": self.spec.words, "hide_special": self.spec.hide_special},
+            "style": style.describe(),
+            "views": list(self.views),
         }
         if self.spec.words:
             doc["words"] = list(units_for(r.tokens, self.spec).labels)
@@ -73,7 +84,12 @@ class TextRun:
                     {"layer": l.layer, "head": l.head, "target": l.target_label, "target_index": l.target, "weight": l.weight}
                     for l in f.top
                 ],
+                "units": list(f.labels),
+                "grid": f.grid(),
             }
+        links = _head_view_json(self)
+        if links is not None:
+            doc["head_view"] = links
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["skipped_views"] = self.skipped
@@ -85,11 +101,15 @@ def _print_human(run: TextRun) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from attnviz.analysis.select import units_for
+    from attnviz.render.layout import DEFAULT_STYLE
+
     console = Console(highlight=False)
     r = run.result
     kinds = ", ".join(r.attention) if len(r.attention) > 1 else ""
+    count = f"{len(units_for(r.tokens, run.spec))} words ({len(r.tokens)} tokens)" if run.spec.words else f"{len(r.tokens)} tokens"
     console.print(
-        f"[bold]{r.model_id}[/bold] · {r.num_layers} layers × {r.num_heads} heads · {len(r.tokens)} tokens"
+        f"[bold]{(run.style or DEFAULT_STYLE).model_label(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · {count}"
         + (f" · kinds: {kinds}" if kinds else "")
         + f" · backend {r.backend}"
     )
@@ -157,6 +177,12 @@ def text_command(
     top: int = typer.Option(10, "--top", help="Heads listed for --token."),
     direction: str = typer.Option("back", "--direction", help="--token links to: back (earlier tokens, as antecedents), forward or both."),
     adjacent: bool = typer.Option(False, "--adjacent/--no-adjacent", help="Count links to the neighbouring tokens (previous/next-token heads)."),
+    size: str = SIZE,
+    dpi: Optional[int] = DPI_OPTION,
+    label: Optional[str] = LABEL,
+    cmap: Optional[str] = CMAP,
+    scale: str = SCALE,
+    views: str = typer.Option(",".join(TEXT_VIEWS), "--views", help="Views to write: any of head,model,focus,matrix (comma-separated)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -180,6 +206,7 @@ def run_text(
     text, model, token, token_index, layer, head, words, hide_special, target, text_file, max_length, out, fmt,
     as_json, save_attn, half, top, direction, adjacent, device, dtype, device_map, allow_pickle, trust_remote_code,
     force=False, random_weights_ok=False, debug=False, verify=True,
+    size="screen", dpi=None, label=None, cmap=None, scale="shared", views=",".join(TEXT_VIEWS),
 ) -> TextRun:
     """Do the work of ``attnviz text`` and return what was produced (no printing).
 
@@ -195,6 +222,11 @@ def run_text(
     figure_formats, html = parse_formats(fmt)
     if top < 1:
         raise UsageError("--top must be at least 1")
+    from attnviz.cli.style import parse_views
+    from attnviz.render.layout import Style
+
+    chosen_views = parse_views(views, TEXT_VIEWS)
+    style = Style.from_options(size, dpi, cmap, scale, label)
     content = _read_text(text, text_file)
     if not content.strip():
         raise UsageError("the text is empty" if not content else "the text is only whitespace")
@@ -221,7 +253,8 @@ def run_text(
     n = max(len(info), len(target_info) if target_info is not None else 0)
     full_bytes = 4 * num_layers * num_heads * n * n * (3 if tm.encoder_decoder else 1)
     keep_full = full_bytes <= FULL_BUDGET
-    if not keep_full:
+    draws_head = "head" in chosen_views or "matrix" in chosen_views
+    if not keep_full and "model" in chosen_views:
         skipped.append(f"model view: {n} tokens x {num_layers} layers x {num_heads} heads would need {full_bytes / 2**30:.1f} GiB")
     rows: tuple[int, ...] = ()
     cross_rows: tuple[int, ...] = ()
@@ -233,11 +266,12 @@ def run_text(
     output = RunOutput(
         out, command="text", force=force, protect=model_files(tm.source.location),
         settings={"model": tm.source.model_id, "text": content[:200], "token": token, "layer": layer, "head": head,
-                  "words": words, "hide_special": hide_special, "format": fmt, "save_attn": str(tensor_path) if tensor_path else None},
+                  "words": words, "hide_special": hide_special, "format": fmt, "size": size, "views": list(chosen_views),
+                  "save_attn": str(tensor_path) if tensor_path else None},
     )
     kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
     focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
-    output.check(_view_names(kinds, keep_full, focus_kind, figure_formats, html), tensor=tensor_path)
+    output.check(_view_names(kinds, keep_full, focus_kind, figure_formats, html, chosen_views), tensor=tensor_path)
 
     tm = tm.with_weights()
     note = random_weights_note(tm.model)
@@ -246,9 +280,24 @@ def run_text(
         output.stamp = "RANDOM WEIGHTS: not the trained model"
     # the head view's layer: given, else (without --token) the last; with --token it follows the ranking
     layers: frozenset[int] = frozenset()
-    if not keep_full and (layer is not None or token is None):
-        chosen = (layer if layer is not None else -1) % num_layers
-        layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)} if tm.encoder_decoder else {chosen})
+    head_maps: frozenset = frozenset()
+    follow = None
+    if not keep_full and draws_head:
+        # capture only what the head view and matrix draw: one head's (or the head mean's) [N, N] map
+        fixed_head = None if head is None else head % num_heads
+        if tm.encoder_decoder:
+            if layer is not None or token is None:
+                chosen = (layer if layer is not None else -1) % num_layers
+                layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)})
+        elif token is None:
+            head_maps = frozenset({((layer if layer is not None else -1) % num_layers, fixed_head)})
+        elif layer is not None and head is not None:
+            head_maps = frozenset({(layer % num_layers, fixed_head)})
+        else:  # the focus token's top head: followed layer by layer in the same pass
+            from attnviz.focus import focus_rule
+
+            rule = focus_rule(info, info, "self", token, token_index, spec, direction, adjacent)
+            follow = rule.follow(None if layer is None else layer % num_layers, fixed_head)
     with output:
         writer = None
         if tensor_path is not None and not keep_full:
@@ -256,7 +305,7 @@ def run_text(
         collector = _html_collector(tm, prepared, rows, cross_rows) if html and not keep_full else None
         plan = CapturePlan(
             full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
-            on_layer=_both(writer.write_layer if writer is not None else None, collector),
+            on_layer=_both(writer.write_layer if writer is not None else None, collector), head_maps=head_maps, follow=follow,
         )
         try:
             with _progress(tm) as progress:
@@ -278,7 +327,15 @@ def run_text(
         if head is not None:
             head = main.check_head(head)
         wanted = {kind: min(layer, maps.num_layers - 1) for kind, maps in result.attention.items()}
-        if not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
+        if draws_head and len(result.attention) == 1 and not main.has_head_map(layer, head):
+            # the ranking chose a head the single pass did not follow (e.g. a near tie): capture just that map
+            plan = CapturePlan(head_maps=frozenset({(layer, head)}), need_outputs=False)
+            with _progress(tm) as progress:
+                again = attend_prepared(tm, prepared, plan, progress, verify=verify)
+            result = replace(result, attention={k: replace(m, head_maps={**m.head_maps, **again.attention[k].head_maps})
+                                                for k, m in result.attention.items()})
+            main = result.main
+        if draws_head and len(result.attention) > 1 and not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
             # the focus ranking chose the layer: capture it now (the forward stops after it when it can)
             plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)
             with _progress(tm) as progress:
@@ -290,7 +347,7 @@ def run_text(
             main = result.main
 
         for figure_format in figure_formats:
-            _write_views(result, spec, layer, head, focus, output, figure_format, skipped)
+            _write_views(result, spec, layer, head, focus, output, figure_format, skipped, style, chosen_views)
         if html:
             from attnviz.html import text_page
 
@@ -299,19 +356,19 @@ def run_text(
             _save_full(result, output.tensor_target(tensor_path), half)
     for path in output.left_alone:
         warn(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
-    return TextRun(result, spec, layer, head, focus, list(output.files), output.tensor, skipped, note)
+    return TextRun(result, spec, layer, head, focus, list(output.files), output.tensor, skipped, note, style, chosen_views)
 
 
-def _view_names(kinds, keep_full: bool, focus_kind: str | None, formats, html: bool) -> list[str]:
+def _view_names(kinds, keep_full: bool, focus_kind: str | None, formats, html: bool, views=TEXT_VIEWS) -> list[str]:
     """The file names :func:`_write_views` (and the HTML report) will write, checked before loading."""
     names = []
     for fmt in formats:
         for kind in kinds:
             prefix = f"{kind}-" if len(kinds) > 1 else ""
-            names += [f"{prefix}head-view.{fmt}", f"{prefix}matrix.{fmt}"]
-            if keep_full:
+            names += [f"{prefix}{v}.{fmt}" for v in ("head-view", "matrix") if v.split("-")[0] in views]
+            if keep_full and "model" in views:
                 names.append(f"{prefix}model-view.{fmt}")
-            if kind == focus_kind:
+            if kind == focus_kind and "focus" in views:
                 names.append(f"{prefix}focus-view.{fmt}")
     return names + (["report.html"] if html else [])
 
@@ -332,7 +389,8 @@ def _progress(tm):
         yield lambda kind, layer: bar.advance(task)
 
 
-def _write_views(result, spec, layer, head, focus, output, fmt: str, skipped: list[str]) -> list[Path]:
+def _write_views(result, spec, layer, head, focus, output, fmt: str, skipped: list[str], style=None,
+                 views=TEXT_VIEWS) -> list[Path]:
     from attnviz.render.text import focus_view, head_view, matrix_view, model_view
 
     files: list[Path] = []
@@ -342,13 +400,17 @@ def _write_views(result, spec, layer, head, focus, output, fmt: str, skipped: li
         kind_layer = min(layer, maps.num_layers - 1)
         kind_head = head if head is None or head < maps.num_heads else None
         focus_tokens = focus.token_indices if focus is not None and focus.kind == kind else None
-        if maps.has_layer(kind_layer):
-            files.append(output.figure(head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind), f"{prefix}head-view", fmt))
-            files.append(output.figure(matrix_view(result, kind_layer, kind_head, spec, kind=kind), f"{prefix}matrix", fmt))
-        if maps.full is not None:
-            files.append(output.figure(model_view(result, spec, kind=kind), f"{prefix}model-view", fmt))
-        if focus is not None and focus.kind == kind:
-            files.append(output.figure(focus_view(result, focus, spec), f"{prefix}focus-view", fmt))
+        if maps.has_head_map(kind_layer, kind_head):
+            if "head" in views:
+                fig = head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind, style=style)
+                files.append(output.figure(fig, f"{prefix}head-view", fmt))
+            if "matrix" in views:
+                fig = matrix_view(result, kind_layer, kind_head, spec, kind=kind, focus=focus_tokens, style=style)
+                files.append(output.figure(fig, f"{prefix}matrix", fmt))
+        if maps.full is not None and "model" in views:
+            files.append(output.figure(model_view(result, spec, kind=kind, style=style), f"{prefix}model-view", fmt))
+        if focus is not None and focus.kind == kind and "focus" in views:
+            files.append(output.figure(focus_view(result, focus, spec, style=style), f"{prefix}focus-view", fmt))
     return files
 
 
@@ -397,3 +459,28 @@ def _both(first, second):
     if first is None or second is None:
         return first or second
     return lambda kind, layer, probs: (first(kind, layer, probs), second(kind, layer, probs))
+
+
+def _head_view_json(run: TextRun) -> dict | None:
+    """The links the head view draws (self/encoder attention): units and ``[query, key, weight]`` triples."""
+    import numpy as np
+
+    from attnviz.analysis.select import prepare
+    from attnviz.render.text import LONG_TOP_K, LONG_UNITS, causal_mask, head_view_links
+
+    r = run.result
+    maps, qi, ki = r.sides(r.main.kind)
+    if run.layer is None or not maps.has_head_map(run.layer, run.head):
+        return None
+    vm = prepare(maps.head_map(run.layer, run.head), qi, ki, run.spec)
+    w = vm.attn.numpy()
+    nq, nk = w.shape
+    top_k = LONG_TOP_K if max(nq, nk) > LONG_UNITS else nk
+    mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else None
+    qs, ks, vals = head_view_links(w, mask, top_k)
+    return {
+        "layer": run.layer, "head": run.head, "kind": maps.kind,
+        "queries": list(vm.query_units.labels), "keys": list(vm.key_units.labels),
+        "top_k": top_k if top_k < nk else None, "min_weight": None if top_k < nk else 0.005,
+        "links": [[int(q), int(k), round(float(v), 6)] for q, k, v in zip(qs, ks, np.asarray(vals))],
+    }

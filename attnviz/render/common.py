@@ -22,8 +22,9 @@ from matplotlib.colors import Colormap, Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-#: Name of the sequential colour map of attention probabilities (0 = white).
-ATTENTION_CMAP = "Blues"
+#: Name of the default colour map of attention probabilities (perceptually uniform, colour-blind safe;
+#: see :mod:`attnviz.render.layout`).
+ATTENTION_CMAP = "viridis"
 #: Colour and hatch of cells a query may not attend to (causal mask), and of cells not captured.
 MASKED_COLOR = "#9e9e9e"
 MASKED_HATCH = "/////"
@@ -109,22 +110,9 @@ def short_weight(value: float) -> str:
     return f"{value:.2f}".removeprefix("0")
 
 
-def nice_step(n: int, capacity: int) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... such that ``n`` items every ``step`` fit in ``capacity`` labels."""
-    capacity = max(1, capacity)
-    if n <= capacity:
-        return 1
-    raw = n / capacity
-    base = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10):
-        if m * base >= raw:
-            return int(m * base)
-    return int(10 * base)  # pragma: no cover
-
-
 def wrap(text: str, width_in: float, fontsize: float, bold: bool = False) -> str:
-    """``text`` wrapped to fit ``width_in`` inches at ``fontsize`` points (a rough character count)."""
-    chars = max(20, int(width_in * 72 / (fontsize * (0.66 if bold else 0.57))))
+    """``text`` wrapped to fit ``width_in`` inches at ``fontsize`` points (a cautious character count)."""
+    chars = max(12, int(width_in * 72 / (fontsize * (0.64 if bold else 0.58))))
     return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 
@@ -134,24 +122,30 @@ class Titles:
 
     title: str
     subtitle: str
+    title_size: float = TITLE_SIZE
+    sub_size: float = SUBTITLE_SIZE
 
     def height_in(self) -> float:
         """Inches the title block needs at the top of a figure."""
         lines_t = self.title.count("\n") + 1
         lines_s = (self.subtitle.count("\n") + 1) if self.subtitle else 0
-        return 0.25 + lines_t * TITLE_SIZE * 1.3 / 72 + lines_s * SUBTITLE_SIZE * 1.3 / 72 + 0.1
+        top = 0.25 if self.title_size >= 10 else 0.12
+        return top + lines_t * self.title_size * 1.3 / 72 + lines_s * self.sub_size * 1.3 / 72 + 0.1
 
 
-def make_titles(view: str, model_id: str, what: str, settings: str, notes: Sequence[str] = (), width_in: float = 8.0) -> Titles:
+def make_titles(view: str, model_id: str, what: str, settings: str, notes: Sequence[str] = (), width_in: float = 8.0,
+                fonts=None) -> Titles:
     """Title ``"{view} · {model_id} · {what}"`` and a subtitle of the view ``settings`` and ``notes``.
 
     ``what`` names the layer/head (e.g. ``"layer 3, head 1"``); ``settings`` is
     :meth:`attnviz.analysis.select.ViewSpec.describe`; each note goes on its own
     line. Both are wrapped to ``width_in`` inches.
     """
-    title = wrap(f"{view} · {model_id} · {what}" if what else f"{view} · {model_id}", width_in - 0.3, TITLE_SIZE, bold=True)
+    ts, ss = (fonts.title, fonts.sub) if fonts is not None else (TITLE_SIZE, SUBTITLE_SIZE)
+    margin = 0.3 if width_in >= 5 else 0.15
+    title = wrap(f"{view} · {model_id} · {what}" if what else f"{view} · {model_id}", width_in - margin, ts, bold=True)
     sub = [settings] + [n for n in notes if n]
-    return Titles(title, wrap("\n".join(sub), width_in - 0.3, SUBTITLE_SIZE))
+    return Titles(title, wrap("\n".join(sub), width_in - margin, ss), ts, ss)
 
 
 def layer_head_text(layer: int | None, head: int | None) -> str:
@@ -199,6 +193,7 @@ class Frame:
         self.height = float(height_in)
         self.figure = Figure(figsize=(self.width, self.height), dpi=dpi)
         self.figure.patch.set_facecolor("white")
+        self.figure.attnviz_dpi = dpi  # type: ignore[attr-defined]  # what report.write_figure saves PNGs at
 
     def rect(self, left_in: float, top_in: float, width_in: float, height_in: float) -> list[float]:
         """Figure-fraction ``[left, bottom, width, height]`` of a box given in inches from the top-left."""
@@ -216,13 +211,14 @@ class Frame:
     def titles(self, titles: Titles) -> None:
         """Draw a title block (title bold, subtitle grey) at the top left of the figure."""
         fig = self.figure
-        y = 1.0 - 0.18 / self.height
-        t = fig.text(0.2 / self.width, y, titles.title, ha="left", va="top", fontsize=TITLE_SIZE, fontweight="bold")
+        x = (0.2 if self.width >= 5 else 0.08) / self.width
+        y = 1.0 - (0.18 if titles.title_size >= 10 else 0.08) / self.height
+        t = fig.text(x, y, titles.title, ha="left", va="top", fontsize=titles.title_size, fontweight="bold")
         t.set_gid("title")
         if titles.subtitle:
             lines_t = titles.title.count("\n") + 1
-            y2 = y - (lines_t * TITLE_SIZE * 1.3 / 72 + 0.06) / self.height
-            s = fig.text(0.2 / self.width, y2, titles.subtitle, ha="left", va="top", fontsize=SUBTITLE_SIZE, color="#444444")
+            y2 = y - (lines_t * titles.title_size * 1.3 / 72 + 0.04) / self.height
+            s = fig.text(x, y2, titles.subtitle, ha="left", va="top", fontsize=titles.sub_size, color="#444444")
             s.set_gid("subtitle")
 
 
@@ -231,12 +227,20 @@ def figure_text(fig: Figure) -> str:
     return "\n".join(t.get_text() for t in fig.texts)
 
 
-def add_colorbar(frame: Frame, mappable, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.18):
-    """A vertical colour bar for ``mappable`` in the box at ``(left_in, top_in)`` inches, labelled ``label``."""
+def add_colorbar(frame: Frame, mappable, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.18,
+                 fontsize: float = 9.0, ticks=None):
+    """A vertical colour bar for ``mappable`` in the box at ``(left_in, top_in)`` inches, labelled ``label``
+    (``fontsize`` points; tick labels one point smaller, never under 6)."""
     cax = frame.axes(left_in, top_in, width_in, height_in)
-    cb = frame.figure.colorbar(mappable, cax=cax)
-    cb.set_label(label, fontsize=9)
-    cb.ax.tick_params(labelsize=8)
+    cb = frame.figure.colorbar(mappable, cax=cax, ticks=ticks)
+    cb.set_label(wrap(label, max(height_in - 0.1, 0.8), fontsize), fontsize=fontsize, linespacing=1.0)
+    cb.ax.tick_params(labelsize=max(6.0, fontsize - 1), length=2, pad=1.5)
+    if ticks is None:
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        cb.locator = MaxNLocator(nbins=int(clamp(height_in * 72 / (fontsize * 2.6), 2, 6)))
+        cb.formatter = FuncFormatter(lambda v, _pos: f"{v:.2g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.0e}")
+        cb.update_ticks()
     cax.set_gid("colorbar")
     return cb
 
@@ -274,20 +278,28 @@ def block_reduce(values: np.ndarray, mask: np.ndarray | None, max_size: int, how
     f = max(1, math.ceil(max(rows, cols) / max(1, max_size)))
     if f == 1:
         return values, mask, 1
-    pr, pc = (-rows) % f, (-cols) % f
-    allowed = np.ones(values.shape, dtype=bool) if mask is None else ~mask
-    allowed = np.pad(allowed, ((0, pr), (0, pc)))  # padding is not allowed
-    R, C = allowed.shape[0] // f, allowed.shape[1] // f
-    cnt = allowed.reshape(R, f, C, f).sum(axis=(1, 3))
-    if how == "max":
-        v = np.pad(values.astype(np.float32), ((0, pr), (0, pc)))
-        v = np.where(allowed, v, -np.inf).reshape(R, f, C, f).max(axis=(1, 3))
-        out = np.where(cnt > 0, v, 0.0).astype(np.float32)
-    else:
-        v = np.pad(values.astype(np.float64), ((0, pr), (0, pc)))
-        vs = np.where(allowed, v, 0.0).reshape(R, f, C, f).sum(axis=(1, 3))
-        out = np.where(cnt > 0, vs / np.maximum(cnt, 1), 0.0).astype(np.float32)
-    return out, ((cnt == 0) if mask is not None else None), f
+    R, C = math.ceil(rows / f), math.ceil(cols / f)
+    out = np.zeros((R, C), dtype=np.float32)
+    empty = np.zeros((R, C), dtype=bool)
+    pc = C * f - cols
+    band = max(1, (1 << 22) // max(1, f * C * f))  # output rows per band: a few MB of work at a time
+    for b0 in range(0, R, band):  # bands of rows: never a padded copy of the whole map
+        b1 = min(R, b0 + band)
+        r0, r1 = b0 * f, min(rows, b1 * f)
+        pr = (b1 - b0) * f - (r1 - r0)
+        allowed = np.ones((r1 - r0, cols), dtype=bool) if mask is None else ~mask[r0:r1]
+        allowed = np.pad(allowed, ((0, pr), (0, pc)))  # padding is not allowed
+        cnt = allowed.reshape(b1 - b0, f, C, f).sum(axis=(1, 3))
+        if how == "max":
+            v = np.pad(values[r0:r1].astype(np.float32, copy=False), ((0, pr), (0, pc)))
+            v = np.where(allowed, v, -np.inf).reshape(b1 - b0, f, C, f).max(axis=(1, 3))
+            out[b0:b1] = np.where(cnt > 0, v, 0.0)
+        else:
+            v = np.pad(values[r0:r1].astype(np.float64), ((0, pr), (0, pc)))
+            vs = np.where(allowed, v, 0.0).reshape(b1 - b0, f, C, f).sum(axis=(1, 3))
+            out[b0:b1] = np.where(cnt > 0, vs / np.maximum(cnt, 1), 0.0)
+        empty[b0:b1] = cnt == 0
+    return out, (empty if mask is not None else None), f
 
 
 def spread_positions(positions: Sequence[float], min_gap: float, low: float, high: float) -> list[float]:

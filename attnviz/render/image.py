@@ -32,7 +32,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from attnviz.render.common import Frame, Titles, add_colorbar, figure_text, wrap
+from attnviz.render.common import Frame, Titles, add_colorbar, clamp, figure_text, wrap
+from attnviz.render.layout import DEFAULT_STYLE, IMAGE_CMAP, Fonts, Style, attach_metadata, max_chars, shared_vmax
 from attnviz.types import ImageAttention, Prediction
 
 __all__ = [
@@ -40,8 +41,8 @@ __all__ = [
     "OVERLAY_CMAP", "OVERLAY_ALPHA",
 ]
 
-#: Colour map of the heat overlays (dark = little attention, bright = much).
-OVERLAY_CMAP = "inferno"
+#: Colour map of the heat overlays (dark = little attention, bright = much; perceptually uniform, colour-blind safe).
+OVERLAY_CMAP = IMAGE_CMAP
 #: Opacity of the heat overlay over the photo.
 OVERLAY_ALPHA = 0.6
 #: Colour that marks attention-sink patches, and the query patch of :func:`patch_view`.
@@ -172,11 +173,13 @@ def _overlay(ax, result: ImageAttention, values, *, vmin: float | None = None, v
     return img
 
 
-def _colorbar(frame: Frame, img, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.15):
+def _colorbar(frame: Frame, img, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.15,
+              fontsize: float = 9.0):
     """A colour bar for an overlay, drawn opaque (the overlay's transparency would grey it out)."""
     from matplotlib.cm import ScalarMappable
 
-    return add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), left_in, top_in, height_in, label, width_in=width_in)
+    return add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), left_in, top_in, height_in, label, width_in=width_in,
+                        fontsize=fontsize)
 
 
 def _mark_patches(ax, result: ImageAttention, cells: Sequence[tuple[int, int]], color: str, gid: str, lw: float = 1.6) -> None:
@@ -220,21 +223,38 @@ def _panel_size(result: ImageAttention, width_in: float, max_height_in: float | 
 
 
 def sinks_note(sinks, grid: tuple[int, int]) -> str:
-    """One sentence that names the sink patches and their shares (empty without sinks)."""
+    """What was measured at the flagged patches, without claiming what they show (empty without sinks).
+
+    E.g. ``"Possible attention sink: patch (row 6, col 8) takes 41% of the late-layer [CLS]
+    attention to patches, 80x its uniform share (1/196) and at least 4x any neighbour."``
+    """
     if not sinks:
         return ""
     n = grid[0] * grid[1]
     parts = [
         f"patch (row {s.row}, col {s.col}) takes {s.share:.0%} of the "
-        f"{'late-layer [CLS] attention' if s.signal == 'attention' else 'rollout'} ({s.share * n:.0f}x uniform)"
+        f"{'late-layer [CLS] attention to patches' if s.signal == 'attention' else 'rollout over patches'}, "
+        f"{s.share * n:.0f}x its uniform share (1/{n})"
         for s in sinks
     ]
-    what = "Attention sink" if len(sinks) == 1 else "Attention sinks"
-    return f"{what}: " + "; ".join(parts) + ". A sink is a token the model parks attention on, not the object."
+    what = "Possible attention sink" if len(sinks) == 1 else "Possible attention sinks"
+    return (f"{what}: " + "; ".join(parts) + ", and at least 4x any neighbouring patch. "
+            "This measures where attention goes, not what the patch shows.")
 
 
 # ---------------------------------------------------------------------------
 # per-head maps of one layer
+
+
+def _style_fonts(style: Style, width: float) -> Fonts:
+    return style.fonts(width) if style.print_size else Fonts(TITLE_SIZE, SUBTITLE_SIZE, PANEL_TITLE_SIZE)
+
+
+def _titles_in(style: Style, title: str, subtitle: str, width_in: float) -> Titles:
+    f = _style_fonts(style, width_in)
+    margin = 0.4 if width_in >= 5 else 0.2
+    return Titles(wrap(title, width_in - margin, f.title, bold=True), wrap(subtitle, width_in - margin, f.sub) if subtitle else "",
+                  f.title, f.sub)
 
 
 def _heads_figure(
@@ -249,37 +269,89 @@ def _heads_figure(
     query_cell: tuple[int, int] | None = None,
     point: tuple[float, float] | None = None,
     panel_width_in: float = 3.0,
+    style: Style = DEFAULT_STYLE,
+    view: str = "heads view",
 ) -> Figure:
     maps = np.asarray(maps, dtype=np.float64)  # [panels, rows, cols]
     n = maps.shape[0]
-    grid_rows, grid_cols = _grid_shape(n)
-    pw, ph = _panel_size(result, panel_width_in, max_height_in=panel_width_in * 1.5)
-    cbar_w, gap_x, gap_y, label_h = 0.12, 0.75, 0.25, 0.3
-    cell_w = pw + 0.08 + cbar_w + gap_x
-    width = max(7.0, 0.4 + grid_cols * cell_w)
-    titles = _titles(title, subtitle, width)
-    top0 = titles.height_in() + 0.1
-    height = top0 + grid_rows * (label_h + ph + gap_y) + 0.2
-    frame = Frame(width, height)
+    per_head = style.scale == "per-head"
+    cmap = style.cmap or IMAGE_CMAP
+    if style.print_size:
+        width = style.width(0)
+        fonts = style.fonts(width)
+        cb_room = 0.7 if width < 5 else 0.85
+        min_panel = 0.62 if width < 5 else 1.05
+        cols = int(clamp(round((width - 0.15 - cb_room) / (min_panel + 0.08)), 1, n))
+        grid_rows = math.ceil(n / cols)
+        cols = math.ceil(n / grid_rows)
+        gap_x = 0.08
+        pw_max = (width - 0.15 - cb_room - (cols - 1) * gap_x) / cols
+        pw, ph = _panel_size(result, pw_max, max_height_in=pw_max * 1.5)
+        label_h = fonts.small * 1.35 / 72 + 0.03
+        gap_y = 0.06
+        cell_w = pw + gap_x
+        x_left = 0.1
+    else:
+        fonts = Fonts(TITLE_SIZE, SUBTITLE_SIZE, PANEL_TITLE_SIZE)
+        grid_rows, cols = _grid_shape(n)
+        pw, ph = _panel_size(result, panel_width_in, max_height_in=panel_width_in * 1.5)
+        cb_room = 1.1
+        gap_x, gap_y, label_h = 0.25, 0.25, 0.3
+        cell_w = pw + gap_x
+        width = max(7.0, 0.4 + cols * cell_w + cb_room)
+        x_left = 0.3
+    if per_head:
+        tops = [float(np.nanmax(m)) if np.isfinite(m).any() else 1.0 for m in maps]
+        shown = np.stack([m / t if t > 0 else m for m, t in zip(maps, tops)])
+        vmax = 1.0
+        panel_titles = [f"{t} · max {_short_num(top)}" for t, top in zip(panel_titles, tops)]
+        note = "colour: each panel on its own scale, 0 to its maximum (given in its title); panels cannot be compared by colour"
+        label = "fraction of the panel's maximum (per-head scale)" if not (style.print_size and width < 5) else "÷ panel max (per-head)"
+    else:
+        shown = maps
+        vmax = shared_vmax(maps)
+        note = "colour: one scale shared by all panels, from 0, so heads compare by colour"
+        label = cbar_label + (" (one scale, all panels)" if not (style.print_size and width < 5) else " (shared scale)")
+    titles = _titles_in(style, title, subtitle + "\n" + note, width)
+    top0 = titles.height_in() + 0.05
+    natural = grid_rows * (label_h + ph + gap_y)
+    cb_min = 1.25 if style.print_size else 2.0  # room for the colour bar's label
+    natural = max(natural, label_h + cb_min + gap_y)
+    height, plot_h = style.height(top0 + 0.1, natural)
+    if plot_h < natural:  # WxH: shrink the panels to fit
+        f = plot_h / natural
+        pw, ph = pw * f, ph * f
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     photo = _photo_array(result)
     sink_cells = [(s.row, s.col) for s in sinks]
+    img = None
     for i in range(n):
-        gr, gc = divmod(i, grid_cols)
-        x = 0.3 + gc * cell_w
+        gr, gc = divmod(i, cols)
+        x = x_left + gc * cell_w
         y = top0 + gr * (label_h + ph + gap_y) + label_h
         ax = frame.axes(x, y, pw, ph)
         _draw_photo(ax, result, photo)
-        img = _overlay(ax, result, maps[i], vmin=0.0)
+        img = _overlay(ax, result, shown[i], vmin=0.0, vmax=vmax, cmap=cmap)
         if sink_cells:
-            _mark_patches(ax, result, sink_cells, SINK_COLOR, "sink", lw=1.0)
+            _mark_patches(ax, result, sink_cells, SINK_COLOR, "sink", lw=1.0 if pw > 1 else 0.6)
         if query_cell is not None:
-            _mark_patches(ax, result, [query_cell], QUERY_COLOR, "query")
+            _mark_patches(ax, result, [query_cell], QUERY_COLOR, "query", lw=1.6 if pw > 1 else 0.8)
         if point is not None:
-            ax.plot([point[0]], [point[1]], marker="+", markersize=9, markeredgewidth=2, color=QUERY_COLOR, zorder=8)
-        ax.set_title(panel_titles[i], fontsize=PANEL_TITLE_SIZE, loc="left", pad=3)
-        _colorbar(frame, img, x + pw + 0.08, y, ph, "" if gc < grid_cols - 1 and i < n - 1 else cbar_label, width_in=cbar_w)
-    return frame.figure
+            ax.plot([point[0]], [point[1]], marker="+", markersize=9 if pw > 1 else 5, markeredgewidth=2 if pw > 1 else 1,
+                    color=QUERY_COLOR, zorder=8)
+        chars = max_chars(pw * 72, fonts.small)
+        ax.set_title(_short(panel_titles[i], chars), fontsize=fonts.small, loc="left", pad=2)
+    grid_h = max(grid_rows * (label_h + ph + gap_y) - gap_y - label_h, cb_min * min(1.0, plot_h / natural))
+    _colorbar(frame, img, x_left + cols * cell_w - gap_x + 0.1, top0 + label_h, grid_h, label,
+              width_in=0.1 if style.print_size else 0.15, fontsize=fonts.small if style.print_size else 9.0)
+    fig = frame.figure
+    attach_metadata(fig, titles.title, style.model_label(result.model_id), style, view)
+    return fig
+
+
+def _short_num(v: float) -> str:
+    return f"{v:.2f}".removeprefix("0") if v >= 0.01 else f"{v:.1e}"
 
 
 def heads_view(
@@ -288,15 +360,20 @@ def heads_view(
     *,
     heads: Sequence[int] | None = None,
     sinks=(),
+    style: Style = DEFAULT_STYLE,
 ) -> Figure:
     """Where [CLS] looks in one layer: one panel per head (``heads``, default all) plus the head mean.
 
-    Each panel shows the [CLS] -> patch attention probabilities over the photo
-    (its own colour scale from 0, colour bar beside it); the panel title gives
-    the share that went to prefix tokens ([CLS] itself, distillation, registers),
-    which has no place on the photo. For a model without [CLS] (SigLIP) the map
-    is the mean attention row over all tokens, and the title says so.
-    ``sinks`` (from :func:`attnviz.analysis.sinks.detect_sinks`) are outlined.
+    Each panel shows the [CLS] -> patch attention probabilities over the photo.
+    By default (``style.scale == "shared"``) all panels share one colour scale
+    from 0 to the largest weight of any panel, with one colour bar that says so,
+    so a weak head looks weak; with ``"per-head"`` each panel runs from 0 to its
+    own maximum (given in its title, and the subtitle says panels cannot be
+    compared by colour). The panel title gives the head and the share that went
+    to prefix tokens ([CLS] itself, distillation, registers), which has no place
+    on the photo. For a model without [CLS] (SigLIP) the map is the mean
+    attention row over all tokens, and the title says so. ``sinks`` (from
+    :func:`attnviz.analysis.sinks.detect_sinks`) are outlined.
     """
     from attnviz.image import cls_attention, query_label
 
@@ -306,20 +383,26 @@ def heads_view(
     heads = list(range(result.num_heads)) if heads is None else [maps_obj.check_head(h) for h in heads]
     panels = [grid[h].numpy() for h in heads]
     mass = [float(grid[h].sum()) for h in heads]
-    names = [f"head {h} · {1 - m:.0%} to prefix tokens" if result.prefix_tokens else f"head {h}" for h, m in zip(heads, mass)]
+    compact = style.print_size and style.compact(style.width(0))
+    if compact:
+        names = [f"{h} · {1 - m:.0%}" if result.prefix_tokens else f"head {h}" for h, m in zip(heads, mass)]
+    else:
+        names = [f"head {h} · {1 - m:.0%} to prefix" if result.prefix_tokens else f"head {h}" for h, m in zip(heads, mass)]
     mean = grid.mean(dim=0)
     panels.append(mean.numpy())
-    names.append(f"mean of {result.num_heads} heads" + (f" · {1 - float(mean.sum()):.0%} to prefix" if result.prefix_tokens else ""))
+    names.append(("mean" if compact else f"mean of {result.num_heads} heads") + (f" · {1 - float(mean.sum()):.0%}" if result.prefix_tokens else ""))
     q = query_label(result)
     notes = [_settings_text(result)]
+    if result.prefix_tokens:
+        notes.append("panel title: head · share of its attention that goes to prefix tokens (not drawn on the photo)")
     if result.cls_index is None:
         notes.append("This model has no [CLS] token: each map is the mean attention row over all tokens.")
     if sinks:
-        notes.append("Cyan squares: attention-sink patches (see the report).")
-    title = f"{q} -> patch attention · {result.model_id} · layer {layer} of 0..{result.num_layers - 1}"
+        notes.append("Cyan squares: possible attention-sink patches (see the report).")
+    title = f"{q} -> patch attention · {style.model_label(result.model_id)} · layer {layer} of 0..{result.num_layers - 1}"
     return _heads_figure(
         result, np.stack(panels), title=title, subtitle="\n".join(notes), panel_titles=names,
-        cbar_label="attention weight", sinks=sinks,
+        cbar_label="attention weight", sinks=sinks, style=style, view="per-head [CLS] attention",
     )
 
 
@@ -332,10 +415,12 @@ def patch_view(
     point: tuple[float, float] | None = None,
     heads: Sequence[int] | None = None,
     sinks=(),
+    style: Style = DEFAULT_STYLE,
 ) -> Figure:
     """Where the patch at ``(row, col)`` looks in one layer: one panel per head plus the head mean.
 
-    The query patch is outlined in green and ``point`` (photo pixels) marked with a cross.
+    The query patch is outlined in green and ``point`` (photo pixels) marked with
+    a cross. Colour scales as in :func:`heads_view` (shared by default).
     """
     from attnviz.image import query_attention
 
@@ -344,19 +429,30 @@ def patch_view(
     grid = query_attention(result, layer, row, col)
     heads = list(range(result.num_heads)) if heads is None else [maps_obj.check_head(h) for h in heads]
     panels = [grid[h].numpy() for h in heads] + [grid.mean(dim=0).numpy()]
-    names = [f"head {h} · {1 - float(grid[h].sum()):.0%} to prefix" if result.prefix_tokens else f"head {h}" for h in heads]
-    names.append(f"mean of {result.num_heads} heads")
+    compact = style.print_size and style.compact(style.width(0))
+    if compact:
+        names = [f"{h} · {1 - float(grid[h].sum()):.0%}" if result.prefix_tokens else f"head {h}" for h in heads]
+        names.append("mean")
+    else:
+        names = [f"head {h} · {1 - float(grid[h].sum()):.0%} to prefix" if result.prefix_tokens else f"head {h}" for h in heads]
+        names.append(f"mean of {result.num_heads} heads")
     at = f" at pixel ({point[0]:g}, {point[1]:g})" if point is not None else ""
-    title = f"patch (row {row}, col {col}){at} -> patch attention · {result.model_id} · layer {layer} of 0..{result.num_layers - 1}"
+    title = (f"patch (row {row}, col {col}){at} -> patch attention · {style.model_label(result.model_id)} · "
+             f"layer {layer} of 0..{result.num_layers - 1}")
     notes = [_settings_text(result), "Green square: the query patch."]
+    if result.prefix_tokens:
+        notes.append("panel title: head · share of its attention that goes to prefix tokens (not drawn on the photo)")
     return _heads_figure(
         result, np.stack(panels), title=title, subtitle="\n".join(notes), panel_titles=names,
-        cbar_label="attention weight", sinks=sinks, query_cell=(row, col), point=point,
+        cbar_label="attention weight", sinks=sinks, query_cell=(row, col), point=point, style=style, view="patch attention",
     )
 
 
 # ---------------------------------------------------------------------------
 # rollout
+
+#: How the rollout's colour bar reads: its scale runs from the smallest to the largest weight, not from 0.
+ROLLOUT_SCALE = "scale: min to max, not from 0"
 
 
 def _rollout_subtitle(result: ImageAttention, settings: dict) -> str:
@@ -370,11 +466,12 @@ def _rollout_subtitle(result: ImageAttention, settings: dict) -> str:
         row = "the mean row over all tokens (this model has no [CLS])"
     return (
         f"Rollout (Abnar & Zuidema 2020): head fusion {fusion}, discard ratio {discard:g}. Per layer the heads are "
-        f"fused, {dropped}A' = norm(0.5 A + 0.5 I), R = A'_L ... A'_1; shown: {row} of R over the patches."
+        f"fused, {dropped}A' = norm(0.5 A + 0.5 I), R = A'_L ... A'_1; shown: {row} of R over the patches, "
+        f"colour {ROLLOUT_SCALE}."
     )
 
 
-def _draw_rollout(ax, result, rollout, sinks, masked: bool):
+def _draw_rollout(ax, result, rollout, sinks, masked: bool, cmap: str = IMAGE_CMAP):
     from attnviz.analysis.sinks import without_sinks
 
     import torch
@@ -382,7 +479,7 @@ def _draw_rollout(ax, result, rollout, sinks, masked: bool):
     values = torch.as_tensor(rollout).double()
     if masked and sinks:
         values = without_sinks(values, sinks)
-    img = _overlay(ax, result, values.numpy())
+    img = _overlay(ax, result, values.numpy(), cmap=cmap)
     if sinks and not masked:
         _mark_patches(ax, result, [(s.row, s.col) for s in sinks], SINK_COLOR, "sink")
     return img
@@ -396,32 +493,45 @@ def rollout_view(
     sinks=(),
     masked: bool = False,
     width_in: float = 7.0,
+    style: Style = DEFAULT_STYLE,
 ) -> Figure:
     """Attention rollout over the photo: ``rollout`` is the raw ``[rows, cols]`` row of R over the patches.
 
-    The colour scale runs from the smallest to the largest value shown (the
-    colour bar gives the raw rollout weights). With ``masked`` the ``sinks`` are
-    left out (hatched) and the scale spans the other patches only; without it
-    they are outlined in cyan.
+    The colour scale runs from the smallest to the largest value shown, not from
+    0, and the colour bar and subtitle say so (the colour bar gives the raw
+    rollout weights). With ``masked`` the ``sinks`` are left out (hatched) and
+    the scale spans the other patches only; without it they are outlined in cyan.
     """
     settings = dict(settings or {})
-    pw, ph = _panel_size(result, width_in - 1.3, max_height_in=8.0)
-    width = max(width_in, pw + 1.3)
+    width = style.width(width_in)
+    fonts = _style_fonts(style, width)
+    cb_room = 1.3 if not style.print_size else (0.75 if width < 5 else 0.95)
+    pw, ph = _panel_size(result, width - cb_room - 0.1, max_height_in=8.0 if not style.print_size else width)
+    if not style.print_size:
+        width = max(width, pw + 1.3)
     what = "attention rollout" + (" without sink patches" if masked and sinks else "")
     notes = [_rollout_subtitle(result, settings), _settings_text(result)]
     if sinks and masked:
         cells = ", ".join(f"({s.row}, {s.col})" for s in sinks)
         notes.append(f"Sink patch{'es' if len(sinks) > 1 else ''} {cells} left out (hatched); the colour scale spans the other patches.")
     elif sinks:
-        notes.append(sinks_note(sinks, result.grid) + " Cyan square: the sink; see the view without it.")
-    titles = _titles(f"{what} · {result.model_id}", "\n".join(notes), width)
+        notes.append(sinks_note(sinks, result.grid) + " Cyan square: that patch; see the view without it.")
+    titles = _titles_in(style, f"{what} · {style.model_label(result.model_id)}", "\n".join(notes), width)
     top = titles.height_in() + 0.1
-    frame = Frame(width, top + ph + 0.3)
+    height, plot_h = style.height(top + 0.15, ph)
+    if plot_h < ph:
+        pw, ph = pw * plot_h / ph, plot_h
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
-    ax = frame.axes(0.3, top, pw, ph)
+    x0 = 0.3 if not style.print_size else 0.1
+    ax = frame.axes(x0, top, pw, ph)
     _draw_photo(ax, result)
-    img = _draw_rollout(ax, result, rollout, sinks, masked)
-    _colorbar(frame, img, 0.3 + pw + 0.1, top, ph, "rollout weight" + (" (sinks left out)" if masked and sinks else ""))
+    img = _draw_rollout(ax, result, rollout, sinks, masked, style.cmap or IMAGE_CMAP)
+    short = style.print_size and width < 5
+    _colorbar(frame, img, x0 + pw + 0.1, top, ph, "rollout weight (" + ("min to max" if short else ROLLOUT_SCALE)
+              + (", sinks left out)" if masked and sinks and not short else ")"),
+              width_in=0.15 if not style.print_size else 0.1, fontsize=fonts.small if style.print_size else 9.0)
+    attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, what, settings)
     return frame.figure
 
 
@@ -429,46 +539,54 @@ def rollout_view(
 # predictions
 
 
-def _draw_predictions(ax, predictions: Sequence[Prediction], fontsize: float = 9.0) -> None:
-    labels = [_short(p.label, 34) for p in predictions][::-1]
+def _draw_predictions(ax, predictions: Sequence[Prediction], fontsize: float = 9.0, label_chars: int = 34) -> None:
+    labels = [_short(p.label, label_chars) for p in predictions][::-1]
     scores = [p.score for p in predictions][::-1]
     y = np.arange(len(scores))
     bars = ax.barh(y, scores, color="#4c72b0", height=0.6)
     for bar in bars:
         bar.set_gid("prediction")
+    small = max(6.0, fontsize - 1)
     ax.set_yticks(y, labels, fontsize=fontsize)
     ax.set_xlim(0, 1.0)
-    ax.set_xlabel("probability (softmax of the logits)", fontsize=fontsize - 1)
-    ax.tick_params(axis="x", labelsize=fontsize - 1)
+    ax.set_xticks([0, 0.5, 1.0], ["0", "0.5", "1"])
+    ax.set_xlabel("probability (softmax)", fontsize=small, labelpad=1)
+    ax.tick_params(axis="x", labelsize=small, pad=1.5, length=2)
+    ax.tick_params(axis="y", pad=1.5, length=2)
     for yi, s in zip(y, scores):
-        if s > 0.8:
-            ax.text(s - 0.01, yi, f"{s:.3f}", va="center", ha="right", fontsize=fontsize - 1, color="white")
+        if s > 0.7:
+            ax.text(s - 0.01, yi, f"{s:.3f}", va="center", ha="right", fontsize=small, color="white")
         else:
-            ax.text(s + 0.01, yi, f"{s:.3f}", va="center", fontsize=fontsize - 1)
+            ax.text(s + 0.01, yi, f"{s:.3f}", va="center", fontsize=small)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
 def _short(label: str, n: int) -> str:
     label = str(label).replace("$", r"\$")
-    return label if len(label) <= n else label[: n - 1] + "…"
+    return label if len(label) <= n else label[: max(1, n - 1)] + "…"
 
 
-def predictions_view(result: ImageAttention, width_in: float = 6.5) -> Figure:
+def predictions_view(result: ImageAttention, width_in: float = 6.5, style: Style = DEFAULT_STYLE) -> Figure:
     """A classifier's top predictions as horizontal bars (probability = softmax of the logits)."""
     preds = list(result.predictions)
-    titles = _titles(f"top-{len(preds)} predictions · {result.model_id}", "labels from config.id2label", width_in)
+    width = style.width(width_in)
+    fonts = _style_fonts(style, width)
+    font = fonts.text if style.print_size else 9.0
+    titles = _titles_in(style, f"top-{len(preds)} predictions · {style.model_label(result.model_id)}", "labels from config.id2label", width)
     top = titles.height_in() + 0.1
-    bar_h = 0.32 * max(1, len(preds))
-    label_w = 2.6
-    frame = Frame(width_in, top + bar_h + 0.7)
+    bar_h = max(font * 2.0 / 72, 0.32 if not style.print_size else 0.2) * max(1, len(preds))
+    label_w = min(2.6, width * 0.42)
+    height, bar_h = style.height(top + 0.5, bar_h, min_plot=0.4)
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
-    ax = frame.axes(label_w, top, width_in - label_w - 0.3, bar_h)
+    ax = frame.axes(label_w, top, width - label_w - 0.25, bar_h)
     if preds:
-        _draw_predictions(ax, preds)
+        _draw_predictions(ax, preds, font, max_chars(label_w * 72 - 8, font))
     else:
-        ax.text(0.5, 0.5, "this model has no classification head", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "this model has no classification head", ha="center", va="center", transform=ax.transAxes, fontsize=font)
         ax.set_axis_off()
+    attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, "predictions")
     return frame.figure
 
 
@@ -485,9 +603,14 @@ def report_view(
     settings: dict | None = None,
     sinks=(),
     files: Sequence[str] = (),
+    style: Style = DEFAULT_STYLE,
 ) -> Figure:
     """One page: the photo, [CLS] attention of ``layer`` (head mean, or ``head``), the rollout, the
-    rollout without sink patches (when there are sinks), the predictions and notes."""
+    rollout without sink patches (when there are sinks), the predictions and notes.
+
+    The attention panel's colour bar starts at 0; the rollout's runs from its
+    minimum to its maximum, and its colour bar says so.
+    """
     from attnviz.image import cls_attention, query_label
 
     settings = dict(settings or {})
@@ -499,24 +622,43 @@ def report_view(
     else:
         head = result.attention.check_head(head)
         att, att_name = grid[head], f"{query_label(result)} attention, layer {layer}, head {head}"
+    cmap = style.cmap or IMAGE_CMAP
     n_panels = 4 if sinks else 3
-    pw, ph = _panel_size(result, 3.3, max_height_in=4.4)
-    cbar_w, gap = 0.12, 0.75
-    cell_w = pw + 0.08 + cbar_w + gap
-    width = max(10.0, 0.3 + n_panels * cell_w)
+    if style.print_size:
+        width = style.width(0)
+        fonts = style.fonts(width)
+        compact = style.compact(width)
+        per_row = 2 if compact else n_panels
+        cbar_w, gap = 0.08, (0.62 if compact else 0.68)
+        pw_max = (width - 0.15 - per_row * (0.05 + cbar_w + gap)) / per_row
+        pw, ph = _panel_size(result, pw_max, max_height_in=pw_max * 1.3)
+        panel_font = fonts.small
+        label_lines = 3 if compact else 2
+    else:
+        fonts = Fonts(TITLE_SIZE, SUBTITLE_SIZE, PANEL_TITLE_SIZE)
+        per_row = n_panels
+        pw, ph = _panel_size(result, 3.3, max_height_in=4.4)
+        cbar_w, gap = 0.12, 0.75
+        panel_font = PANEL_TITLE_SIZE
+        label_lines = 2
+        width = None
+    cell_w = pw + 0.05 + cbar_w + gap
+    if width is None:
+        width = max(10.0, 0.3 + n_panels * cell_w)
+    panel_rows = math.ceil(n_panels / per_row)
     rows, cols = result.grid
-    title = f"attnviz image · {result.model_id}"
+    title = f"attnviz image · {style.model_label(result.model_id)}"
     sub = (
         f"{result.model_type}, {result.num_layers} layers x {result.num_heads} heads, {rows}x{cols} patches + "
         f"{result.prefix_tokens} prefix token{'s' if result.prefix_tokens != 1 else ''}, backend {result.backend} · "
-        f"rollout: heads fused by {fusion}, discard ratio {discard:g}"
+        f"rollout: heads fused by {fusion}, discard ratio {discard:g}; attention colour from 0, rollout colour from its min to its max"
     )
-    titles = _titles(title, sub, width)
-    top = titles.height_in() + 0.15
-    label_h = 0.35
+    titles = _titles_in(style, title, sub, width)
+    top = titles.height_in() + 0.1
+    label_h = label_lines * panel_font * 1.25 / 72 + 0.04
     preds = list(result.predictions)
-    bottom_h = max(1.9, 0.32 * len(preds) + 0.8) if preds else 1.3
-    note_h = 0.0
+    pred_font = fonts.text if style.print_size else 9.0
+    bar_row = max(pred_font * 2.0 / 72, 0.2 if style.print_size else 0.32)
     notes = []
     if sinks:
         notes.append(sinks_note(sinks, result.grid))
@@ -525,63 +667,88 @@ def report_view(
     if _crops(result):
         notes.append("Dashed box: the part of the photo the model's patches cover (after the processor's resize and crop); "
                      "the rest is dimmed.")
-    height = top + label_h + ph + 0.35 + bottom_h + note_h + 0.2
-    frame = Frame(width, height)
-    frame.titles(titles)
-    fig = frame.figure
-    photo = _photo_array(result)
-
-    def panel(i: int, name: str, color: str = "black"):
-        x = 0.3 + i * cell_w
-        ax = frame.axes(x, top + label_h, pw, ph)
-        ax.set_title(wrap(name, pw + 0.6, PANEL_TITLE_SIZE), fontsize=PANEL_TITLE_SIZE, loc="left", pad=3, color=color)
-        return ax, x
-
-    ax, _ = panel(0, f"photo {result.image.width}x{result.image.height}" + (" · dashed: what the model saw" if _crops(result) else ""))
-    _draw_photo(ax, result, photo)
-    ax, x = panel(1, att_name)
-    _draw_photo(ax, result, photo)
-    img = _overlay(ax, result, att.numpy(), vmin=0.0)
-    if sinks:
-        _mark_patches(ax, result, [(s.row, s.col) for s in sinks], SINK_COLOR, "sink", lw=1.2)
-    _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "attention weight", width_in=cbar_w)
-    ax, x = panel(2, "attention rollout" + (" (cyan: sink)" if sinks else ""))
-    _draw_photo(ax, result, photo)
-    img = _draw_rollout(ax, result, rollout, sinks, masked=False)
-    _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "rollout weight", width_in=cbar_w)
-    if sinks:
-        ax, x = panel(3, "rollout without the sink patch" + ("es" if len(sinks) > 1 else "") + " (hatched)", color="#b00020")
-        _draw_photo(ax, result, photo)
-        img = _draw_rollout(ax, result, rollout, sinks, masked=True)
-        _colorbar(frame, img, x + pw + 0.08, top + label_h, ph, "rollout weight (sinks left out)", width_in=cbar_w)
-
-    y_bottom = top + label_h + ph + 0.45
-    text_x = 0.3
-    if preds:
-        label_w = 2.4
-        ax = frame.axes(label_w + 0.2, y_bottom + 0.25, 3.0, 0.32 * len(preds))
-        _draw_predictions(ax, preds)
-        ax.set_title(f"top-{len(preds)} predictions", fontsize=PANEL_TITLE_SIZE, loc="left", pad=3)
-        text_x = label_w + 3.6
-    text_w = width - text_x - 0.3
-    y_text = y_bottom + 0.2
+    # bottom block: predictions (left) and notes (right) on screen and page; stacked at column width
+    stacked = style.print_size and style.compact(width)
+    preds_h = (bar_row * len(preds) + 0.45 + panel_font * 1.4 / 72) if preds else 0.0
+    text_x = 0.3 if not style.print_size else 0.1
+    pred_label_w = 2.4 if not style.print_size else min(1.5, width * 0.35)
+    pred_w = 3.0 if not style.print_size else (width - pred_label_w - 0.3 if stacked else min(2.2, width * 0.3))
+    if preds and not stacked:
+        text_x = pred_label_w + pred_w + 0.4
+    text_w = width - text_x - 0.2
+    note_font = 10.0 if not style.print_size else fonts.text
+    body_font = 9.0 if not style.print_size else fonts.small
+    warn_text = ""
     if sinks:
         warn_text = wrap(
-            sinks_note(sinks, result.grid) + " The panel on the right leaves "
-            + ("it" if len(sinks) == 1 else "them") + " out (also rollout-no-sinks)."
-            + " Sink patches are outlined in cyan.", text_w - 0.3, 10.0,
+            sinks_note(sinks, result.grid) + " The panel "
+            + ("on the right" if not stacked else "'rollout without'") + " leaves "
+            + ("it" if len(sinks) == 1 else "them") + " out (also rollout-no-sinks)." + " Cyan outline: the flagged patch"
+            + ("es." if len(sinks) > 1 else "."), text_w - 0.3, note_font,
         )
-        t = fig.text(text_x / width, 1 - y_text / height, warn_text, ha="left", va="top", fontsize=10.0, color="#8b0000",
-                     bbox=dict(boxstyle="round,pad=0.5", facecolor="#fff0f0", edgecolor="#b00020", linewidth=1.2))
-        t.set_gid("sink-warning")
-        y_text += (warn_text.count("\n") + 1) * 10.0 * 1.3 / 72 + 0.35
-    lines = [n for n in notes if not n.startswith("Attention sink")]
+    lines = [n for n in notes if not n.startswith("Possible attention sink")]
     if not preds:
         lines.insert(0, "This model has no classification head, so there are no predictions.")
     if files:
         lines.append("Views beside this report: " + ", ".join(files) + ".")
-    if lines:
-        body = "\n".join(wrap(line, text_w, 9.0) for line in lines)
-        t = fig.text(text_x / width, 1 - y_text / height, body, ha="left", va="top", fontsize=9.0, color="#333333")
+    body = "\n".join(wrap(line, text_w, body_font) for line in lines)
+    warn_h = ((warn_text.count("\n") + 1) * note_font * 1.25 / 72 + 0.3) if warn_text else 0.0
+    body_h = ((body.count("\n") + 1) * body_font * 1.25 / 72) if body else 0.0
+    text_h = warn_h + body_h + 0.1
+    panels_h = panel_rows * (label_h + ph + 0.15)
+    bottom_h = (preds_h + 0.1 + text_h) if stacked else max(preds_h, text_h)
+    if not style.print_size:
+        bottom_h = max(bottom_h, 1.9 if preds else 1.3)
+    height, _ = style.height(top + panels_h + bottom_h + 0.35, 0.0, min_plot=0.0)
+    frame = Frame(width, height, style.resolution)
+    frame.titles(titles)
+    fig = frame.figure
+    photo = _photo_array(result)
+    cb_font = fonts.small if style.print_size else 9.0
+
+    def panel(i: int, name: str, color: str = "black"):
+        pr, pc = divmod(i, per_row)
+        x = (0.3 if not style.print_size else 0.1) + pc * cell_w
+        y = top + pr * (label_h + ph + 0.15) + label_h
+        ax = frame.axes(x, y, pw, ph)
+        ax.set_title(wrap(name, pw + (0.6 if not style.print_size else gap * 0.8), panel_font), fontsize=panel_font, loc="left",
+                     pad=2, color=color, linespacing=1.1)
+        return ax, x, y
+
+    ax, _, _ = panel(0, f"photo {result.image.width}x{result.image.height}" + (" · dashed: what the model saw" if _crops(result) else ""))
+    _draw_photo(ax, result, photo)
+    ax, x, y = panel(1, att_name)
+    _draw_photo(ax, result, photo)
+    img = _overlay(ax, result, att.numpy(), vmin=0.0, cmap=cmap)
+    if sinks:
+        _mark_patches(ax, result, [(s.row, s.col) for s in sinks], SINK_COLOR, "sink", lw=1.2 if pw > 1.2 else 0.7)
+    _colorbar(frame, img, x + pw + 0.05, y, ph, "attention weight (from 0)", width_in=cbar_w, fontsize=cb_font)
+    ax, x, y = panel(2, "attention rollout" + (" (cyan: flagged patch)" if sinks else ""))
+    _draw_photo(ax, result, photo)
+    img = _draw_rollout(ax, result, rollout, sinks, masked=False, cmap=cmap)
+    _colorbar(frame, img, x + pw + 0.05, y, ph, "rollout weight (min to max)", width_in=cbar_w, fontsize=cb_font)
+    if sinks:
+        ax, x, y = panel(3, "rollout without the flagged patch" + ("es" if len(sinks) > 1 else "") + " (hatched)", color="#b00020")
+        _draw_photo(ax, result, photo)
+        img = _draw_rollout(ax, result, rollout, sinks, masked=True, cmap=cmap)
+        _colorbar(frame, img, x + pw + 0.05, y, ph, "rollout weight (min to max)", width_in=cbar_w, fontsize=cb_font)
+
+    y_bottom = top + panels_h + 0.1
+    if preds:
+        ax = frame.axes(text_x if stacked else pred_label_w + (0.2 if not style.print_size else 0.1),
+                        y_bottom + panel_font * 1.4 / 72 + 0.05, pred_w, bar_row * len(preds))
+        if stacked:
+            ax.set_position(frame.rect(pred_label_w + 0.1, y_bottom + panel_font * 1.4 / 72 + 0.05, pred_w, bar_row * len(preds)))
+        _draw_predictions(ax, preds, pred_font, max_chars(pred_label_w * 72 - 8, pred_font))
+        ax.set_title(f"top-{len(preds)} predictions", fontsize=panel_font, loc="left", pad=2)
+    y_text = (y_bottom + preds_h + 0.1) if stacked else y_bottom + 0.1
+    if warn_text:
+        t = fig.text(text_x / width, 1 - (y_text + 0.08) / height, warn_text, ha="left", va="top", fontsize=note_font, color="#8b0000",
+                     bbox=dict(boxstyle="round,pad=0.4", facecolor="#fff0f0", edgecolor="#b00020", linewidth=1.0))
+        t.set_gid("sink-warning")
+        y_text += warn_h
+    if body:
+        t = fig.text(text_x / width, 1 - y_text / height, body, ha="left", va="top", fontsize=body_font, color="#333333")
         t.set_gid("notes")
+    attach_metadata(fig, titles.title, style.model_label(result.model_id), style, "image report", settings)
     return fig

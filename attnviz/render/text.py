@@ -37,19 +37,17 @@ from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
 from attnviz.focus import Focus
 from attnviz.render.common import (
-    DPI,
+    ATTENTION_CMAP,
     FOCUS_COLOR,
     MISSING_COLOR,
     Frame,
     add_colorbar,
-    attention_cmap,
     block_reduce,
     clamp,
     hatch_behind,
     kv_heads_note,
     layer_head_text,
     make_titles,
-    nice_step,
     probability_norm,
     safe_label,
     short_weight,
@@ -57,9 +55,10 @@ from attnviz.render.common import (
     scale_label,
     text_color_on,
 )
+from attnviz.render.layout import DEFAULT_STYLE, MIN_FONT_PT, Style, attach_metadata, max_chars, scale_note, thin_step, thinned
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps, TextAttention, TokenInfo
 
-__all__ = ["head_view", "model_view", "focus_view", "matrix_view", "maps_for", "causal_mask"]
+__all__ = ["head_view", "model_view", "focus_view", "matrix_view", "maps_for", "causal_mask", "head_view_links"]
 
 #: Above this many units (tokens or words) a head view draws only the top-k links per query.
 LONG_UNITS = 60
@@ -139,14 +138,52 @@ def _notes(result: TextAttention, maps: AttentionMaps, kind: str, spec: ViewSpec
 
 
 def _head_map(maps: AttentionMaps, layer: int, head: int | None) -> tuple[int, int | None, torch.Tensor]:
+    """``(layer, head, map [Q, K])``: one head's map, or the head mean (``head`` None), from a per-head
+    capture (``maps.head_maps``) when it holds that map, else from the layer's ``[H, Q, K]``."""
     layer = maps.check_layer(layer)
     head = None if head is None else maps.check_head(head)
+    kept = getattr(maps, "head_maps", None) or {}
+    if (layer, head) in kept:
+        return layer, head, kept[(layer, head)]
     lt = _layer_tensor(maps, layer)
     return layer, head, (lt.mean(dim=0) if head is None else lt[head])
 
 
+def _titles_for(style: Style, width: float, view: str, result: TextAttention, what: str, spec: ViewSpec, notes: list[str]):
+    return make_titles(view, style.model_label(result.model_id), what, spec.describe(), notes, width, fonts=style.fonts(width))
+
+
+def _finish(frame: Frame, style: Style, view: str, result: TextAttention, titles, settings: dict) -> Figure:
+    attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, view, settings)
+    return frame.figure
+
+
 # ---------------------------------------------------------------------------
 # head view
+
+
+def head_view_links(w: np.ndarray, mask: np.ndarray | None, top_k: int, skip_query: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The links a head view draws for a ``[Q_units, K_units]`` map ``w``: ``(queries, keys, weights)``.
+
+    With ``top_k`` below the number of keys, the ``top_k`` strongest keys of each
+    query; else every link of at least :data:`MIN_LINK`. Links ruled out by a
+    causal ``mask`` and the links of ``skip_query`` (drawn separately, as the
+    focus) are left out.
+    """
+    nq, nk = w.shape
+    if top_k < nk:  # row blocks: never a [Q, K] index array for a long input
+        idx = np.empty((nq, top_k), dtype=np.int64)
+        for r0 in range(0, nq, 256):
+            idx[r0 : r0 + 256] = np.argpartition(-w[r0 : r0 + 256], top_k - 1, axis=1)[:, :top_k]
+    else:
+        idx = np.broadcast_to(np.arange(nk), (nq, nk))
+    qs = np.repeat(np.arange(nq), idx.shape[1])
+    ks = idx.reshape(-1)
+    vals = w[qs, ks]
+    keep = (qs != (skip_query if skip_query is not None else -1)) & (vals >= (0.0 if top_k < nk else MIN_LINK))
+    if mask is not None:
+        keep &= ~mask[qs, ks]
+    return qs[keep], ks[keep], np.clip(vals[keep], 0.0, 1.0)
 
 
 def head_view(
@@ -157,6 +194,7 @@ def head_view(
     focus: tuple[int, ...] | None = None,
     kind: str = SELF,
     top_k: int | None = None,
+    style: Style = DEFAULT_STYLE,
 ) -> Figure:
     """Token-link graph of one head (a static bertviz head view).
 
@@ -184,10 +222,11 @@ def head_view(
         top_k: links drawn per query (the strongest ones); default: all up to 60
             units, 3 above (the links drawn then have an opacity of at least 0.04).
             Labels are thinned (every n-th, with its index) when they no longer
-            fit; the plot is at most 16 inches high.
+            fit at the style's text size.
+        style: size, dpi and fonts (:class:`attnviz.render.layout.Style`).
 
     Returns:
-        A Figure, 8 inches wide and at most about 19 inches high.
+        A Figure ``style.width(8)`` inches wide.
 
     Raises:
         UsageError: bad kind, layer or head, layer not captured, ``top_k < 1``,
@@ -196,7 +235,7 @@ def head_view(
     maps, query_info, key_info = maps_for(result, kind)
     layer, head, attn = _head_map(maps, layer, head)
     vm = prepare(attn, query_info, key_info, spec)
-    w = vm.attn.numpy().astype(np.float64)
+    w = vm.attn.numpy()
     nq, nk = w.shape
     n = max(nq, nk)
     if top_k is not None and top_k < 1:
@@ -209,9 +248,13 @@ def head_view(
     mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else None
 
     # --- geometry (inches)
-    plot_h = clamp(0.22 * n, 2.0, 16.0)
-    label_w, side = 1.9, 0.2
-    width = 8.0
+    width = style.width(8.0)
+    fonts = style.fonts(width)
+    compact = style.compact(width)
+    per_unit = 0.22 if width >= 7.5 else (0.16 if not compact else 0.125)
+    natural_h = clamp(per_unit * n, 1.2, 16.0 if width >= 7.5 else (9.0 if not compact else 5.5))
+    label_w = clamp(width * 0.25, 0.85, 1.9)
+    side = 0.2 if not compact else 0.06
     mid = width - 2 * (label_w + side)
     notes = []
     if top_k < nk:
@@ -221,10 +264,10 @@ def head_view(
         link_note += f"; red: links of '{safe_label(vm.query_units.labels[fq], 20)}' (opacity relative to its strongest link)"
     notes.append(link_note)
     what = layer_head_text(layer, head) + (f" (mean of {maps.num_heads} heads)" if head is None else "")
-    titles = make_titles("Head view", result.model_id, what, spec.describe(), _notes(result, maps, kind, spec, notes), width)
-    top = titles.height_in() + 0.4
-    height = top + plot_h + 0.3
-    frame = Frame(width, height)
+    titles = _titles_for(style, width, "Head view", result, what, spec, _notes(result, maps, kind, spec, notes))
+    top = titles.height_in() + fonts.small * 1.6 / 72 + 0.1
+    height, plot_h = style.height(top + 0.15, natural_h)
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     fig = frame.figure
     ax = frame.axes(side + label_w, top, mid, plot_h)
@@ -238,22 +281,13 @@ def head_view(
     x0, x1 = 0.0, 1.0
 
     # --- links
-    if top_k < nk:
-        idx = np.argpartition(-w, top_k - 1, axis=1)[:, :top_k]
-    else:
-        idx = np.broadcast_to(np.arange(nk), (nq, nk))
-    qs = np.repeat(np.arange(nq), idx.shape[1])
-    ks = idx.reshape(-1)
-    vals = w[qs, ks]
-    keep = (qs != (fq if fq is not None else -1)) & (vals >= (0.0 if top_k < nk else MIN_LINK))
-    if mask is not None:
-        keep &= ~mask[qs, ks]
-    qs, ks, vals = qs[keep], ks[keep], np.clip(vals[keep], 0.0, 1.0)
+    qs, ks, vals = head_view_links(w, mask, top_k, fq)
     segs = np.stack([np.stack([np.full(len(qs), x0), yq[qs]], 1), np.stack([np.full(len(qs), x1), yk[ks]], 1)], 1)
     colors = np.tile(np.array(to_rgba(_FADED_COLOR if fq is not None else _LINK_COLOR)), (len(vals), 1))
     alpha = np.maximum(vals, 0.04) if top_k < nk else vals
     colors[:, 3] = alpha * (0.3 if fq is not None else 1.0)
-    lines = LineCollection(segs, colors=colors, linewidths=0.3 + 2.7 * vals, zorder=1, capstyle="round")
+    lw_scale = 1.0 if not compact else 0.6
+    lines = LineCollection(segs, colors=colors, linewidths=(0.3 + 2.7 * vals) * lw_scale, zorder=1, capstyle="round")
     lines.set_gid("links")
     ax.add_collection(lines)
 
@@ -267,42 +301,49 @@ def head_view(
         fcol = np.tile(np.array(to_rgba(FOCUS_COLOR)), (len(chosen), 1))
         fcol[:, 3] = 0.12 + 0.88 * fw / max(top_w, 1e-12)
         flines = LineCollection(
-            [((x0, yq[fq]), (x1, yk[k])) for k in chosen], colors=fcol, linewidths=0.8 + 4.0 * fw, zorder=3, capstyle="round"
+            [((x0, yq[fq]), (x1, yk[k])) for k in chosen], colors=fcol, linewidths=(0.8 + 4.0 * fw) * lw_scale, zorder=3,
+            capstyle="round",
         )
         flines.set_gid("focus-links")
         ax.add_collection(flines)
         key_suffix = {int(k): short_weight(float(row[k])) for k in order[:3] if row[k] >= 0.01}
 
     # --- labels
-    hdr = 0.1 / plot_h
-    ax.text(0.0, 1 + hdr, "query (attends from)", transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="#555555", style="italic")
-    ax.text(1.0, 1 + hdr, "key (attended to)", transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5, color="#555555", style="italic")
+    hdr = 0.08 / plot_h
+    ax.text(0.0, 1 + hdr, "query" if compact else "query (attends from)", transform=ax.transAxes, ha="right", va="bottom",
+            fontsize=fonts.small, color="#555555", style="italic")
+    ax.text(1.0, 1 + hdr, "key" if compact else "key (attended to)", transform=ax.transAxes, ha="left", va="bottom",
+            fontsize=fonts.small, color="#555555", style="italic")
     ylim = (span + pad, -pad)
-    qlabels = _column_labels(ax, vm.query_units, yq, x0, "right", plot_h * 72, ylim, {fq: ""} if fq is not None else {})
-    klabels = _column_labels(ax, vm.key_units, yk, x1, "left", plot_h * 72, ylim, key_suffix)
+    label_pt = (label_w + side - 0.04) * 72
+    qlabels = _column_labels(ax, vm.query_units, yq, x0, "right", plot_h * 72, ylim, {fq: ""} if fq is not None else {},
+                             fonts.text, label_pt)
+    klabels = _column_labels(ax, vm.key_units, yk, x1, "left", plot_h * 72, ylim, key_suffix, fonts.text, label_pt)
     if fq is not None:
         t = qlabels[fq]
         t.set_color(FOCUS_COLOR)
         t.set_fontweight("bold")
-        t.set_bbox(dict(boxstyle="round,pad=0.15", fc=FOCUS_COLOR, alpha=0.15, ec="none"))
+        t.set_bbox(dict(boxstyle="round,pad=0.1", fc=FOCUS_COLOR, alpha=0.15, ec="none"))
     for k, t in klabels.items():
         if k in key_suffix:
             t.set_fontweight("bold")
             t.set_color(FOCUS_COLOR)
         elif fq is not None and mask is not None and mask[fq, k]:
             t.set_color("#bdbdbd")  # the focus may not attend here (causal mask)
-    return fig
+    return _finish(frame, style, "head view", result, titles, {"layer": layer, "head": head, "kind": kind, "words": spec.words,
+                                                                "hide_special": spec.hide_special, "top_k": top_k})
 
 
 def _column_labels(ax, units: Units, ys: np.ndarray, x_line: float, ha: str, height_pt: float, ylim: tuple[float, float],
-                   always: dict[int, str]) -> dict[int, object]:
+                   always: dict[int, str], size: float = 8.0, width_pt: float = 130.0) -> dict[int, object]:
     """Draw one column of labels next to the link ends at ``x_line``.
 
-    Every unit is labelled if the labels fit at 7 points or more; otherwise every
-    n-th unit (with its index) plus the units in ``always`` (the focus and its
-    targets), which are moved apart if they would overlap (a short leader line
-    joins a moved label to its link end). ``always`` maps a unit to a suffix (its
-    weight). Returns ``{unit: Text}``.
+    Every unit is labelled at ``size`` points if the labels fit (a pitch of 1.3
+    lines); otherwise every n-th unit (with its index) plus the units in
+    ``always`` (the focus and its targets), which are moved apart if they would
+    overlap (a short leader line joins a moved label to its link end). ``always``
+    maps a unit to a suffix (its weight). Labels are cut to ``width_pt`` points.
+    Returns ``{unit: Text}``.
     """
     n = len(units)
     pitch = height_pt / max(n, 1)
@@ -310,26 +351,26 @@ def _column_labels(ax, units: Units, ys: np.ndarray, x_line: float, ha: str, hei
     gap = 0.018 if ha == "left" else -0.018
     x = x_line + gap
     texts: dict[int, object] = {}
+    chars = max_chars(width_pt - 2, size * 1.08)  # bold labels are a little wider
 
     def text_of(i: int, indexed: bool) -> str:
-        lab = safe_label(units.labels[i], 14)
+        suffix = always.get(i, "")
+        room = chars - (len(suffix) + 2 if suffix else 0) - (len(str(i)) + 1 if indexed else 0)
+        lab = safe_label(units.labels[i], max(3, min(14, room)))
         if indexed:
             lab = f"{i} {lab}" if ha == "left" else f"{lab} {i}"
-        suffix = always.get(i, "")
         return f"{lab}  {suffix}" if suffix else lab
 
-    if pitch >= 8.8:
-        size = clamp(pitch * 0.75, 7.0, 9.5)
+    min_gap = size * 1.3 * dpp
+    if pitch >= size * 1.3:
         placed = {i: ys[i] for i in range(n)}
         indexed = False
     else:
-        size = 7.5
-        step = nice_step(n, int(height_pt / (size * 1.7)))
+        step = thin_step(n, height_pt, size * 1.8)
         indexed = True
         special = sorted(always)
-        moved = spread_positions([ys[i] for i in special], size * 1.35 * dpp, min(ylim), max(ylim))
+        moved = spread_positions([ys[i] for i in special], min_gap, min(ylim), max(ylim))
         placed = {i: y for i, y in zip(special, moved)}
-        min_gap = size * 1.35 * dpp
         for i in range(0, n, step):
             if i not in placed and all(abs(ys[i] - y) >= min_gap for y in moved):
                 placed[i] = ys[i]
@@ -346,18 +387,30 @@ def _column_labels(ax, units: Units, ys: np.ndarray, x_line: float, ha: str, hei
 # ---------------------------------------------------------------------------
 # matrix view
 
+#: Cells of at least this probability get their value printed in the matrix view (when cells are big enough).
+ANNOTATE_MIN = 0.095
+ANNOTATE_TEXT = ".10"
 
-def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewSpec, kind: str = SELF) -> Figure:
-    """One layer's head (or head mean) as a heatmap: query rows, key columns.
 
-    The image (gid ``"attention"``) holds the float32 ``[Q_units, K_units]``
-    probabilities, masked where a causal mask forbids the cell (drawn hatched).
-    Up to 120 units per axis every row and column is labelled with its token (or
-    word) on a linear 0..1 colour scale, and up to 20 units the weights of at
-    least .10 are printed in their cells. Above 120 units the ticks mark every
-    n-th position and the colour scale is square-root (said on the colour bar);
-    above about 2800 units the map is shrunk for display (each pixel the largest
-    weight of its block, said in the subtitle).
+def _tick_labels(units: Units, idx: list[int], indexed: bool, chars: int) -> list[str]:
+    return [f"{i} {safe_label(units.labels[i], max(3, chars - len(str(i)) - 1))}" if indexed else safe_label(units.labels[i], chars)
+            for i in idx]
+
+
+def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewSpec, kind: str = SELF,
+                focus: tuple[int, ...] | None = None, style: Style = DEFAULT_STYLE) -> Figure:
+    """One head (or the head mean) as a query x key heatmap.
+
+    Rows are queries (attends from), columns keys (attended to), on a linear 0..1
+    colour scale (square-root above 120 units, said on the colour bar). Rows and
+    columns are labelled with their tokens (or words) where the labels fit at the
+    style's text size, else every n-th (with its index); above 120 units the
+    ticks are positions. Where cells are big enough (up to 20 units) the weights
+    of at least .10 are printed in them, and the subtitle says so (and says when
+    they are not printed). With ``focus`` (token indices, query side) the focus
+    unit's row is outlined in red and its label set in red. Above about 2800
+    units the map is shrunk for display (each pixel the largest weight of its
+    block, said in the subtitle).
 
     Args:
         result: from :func:`attnviz.attend_text`.
@@ -365,90 +418,162 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
         head: 0-based head, or None for the mean of the layer's heads.
         spec: words or word pieces; special tokens hidden (rows renormalised) or not.
         kind: ``"self"``, ``"encoder"``, ``"decoder"`` or ``"cross"``.
+        focus: token positions of the focus token (its row is marked), or None.
+        style: size, dpi, fonts and colour map.
 
     Returns:
-        A Figure of at most about 18 x 18 inches.
+        A Figure ``style.width(natural)`` inches wide (natural: up to about 18 in).
 
     Raises:
-        UsageError: bad kind, layer or head, layer not captured.
+        UsageError: bad kind, layer or head, layer not captured, focus hidden.
     """
     maps, query_info, key_info = maps_for(result, kind)
     layer, head, attn = _head_map(maps, layer, head)
     vm = prepare(attn, query_info, key_info, spec)
     values = vm.attn.numpy()
     nq, nk = values.shape
+    n = max(nq, nk)
     mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else np.zeros((nq, nk), dtype=bool)
-    labelled = max(nq, nk) <= MATRIX_LABEL_LIMIT
+    fq = _focus_unit(vm.query_units, focus) if focus else None
+    labelled = n <= MATRIX_LABEL_LIMIT
     sqrt = not labelled
-    cell = min(14.0 / max(nq, nk), 0.3)
-    plot_w, plot_h = max(nk * cell, 2.5), max(nq * cell, 2.5)
-    font = clamp(cell * 72 * 0.72, 5.5, 9.0)
+    # natural (screen) size: cells of up to 0.3 in
+    natural_cell = min((14.0 if labelled else 9.0) / n, 0.3)  # long inputs: 9 in (saving a bigger image costs RAM)
     longest = lambda units: max((len(safe_label(s, 14)) for s in units.labels), default=1)  # noqa: E731
-    left = (0.45 + longest(vm.query_units) * font * 0.6 / 72) if labelled else 0.9
-    bottom = (0.4 + longest(vm.key_units) * font * 0.6 / 72) if labelled else 0.6
-    width = max(left + plot_w + 1.4, 6.5)
+    natural_font = clamp(natural_cell * 72 * 0.72, 6.0, 9.0)
+    natural_left = (0.45 + longest(vm.query_units) * natural_font * 0.6 / 72) if labelled else 0.9
+    width = style.width(max(natural_left + max(nk * natural_cell, 2.5) + 1.4, 6.5))
+    fonts = style.fonts(width)
+    compact = style.compact(width)
+    font = fonts.text if style.print_size else natural_font
+    cb_room = 0.95 if not compact else 0.78
+    chars_cap = 14 if not compact else 10
+    ylabel_room = 0.22 if not compact else 0.18
+    if labelled:
+        left = ylabel_room + 0.08 + min(longest(vm.query_units), chars_cap) * font * 0.6 / 72
+    else:
+        left = ylabel_room + 0.1 + len(str(nq)) * font * 0.6 / 72
+    plot_w = max(width - left - cb_room, 1.0)
+    cell = plot_w / nk
+    natural_plot_h = cell * nq if style.print_size else max(nq * natural_cell, 2.5)
+    if not style.print_size:
+        plot_w = max(nk * natural_cell, 2.5)
+        cell = plot_w / nk
+    # ticks: every label, or every n-th with its index
+    pitch_x, pitch_y = plot_w * 72 / nk, natural_plot_h * 72 / nq
     what = layer_head_text(layer, head) + (f" (mean of {maps.num_heads} heads)" if head is None else "")
     notes = _notes(result, maps, kind, spec, hatched=True)
     if not labelled:
         notes.append(f"{nq} x {nk} {'words' if spec.words else 'tokens'}: axes show positions (0-based)")
-    shown, shown_mask, factor = block_reduce(values, mask, int(2 * max(plot_w, plot_h) * DPI), how="max")
+    ann_font = max(MIN_FONT_PT, min(font, 7.5))
+    cell_pt = min(pitch_x, pitch_y)
+    annotate = n <= 20 and cell_pt >= ann_font * 0.6 * len(ANNOTATE_TEXT) + 3 and cell_pt >= ann_font * 1.3
+    if annotate:
+        notes.append("numbers: weights ≥ .10 (smaller ones not printed)")
+    elif n <= 20:
+        notes.append("weights not printed: cells too small at this size (see --json)")
+    if fq is not None:
+        notes.append(f"red outline: the row of '{safe_label(vm.query_units.labels[fq], 20)}' (focus)")
+    titles = _titles_for(style, width, "Attention matrix", result, what, spec, notes)
+    top = titles.height_in() + 0.1
+    # bottom margin: x tick labels (rotated) + xlabel
+    if labelled:
+        x_step = 1 if pitch_x >= font * 1.25 else thin_step(nk, plot_w * 72, font * 1.6)
+        xchars = min(longest(vm.key_units), chars_cap) + (len(str(nk)) + 1 if x_step > 1 else 0)
+        bottom = 0.12 + xchars * font * 0.6 / 72 + font * 1.5 / 72
+    else:
+        x_step = 1
+        bottom = 0.12 + font * 2.8 / 72
+    height, plot_h = style.height(top + bottom + 0.05, natural_plot_h)
+    pitch_y = plot_h * 72 / nq
+    shown, shown_mask, factor = block_reduce(values, mask, int(max(plot_w, plot_h) * style.resolution), how="max")
     if factor > 1:
         notes.append(f"shrunk for display: each pixel shows the largest weight of up to {factor} x {factor} cells")
-    titles = make_titles("Attention matrix", result.model_id, what, spec.describe(), notes, width)
-    top = titles.height_in() + 0.15
-    height = top + plot_h + bottom + 0.2
-    frame = Frame(width, height)
+        titles = _titles_for(style, width, "Attention matrix", result, what, spec, notes)
+        top = titles.height_in() + 0.1
+        height, plot_h = style.height(top + bottom + 0.05, natural_plot_h)
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     ax = frame.axes(left, top, plot_w, plot_h)
-    cmap = attention_cmap()
+    cmap = style.colormap(ATTENTION_CMAP)
     norm = probability_norm(1.0, sqrt=sqrt)
     if mask.any():
         hatch_behind(ax, -0.5, -0.5, nk, nq)
-    img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto",
-                    interpolation="nearest" if max(nq, nk) <= 400 else "antialiased", zorder=1,
-                    extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+    if factor > 1:
+        # a long input: colour the shrunk map here, in row bands, as 8-bit RGBA (matplotlib would otherwise resample
+        # it through float64 RGBA arrays of the output's size, hundreds of MB at N = 4096)
+        from matplotlib.cm import ScalarMappable
+
+        rgba = np.empty((*shown.shape, 4), dtype=np.uint8)
+        for b0 in range(0, shown.shape[0], 256):
+            band = np.ma.masked_array(shown[b0 : b0 + 256], mask=None if shown_mask is None else shown_mask[b0 : b0 + 256])
+            rgba[b0 : b0 + 256] = cmap(norm(band), bytes=True)
+        img = ax.imshow(rgba, aspect="auto", interpolation="nearest", zorder=1, extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+        mappable = ScalarMappable(norm=norm, cmap=cmap)
+    else:
+        img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto",
+                        interpolation="nearest" if n <= 400 else "antialiased", zorder=1,
+                        extent=(-0.5, nk - 0.5, nq - 0.5, -0.5))
+        mappable = img
     img.set_gid("attention")
     ax.set_xlim(-0.5, nk - 0.5)
     ax.set_ylim(nq - 0.5, -0.5)
     if labelled:
-        ax.set_xticks(range(nk), [safe_label(s, 14) for s in vm.key_units.labels], rotation=90, fontsize=font)
-        ax.set_yticks(range(nq), [safe_label(s, 14) for s in vm.query_units.labels], fontsize=font)
-        for tl, sp in zip(ax.get_xticklabels(), vm.key_units.special):
-            tl.set_color("#777777" if sp else "black")
-        for tl, sp in zip(ax.get_yticklabels(), vm.query_units.special):
-            tl.set_color("#777777" if sp else "black")
-        ax.tick_params(length=0, pad=2)
+        y_step = 1 if pitch_y >= font * 1.25 else thin_step(nq, plot_h * 72, font * 1.6)
+        xi = thinned(nk, x_step)
+        yi = thinned(nq, y_step, keep=[fq] if fq is not None else ())
+        ax.set_xticks(xi, _tick_labels(vm.key_units, xi, x_step > 1, chars_cap), rotation=90, fontsize=font)
+        ax.set_yticks(yi, _tick_labels(vm.query_units, yi, y_step > 1, chars_cap), fontsize=font)
+        for tl, i in zip(ax.get_xticklabels(), xi):
+            tl.set_color("#777777" if vm.key_units.special[i] else "black")
+        for tl, i in zip(ax.get_yticklabels(), yi):
+            tl.set_color("#777777" if vm.query_units.special[i] else "black")
+            if i == fq:
+                tl.set_color(FOCUS_COLOR)
+                tl.set_fontweight("bold")
+        ax.tick_params(length=0 if x_step == 1 else 2, pad=2)
     else:
-        ax.set_xticks(range(0, nk, nice_step(nk, int(plot_w * 72 / 40))))
-        ax.set_yticks(range(0, nq, nice_step(nq, int(plot_h * 72 / 30))))
-        ax.tick_params(labelsize=8)
-    ax.set_xlabel("key (attended to)", fontsize=9)
-    ax.set_ylabel("query (attends from)", fontsize=9)
-    if max(nq, nk) <= 20:
+        ax.set_xticks(range(0, nk, thin_step(nk, plot_w * 72, max(font * 0.6 * (len(str(nk)) + 3), 0 if style.print_size else 40))))
+        ax.set_yticks(range(0, nq, thin_step(nq, plot_h * 72, max(font * 2.2, 0 if style.print_size else 30))))
+        ax.tick_params(labelsize=font, length=2, pad=1.5)
+    ax.set_xlabel("key (attended to)", fontsize=font, labelpad=2)
+    ax.set_ylabel("query (attends from)", fontsize=font, labelpad=2)
+    if annotate:
         for q in range(nq):
             for k in range(nk):
                 v = float(values[q, k])
-                if not mask[q, k] and v >= 0.095:
-                    ax.text(k, q, short_weight(v), ha="center", va="center", fontsize=min(font, 7.5), color=text_color_on(cmap, norm, v))
-    add_colorbar(frame, img, left + plot_w + 0.25, top, clamp(plot_h, 2.0, 6.0), scale_label("attention probability", spec.hide_special, sqrt))
-    return frame.figure
+                if not mask[q, k] and v >= ANNOTATE_MIN:
+                    ax.text(k, q, short_weight(v), ha="center", va="center", fontsize=ann_font, color=text_color_on(cmap, norm, v))
+    if fq is not None:
+        r = Rectangle((-0.5, fq - 0.5), nk, 1, facecolor="none", edgecolor=FOCUS_COLOR, linewidth=1.5, zorder=5, clip_on=False)
+        r.set_gid("focus-row")
+        ax.add_patch(r)
+    add_colorbar(frame, mappable, left + plot_w + 0.12, top, plot_h if style.print_size else clamp(plot_h, 2.0, 6.0),
+                 scale_label("attention probability", spec.hide_special, sqrt), width_in=0.12 if compact else 0.16,
+                 fontsize=font)
+    return _finish(frame, style, "attention matrix", result, titles, {"layer": layer, "head": head, "kind": kind, "words": spec.words,
+                                                                       "hide_special": spec.hide_special})
 
 
 # ---------------------------------------------------------------------------
 # model view
 
 
-def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figure:
+def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF, style: Style = DEFAULT_STYLE) -> Figure:
     """Every layer and head in one grid of small heatmaps (rows: layers, columns: heads).
 
-    Each cell is one head's ``[Q_units, K_units]`` probability map labelled
-    ``"L{l} H{h}"`` (0-based; for grids too dense for that, above about 40
-    layers or heads, the layer and head numbers are in the margins instead), on one shared linear 0..1 colour scale with one
-    colour bar (linear; square-root above 120 units per cell, said on the colour
-    bar). Maps larger than a cell's pixels are shrunk for display, each pixel the
-    largest weight of its block (said in the subtitle). Causally masked cells are hatched; layers the capture
-    plan did not keep are drawn grey, "not captured". With grouped-query
-    attention the KV head groups are bracketed above the grid and named in the subtitle.
+    Each cell is one head's ``[Q_units, K_units]`` probability map. By default
+    (``style.scale == "shared"``) every cell is on one linear 0..1 colour scale
+    with one colour bar (square-root above 120 units per cell), and the colour
+    bar says the scale is shared; with ``"per-head"`` each cell runs from 0 to its
+    own maximum, and the colour bar says that instead. Cells are labelled
+    ``"L{l} H{h}"`` on screen where they are large enough; otherwise the layer
+    numbers are in the left margin and the head numbers above the grid (thinned
+    where they would not fit). Maps larger than a cell's pixels are shrunk for
+    display, each pixel the largest weight of its block (said in the subtitle).
+    Causally masked cells are hatched; layers the capture plan did not keep are
+    drawn grey, "not captured". With grouped-query attention the KV head groups
+    are named in the subtitle (and bracketed above the grid on screen).
 
     The images are in layer-major order, each with gid ``"L{l} H{h}"``.
 
@@ -456,31 +581,48 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
         result: from :func:`attnviz.attend_text`.
         spec: words or word pieces; special tokens hidden (rows renormalised) or not.
         kind: ``"self"``, ``"encoder"``, ``"decoder"`` or ``"cross"``.
+        style: size, dpi, fonts, colour map and scale.
 
     Returns:
-        A Figure of at most about 24 x 24 inches.
+        A Figure ``style.width(natural)`` inches wide (natural: up to about 24 in).
 
     Raises:
-        UsageError: bad kind; --hide-special leaves nothing.
+        UsageError: bad kind; --hide-special leaves nothing; no layer captured.
     """
     maps, query_info, key_info = maps_for(result, kind)
     L, H = maps.num_layers, maps.num_heads
-    s = clamp(min(20.0 / H, 16.0 / L), 0.2, 1.15)  # cell side, inches
-    for _ in range(3):  # shrink until the grid, gaps included, fits in about 21 x 20 inches
-        cell_labels = s >= 0.45  # "L{l} H{h}" over every cell; else layer/head numbers in the margins
-        gap_x, gap_y = (0.07, 0.2 if s >= 0.6 else 0.16) if cell_labels else (0.03, 0.04)
-        fit = min((21.0 - (H - 1) * gap_x) / H, (20.0 - L * gap_y) / L)
-        if s <= fit or s <= 0.2:
-            break
-        s = max(0.2, fit)
+    per_head = style.scale == "per-head"
+    if style.print_size:
+        width = style.width(0)
+        fonts = style.fonts(width)
+        label_size = fonts.small
+        cell_labels = False
+        left = 0.12 + fonts.text * 1.3 / 72 + label_size * 0.6 * len(str(L - 1)) / 72 + 0.05
+        cb_room = 0.85 if width >= 5 else 0.78
+        gap_x = gap_y = 0.03
+        s = (width - left - cb_room - (H - 1) * gap_x) / H
+        s = max(s, 0.05)
+        if style.height_in is None:
+            s = min(s, 0.9)
+    else:
+        s = clamp(min(20.0 / H, 16.0 / L), 0.2, 1.15)  # cell side, inches
+        for _ in range(3):  # shrink until the grid, gaps included, fits in about 21 x 20 inches
+            cell_labels = s >= 0.45  # "L{l} H{h}" over every cell; else layer/head numbers in the margins
+            gap_x, gap_y = (0.07, 0.2 if s >= 0.6 else 0.16) if cell_labels else (0.03, 0.04)
+            fit = min((21.0 - (H - 1) * gap_x) / H, (20.0 - L * gap_y) / L)
+            if s <= fit or s <= 0.2:
+                break
+            s = max(0.2, fit)
+        label_size = clamp(s * 8.0, 6.0, 8.0) if cell_labels else 6.0
+        left = 0.3 if cell_labels else 0.55
+        fonts = style.fonts(None)
+        cb_room = 1.4
     gx, gy = gap_x / s, gap_y / s
-    label_size = clamp(s * 8.0, 5.0, 8.0) if cell_labels else 6.0
-    max_px = max(16, int(s * DPI))
     grid_w, grid_h = H * (1 + gx) - gx, L * (1 + gy)
     plot_w, plot_h = grid_w * s, grid_h * s
-    left = 0.3 if cell_labels else 0.55
-    col_labels = 0.0 if cell_labels else 0.15  # inches for head numbers above the grid
-    width = max(left + plot_w + 1.4, 7.0)
+    max_px = max(16, int(s * min(style.resolution, 150)))
+    col_labels = 0.0 if cell_labels else label_size * 1.4 / 72 + (fonts.text * 1.3 / 72 if style.print_size else 0.0)
+    width = style.width(max(left + plot_w + cb_room, 7.0))
     layers = [l for l in range(L) if maps.has_layer(l)]
     if not layers:
         raise UsageError("the capture kept no full layer; the model view needs whole layers (capture in full)")
@@ -488,7 +630,7 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
     vm0 = prepared[layers[0]]
     nq, nk = vm0.attn.shape[-2:]
     mask = causal_mask(vm0.query_units, vm0.key_units) if maps.causal else None
-    sqrt = max(nq, nk) > MATRIX_LABEL_LIMIT
+    sqrt = max(nq, nk) > MATRIX_LABEL_LIMIT and not per_head
     extra = [f"rows: layers 0-{L - 1}; columns: heads 0-{H - 1}; each cell: query rows x key columns ({nq} x {nk} {'words' if spec.words else 'tokens'})"]
     factor = math.ceil(max(nq, nk) / max_px)
     if factor > 1:
@@ -499,42 +641,60 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
     note = kv_heads_note(maps.kv_heads)
     if note:
         extra.append(note)
-    titles = make_titles("Model view", result.model_id, layer_head_text(None, None), spec.describe(),
-                         _notes(result, maps, kind, spec, extra, hatched=True), width)
-    bracket = 0.25 if maps.kv_heads else 0.0
+    extra.append(f"colour: {scale_note(style.scale, 'heads')}")
+    titles = _titles_for(style, width, "Model view", result, layer_head_text(None, None), spec,
+                         _notes(result, maps, kind, spec, extra, hatched=True))
+    bracket = 0.25 if maps.kv_heads and not style.print_size else 0.0
     top = titles.height_in() + 0.1 + bracket + col_labels
-    height = top + plot_h + 0.3
-    frame = Frame(width, height)
+    if style.height_in is not None:
+        height, _ = style.height(top + 0.3, plot_h)
+        s = min(s, (height - top - 0.3) / (L * (1 + gy)))
+        plot_w, plot_h = grid_w * s, grid_h * s
+    else:
+        height = top + plot_h + 0.3
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     ax = frame.axes(left, top, plot_w, plot_h)
     ax.set_axis_off()
-    cmap, norm = attention_cmap(), probability_norm(1.0, sqrt=sqrt)
+    cmap, norm = style.colormap(ATTENTION_CMAP), probability_norm(1.0, sqrt=sqrt)
     img = None
+    row_step = 1 if s * 72 >= label_size * 1.3 else thin_step(L, plot_h * 72, label_size * 1.5)
+    col_step = 1 if s * 72 >= label_size * 0.6 * len(str(H - 1)) + 2 else thin_step(H, plot_w * 72, label_size * 0.6 * len(str(H - 1)) + 3)
+    margin_prefix = "" if style.print_size else ("L", "H")
     for l in range(L):
         y0 = l * (1 + gy) + gy
         for h in range(H):
             x0 = h * (1 + gx)
             if cell_labels:
                 ax.text(x0, y0 - 0.04, f"L{l} H{h}", ha="left", va="bottom", fontsize=label_size, color="#333333")
-            elif h == 0:
-                ax.text(-0.08 / s, y0 + 0.5, f"L{l}", ha="right", va="center", fontsize=label_size, color="#333333", clip_on=False)
-            if not cell_labels and l == 0:
-                ax.text(x0 + 0.5, -0.02 / s, f"H{h}", ha="center", va="bottom", fontsize=label_size, color="#333333", clip_on=False)
+            elif h == 0 and l % row_step == 0:
+                ax.text(-0.06 / s, y0 + 0.5, f"{margin_prefix[0] if margin_prefix else ''}{l}", ha="right", va="center",
+                        fontsize=label_size, color="#333333", clip_on=False)
+            if not cell_labels and l == 0 and h % col_step == 0:
+                ax.text(x0 + 0.5, -0.02 / s, f"{margin_prefix[1] if margin_prefix else ''}{h}", ha="center", va="bottom",
+                        fontsize=label_size, color="#333333", clip_on=False)
             if l not in prepared:
                 r = Rectangle((x0, y0), 1, 1, facecolor=MISSING_COLOR, edgecolor="none")
                 r.set_gid(f"L{l} H{h} missing")
                 ax.add_patch(r)
                 if s >= 0.7 or (h == 0 and s >= 0.45):
-                    ax.text(x0 + 0.5, y0 + 0.5, "not\ncaptured", ha="center", va="center", fontsize=label_size * 0.9, color="#666666")
+                    ax.text(x0 + 0.5, y0 + 0.5, "not\ncaptured", ha="center", va="center", fontsize=max(6.0, label_size * 0.9), color="#666666")
                 continue
             vals, m, _ = block_reduce(prepared[l].attn[h].numpy(), mask, max_px, how="max")
+            if per_head:
+                top_v = float(np.max(np.where(m, 0.0, vals))) if m is not None else float(vals.max())
+                vals = vals / top_v if top_v > 0 else vals
             if m is not None and m.any():
                 hatch_behind(ax, x0, y0, 1, 1)
             img = ax.imshow(np.ma.masked_array(vals, mask=m if m is not None else False), cmap=cmap, norm=norm,
                             extent=(x0, x0 + 1, y0 + 1, y0), aspect="auto", interpolation="nearest", zorder=1)
             img.set_gid(f"L{l} H{h}")
             ax.add_patch(Rectangle((x0, y0), 1, 1, facecolor="none", edgecolor="#cccccc", linewidth=0.4, zorder=2))
-    if maps.kv_heads:
+    if style.print_size:
+        ax.text(-0.06 / s - label_size * 0.6 * len(str(L - 1)) / 72 / s - 0.04 / s, grid_h / 2, "layer", rotation=90,
+                ha="right", va="center", fontsize=fonts.text, clip_on=False)
+        ax.text(grid_w / 2, -(label_size * 1.4 / 72 + 0.02) / s, "head", ha="center", va="bottom", fontsize=fonts.text, clip_on=False)
+    if maps.kv_heads and not style.print_size:
         groups: dict[int, list[int]] = {}
         for h, kv in enumerate(maps.kv_heads):
             groups.setdefault(kv, []).append(h)
@@ -547,25 +707,32 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF) -> Figur
             ax.text((xa + xb) / 2, yb - 0.02 / s, f"KV {kv}" if (xb - xa) * s < 0.8 else f"KV head {kv}", ha="center", va="bottom", fontsize=label_size, color="#555555", clip_on=False)
     ax.set_xlim(0, grid_w)
     ax.set_ylim(grid_h, 0)
-    label = scale_label("attention probability", spec.hide_special, sqrt)
-    add_colorbar(frame, img, left + plot_w + 0.3, top + (gy * s), clamp(plot_h - gy * s, 1.5, 5.0), label)
-    return frame.figure
+    if per_head:
+        label = scale_label("probability / head's max (per-head scale)", spec.hide_special, False)
+    else:
+        label = scale_label("probability (one scale, all heads)", spec.hide_special, sqrt)
+    cb_h = (plot_h - gy * s) if style.print_size else clamp(plot_h - gy * s, 1.5, 5.0)
+    add_colorbar(frame, img, left + plot_w + 0.12, top + (gy * s), max(cb_h, 0.6), label,
+                 width_in=0.12 if style.print_size else 0.18, fontsize=fonts.small if style.print_size else 9.0)
+    return _finish(frame, style, "model view", result, titles, {"kind": kind, "words": spec.words, "hide_special": spec.hide_special})
 
 
 # ---------------------------------------------------------------------------
 # focus view
 
 
-def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec) -> Figure:
+def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style = DEFAULT_STYLE) -> Figure:
     """Which heads link the focus token where: a layers x heads heatmap.
 
     Each cell's value is ``focus.weights[layer, head]``: the weight (probability)
     the focus unit puts on its link target in that head (see
     :mod:`attnviz.focus` for which targets are eligible: not special, not itself,
-    not its neighbour, earlier by default); the cell is annotated with the target
-    and the weight (e.g. ``"animal\\n.68"``). The three strongest heads are
-    outlined and listed in the subtitle. From a word (``spec.words``), the rows of
-    its pieces are averaged and pieces of each target summed (Clark et al. 2019).
+    not its neighbour, earlier by default), on a 0..1 scale. Where cells are big
+    enough they are annotated with the target and the weight (e.g.
+    ``"animal\\n.68"``), else with the weight, else (column width) only the three
+    strongest heads carry their rank; the subtitle lists those three either way.
+    The three strongest heads are outlined. From a word (``spec.words``), the rows
+    of its pieces are averaged and pieces of each target summed (Clark et al. 2019).
 
     The image data is float32 ``[layers, heads]``.
 
@@ -573,6 +740,7 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec) -> Figure:
         result: from :func:`attnviz.attend_text`.
         focus: from :func:`attnviz.focus.analyse_focus` with the same ``spec``.
         spec: words or word pieces; special tokens hidden (rows renormalised) or not.
+        style: size, dpi, fonts and colour map.
     """
     kind = focus.kind
     maps, _, _ = maps_for(result, kind)
@@ -580,57 +748,91 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec) -> Figure:
     focus_label = focus.text
     weights, targets = focus.weights, focus.targets
     ranked = list(focus.top[:3])
-    missing: list[int] = []
     L, H = weights.shape
-    data = np.ma.masked_array(weights.numpy().astype(np.float32), mask=np.zeros((L, H), dtype=bool))
+    data = weights.numpy().astype(np.float32)
 
-    cw = clamp(15.0 / H, 0.5, 0.85)
-    ch = clamp(12.0 / L, 0.34, 0.52)
-    font = clamp(cw * 10.5, 5.0, 8.5)
-    plot_w, plot_h = H * cw, L * ch
-    left = 0.75
-    width = max(left + plot_w + 1.4, 7.0)
+    if style.print_size:
+        width = style.width(0)
+        fonts = style.fonts(width)
+        font = fonts.small
+        tick = fonts.small
+        left = 0.1 + fonts.text * 1.3 / 72 + tick * 0.6 * (len(str(L - 1)) + (0 if style.compact(width) else 1)) / 72 + 0.06
+        cb_room = 0.72 if style.compact(width) else 0.85
+        cw = (width - left - cb_room) / H
+        ch = clamp(cw * 0.75, font * 1.5 / 72, 0.45)
+        if cw * 72 >= font * 0.62 * 5 and ch * 72 < font * 2.5:
+            ch = min(max(ch, font * 2.5 / 72), 0.5)
+    else:
+        cw = clamp(15.0 / H, 0.5, 0.85)
+        ch = clamp(12.0 / L, 0.34, 0.52)
+        font = clamp(cw * 10.5, 6.0, 8.5)
+        tick = clamp(font + 0.5, 6, 8)
+        left = 0.75
+        fonts = style.fonts(None)
+        width = max(left + H * cw + 1.4, 7.0)
+        cb_room = 1.4
+    plot_w, natural_h = H * cw, L * ch
+    compact = style.print_size and style.compact(width)
+    head_prefix = "" if compact else "H"
     side = "queries: target tokens" if kind == CROSS else ""
     where = f"'{focus_label}' ({'word' if spec.words else 'token'} {fu}{', ' + side if side else ''})"
+    chars = max(0, int((cw * 72 - 2) / (font * 0.62)))
+    two_lines = chars >= 4 and ch * 72 >= font * 2.4
+    one_line = not two_lines and cw * 72 >= font * 0.62 * 3 + 2 and ch * 72 >= font * 1.25
+    if two_lines:
+        cell_note = "cell: link target and weight"
+    elif one_line:
+        cell_note = "cell: weight (targets: --json, or a wider --size)"
+    else:
+        cell_note = "numbers 1-3: the strongest heads"
     extra = [
-        f"cell: weight {where} puts on its {focus.describe()}; rows: layers, columns: heads",
+        f"colour: weight {where} puts on its {focus.describe()} (0 to 1); rows: layers, columns: heads; {cell_note}",
     ]
     if ranked:
         extra.append("strongest heads: " + "; ".join(f"L{h.layer} H{h.head} → {safe_label(h.target_label, 14)} {short_weight(h.weight)}" for h in ranked))
-    if missing:
-        extra.append(f"layers {', '.join(map(str, missing))} not captured")
-    titles = make_titles("Focus view", result.model_id, f"{where}, all layers and heads", spec.describe(),
-                         _notes(result, maps, kind, spec, extra), width)
-    top = titles.height_in() + 0.5
-    cb_h = clamp(plot_h, 2.2, 5.0)
-    height = top + max(plot_h, cb_h) + 0.25
-    frame = Frame(width, height)
+    titles = _titles_for(style, width, "Focus view", result, f"{where}, all layers and heads", spec,
+                         _notes(result, maps, kind, spec, extra))
+    top = titles.height_in() + tick * 1.3 / 72 + fonts.text * 1.3 / 72 + 0.08
+    cb_min = 1.0 if style.print_size else 2.2
+    height, plot_h = style.height(top + 0.12, max(natural_h, cb_min) if not style.print_size else natural_h)
+    if style.height_in is None and not style.print_size:
+        plot_h = natural_h
+        height = top + max(natural_h, clamp(natural_h, 2.2, 5.0)) + 0.25
+    ch = plot_h / L
+    frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     ax = frame.axes(left, top, plot_w, plot_h)
-    cmap, norm = attention_cmap(), probability_norm(1.0)
-    if missing:
-        ax.set_facecolor(MISSING_COLOR)
+    cmap, norm = style.colormap(ATTENTION_CMAP), probability_norm(1.0)
     img = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     img.set_gid("focus")
-    ax.set_xticks(range(H), [f"H{h}" for h in range(H)], fontsize=clamp(font + 0.5, 6, 8))
-    ax.set_yticks(range(L), [f"L{l}" for l in range(L)], fontsize=clamp(ch * 20, 6, 8))
-    ax.tick_params(length=0)
+    col_step = 1 if cw * 72 >= tick * 0.6 * (len(str(H - 1)) + len(head_prefix)) + 2 else thin_step(H, plot_w * 72, tick * 0.6 * (len(str(H - 1)) + 2))
+    row_step = 1 if ch * 72 >= tick * 1.2 else thin_step(L, plot_h * 72, tick * 1.4)
+    ax.set_xticks(range(0, H, col_step), [f"{head_prefix}{h}" for h in range(0, H, col_step)], fontsize=tick)
+    ax.set_yticks(range(0, L, row_step), [f"{head_prefix and 'L'}{l}" for l in range(0, L, row_step)], fontsize=tick)
+    ax.tick_params(length=0, pad=1.5)
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    ax.set_xlabel("head", fontsize=9)
-    ax.set_ylabel("layer", fontsize=9)
-    chars = max(3, int(cw * 72 / (font * 0.62)))
-    two_lines = ch * 72 >= font * 2.4
-    for l in range(L):
-        for h in range(H):
-            if data.mask[l, h]:
-                ax.text(h, l, "n/c", ha="center", va="center", fontsize=font, color="#777777")
-                continue
-            v = float(weights[l, h])
-            label = safe_label(focus.labels[int(targets[l, h])], chars)
-            ax.text(h, l, f"{label}\n{short_weight(v)}" if two_lines else f"{label} {short_weight(v)}", ha="center", va="center",
-                    fontsize=font, color=text_color_on(cmap, norm, v), linespacing=1.05)
+    ax.set_xlabel("head", fontsize=fonts.text, labelpad=2)
+    ax.set_ylabel("layer", fontsize=fonts.text, labelpad=2)
+    if two_lines or one_line:
+        for l in range(L):
+            for h in range(H):
+                v = float(weights[l, h])
+                if two_lines:
+                    text = f"{safe_label(focus.labels[int(targets[l, h])], chars)}\n{short_weight(v)}"
+                else:
+                    text = short_weight(v)
+                ax.text(h, l, text, ha="center", va="center", fontsize=font, color=text_color_on(cmap, norm, v), linespacing=1.05)
+    else:
+        for rank, hl in enumerate(ranked, 1):
+            v = float(weights[hl.layer, hl.head])
+            ax.text(hl.head, hl.layer, str(rank), ha="center", va="center", fontsize=font, fontweight="bold",
+                    color=text_color_on(cmap, norm, v))
     for hl in ranked:
-        ax.add_patch(Rectangle((hl.head - 0.5, hl.layer - 0.5), 1, 1, facecolor="none", edgecolor=FOCUS_COLOR, linewidth=2.0, zorder=3))
-    add_colorbar(frame, img, left + plot_w + 0.25, top, cb_h, scale_label("weight on link target", spec.hide_special, False))
-    return frame.figure
+        ax.add_patch(Rectangle((hl.head - 0.5, hl.layer - 0.5), 1, 1, facecolor="none", edgecolor=FOCUS_COLOR,
+                               linewidth=2.0 if not compact else 1.2, zorder=3))
+    cb_h = plot_h if style.print_size else clamp(plot_h, 2.2, 5.0)
+    add_colorbar(frame, img, left + plot_w + 0.12, top, max(cb_h, 0.6), scale_label("weight on link target", spec.hide_special, False),
+                 width_in=0.12 if style.print_size else 0.18, fontsize=fonts.small if style.print_size else 9.0)
+    return _finish(frame, style, "focus view", result, titles, {"token": focus_label, "kind": kind, "words": spec.words,
+                                                                 "hide_special": spec.hide_special, "direction": focus.direction})
