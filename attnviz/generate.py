@@ -70,6 +70,8 @@ def _prompt_text(tm: TextModel, prompt: str, chat: bool) -> str:
 def token_label(tokenizer, token_id: int) -> str:
     """A display label for one generated token id: its decoded text, stripped (``␣`` for whitespace)."""
     text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    if "\ufffd" in text:  # part of a multi-byte character: show the token itself
+        return tokenizer.convert_ids_to_tokens(int(token_id))
     return text.strip() or ("␣" if text else tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
@@ -303,3 +305,86 @@ def attend_generation(
 def full_sequence(result: GenerationAttention) -> Sequence[int]:
     """Prompt + generated token ids (the ``input_ids`` metadata of ``--save-attn``)."""
     return list(result.prompt_ids) + list(result.generated_ids)
+
+
+def as_text_attention(result: GenerationAttention):
+    """The generated tokens' rows as a :class:`attnviz.types.TextAttention`, to feed the text analyses and views.
+
+    Decoder-only: one sequence (prompt + generated tokens) whose ``"self"``
+    attention holds the rows of the generated positions (``rows``/``row_index``).
+    Encoder-decoder: source ``tokens`` and target tokens (decoder start +
+    generated), with ``"decoder"`` and ``"cross"`` rows. Used for the focus view
+    of a generated token (:func:`attnviz.focus.analyse_focus`,
+    :func:`attnviz.render.text.focus_view`).
+    """
+    from attnviz.types import AttentionMaps, TextAttention, TokenInfo
+
+    T, C = result.num_generated, result.context_length
+    rows = tuple(range(C, C + T))
+    L, H = result.num_layers, result.num_heads
+    gen_info = lambda pre_tokens, pre_special, text: TokenInfo(  # noqa: E731
+        text, tuple(pre_tokens) + result.generated, (None,) * (len(pre_tokens) + T), ((0, 0),) * (len(pre_tokens) + T),
+        tuple(pre_special) + result.generated_special,
+    )
+    if not result.encoder_decoder:
+        p = result.prompt
+        info = TokenInfo(
+            p.text + result.text, p.tokens + result.generated, p.word_ids + (None,) * T, p.offsets + ((0, 0),) * T,
+            p.special + result.generated_special,
+        )
+        maps = AttentionMaps(SELF, L, H, C + T, C + T, causal=True, rows=result.attentions, row_index=rows, kv_heads=result.kv_heads)
+        return TextAttention(result.model_id, result.model_type, result.backend, info, {SELF: maps}, notice=result.notice)
+    target = gen_info(result.context, result.context_special, result.text)
+    attention = {DECODER: AttentionMaps(DECODER, L, H, C + T, C + T, causal=True, rows=result.attentions, row_index=rows,
+                                        kv_heads=result.kv_heads)}
+    if result.cross_attentions is not None:
+        cl, ch = result.cross_attentions.shape[:2]
+        attention[CROSS] = AttentionMaps(CROSS, cl, ch, C + T, result.prompt_length, rows=result.cross_attentions, row_index=rows)
+    return TextAttention(result.model_id, result.model_type, result.backend, result.prompt, attention, target_tokens=target,
+                         notice=result.notice)
+
+
+def find_step(result: GenerationAttention, token: str, index: int | None = None) -> int:
+    """The generated token (0-based step) whose label is ``token`` (case-insensitive), the ``index``-th of several.
+
+    Raises:
+        UsageError: not generated, ambiguous without ``index``, or ``index`` out of
+            range; the message lists the generated tokens.
+    """
+    want = token.strip().lower()
+    if not want:
+        raise UsageError("--token is empty")
+    hits = [i for i, lab in enumerate(result.generated) if lab.strip().lower() == want]
+    listing = " ".join(f"{i}:{lab}" for i, lab in enumerate(result.generated))
+    if len(listing) > 600:
+        listing = listing[:600] + " ..."
+    if not hits:
+        raise UsageError(f"'{token}' was not generated; the generated tokens are: {listing}")
+    if index is None:
+        if len(hits) > 1:
+            raise UsageError(f"'{token}' was generated {len(hits)} times (steps {', '.join(map(str, hits[:10]))}); "
+                             f"pick one with --token-index 0..{len(hits) - 1}")
+        index = 0
+    if not 0 <= index < len(hits):
+        raise UsageError(f"--token-index {index} is out of range: '{token}' was generated {len(hits)} times (0..{len(hits) - 1})")
+    return hits[index]
+
+
+def analyse_step_focus(result: GenerationAttention, step: int, top: int = 10):
+    """:func:`attnviz.focus.analyse_focus` for generated token ``step`` (cross-attention for encoder-decoder
+    models): each head's strongest earlier, non-special, non-adjacent token. Returns ``(TextAttention, Focus)``."""
+    from attnviz.analysis.select import ViewSpec, units_for
+    from attnviz.focus import analyse_focus, focus_kind
+
+    step = result.check_step(step)
+    text = as_text_attention(result)
+    kind = focus_kind(text) if result.encoder_decoder else SELF
+    _, query_info, _ = text.sides(kind)
+    spec = ViewSpec()
+    position = result.context_length + step
+    labels = units_for(query_info, spec).labels
+    want = labels[position].strip().lower()
+    if not want:
+        raise UsageError(f"generated token {step} has an empty label; pick another")
+    hits = [i for i, lab in enumerate(labels) if lab.lower().removeprefix("##") == want.removeprefix("##")]
+    return text, analyse_focus(text, labels[position], hits.index(position), spec, top=top, kind=kind)

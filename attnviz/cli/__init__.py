@@ -40,6 +40,8 @@ try:  # the image command lives in its own module
 except ImportError:  # pragma: no cover
     pass
 
+from attnviz.cli import generate as _generate  # noqa: E402,F401  (registers the command)
+
 
 def main() -> None:
     """Console-script entry point."""
