@@ -15,23 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from tiny import TEXT, make_lm_model
+from tiny import TEXT
 
 TOL = 1e-5
 KINDS = ("gpt2", "llama", "mistral", "gemma2", "t5", "bart")
-
-
-@pytest.fixture(scope="session")
-def lm_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-lm")
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = make_lm_model(root, kind)
-        return cache[kind]
-
-    return get
 
 
 def _eager(path, result):
