@@ -125,9 +125,11 @@ def generation_map(
 
     The prompt/generation boundary is a red vertical line (decoder-only models).
     Up to 100 key columns every column is labelled with its token, on a linear
-    0..1 colour scale; beyond that the ticks mark every n-th position ("index
-    token") and the colour scale is square-root (said on the colour bar); keys
-    beyond about 2 pixels per column are shrunk for display, each pixel the
+    0..1 colour scale; beyond that the colour scale is square-root (said on the
+    colour bar) and a decoder-only model's prompt gets a narrower panel of its own
+    (gid ``"attention-prompt"``; ticks every n-th position, "index token") so that
+    the generated tokens' columns (``"attention-generated"``) stay legible; key
+    columns beyond about 2 pixels each are shrunk for display, each pixel the
     largest weight of its columns (said in the subtitle). Rows are labelled
     ``"token step"`` (every n-th above about 90 rows). The image (gid
     ``"attention"``) holds float32 ``[generated, keys]`` values, masked (hatched)
@@ -150,65 +152,96 @@ def generation_map(
     values = attn.numpy().astype(np.float32)
     mask = _unseen(result, cross)
     T, K = values.shape
+    C = result.context_length
     labels = list(result.prompt.tokens if cross else result.key_labels)
     special = list(result.prompt.special if cross else result.key_special)
-    labelled = K <= LABEL_LIMIT
-    sqrt = not labelled
-    plot_w = clamp(K * 0.16, 4.0, 15.0)
+    sqrt = K > LABEL_LIMIT
+    split = sqrt and not cross and not result.encoder_decoder and C > 1
+    if split:  # long prompt: the prompt's columns thinned in a panel of their own, the generated ones kept legible
+        gen_w = clamp(T * 0.16, 1.6, 6.0)
+        panels = [(0, C, clamp(C * 0.16, 3.0, 15.0 - gen_w)), (C, K, gen_w)]
+    else:
+        panels = [(0, K, clamp(K * 0.16, 4.0, 15.0))]
+    gap = 0.12
+    plot_w = sum(p[2] for p in panels) + gap * (len(panels) - 1)
     row_h = clamp(12.0 / max(T, 1), 0.06, 0.22)
     plot_h = max(T * row_h, 1.6)
     row_font = clamp(row_h * 72 * 0.75, 6.0, 8.5)
     row_step = nice_step(T, int(plot_h * 72 / (row_font * 1.5)))
     left = 0.35 + max((len(s) for s in _step_labels(result)), default=4) * row_font * 0.6 / 72
-    col_font = clamp(plot_w * 72 / max(K, 1) * 0.75, 6.0, 8.5) if labelled else 7.0
-    bottom = (0.45 + max((len(safe_label(s, 12)) for s in labels), default=4) * col_font * 0.6 / 72) if labelled else 1.3
+    fully = [c1 - c0 <= LABEL_LIMIT and w * 72 / max(c1 - c0, 1) >= 7.0 for c0, c1, w in panels]
+    longest = max((len(safe_label(labels[k], 12)) if f else len(f"{k} {safe_label(labels[k], 10)}")
+                   for (c0, c1, _), f in zip(panels, fully) for k in range(c0, c1)), default=4)
+    bottom = 0.55 + longest * 8.0 * 0.6 / 72
     width = left + plot_w + 1.3
-    shown, shown_mask, factor = _reduce_columns(values, mask, int(2 * plot_w * DPI))
     notes = _notes(result, cross)
-    if not labelled:
+    if split:
+        notes.append(f"long prompt: its {C} columns are drawn in their own, narrower panel (ticks mark every n-th position)")
+    elif not fully[0]:
         notes.append(f"{K} key tokens: ticks mark every n-th position (index and token)")
-    if factor > 1:
-        notes.append(f"shrunk for display: each pixel column shows the largest weight of up to {factor} key tokens")
     if row_step > 1:
         notes.append(f"every {row_step}th generated token labelled")
     note = kv_heads_note(result.kv_heads)
     if note and head is not None:
         notes.append(note)
+    shrunk = []
+    for c0, c1, w in panels:
+        f = -(-(c1 - c0) // max(1, int(2 * w * DPI)))
+        if f > 1:
+            shrunk.append(f)
+    if shrunk:
+        notes.append(f"shrunk for display: each pixel column shows the largest weight of up to {max(shrunk)} key tokens")
     view = "Cross-attention map" if cross else "Generation map"
     titles = make_titles(view, result.model_id, what, f"{result.num_generated} generated tokens, prompt {result.prompt_length} tokens", notes, width)
     top = titles.height_in() + 0.35
     height = top + plot_h + bottom + 0.1
     frame = Frame(width, height)
     frame.titles(titles)
-    ax = frame.axes(left, top, plot_w, plot_h)
     cmap, norm = attention_cmap(), probability_norm(1.0, sqrt=sqrt)
-    if mask.any():
-        hatch_behind(ax, -0.5, -0.5, K, T)
-    img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest",
-                    extent=(-0.5, K - 0.5, T - 0.5, -0.5), zorder=1)
-    img.set_gid("attention")
-    ax.set_xlim(-0.5, K - 0.5)
-    ax.set_ylim(T - 0.5, -0.5)
-    rows = list(range(0, T, row_step))
     step_labels = _step_labels(result)
-    ax.set_yticks(rows, [step_labels[i] for i in rows], fontsize=row_font)
-    if labelled:
-        ax.set_xticks(range(K), [safe_label(s, 12) for s in labels], rotation=90, fontsize=col_font)
-        for tl, sp in zip(ax.get_xticklabels(), special):
-            tl.set_color("#777777" if sp else "black")
-    else:
-        step = nice_step(K, int(plot_w * 72 / 11))
-        ticks = list(range(0, K, step))
-        ax.set_xticks(ticks, [f"{k} {safe_label(labels[k], 10)}" for k in ticks], rotation=90, fontsize=col_font)
-    ax.tick_params(length=2, pad=2)
-    ax.set_xlabel("key (attended to)", fontsize=9)
-    ax.set_ylabel("generated token (step)", fontsize=9)
-    if not cross and not result.encoder_decoder:
-        b = result.context_length - 0.5
-        line = ax.axvline(b, color=BOUNDARY_COLOR, linewidth=1.2, zorder=3)
-        line.set_gid("boundary")
-        ax.text(b, -0.5, "prompt ", transform=ax.transData, ha="right", va="bottom", fontsize=8, color=BOUNDARY_COLOR, clip_on=False)
-        ax.text(b, -0.5, " generated", transform=ax.transData, ha="left", va="bottom", fontsize=8, color=BOUNDARY_COLOR, clip_on=False)
+    rows = list(range(0, T, row_step))
+    x = left
+    img = None
+    for i, ((c0, c1, w), full_labels) in enumerate(zip(panels, fully)):
+        ax = frame.axes(x, top, w, plot_h)
+        ax.set_gid(f"panel{i}")
+        x += w + gap
+        vals, m = values[:, c0:c1], mask[:, c0:c1]
+        if m.any():
+            hatch_behind(ax, c0 - 0.5, -0.5, c1 - c0, T)
+        shown, shown_mask, _ = _reduce_columns(vals, m, int(2 * w * DPI))
+        img = ax.imshow(np.ma.masked_array(shown, mask=shown_mask), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest",
+                        extent=(c0 - 0.5, c1 - 0.5, T - 0.5, -0.5), zorder=1)
+        img.set_gid("attention" if len(panels) == 1 else ("attention-prompt" if i == 0 else "attention-generated"))
+        ax.set_xlim(c0 - 0.5, c1 - 0.5)
+        ax.set_ylim(T - 0.5, -0.5)
+        if i == 0:
+            ax.set_yticks(rows, [step_labels[r] for r in rows], fontsize=row_font)
+            ax.set_ylabel("generated token (step)", fontsize=9)
+        else:
+            ax.set_yticks(rows, [])
+        if full_labels:
+            col_font = clamp(w * 72 / max(c1 - c0, 1) * 0.75, 6.0, 8.5)
+            ax.set_xticks(range(c0, c1), [safe_label(labels[k], 12) for k in range(c0, c1)], rotation=90, fontsize=col_font)
+            for tl, sp in zip(ax.get_xticklabels(), special[c0:c1]):
+                tl.set_color("#777777" if sp else "black")
+        else:
+            step = nice_step(c1 - c0, int(w * 72 / 11))
+            ticks = list(range(c0, c1, step))
+            ax.set_xticks(ticks, [f"{k} {safe_label(labels[k], 10)}" for k in ticks], rotation=90, fontsize=7.0)
+        ax.tick_params(length=2, pad=2)
+        if split:
+            ax.set_title(f"prompt ({C} tokens)" if i == 0 else f"generated ({T})", fontsize=8.5,
+                         color="#333333" if i == 0 else BOUNDARY_COLOR, pad=3)
+        if not cross and not result.encoder_decoder and (i == 1 or not split):
+            b = C - 0.5
+            line = ax.axvline(b, color=BOUNDARY_COLOR, linewidth=1.2 if not split else 2.4, zorder=3)
+            line.set_gid("boundary")
+            if not split:
+                ax.text(b, -0.5, "prompt ", ha="right", va="bottom", fontsize=8, color=BOUNDARY_COLOR, clip_on=False)
+                ax.text(b, -0.5, " generated", ha="left", va="bottom", fontsize=8, color=BOUNDARY_COLOR, clip_on=False)
+    frame.figure.text((left + plot_w / 2) / width, 1 - (top + plot_h + bottom - 0.02) / height, "key (attended to)",
+                      ha="center", va="bottom", fontsize=9)
     add_colorbar(frame, img, left + plot_w + 0.25, top, clamp(plot_h, 1.6, 6.0), scale_label("attention probability", False, sqrt))
     return frame.figure
 
@@ -349,7 +382,7 @@ def generation_head_view(result: GenerationAttention, step: int, layer: int | No
     flines = LineCollection([((0, yq[fq]), (1, yk[j])) for j in chosen], colors=fcol, linewidths=0.8 + 4.0 * fw, zorder=3)
     flines.set_gid("focus-links")
     ax.add_collection(flines)
-    suffix = {int(j): short_weight(float(row[j])) for j in order[:3] if row[j] >= 0.01}
+    suffix = {int(j): short_weight(float(row[j])) for j in order[:3] if row[j] > 0}
     ax.text(0.0, 1 + 0.1 / plot_h, "generated token (query)", transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5,
             color="#555555", style="italic")
     ax.text(1.0, 1 + 0.1 / plot_h, "key (attended to)", transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5,
