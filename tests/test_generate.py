@@ -128,3 +128,33 @@ def test_bad_settings(lm_models):
             attend_generation(TEXT, tm, **kwargs)
     with pytest.raises(UsageError, match="empty"):
         attend_generation("", tm)
+
+
+def test_views_draw_the_captured_numbers(lm_models):
+    import numpy as np
+
+    from attnviz.analysis.generation import sink_share
+    from attnviz.generate import attend_generation, load_generation_model
+    from attnviz.render.common import figure_text
+    from attnviz.render.generate import generation_head_view, generation_map, sink_view
+
+    tm = load_generation_model(str(lm_models("llama")))
+    r = attend_generation(TEXT, tm, max_new_tokens=5, stop_at_eos=False)
+    C, T = r.context_length, r.num_generated
+    fig = generation_map(r, layer=1, head=2)
+    img = next(a for ax in fig.axes for a in ax.get_images() if a.get_gid() == "attention")
+    data = img.get_array()
+    assert np.allclose(data.data, r.attentions[1, 2].numpy(), atol=1e-7)
+    assert data.mask[0, C + 1] and not data.mask[0, C]  # a step cannot see later tokens: masked (hatched)
+    assert any(l.get_gid() == "boundary" for ax in fig.axes for l in ax.get_lines())
+    assert "layer 1, head 2" in figure_text(fig)
+    fig = generation_map(r, layer=-1, fusion="max")
+    img = next(a for ax in fig.axes for a in ax.get_images() if a.get_gid() == "attention")
+    assert np.allclose(img.get_array().data, r.attentions[-1].amax(0).numpy(), atol=1e-7)
+    fig = sink_view(r)
+    img = next(a for ax in fig.axes for a in ax.get_images() if a.get_gid() == "sink")
+    assert np.allclose(img.get_array(), sink_share(r).numpy(), atol=1e-7)
+    assert np.allclose(sink_share(r).numpy(), r.attentions[:, :, :, 0].mean(1).numpy())
+    fig = generation_head_view(r, 2, layer=0, head=1)
+    focus = next(c for ax in fig.axes for c in ax.collections if c.get_gid() == "focus-links")
+    assert len(focus.get_segments()) == min(10, C + 3)  # its 10 strongest visible keys

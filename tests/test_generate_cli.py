@@ -113,3 +113,29 @@ def test_bad_input_is_one_line(lm_models, tmp_path, args, message):
     assert res.exit_code != 0
     lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("attnviz: error:") and message in lines[0], res.stderr
+
+
+def test_long_prompt_finishes_with_bounded_figures(tmp_path):
+    """A 2,000-token prompt and 64 new tokens on a tiny Llama-style model (the issue's integration check)."""
+    from transformers import AutoModelForCausalLM
+
+    from tiny import CORPUS, TOKENIZERS, text_config
+
+    tok = TOKENIZERS["llama"]()
+    config = text_config("llama", len(tok))
+    config.max_position_embeddings = 4096
+    torch.manual_seed(0)
+    path = tmp_path / "llama-long"
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    words = " ".join(CORPUS * 60).split()
+    prompt = " ".join(words[:1640])
+    n = len(tok(prompt)["input_ids"])
+    assert 1900 <= n <= 2100
+    res = invoke(prompt, "-m", path, "-n", 64, "--step", 63, "--json", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert len(doc["generated"]["ids"]) == 64 or doc["stopped_at_eos"]
+    for f in doc["files"]:
+        with Image.open(f) as im:
+            assert max(im.size) <= 19.5 * 150, (f, im.size)  # the head view is up to ~19 inches high, as in attnviz text
