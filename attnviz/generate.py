@@ -20,7 +20,7 @@ import torch
 from attnviz.capture import CapturePlan, _lazy_zeros, capture
 from attnviz.errors import ModelError, UsageError
 from attnviz.models import LoadOptions, load_config, load_model, resolve_model
-from attnviz.text import TextModel, _max_positions, _token_info
+from attnviz.text import TextModel, _max_positions, _token_info, load_tokenizer
 from attnviz.types import CROSS, DECODER, SELF, GenerationAttention
 
 #: The plan of every decoding step: the new token's row in every layer and head, self- and cross-attention.
@@ -33,17 +33,12 @@ def load_generation_model(name: str, options: LoadOptions = LoadOptions()) -> Te
     Raises:
         ModelError: not found, no fast tokenizer, or not a generative text model.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     source = resolve_model(name)
     config = load_config(source, options)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for offsets")
+    tokenizer = load_tokenizer(source, options)
     model = load_model(source, auto, options)
     return TextModel(source, model, tokenizer, _max_positions(model.config, tokenizer))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from attnviz.errors import UsageError
-from attnviz.types import GenerationAttention
+from attnviz.types import AttentionMaps, GenerationAttention
 
 #: How the rule for "earlier token" is described to the user.
 SELF_RULE = "strongest earlier token, excluding the first token (attention sink) and special tokens"
@@ -56,20 +56,31 @@ def candidates(result: GenerationAttention, layer: int | None, head: int | None,
     Raises:
         UsageError: layer or head out of range, or ``cross`` without cross-attention.
     """
-    attn = result.cross_attentions if cross else result.attentions
-    if attn is None:
-        raise UsageError("this result has no cross-attention (not an encoder-decoder model)")
+    attn = checked(result, layer, head, cross)
     L, H = attn.shape[:2]
-    if layer is not None and not -L <= layer < L:
-        raise UsageError(f"--layer {layer} is out of range: this model has {L} layers (0..{L - 1})")
-    if head is not None and not -H <= head < H:
-        raise UsageError(f"--head {head} is out of range: this model has {H} heads per layer (0..{H - 1})")
     layers = range(L) if layer is None else [layer % L]
     if head is None and layer is not None:
         return attn[layers[0]].mean(dim=0, keepdim=True), [(layers[0], None)]
     heads = range(H) if head is None else [head % H]
     w = attn[list(layers)][:, list(heads)]
     return w.reshape(-1, *attn.shape[2:]), [(l, h) for l in layers for h in heads]
+
+
+def checked(result: GenerationAttention, layer: int | None, head: int | None, cross: bool = False) -> torch.Tensor:
+    """The self- (or cross-) attention ``[L, H, T, K]`` of ``result`` after checking ``layer`` and ``head`` (None: not given).
+
+    Raises:
+        UsageError: layer or head out of range, or ``cross`` without cross-attention.
+    """
+    attn = result.cross_attentions if cross else result.attentions
+    if attn is None:
+        raise UsageError("this result has no cross-attention (not an encoder-decoder model)")
+    maps = AttentionMaps("cross" if cross else "self", *attn.shape)
+    if layer is not None:
+        maps.check_layer(layer)
+    if head is not None:
+        maps.check_head(head)
+    return attn
 
 
 def eligible(result: GenerationAttention, cross: bool = False) -> torch.Tensor:

@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from attnviz.analysis.generation import sink_share
+from attnviz.analysis.generation import checked, sink_share
 from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
 from attnviz.render.common import (
@@ -52,17 +52,10 @@ BOUNDARY_COLOR = "#d62728"
 
 def _pick(result: GenerationAttention, layer: int | None, head: int | None, fusion: str, cross: bool):
     """``(layer, head, what, values float32 [T, K])`` for a layer/head, a head fusion, or the last layer by default."""
-    attn = result.cross_attentions if cross else result.attentions
-    if attn is None:
-        raise UsageError("this result has no cross-attention (not an encoder-decoder model)")
+    attn = checked(result, layer, head, cross)
     L, H = attn.shape[:2]
-    layer = L - 1 if layer is None else layer
-    if not -L <= layer < L:
-        raise UsageError(f"--layer {layer} is out of range: this model has {L} layers (0..{L - 1})")
-    layer %= L
+    layer = (L - 1 if layer is None else layer) % L
     if head is not None:
-        if not -H <= head < H:
-            raise UsageError(f"--head {head} is out of range: this model has {H} heads per layer (0..{H - 1})")
         head %= H
         return layer, head, f"layer {layer}, head {head}", attn[layer, head]
     if fusion not in FUSIONS:
