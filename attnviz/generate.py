@@ -138,7 +138,13 @@ def attend_generation(
     with ``CapturePlan(rows=(-1,), cross_rows=(-1,))``; one extra step runs after
     the last token to capture its own row. Memory: the result,
     ``L * H * T * (P + T)`` float32 values (plus ``L * H * T * P`` for
-    cross-attention), and the model's KV cache.
+    cross-attention), and the model's KV cache. Models that do not dispatch
+    through transformers' ``AttentionInterface`` (ALiBi models such as BLOOM)
+    fall back to eager ``output_attentions`` (``backend == "eager"``, with a
+    ``notice``); their prompt pass then holds every layer's ``[P, P]`` maps for a
+    moment. A decoder-only model runs with a plain ``DynamicCache``: sliding-window
+    layers keep every key and their mask cuts the window, so every layer's row
+    of a step covers the same key positions.
 
     Args:
         prompt: the text to continue (or translate/summarise, for encoder-decoder models).

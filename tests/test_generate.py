@@ -158,3 +158,22 @@ def test_views_draw_the_captured_numbers(lm_models):
     fig = generation_head_view(r, 2, layer=0, head=1)
     focus = next(c for ax in fig.axes for c in ax.collections if c.get_gid() == "focus-links")
     assert len(focus.get_segments()) == min(10, C + 3)  # its 10 strongest visible keys
+
+
+def test_models_without_the_attention_interface_fall_back_to_eager_exactly(tmp_path):
+    """BLOOM (ALiBi) does not dispatch through transformers' AttentionInterface: every step falls back to eager."""
+    import transformers as tf
+
+    from attnviz.generate import attend_generation, load_generation_model
+    from tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(tf.BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2))
+    model.save_pretrained(tmp_path / "bloom")
+    tok.save_pretrained(tmp_path / "bloom")
+    r = attend_generation(TEXT, load_generation_model(str(tmp_path / "bloom")), max_new_tokens=4, stop_at_eos=False)
+    assert r.backend == "eager" and "eager" in r.notice
+    ref, _ = _eager(tmp_path / "bloom", r)
+    C = r.context_length
+    assert _diff(r.attentions, ref[:, :, C : C + 4]) <= TOL
