@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from attnviz.errors import AttnvizError, InputError, ModelError, OutputError, UsageError
-from attnviz.types import AttentionMaps, ImageAttention, Prediction, TextAttention, TokenInfo
+from attnviz.types import AttentionMaps, GenerationAttention, ImageAttention, Prediction, TextAttention, TokenInfo
 
 __version__ = "0.1.0"
 
@@ -27,17 +27,20 @@ _LAZY = {
     "capture": "attnviz.capture",
     "CapturePlan": "attnviz.capture",
     "attention_rollout": "attnviz.analysis.rollout",
+    "attend_generation": "attnviz.generate",
+    "load_generation_model": "attnviz.generate",
 }
 
 __all__ = [
     "AttnvizError", "InputError", "ModelError", "OutputError", "UsageError",
-    "AttentionMaps", "ImageAttention", "Prediction", "TextAttention", "TokenInfo",
+    "AttentionMaps", "GenerationAttention", "ImageAttention", "Prediction", "TextAttention", "TokenInfo",
     *_LAZY,
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from attnviz.analysis.rollout import attention_rollout
     from attnviz.capture import CapturePlan, capture
+    from attnviz.generate import attend_generation, load_generation_model
     from attnviz.image import attend_image, load_image_model
     from attnviz.text import attend_text, load_text_model
 

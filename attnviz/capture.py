@@ -513,6 +513,12 @@ class _Session:
                 full = self.full[kind][layer][0]
             if full is not None:
                 self.rows.setdefault(kind, {})[layer] = full[:, rows].clone()
+            elif result is None and set(rows.tolist()) == set(range(nq)) and not (dropout and module.training) and not stopping:
+                # the plan wants every query row (one new token of a KV-cached decoding step): the layer's
+                # output is P @ V from these probabilities, instead of a second pass through SDPA
+                p = call.probs(slice(0, nq), 0, nk)  # [H, Q, K]
+                self.rows.setdefault(kind, {})[layer] = (p if rows.tolist() == list(range(nq)) else p[:, rows.to(p.device)]).cpu()
+                result = call.output(p, 0, nk).transpose(0, 1).to(value.dtype)
             else:
                 self.rows.setdefault(kind, {})[layer] = call.probs(rows.to(query.device), 0, nk).cpu()  # [H, R, K]
             if plan.follow is not None:

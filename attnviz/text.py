@@ -96,21 +96,28 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadO
     Raises:
         ModelError: not found, not a text model, no tokenizer, or weights that cannot load.
     """
-    from transformers import AutoTokenizer
-
     source = resolve_model(name)
     config = load_config(source, options)
     if config.model_type in _VISION_TYPES or hasattr(config, "vision_config") and not hasattr(config, "text_config"):
         raise ModelError(f"'{name}' is a vision model ({config.model_type}); use 'attnviz image'")
+    tokenizer = load_tokenizer(source, options)
+    check_weight_files(source, options)
+    tm = TextModel(source, None, tokenizer, _max_positions(config, tokenizer), config, options)
+    return tm.with_weights() if weights else tm
+
+
+def load_tokenizer(source: ModelSource, options: LoadOptions = LoadOptions()):
+    """The fast tokenizer of ``source``. Raises ModelError when there is none (attnviz needs word ids and offsets)."""
+    from transformers import AutoTokenizer
+
+    name = source.model_id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for word ids and offsets")
-    check_weight_files(source, options)
-    tm = TextModel(source, None, tokenizer, _max_positions(config, tokenizer), config, options)
-    return tm.with_weights() if weights else tm
+    return tokenizer
 
 
 def _max_positions(config, tokenizer) -> int:

@@ -276,3 +276,95 @@ class ImageAttention:
     @property
     def num_heads(self) -> int:
         return self.attention.num_heads
+
+
+@dataclass(frozen=True)
+class GenerationAttention:
+    """Result of :func:`attnviz.attend_generation`: the tokens a model generated and where each one attended.
+
+    Step ``i`` is generated token ``i``: ``attentions[:, :, i]`` is the attention
+    row of that token's own query position (the forward pass that read it, with
+    the KV cache, and predicted token ``i + 1``), so it sees every earlier token
+    and itself; ``probabilities[i]`` is the probability the model gave token ``i``
+    when it was chosen (softmax of the raw logits of the step before, no
+    temperature).
+
+    - ``attentions``: float32 ``[layers, heads, generated, keys]`` self-attention
+      (decoder self-attention for encoder-decoder models); the key axis is
+      ``context`` positions followed by the generated tokens
+      (:attr:`key_labels`): the prompt for decoder-only models, the decoder start
+      token for encoder-decoder models. Keys a step could not see (later tokens,
+      or outside a sliding window) are 0.
+    - ``cross_attentions``: float32 ``[layers, heads, generated, source]`` for
+      encoder-decoder models (keys: the prompt, i.e. the source), else None.
+    - ``prompt``: the prompt's tokens (:class:`TokenInfo`); ``prompt_ids``/``generated_ids``
+      the token ids; ``generated``: display labels of the generated tokens;
+      ``generated_special``: which of them are special (EOS...).
+    - ``context``: labels of the key positions before the generated ones (the
+      prompt's, or the decoder start token); ``context_special`` likewise.
+    - ``sampling``: ``{"do_sample", "temperature", "top_p", "seed"}``;
+      ``stopped_at_eos``: the last generated token is an end-of-sequence token.
+    - ``backend``: ``"sdpa+attnviz"`` or ``"eager"`` (fallback, ``notice`` says why).
+    """
+
+    model_id: str
+    model_type: str
+    backend: str
+    prompt: TokenInfo
+    prompt_ids: tuple[int, ...]
+    generated_ids: tuple[int, ...]
+    generated: tuple[str, ...]
+    generated_special: tuple[bool, ...]
+    context: tuple[str, ...]
+    context_special: tuple[bool, ...]
+    attentions: torch.Tensor
+    probabilities: tuple[float, ...]
+    text: str
+    cross_attentions: torch.Tensor | None = None
+    encoder_decoder: bool = False
+    stopped_at_eos: bool = False
+    sampling: Mapping[str, object] = field(default_factory=dict)
+    kv_heads: tuple[int, ...] | None = None
+    notice: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.attentions.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.attentions.shape[1])
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.generated_ids)
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens in the prompt (the source of an encoder-decoder model)."""
+        return len(self.prompt_ids)
+
+    @property
+    def context_length(self) -> int:
+        """Key positions before the first generated token (prompt, or decoder start token)."""
+        return len(self.context)
+
+    @property
+    def key_labels(self) -> tuple[str, ...]:
+        """Label of every key position of :attr:`attentions`: context, then generated tokens."""
+        return self.context + self.generated
+
+    @property
+    def key_special(self) -> tuple[bool, ...]:
+        return self.context_special + self.generated_special
+
+    def query_position(self, step: int) -> int:
+        """Key position of generated token ``step`` (its own query position)."""
+        return self.context_length + step
+
+    def check_step(self, step: int) -> int:
+        """``step`` as a 0-based generated-token index (negative counts from the end). Raises UsageError."""
+        n = self.num_generated
+        if not -n <= step < n:
+            raise UsageError(f"generated token {step} is out of range: {n} tokens were generated (0..{n - 1})")
+        return step % n

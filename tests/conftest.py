@@ -26,3 +26,19 @@ def tiny_models(tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def lm_models(tmp_path_factory):
+    """Folder factory: lm_models("llama") builds (once) a tiny random model with its LM head (for generation)."""
+    from tiny import make_lm_model
+
+    root = tmp_path_factory.mktemp("tiny-lm")
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = make_lm_model(root, kind)
+        return cache[kind]
+
+    return get

@@ -172,3 +172,19 @@ def eager_attentions(path: Path, inputs: dict) -> dict[str, torch.Tensor]:
             "cross": torch.stack([a[0] for a in out.cross_attentions]),
         }
     return {"self": torch.stack([a[0] for a in out.attentions])}
+
+
+def make_lm_model(root: Path, kind: str, seed: int = 0) -> Path:
+    """Like :func:`make_text_model` but with the language-model head (``AutoModelForCausalLM`` /
+    ``AutoModelForSeq2SeqLM``), for generation; saved under ``root/kind-lm``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    tok = TOKENIZERS[kind]()
+    config = text_config(kind, len(tok))
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = auto.from_config(config)
+    path = Path(root) / f"{kind}-lm"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

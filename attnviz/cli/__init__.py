@@ -78,6 +78,7 @@ except ImportError:  # pragma: no cover
     pass
 
 from attnviz.cli import check as _check  # noqa: E402,F401
+from attnviz.cli import generate as _generate  # noqa: E402,F401  (registers the command)
 
 
 def main() -> None:

@@ -110,6 +110,19 @@ def short_weight(value: float) -> str:
     return f"{value:.2f}".removeprefix("0")
 
 
+def nice_step(n: int, capacity: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... such that ``n`` items every ``step`` fit in ``capacity`` labels."""
+    capacity = max(1, capacity)
+    if n <= capacity:
+        return 1
+    raw = n / capacity
+    base = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * base >= raw:
+            return int(m * base)
+    return int(10 * base)  # pragma: no cover
+
+
 def wrap(text: str, width_in: float, fontsize: float, bold: bool = False) -> str:
     """``text`` wrapped to fit ``width_in`` inches at ``fontsize`` points (a cautious character count)."""
     chars = max(12, int(width_in * 72 / (fontsize * (0.64 if bold else 0.58))))
