@@ -203,11 +203,12 @@ def js_distance_sums(rows: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(m, m, dtype=torch.float64)
     if rows.shape[1] == 0:
         return out
+    rows = rows.double()  # JSD = H(mix) - mean H: a difference of similar entropies, float32 would cancel badly
     ent = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [M, R]
     for i in range(m - 1):
         mix = (rows[i : i + 1] + rows[i + 1 :]) * 0.5  # [M-i-1, R, K]
         jsd = -torch.special.xlogy(mix, mix).sum(dim=-1) - 0.5 * (ent[i : i + 1] + ent[i + 1 :])
-        d = jsd.clamp_min(0).sqrt().sum(dim=-1).double()
+        d = jsd.clamp_min(0).sqrt().sum(dim=-1)
         out[i, i + 1 :] = d
         out[i + 1 :, i] = d
     return out

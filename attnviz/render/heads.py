@@ -135,7 +135,7 @@ def head_map_view(result) -> Figure:
     colors = [cmap(l / max(1, L - 1)) for l in range(L)]
     for l in range(L):
         pts = xy[l * H : (l + 1) * H]
-        ax.scatter(pts[:, 0], pts[:, 1], s=28, color=colors[l], edgecolor="black", linewidth=0.4, label=f"layer {l}", zorder=2)
+        ax.scatter(pts[:, 0], pts[:, 1], s=28, color=colors[l], edgecolor="black", linewidth=0.4, label=str(l), zorder=2)
     font = clamp(9.0 - 0.02 * L * H, 4.5, 7.0)
     span = float(np.ptp(xy[:, 0])) if xy.size else 1.0
     for i, (x, y) in enumerate(xy):
