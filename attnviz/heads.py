@@ -197,6 +197,12 @@ def run_ray(
             ray.init(**kwargs)
         except ConnectionError as exc:
             raise UsageError(f"cannot join the Ray cluster at '{address}': {str(exc).splitlines()[0][:200]}") from None
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if workers * cpus_per_worker > cpus - 0.5:
+        raise UsageError(
+            f"{workers} workers x {cpus_per_worker:g} CPUs leave no CPU of the Ray cluster's {cpus:g} for reading the corpus; "
+            "use fewer --workers or a smaller --cpus-per-worker (e.g. 0.5)"
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -245,7 +245,7 @@ def test_ray_engine_equals_local(tiny_models, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for engine in ("local", "ray"):
-            extra = ["--workers", 2] if engine == "ray" else []
+            extra = ["--workers", 2, "--cpus-per-worker", 0.5] if engine == "ray" else []
             res = _cli("heads", corpus, "--model", tiny_models("gpt2"), "--words", "--batch-size", 3, "--engine", engine,
                        *extra, "--out", tmp_path / engine, "--json")
             assert res.exit_code == 0, res.output
