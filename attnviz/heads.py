@@ -31,13 +31,15 @@ ENGINES = ("local", "ray")
 @dataclass(frozen=True)
 class HeadsSettings:
     """How the corpus is read and counted: ``words`` merges pieces into words; ``batch_size`` examples
-    per forward; ``max_length`` truncates (default: the model's limit); ``cluster_queries`` sampled
-    query units per example for the head distances; ``limit`` examples at most."""
+    per forward; ``max_length`` truncates (default: the model's limit); the head distances use
+    ``cluster_queries`` query units of one example in ``cluster_every`` (see
+    :mod:`attnviz.analysis.corpus`); ``limit`` examples at most."""
 
     words: bool = False
     batch_size: int = 32
     max_length: int | None = None
-    cluster_queries: int = 8
+    cluster_queries: int = 4
+    cluster_every: int = 8
     limit: int | None = None
 
     def check(self) -> None:
@@ -50,6 +52,8 @@ class HeadsSettings:
             raise UsageError(f"--max-length must be at least 2, not {self.max_length}")
         if self.cluster_queries < 1:
             raise UsageError(f"--cluster-queries must be at least 1, not {self.cluster_queries}")
+        if self.cluster_every < 1:
+            raise UsageError(f"--cluster-every must be at least 1, not {self.cluster_every}")
 
 
 class BatchRunner:
@@ -124,7 +128,8 @@ class BatchRunner:
         inputs, infos, truncated = self.encode(texts)
         if not infos:
             return HeadSums(self.num_layers, self.num_heads)
-        layout = batch_layout(infos, inputs["input_ids"].shape[1], self.settings.words, self.causal, self.settings.cluster_queries)
+        layout = batch_layout(infos, inputs["input_ids"].shape[1], self.settings.words, self.causal,
+                              self.settings.cluster_queries, self.settings.cluster_every)
         acc = BatchAccumulator(layout, self.num_layers, self.num_heads)
         capture(self.tm.model, inputs, CapturePlan(batch=True, on_layer=acc.on_layer, need_outputs=False))
         sums = acc.finish()
@@ -387,7 +392,7 @@ class HeadsResult:
                        "truncated_examples": s.truncated, "head_distance_queries": s.js_rows},
             "settings": {"engine": self.engine, "words": self.settings.words, "batch_size": self.settings.batch_size,
                          "max_length": self.settings.max_length, "limit": self.settings.limit,
-                         "cluster_queries": self.settings.cluster_queries,
+                         "cluster_queries": self.settings.cluster_queries, "cluster_every": self.settings.cluster_every,
                          "units": "words (pieces merged: to = sum, from = mean)" if self.settings.words else "tokens"},
             "definitions": {k: DEFINITIONS[k] for k in (*STATISTICS, "head_distance")},
             "statistics": {name: _round(self.stats[name]) for name in STATISTICS},

@@ -57,7 +57,7 @@ def _eager(path):
     return AutoModel.from_pretrained(path, attn_implementation="eager").eval(), AutoTokenizer.from_pretrained(path)
 
 
-def reference(path, texts, words: bool, causal: bool, R: int = 8):
+def reference(path, texts, words: bool, causal: bool, R: int = 4):
     """Every statistic by plain loops over eager output_attentions of each example alone; and the head distances."""
     from scipy.spatial.distance import jensenshannon
 
@@ -115,7 +115,7 @@ def attnviz_stats(path, texts, words: bool, batch_size: int):
     from attnviz.text import load_text_model
 
     tm = load_text_model(str(path))
-    r = BatchRunner(tm, HeadsSettings(words=words, batch_size=batch_size))
+    r = BatchRunner(tm, HeadsSettings(words=words, batch_size=batch_size, cluster_every=1))
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     return r, run_local(r, batches)
 

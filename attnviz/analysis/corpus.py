@@ -20,8 +20,9 @@ word = sum over its pieces, FROM a word = mean of its pieces' rows). For a head
                of ties) is ``q - 1`` / ``q`` / ``q + 1``.
 ``distance``   ``sum p[k] |q - k|`` in units (tokens or words).
 
-Head distances (the head map): for a fixed sample of query units per example
-(``cluster_queries`` positions, evenly spaced: ``round(linspace(0, n - 1, min(n, R)))``),
+Head distances (the head map): for a fixed sample of query units (in one example of
+every ``cluster_every`` E, chosen by content: ``crc32(utf-8 text) % E == 0``, the
+``cluster_queries`` R positions ``floor((i + 0.5) n / k)``, ``i < k = min(n, R)``),
 the Jensen–Shannon distance ``sqrt(JSD(p_i, p_j))`` (JSD in nats, so at most
 ``sqrt(ln 2)``) between the rows of every pair of heads ``i, j`` (all layers), averaged
 over the sampled queries. :func:`embed_heads` places the heads in 2-D by metric MDS
@@ -35,6 +36,7 @@ beyond float rounding.
 from __future__ import annotations
 
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -59,8 +61,9 @@ DEFINITIONS = {
     "same": "share of query units whose argmax key (first of ties) is q itself",
     "next": "share of query units whose argmax key (first of ties) is q + 1",
     "distance": "mean over query units of sum_k p[k] |q - k| (in units: tokens, or words with --words)",
-    "head_distance": "for R sampled query units per example (positions round(linspace(0, n-1, min(n, R)))), the mean "
-                     "over them of the Jensen-Shannon distance sqrt(JSD(p_i, p_j)) (JSD in nats) between two heads' rows",
+    "head_distance": "the mean over sampled query units of the Jensen-Shannon distance sqrt(JSD(p_i, p_j)) (JSD in nats) "
+                     "between two heads' rows; sampled: in examples with crc32(utf-8 text) % E == 0, the positions "
+                     "floor((i + 0.5) n / k), i < k = min(n, R) (n units; R = cluster_queries, E = cluster_every)",
     "probe_accuracy": "share of probes for which the head's link for the probe token (its strongest earlier, "
                       "non-special, non-adjacent unit: the focus view's rule) is the target word",
 }
@@ -104,36 +107,44 @@ class BatchLayout:
 
 
 def sample_positions(n: int, count: int) -> list[int]:
-    """The query units the head distances use in an example of ``n`` units: ``round(linspace(0, n - 1, min(n, count)))``."""
+    """The query units the head distances use in a sampled example of ``n`` units: ``floor((i + 0.5) n / k)``, ``i < k = min(n, count)``.
+
+    Evenly spread midpoints (for ``count`` 4 and ``n`` 20: 2, 7, 12, 17), so the
+    first and last units ([CLS], [SEP]) are not favoured.
+    """
     if n <= 0 or count <= 0:
         return []
     k = min(n, count)
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+    return [int((i + 0.5) * n / k) for i in range(k)]
 
 
-def batch_layout(infos: Sequence[TokenInfo], num_tokens: int, words: bool, causal: bool, cluster_queries: int = 8) -> BatchLayout:
+def sampled_example(text: str, every: int) -> bool:
+    """True if the head distances use this example: ``crc32(utf-8 text) % every == 0`` (deterministic, order-free)."""
+    return every <= 1 or zlib.crc32(text.encode("utf-8")) % every == 0
+
+
+def batch_layout(infos: Sequence[TokenInfo], num_tokens: int, words: bool, causal: bool, cluster_queries: int = 4,
+                 cluster_every: int = 8) -> BatchLayout:
     """The :class:`BatchLayout` of examples ``infos`` padded (on the right) to ``num_tokens`` tokens."""
     units: list[Units] = [word_units(i) if words else token_units(i) for i in infos]
     b, u = len(infos), max(len(x) for x in units)
-    valid = torch.zeros(b, u, dtype=torch.bool)
-    special = torch.zeros(b, u, dtype=torch.bool)
-    punct = torch.zeros(b, u, dtype=torch.bool)
+    valid, special, punct = ([[False] * u for _ in range(b)] for _ in range(3))
     mq = torch.zeros(b, u, num_tokens) if words else None
     mk = torch.zeros(b, u, num_tokens) if words else None
     sb, sq = [], []
     for i, x in enumerate(units):
         n = len(x)
-        valid[i, :n] = True
-        for j in range(n):
-            special[i, j] = x.special[j] and j > 0
-            punct[i, j] = not x.special[j] and is_punctuation(x.labels[j])
+        valid[i][:n] = [True] * n
+        special[i][1:n] = list(x.special[1:])
+        punct[i][:n] = [not sp and is_punctuation(lab) for sp, lab in zip(x.special, x.labels)]
         if words:
             m = merge_matrix(x.groups, len(infos[i]))
             mk[i, :n, : m.shape[1]] = m
             mq[i, :n, : m.shape[1]] = m / m.sum(dim=1, keepdim=True)
-        pos = sample_positions(n, cluster_queries)
+        pos = sample_positions(n, cluster_queries) if sampled_example(infos[i].text, cluster_every) else []
         sb += [i] * len(pos)
         sq += pos
+    valid, special, punct = (torch.tensor(v, dtype=torch.bool) for v in (valid, special, punct))
     return BatchLayout(
         num_tokens, tuple(len(i) for i in infos), valid, special, punct, causal, mq, mk,
         (torch.tensor(sb, dtype=torch.long), torch.tensor(sq, dtype=torch.long)),
@@ -161,30 +172,29 @@ def layer_sums(p: torch.Tensor, layout: BatchLayout) -> dict[str, torch.Tensor]:
         same, next, distance`` (``uniform`` = sum of ``ln n_q``; see the module docstring).
     """
     b, h, u, _ = p.shape
-    w = layout.valid.to(p.dtype)  # [B, U] query weights
-    wq = w[:, None, :]  # [B, 1, U]
+    w = layout.valid.to(p.dtype)[:, None, :]  # [B, 1, U] query weights
     out: dict[str, torch.Tensor] = {}
 
     def total(x: torch.Tensor) -> torch.Tensor:  # [B, H, U] -> [H] over valid queries
-        return (x * wq).sum(dim=(0, 2)).double()
+        return (x * w).sum(dim=(0, 2)).double()
 
-    keys = torch.stack([layout.special, layout.punct], dim=-1).to(p.dtype)  # [B, U, 2]
-    to_keys = torch.matmul(p, keys[:, None])  # [B, H, U, 2]
+    # row reductions as fused multiply-sums (torch.linalg.vecdot): one pass over [B, H, U, U] each
     out["first"] = total(p[..., 0])
-    out["sep_eos"] = total(to_keys[..., 0])
-    out["punct"] = total(to_keys[..., 1])
-    out["entropy"] = total(-torch.special.xlogy(p, p).sum(dim=-1))
-    allowed = layout.valid[:, None, :].expand(b, u, u)
+    out["sep_eos"] = total(torch.linalg.vecdot(p, layout.special.to(p.dtype)[:, None, None, :]))
+    out["punct"] = total(torch.linalg.vecdot(p, layout.punct.to(p.dtype)[:, None, None, :]))
+    log_p = p.clamp_min(1e-30).log_()  # p ln p -> 0 where p = 0
+    out["entropy"] = total(-torch.linalg.vecdot(p, log_p))
+    del log_p
+    allowed = layout.valid.sum(dim=1, keepdim=True).expand(b, u).double()  # non-padding keys
     if layout.causal:
-        allowed = allowed & torch.ones(u, u, dtype=torch.bool).tril_()
-    uniform = (torch.log(allowed.sum(dim=-1).clamp_min(1).double()) * layout.valid).sum()
-    out["uniform"] = uniform.expand(h).clone()
-    top = p.argmax(dim=-1)  # [B, H, U]
+        allowed = torch.minimum(allowed, torch.arange(1, u + 1, dtype=torch.float64)[None, :])
+    out["uniform"] = (torch.log(allowed) * layout.valid).sum().expand(h).clone()
+    top = p.argmax(dim=-1)  # [B, H, U], the first of ties
     pos = torch.arange(u)
     for name, shift in (("prev", -1), ("same", 0), ("next", 1)):
         out[name] = total((top == pos + shift).to(p.dtype))
     dist = (pos[:, None] - pos[None, :]).abs().to(p.dtype)  # [U, U]
-    out["distance"] = total((p * dist).sum(dim=-1))
+    out["distance"] = total(torch.linalg.vecdot(p, dist))
     return out
 
 
@@ -205,12 +215,13 @@ def js_distance_sums(rows: torch.Tensor) -> torch.Tensor:
         return out
     rows = rows.double()  # JSD = H(mix) - mean H: a difference of similar entropies, float32 would cancel badly
     ent = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [M, R]
-    for i in range(m - 1):
-        mix = (rows[i : i + 1] + rows[i + 1 :]) * 0.5  # [M-i-1, R, K]
-        jsd = -torch.special.xlogy(mix, mix).sum(dim=-1) - 0.5 * (ent[i : i + 1] + ent[i + 1 :])
-        d = jsd.clamp_min(0).sqrt().sum(dim=-1)
-        out[i, i + 1 :] = d
-        out[i + 1 :, i] = d
+    step = max(1, (1 << 22) // max(1, m * rows.shape[1] * rows.shape[2]))  # heads i per chunk: ~32 MiB of mixtures
+    for i0 in range(0, m, step):
+        i1 = min(m, i0 + step)
+        mix = (rows[i0:i1, None] + rows[None]) * 0.5  # [i, M, R, K]
+        jsd = -torch.special.xlogy(mix, mix).sum(dim=-1) - 0.5 * (ent[i0:i1, None] + ent[None])  # [i, M, R]
+        out[i0:i1] = jsd.clamp_min(0).sqrt().sum(dim=-1)
+    out.fill_diagonal_(0.0)
     return out
 
 

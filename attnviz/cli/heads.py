@@ -25,7 +25,8 @@ def heads_command(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     words: bool = typer.Option(False, "--words/--subwords", help="Count words (pieces merged: to = sum, from = mean) instead of tokens."),
     probes: Optional[Path] = typer.Option(None, "--probes", help='JSONL of {"text", "token", "target", "token_index"?}: score each head\'s link.'),
-    cluster_queries: int = typer.Option(8, "--cluster-queries", help="Query units sampled per example for the head map's distances."),
+    cluster_queries: int = typer.Option(4, "--cluster-queries", help="Head map: query units sampled per sampled example."),
+    cluster_every: int = typer.Option(8, "--cluster-every", help="Head map: sample one example in this many (by a hash of its text; 1 = all)."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actor pool)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: join this Ray cluster (e.g. auto, ray://host:10001)."),
     workers: int = typer.Option(2, "--workers", help="With --engine ray: actors, each loading the model once."),
@@ -52,7 +53,7 @@ def heads_command(
 
 
 def run_heads(
-    corpus, model, column, limit, batch_size, max_length, words, probes, cluster_queries, engine, address, workers,
+    corpus, model, column, limit, batch_size, max_length, words, probes, cluster_queries, cluster_every, engine, address, workers,
     gpus_per_worker, cpus_per_worker, top, out, fmt, as_json, device, dtype, device_map, allow_pickle, trust_remote_code, debug,
 ):
     """Do the work of ``attnviz heads``; returns ``(HeadsResult, files written)`` (no printing)."""
@@ -70,7 +71,8 @@ def run_heads(
     from attnviz.corpus import count_examples, iter_batches, open_corpus
     from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, read_probes, run_local, run_probes, run_ray
 
-    settings = HeadsSettings(words=words, batch_size=batch_size, max_length=max_length, cluster_queries=cluster_queries, limit=limit)
+    settings = HeadsSettings(words=words, batch_size=batch_size, max_length=max_length, cluster_queries=cluster_queries,
+                             cluster_every=cluster_every, limit=limit)
     settings.check()
     source = open_corpus(corpus, column)
     probe_list = read_probes(probes) if probes is not None else None

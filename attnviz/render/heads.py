@@ -121,7 +121,7 @@ def head_map_view(result) -> Figure:
     xy = np.asarray(result.coords, dtype=np.float64)
     width = 8.0
     notes = [
-        f"distance: {DEFINITIONS['head_distance']} (R = {result.settings.cluster_queries}; "
+        f"distance: {DEFINITIONS['head_distance']} (R = {result.settings.cluster_queries}, E = {result.settings.cluster_every}; "
         f"{result.sums.js_rows:,} sampled queries); embedded by metric MDS; nearby heads attend alike",
         _corpus_note(result),
     ]
