@@ -38,27 +38,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from capture import _reset_peak, _status  # noqa: E402  (the same /proc readers as the capture benchmark)
+
 ROOT = HERE.parent
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def _status() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def lines(n: int) -> list[str]:

@@ -215,7 +215,7 @@ def js_distance_sums(rows: torch.Tensor) -> torch.Tensor:
         return out
     rows = rows.double()  # JSD = H(mix) - mean H: a difference of similar entropies, float32 would cancel badly
     ent = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [M, R]
-    step = max(1, (1 << 22) // max(1, m * rows.shape[1] * rows.shape[2]))  # heads i per chunk: ~32 MiB of mixtures
+    step = max(1, (1 << 20) // max(1, m * rows.shape[1] * rows.shape[2]))  # heads i per chunk: ~8 MiB of mixtures
     for i0 in range(0, m, step):
         i1 = min(m, i0 + step)
         mix = (rows[i0:i1, None] + rows[None]) * 0.5  # [i, M, R, K]
