@@ -194,8 +194,12 @@ def run_ray(
         raise UsageError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     from attnviz.corpus import ray_dataset
 
+    import logging
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if address:
             kwargs["address"] = address
         try:

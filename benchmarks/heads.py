@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_write:
         md = f"""# `attnviz heads` benchmark
 
-`python benchmarks/heads.py{' --quick' if a.quick else ''}` — {MODEL}, float32, CPU, {a.threads} threads,
+`python benchmarks/heads.py{(' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()}` — {MODEL}, float32, CPU, {a.threads} thread(s),
 batch size {a.batch_size}, `samples/corpus.txt` repeated to each size; best of {repeat} interleaved run(s), each in a
 fresh process. Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()};
 load average {load[0]:.2f} before and {load_after[0]:.2f} after (the CPUs were shared with other work, so the
