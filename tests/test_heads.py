@@ -212,7 +212,7 @@ def test_cli_outputs(tiny_models, tmp_path):
     probes.write_text(json.dumps({"text": TEXTS[0], "token": "it", "target": "animal"}) + "\n", encoding="utf-8")
     out = tmp_path / "out"
     res = _cli("heads", corpus, "--model", tiny_models("bert"), "--column", "sentence", "--batch-size", 2, "--limit", 4,
-               "--probes", probes, "--out", out, "--json")
+               "--probes", probes, "--cluster-every", 2, "--out", out, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "heads.json").read_text())
@@ -224,6 +224,10 @@ def test_cli_outputs(tiny_models, tmp_path):
     assert set(doc["statistics"]) == set(STATISTICS) and set(doc["definitions"]) >= set(STATISTICS)
     assert np.array(doc["statistics"]["first"]).shape == (3, 4)
     assert doc["probes"]["count"] == 1 and len(doc["head_map"]["mds"]) == 12
+    import zlib
+
+    sampled = [t for t in TEXTS[:4] if zlib.crc32(t.encode()) % 2 == 0]  # --cluster-every 2: 4 rows of each sampled example
+    assert doc["corpus"]["head_distance_queries"] == sum(min(4, len(tok(t)["input_ids"])) for t in sampled)
     table = pq.read_table(out / "heads.parquet").to_pydict()
     assert table["layer"] == [i // 4 for i in range(12)]
     np.testing.assert_allclose(table["entropy"], np.ravel(doc["statistics"]["entropy"]))

@@ -120,9 +120,11 @@ def head_map_view(result) -> Figure:
     L, H = result.num_layers, result.num_heads
     xy = np.asarray(result.coords, dtype=np.float64)
     width = 8.0
+    st = result.settings
     notes = [
-        f"distance: {DEFINITIONS['head_distance']} (R = {result.settings.cluster_queries}, E = {result.settings.cluster_every}; "
-        f"{result.sums.js_rows:,} sampled queries); embedded by metric MDS; nearby heads attend alike",
+        f"distance between two heads: mean Jensen–Shannon distance sqrt(JSD) of their attention rows over "
+        f"{result.sums.js_rows:,} sampled queries ({st.cluster_queries} per example in 1 of {st.cluster_every}; "
+        "definition in heads.json); placed by metric MDS: nearby heads attend alike",
         _corpus_note(result),
     ]
     titles = make_titles("Head map", result.model_id, f"{L * H} heads", "all layers and heads", notes, width)
