@@ -38,6 +38,7 @@ from __future__ import annotations
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -104,6 +105,37 @@ class BatchLayout:
     @property
     def num_units(self) -> int:
         return int(self.valid.sum())
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        """float32 ``[B, U]``: 1 for real query units, 0 for padding."""
+        return self.valid.float()
+
+    @cached_property
+    def key_sets(self) -> torch.Tensor:
+        """float32 ``[B, U, 2]``: special units other than the first, punctuation units."""
+        return torch.stack([self.special, self.punct], dim=-1).float()
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """int64 ``[U]``: 0 .. U-1."""
+        return torch.arange(self.valid.shape[1])
+
+    @cached_property
+    def distance(self) -> torch.Tensor:
+        """float32 ``[U, U]``: ``|q - k|``."""
+        pos = self.positions
+        return (pos[:, None] - pos[None, :]).abs().float()
+
+    shifts = torch.tensor([-1, 0, 1])
+
+    @cached_property
+    def uniform(self) -> float:
+        """Sum over real query units of ``ln n_q`` (``n_q``: non-padding keys, in causal models at most ``q + 1``)."""
+        n = self.valid.sum(dim=1, keepdim=True).double().expand(self.valid.shape)
+        if self.causal:
+            n = torch.minimum(n, torch.arange(1, self.valid.shape[1] + 1, dtype=torch.float64)[None, :])
+        return float((torch.log(n) * self.valid).sum())
 
 
 def sample_positions(n: int, count: int) -> list[int]:
@@ -172,29 +204,18 @@ def layer_sums(p: torch.Tensor, layout: BatchLayout) -> dict[str, torch.Tensor]:
         same, next, distance`` (``uniform`` = sum of ``ln n_q``; see the module docstring).
     """
     b, h, u, _ = p.shape
-    w = layout.valid.to(p.dtype)[:, None, :]  # [B, 1, U] query weights
-    out: dict[str, torch.Tensor] = {}
-
-    def total(x: torch.Tensor) -> torch.Tensor:  # [B, H, U] -> [H] over valid queries
-        return (x * w).sum(dim=(0, 2)).double()
-
-    # row reductions as fused multiply-sums (torch.linalg.vecdot): one pass over [B, H, U, U] each
-    out["first"] = total(p[..., 0])
-    out["sep_eos"] = total(torch.linalg.vecdot(p, layout.special.to(p.dtype)[:, None, None, :]))
-    out["punct"] = total(torch.linalg.vecdot(p, layout.punct.to(p.dtype)[:, None, None, :]))
-    log_p = p.clamp_min(1e-30).log_()  # p ln p -> 0 where p = 0
-    out["entropy"] = total(-torch.linalg.vecdot(p, log_p))
-    del log_p
-    allowed = layout.valid.sum(dim=1, keepdim=True).expand(b, u).double()  # non-padding keys
-    if layout.causal:
-        allowed = torch.minimum(allowed, torch.arange(1, u + 1, dtype=torch.float64)[None, :])
-    out["uniform"] = (torch.log(allowed) * layout.valid).sum().expand(h).clone()
-    top = p.argmax(dim=-1)  # [B, H, U], the first of ties
-    pos = torch.arange(u)
-    for name, shift in (("prev", -1), ("same", 0), ("next", 1)):
-        out[name] = total((top == pos + shift).to(p.dtype))
-    dist = (pos[:, None] - pos[None, :]).abs().to(p.dtype)  # [U, U]
-    out["distance"] = total(torch.linalg.vecdot(p, dist))
+    # few, large tensor ops (each costs a pass over [B, H, U, U]); the per-row values are stacked and reduced at once
+    to_keys = torch.bmm(p.reshape(b, h * u, u), layout.key_sets).view(b, h, u, 2)  # [SEP]/EOS, punctuation
+    entropy = torch.linalg.vecdot(p, p.clamp_min(1e-30).log_()).neg_()  # -sum p ln p (p ln p -> 0 where p = 0)
+    distance = torch.linalg.vecdot(p, layout.distance)  # sum_k p[k] |q - k|
+    rel = p.argmax(dim=-1) - layout.positions  # argmax key (first of ties) relative to the query
+    rows = torch.cat([
+        torch.stack([p[..., 0], to_keys[..., 0], to_keys[..., 1], entropy, distance], dim=-1),
+        (rel.unsqueeze(-1) == layout.shifts).to(p.dtype),  # prev, same, next
+    ], dim=-1)  # [B, H, U, 8]
+    sums = torch.einsum("bhus,bu->hs", rows, layout.weights).double()  # over valid queries
+    out = {name: sums[:, i] for i, name in enumerate(("first", "sep_eos", "punct", "entropy", "distance", "prev", "same", "next"))}
+    out["uniform"] = torch.full((h,), layout.uniform, dtype=torch.float64)
     return out
 
 
@@ -215,7 +236,7 @@ def js_distance_sums(rows: torch.Tensor) -> torch.Tensor:
         return out
     rows = rows.double()  # JSD = H(mix) - mean H: a difference of similar entropies, float32 would cancel badly
     ent = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [M, R]
-    step = max(1, (1 << 20) // max(1, m * rows.shape[1] * rows.shape[2]))  # heads i per chunk: ~8 MiB of mixtures
+    step = max(1, (1 << 21) // max(1, m * rows.shape[1] * rows.shape[2]))  # heads i per chunk: ~16 MiB of mixtures
     for i0 in range(0, m, step):
         i1 = min(m, i0 + step)
         mix = (rows[i0:i1, None] + rows[None]) * 0.5  # [i, M, R, K]
