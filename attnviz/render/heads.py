@@ -14,7 +14,8 @@ from matplotlib.patches import Rectangle
 
 from attnviz.analysis.corpus import DEFINITIONS
 from attnviz.render.common import (
-    FOCUS_COLOR, Frame, add_colorbar, attention_cmap, clamp, make_titles, probability_norm, short_weight, text_color_on,
+    FOCUS_COLOR, Frame, add_colorbar, attention_cmap, clamp, layer_head_axes, make_titles, probability_norm, short_weight,
+    text_color_on,
 )
 
 #: Display name and unit of each statistic; ``None`` unit = a probability or share in [0, 1].
@@ -82,13 +83,7 @@ def statistic_view(result, name: str) -> Figure:
     data = np.ma.masked_invalid(values.astype(np.float64))
     img = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     img.set_gid(f"stat-{name}")
-    ax.set_xticks(range(H), [f"H{h}" for h in range(H)], fontsize=clamp(font + 0.5, 6, 8))
-    ax.set_yticks(range(L), [f"L{l}" for l in range(L)], fontsize=clamp(ch * 20, 6, 8))
-    ax.tick_params(length=0)
-    ax.xaxis.set_ticks_position("top")
-    ax.xaxis.set_label_position("top")
-    ax.set_xlabel("head", fontsize=9)
-    ax.set_ylabel("layer", fontsize=9)
+    layer_head_axes(ax, L, H, font, ch)
     for l in range(L):
         for h in range(H):
             v = float(values[l, h])

@@ -47,6 +47,7 @@ from attnviz.render.common import (
     clamp,
     hatch_behind,
     kv_heads_note,
+    layer_head_axes,
     layer_head_text,
     make_titles,
     nice_step,
@@ -612,13 +613,7 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec) -> Figure:
         ax.set_facecolor(MISSING_COLOR)
     img = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     img.set_gid("focus")
-    ax.set_xticks(range(H), [f"H{h}" for h in range(H)], fontsize=clamp(font + 0.5, 6, 8))
-    ax.set_yticks(range(L), [f"L{l}" for l in range(L)], fontsize=clamp(ch * 20, 6, 8))
-    ax.tick_params(length=0)
-    ax.xaxis.set_ticks_position("top")
-    ax.xaxis.set_label_position("top")
-    ax.set_xlabel("head", fontsize=9)
-    ax.set_ylabel("layer", fontsize=9)
+    layer_head_axes(ax, L, H, font, ch)
     chars = max(3, int(cw * 72 / (font * 0.62)))
     two_lines = ch * 72 >= font * 2.4
     for l in range(L):
