@@ -98,6 +98,12 @@ class CapturePlan:
       output (``Capture.outputs``). For a single-stack model whose plan only
       keeps ``layers``, the forward pass then stops right after the last
       requested layer (``Capture.outputs`` is None).
+    - ``batch``: accept a padded batch of sequences (``input_ids`` ``[B, N]``
+      with an ``attention_mask``). Only ``on_layer`` may be used with it; it then
+      receives ``(kind, layer, probs[B, heads, query, key])`` per layer and the
+      returned maps hold shapes only. Padding keys get probability exactly 0;
+      padding query rows are computed but mean nothing (callers drop them).
+      Used by the corpus statistics of ``attnviz heads``.
     """
 
     full: bool = False
@@ -112,6 +118,7 @@ class CapturePlan:
     need_outputs: bool = True
     head_maps: frozenset = frozenset()
     follow: Callable[[str, int, torch.Tensor], tuple[int | None, float] | None] | None = None
+    batch: bool = False
 
     @property
     def needs_full_layers(self) -> bool:
@@ -469,7 +476,7 @@ class _Session:
             if kwargs.get(name) is not None:
                 self.problem = f"attention with '{name}' in {path}"
                 return None
-        if query.shape[0] != 1:
+        if query.shape[0] != 1 and not self.plan.batch:
             self.problem = f"a batch of {query.shape[0]} sequences in {path}"
             return None
         kind = attention_kind(path, self.encoder_decoder)
@@ -483,6 +490,9 @@ class _Session:
         bias = kwargs.get("position_bias")
         bias = bias[0] if bias is not None else None  # [1|H, Q, K]
         softcap = kwargs.get("softcap")
+        if self.plan.batch:
+            return self._attend_batch(kind, layer, query, key, value, attention_mask, causal, scaling,
+                                      kwargs.get("position_bias"), softcap)
         # query: [B, H, Q, d]; key/value: [B, Hkv, K, d]; one sequence (B = 1)
         call = _Call(query[0], key[0], value[0], scaling, mask, causal, bias, softcap)
         heads, nq, nk = call.heads, call.nq, call.nk
@@ -557,6 +567,42 @@ class _Session:
         else:
             m = self._one_head(call, head)
         self.followed[kind] = (float(score), (layer, head), m)
+
+    def _attend_batch(self, kind, layer, query, key, value, mask, causal, scaling, bias, softcap):
+        """A batch plan's attention call: eager probabilities of every sequence at once, ``on_layer``, ``P @ V``.
+
+        ``query``: ``[B, H, Q, d]``; ``key``/``value``: ``[B, Hkv, K, d]``; ``mask``:
+        ``[B, 1|H, Q, K]`` boolean (True = attend) or additive float, or None.
+        Returns the layer output ``[B, Q, H, dv]`` (as SDPA returns it) in ``value``'s dtype.
+        """
+        b, heads, nq, dim = query.shape
+        kv_heads, nk = key.shape[1], key.shape[2]
+        if heads % kv_heads:
+            raise ModelError(f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
+        group = heads // kv_heads
+        s = torch.matmul(query.float().reshape(b, kv_heads, group * nq, dim), key.float().transpose(-1, -2))
+        s = s.view(b, heads, nq, nk).mul_(scaling)
+        if softcap is not None:
+            s.div_(softcap).tanh_().mul_(softcap)
+        if bias is not None:
+            s.add_(bias[..., :nk])
+        if mask is not None:
+            mask = mask[..., :nk]
+            if mask.dtype == torch.bool:
+                s.masked_fill_(~mask, _MIN32)
+            else:
+                s.add_(mask)
+        elif causal:
+            s.masked_fill_(torch.ones(nq, nk, dtype=torch.bool, device=s.device).triu_(1), _MIN32)
+        p = torch.softmax(s, dim=-1)  # [B, H, Q, K] float32
+        self.shape[kind] = (heads, nq, nk)
+        self.causal[kind] = self.causal.get(kind, False) or causal or (mask is not None and _looks_causal(mask[0]))
+        self.kv_heads[kind] = kv_heads
+        self.plan.on_layer(kind, layer, p if p.device.type == "cpu" else p.cpu())
+        out = torch.matmul(p.view(b, kv_heads, group * nq, nk), value.float()).view(b, heads, nq, -1)
+        if self.progress is not None:
+            self.progress(kind, layer)
+        return out.transpose(1, 2).to(value.dtype)
 
     def _all_rows(self, call: _Call, kind: str, layer: int, keep: bool, roll: bool, own_output: bool, dtype, mean: bool = False):
         """Every row of one call, block by block: the kept layer map, the head-fused rollout map, the head mean, the output."""
@@ -773,7 +819,7 @@ def _early_stop_layer(model, plan: CapturePlan, encdec: bool) -> tuple[int | Non
 
 
 def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL, progress=None, backend: str = "auto") -> Capture:
-    """Run ``model(**inputs)`` once (batch of one) and capture attention as ``plan`` asks.
+    """Run ``model(**inputs)`` once (batch of one; a padded batch with ``plan.batch``) and capture attention as ``plan`` asks.
 
     Args:
         model: a loaded transformers ``PreTrainedModel`` in eval mode.
@@ -796,6 +842,8 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
         UsageError: bad rollout settings (head fusion, discard ratio).
     """
     _check_rollout_settings(plan)
+    if plan.batch and (plan.on_layer is None or plan.full or plan.layers or plan.rows or plan.cross_rows or plan.rollout):
+        raise UsageError("a batch capture plan streams layers to on_layer and keeps nothing else")
     _register()
     if backend == "eager":
         return capture_eager(model, inputs, plan)
@@ -881,6 +929,13 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
     result: dict[str, AttentionMaps] = {}
     for kind, maps in groups.items():
         if not maps or any(m is None for m in maps):
+            continue
+        if plan.batch:  # stream [B, H, Q, K] per layer, keep nothing
+            for layer, m in enumerate(maps):
+                plan.on_layer(kind, layer, m.float().cpu())
+            _, H, Q, K = maps[0].shape
+            result[kind] = AttentionMaps(kind=kind, num_layers=len(maps), num_heads=H, num_queries=Q, num_keys=K,
+                                         causal=kind == DECODER or (kind == SELF and _is_causal_lm(model)))
             continue
         full = torch.stack([m[0].float().cpu() for m in maps])  # [L, H, Q, K]
         causal = _check_eager_maps(model, kind, maps, full, causal_modules and kind != CROSS)

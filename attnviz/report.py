@@ -713,3 +713,44 @@ def is_attnviz_tensor_file(path: str | os.PathLike) -> bool:
         return True
     names = {k for k in header if k != "__metadata__"}
     return "model" in meta and bool(names) and names <= {"attentions", "rollout", "encoder_attentions", "decoder_attentions", "cross_attentions"}
+
+
+# ---------------------------------------------------------------------------
+# documents and tables (attnviz heads)
+
+
+def write_json(out_dir: Path, name: str, document: Mapping[str, object]) -> Path:
+    """Write ``document`` as indented UTF-8 JSON to ``out_dir/name`` (atomically).
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    path = Path(out_dir) / name
+    data = (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        with _atomic(path) as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    return path
+
+
+def write_parquet(out_dir: Path, name: str, columns: Mapping[str, list], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a table of equally long ``columns`` to ``out_dir/name`` as Parquet (pyarrow), atomically.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(out_dir) / name
+    table = pa.table(dict(columns))
+    if metadata:
+        table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
+    try:
+        with _atomic(path) as fh:
+            pq.write_table(table, fh)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    return path

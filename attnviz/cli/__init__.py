@@ -71,6 +71,7 @@ def _root(
 
 
 from attnviz.cli import text as _text  # noqa: E402,F401  (registers the command)
+from attnviz.cli import heads as _heads  # noqa: E402,F401
 
 try:  # the image command lives in its own module
     from attnviz.cli import image as _image  # noqa: E402,F401

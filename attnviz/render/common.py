@@ -235,6 +235,20 @@ class Frame:
             s.set_gid("subtitle")
 
 
+def layer_head_axes(ax: Axes, num_layers: int, num_heads: int, font: float, cell_h: float) -> None:
+    """Label a layers x heads grid: ``H0..`` along the top, ``L0..`` down the side, axis names "head" and "layer".
+
+    ``font`` is the cell font size in points, ``cell_h`` a cell's height in inches.
+    """
+    ax.set_xticks(range(num_heads), [f"H{h}" for h in range(num_heads)], fontsize=clamp(font + 0.5, 6, 8))
+    ax.set_yticks(range(num_layers), [f"L{l}" for l in range(num_layers)], fontsize=clamp(cell_h * 20, 6, 8))
+    ax.tick_params(length=0)
+    ax.xaxis.set_ticks_position("top")
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel("head", fontsize=9)
+    ax.set_ylabel("layer", fontsize=9)
+
+
 def figure_text(fig: Figure) -> str:
     """All text drawn on ``fig`` (title, subtitle, notes), joined by newlines, for tests and checks."""
     return "\n".join(t.get_text() for t in fig.texts)
