@@ -24,31 +24,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 FORMATS = ("png", "svg", "pdf")
-DPI = 150
 #: Name of the manifest each output folder holds: what the last run wrote there.
 MANIFEST = ".attnviz-manifest.json"
 #: Temporary files and folders attnviz makes start with this and end in ``.part``
 #: (``.attnviz-<pid>-<random>.part``); a later run removes those of dead processes.
 TEMP_PREFIX = ".attnviz-"
 _HASH_LIMIT = 64 * 2**20  # files above this are recorded by size and mtime, not sha256
-
-
-def prepare_out_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) if needed and check that it is a writable folder.
-
-    Raises:
-        OutputError: it is a file, or cannot be created or written.
-    """
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output folder '{out}' is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".attnviz-check-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to output folder '{out}': {exc.strerror or exc}") from exc
-    return out
 
 
 @contextmanager
@@ -468,6 +449,19 @@ class _Place:
             raise OutputError(f"cannot write to '{self.existing}': {exc.strerror or exc}") from exc
         return inner
 
+    def staged(self, folder: Path) -> Path | None:
+        """The staged counterpart of ``folder`` when it lies in the part of the tree this place creates, else None."""
+        if self.exists:
+            return None
+        try:
+            rel = Path(folder).relative_to(self.first_missing)
+        except ValueError:
+            return None
+        self.stage()
+        inner = self._stage / rel
+        inner.mkdir(parents=True, exist_ok=True)
+        return inner
+
     def discard(self) -> None:
         import shutil
 
@@ -583,6 +577,12 @@ class RunOutput:
     def page(self, html: str, stem: str = "report") -> Path:
         """Stage one self-contained HTML page (:mod:`attnviz.html`) as ``stem.html`` (UTF-8); returns its final path."""
         staged = self.path(f"{stem}.html")
+        if self.stamp:
+            from html import escape
+
+            banner = (f'<div role="alert" style="background:#b00020;color:#fff;font:bold 14px sans-serif;padding:6px 10px">'
+                      f"{escape(self.stamp)}</div>")
+            html = html.replace("<body>", "<body>" + banner, 1) if "<body>" in html else banner + html
         write_html(html, staged.parent, stem)
         return self.out_dir / staged.name
 
@@ -593,6 +593,10 @@ class RunOutput:
         if os.path.abspath(final.parent) == os.path.abspath(self.out_dir):
             self._tensor = (final, self._place)
             return self.path(final.name)
+        inside = self._place.staged(final.parent)  # a folder this run creates anyway: moved in with it
+        if inside is not None:
+            self._tensor = (final, self._place)
+            return inside / final.name
         place = _Place(final.parent)
         self._tensor = (final, place)
         return place.stage() / final.name
@@ -606,7 +610,7 @@ class RunOutput:
         if self._tensor is not None and self._tensor[1] is not self._place:
             final, place = self._tensor
             self._check_target(final, is_attnviz_tensor_file(final), "attention to")
-        staged = self._place.stage() if self._names or not self._place.exists else None
+        staged = self._place.stage() if self._names or (self._place.exists and self._previous) or self._place._stage else None
         record = {}
         if staged is not None:
             for name in self._names:
@@ -667,10 +671,14 @@ class RunOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
 
 def _version() -> str:

@@ -433,3 +433,37 @@ def test_allow_pickle_is_not_suggested_when_given(tmp_path):
     result = invoke("text", TEXT, "--model", folder, "--allow-pickle", "--out", tmp_path / "o")
     assert result.exit_code == 3
     assert "--allow-pickle" not in result.stderr.split("error:", 1)[1]
+
+
+def test_save_attn_inside_a_new_out_folder_lands_with_it(bert, tmp_path):
+    """--out new/figs and --save-attn new/attn.safetensors share the folder this run creates."""
+    result = invoke("text", TEXT, "--model", bert, "--out", tmp_path / "new" / "figs", "--save-attn", tmp_path / "new" / "attn.safetensors")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["attn.safetensors", "figs"]
+    assert (tmp_path / "new" / "figs" / "head-view.png").exists()
+    assert not [p for p in tmp_path.rglob(".attnviz-*.part")]
+
+
+def test_a_commit_that_fails_leaves_no_stage(tmp_path):
+    from matplotlib.figure import Figure
+
+    from attnviz.errors import OutputError
+    from attnviz.report import RunOutput
+
+    out = tmp_path / "o"
+    out.mkdir()
+    run = RunOutput(out, command="test")
+    with pytest.raises(OutputError):
+        with run:
+            run.figure(Figure(), "a", "png")
+            (out / "a.png").write_bytes(b"appeared during the run")  # a user's file, found again at commit
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    assert (out / "a.png").read_bytes() == b"appeared during the run"
+
+
+def test_random_weights_html_says_so(bert, tmp_path):
+    broken = copy_model(bert, tmp_path / "m", drop=lambda k: ".layer.0." in k)
+    result = invoke("text", TEXT, "--model", broken, "--out", tmp_path / "o", "--random-weights-ok", "--format", "html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "RANDOM WEIGHTS: not the trained model" in page[:page.index("<body>") + 400]

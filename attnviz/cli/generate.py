@@ -30,6 +30,7 @@ class GenerateRun:
     focus: object | None = None  # Focus
     files: list[Path] = field(default_factory=list)
     save_attn: Path | None = None
+    random_weights: str | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -74,6 +75,7 @@ class GenerateRun:
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["notice"] = r.notice
+        doc["random_weights"] = self.random_weights
         return doc
 
 
@@ -194,7 +196,7 @@ def run_generate(
     quiet_libraries()
     from attnviz.analysis.generation import candidates, strongest_links
     from attnviz.generate import analyse_step_focus, attend_generation, find_step, load_generation_model
-    from attnviz.models import LoadOptions, random_weights_note, resolve_model
+    from attnviz.models import LoadOptions, load_config, random_weights_note, resolve_model
 
     output = RunOutput(
         out, command="generate", force=force, protect=model_files(resolve_model(model).location),
@@ -202,11 +204,14 @@ def run_generate(
                   "temperature": temperature, "top_p": top_p, "seed": seed, "format": fmt,
                   "save_attn": str(tensor_path) if tensor_path else None},
     )
+    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
+    _check_layer_head(model, options, layer, head)  # from the config, before any weights load
     names = [f"{n}.{fmt}" for n in ("generation-map", "sink-share")]
+    if getattr(load_config(resolve_model(model), options), "is_encoder_decoder", False):
+        names.append(f"cross-map.{fmt}")
     if token is not None or step is not None:
         names += [f"focus-view.{fmt}", f"head-view.{fmt}"]
     output.check(names, tensor=tensor_path)
-    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
     tm = load_generation_model(model, options)
     note = random_weights_note(tm.model)
     if note:
@@ -228,7 +233,7 @@ def run_generate(
             _save(result, output.tensor_target(tensor_path))
     for left in output.left_alone:
         warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
-    return GenerateRun(result, links, source_links, layer, head, fusion, chosen, focus, files, output.tensor)
+    return GenerateRun(result, links, source_links, layer, head, fusion, chosen, focus, files, output.tensor, note)
 
 
 @contextmanager
@@ -280,3 +285,20 @@ def _save(result, path: Path) -> Path:
         "probabilities": list(result.probabilities),
     }
     return save_tensors(path, tensors, meta)
+
+
+def _check_layer_head(model: str, options, layer, head) -> None:
+    """``--layer``/``--head`` against the config (layers and heads of the decoder), before the weights load."""
+    from attnviz.errors import UsageError
+    from attnviz.models import load_config, resolve_model
+    from attnviz.text import TextModel
+
+    if layer is None and head is None:
+        return
+    source = resolve_model(model)
+    spec = TextModel(source, None, None, 0, load_config(source, options))
+    layers, heads = spec.num_decoder_layers, spec.num_heads
+    if layer is not None and not -layers <= layer < layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {layers} layers (0..{layers - 1})")
+    if head is not None and not -heads <= head < heads:
+        raise UsageError(f"--head {head} is out of range: this model has {heads} heads per layer (0..{heads - 1})")

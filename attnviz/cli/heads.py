@@ -127,6 +127,8 @@ def run_heads(
     result = HeadsResult.build(runner, sums, str(corpus), engine, probe_result)
     with output:
         files = _write(result, output, fmt)
+    for left in output.left_alone:
+        warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
     return result, files
 
 

@@ -225,6 +225,11 @@ def run_image(
     patch_info = None
     stems = {"report": "report", "heads": f"attention-layer{layer}", "rollout": "rollout"}
     names = [f"{stems[v]}.{f}" for f in figure_formats for v in chosen_views if v in stems]
+    # written only when sinks are found or the model classifies: checked now all the same, so a clash costs no loading
+    if "rollout" in chosen_views:
+        names += [f"rollout-no-sinks.{f}" for f in figure_formats]
+    if "predictions" in chosen_views and im.info.classifier:
+        names += [f"predictions.{f}" for f in figure_formats]
     if point is not None:
         _, box, grid, _ = preprocess(im, photo)
         row, col = patch_at(box, grid, (photo.width, photo.height), *point)

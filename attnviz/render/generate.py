@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from attnviz.analysis.generation import checked, sink_share
 from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
+from attnviz.render.layout import DEFAULT_STYLE
 from attnviz.render.common import (
     DPI,
     FOCUS_COLOR,
@@ -188,7 +189,7 @@ def generation_map(
     titles = make_titles(view, result.model_id, what, f"{result.num_generated} generated tokens, prompt {result.prompt_length} tokens", notes, width)
     top = titles.height_in() + 0.35
     height = top + plot_h + bottom + 0.1
-    frame = Frame(width, height)
+    frame = Frame(width, height, DEFAULT_STYLE.resolution)
     frame.titles(titles)
     cmap, norm = attention_cmap(), probability_norm(1.0, sqrt=sqrt)
     step_labels = _step_labels(result)
@@ -270,7 +271,7 @@ def sink_view(result: GenerationAttention) -> Figure:
     top = titles.height_in() + 0.15
     bottom = 1.0 if labelled else 0.6
     height = top + line_h + 0.25 + heat_h + bottom
-    frame = Frame(width, height)
+    frame = Frame(width, height, DEFAULT_STYLE.resolution)
     frame.titles(titles)
     ax = frame.axes(left, top, plot_w, line_h)
     x = np.arange(T)
@@ -343,7 +344,7 @@ def generation_head_view(result: GenerationAttention, step: int, layer: int | No
     ]
     titles = make_titles("Head view", result.model_id, what, f"generated token {fq}", notes, width)
     top = titles.height_in() + 0.4
-    frame = Frame(width, top + plot_h + 0.3)
+    frame = Frame(width, top + plot_h + 0.3, DEFAULT_STYLE.resolution)
     frame.titles(titles)
     ax = frame.axes(side + label_w, top, mid, plot_h)
     ax.set_axis_off()

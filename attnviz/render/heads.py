@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from attnviz.analysis.corpus import DEFINITIONS
+from attnviz.render.layout import DEFAULT_STYLE
 from attnviz.render.common import (
     FOCUS_COLOR, Frame, add_colorbar, attention_cmap, clamp, layer_head_axes, make_titles, probability_norm, short_weight,
     text_color_on,
@@ -76,7 +77,7 @@ def statistic_view(result, name: str) -> Figure:
     titles = make_titles("Heads", result.model_id, what + (f" ({unit})" if unit else ""), "all layers and heads", notes, width)
     top_in = titles.height_in() + 0.5
     cb_h = clamp(plot_h, 2.2, 5.0)
-    frame = Frame(width, top_in + max(plot_h, cb_h) + 0.25)
+    frame = Frame(width, top_in + max(plot_h, cb_h) + 0.25, DEFAULT_STYLE.resolution)
     frame.titles(titles)
     ax = frame.axes(left, top_in, plot_w, plot_h)
     cmap, norm = attention_cmap(), probability_norm(vmax)
@@ -125,7 +126,7 @@ def head_map_view(result) -> Figure:
     titles = make_titles("Head map", result.model_id, f"{L * H} heads", "all layers and heads", notes, width)
     top_in = titles.height_in() + 0.2
     side = 6.0
-    frame = Frame(width, top_in + side + 0.5)
+    frame = Frame(width, top_in + side + 0.5, DEFAULT_STYLE.resolution)
     frame.titles(titles)
     ax = frame.axes(0.5, top_in, side, side)
     cmap = matplotlib.colormaps["viridis"]
