@@ -74,6 +74,53 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, name)
 
 
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers")
+_HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+
+
+def config_dims(source: ModelSource, sub: str | None = None) -> tuple[int, int] | None:
+    """``(layers, heads)`` read straight from a local folder's ``config.json`` (no transformers import), or None.
+
+    ``sub`` names a nested config to prefer (``"vision_config"``, ``"text_config"``). Used to check
+    ``--layer``/``--head`` in milliseconds; the loaded config stays authoritative (it is checked again).
+    """
+    import json
+
+    path = Path(source.location) / "config.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if sub and isinstance(doc.get(sub), dict):
+        doc = doc[sub]
+    def first(keys):
+        return next((doc[k] for k in keys if isinstance(doc.get(k), int) and doc[k] > 0), None)
+    layers, heads = first(_LAYER_KEYS), first(_HEAD_KEYS)
+    return (layers, heads) if layers and heads else None
+
+
+def check_layer_head(source: ModelSource, layer: int | None, head: int | None, sub: str | None = None) -> None:
+    """Refuse ``--layer``/``--head`` outside the config's ranges before anything heavy is imported (see :func:`config_dims`).
+
+    Raises:
+        UsageError: out of range (0-based; negative counts from the end).
+    """
+    if layer is None and head is None:
+        return
+    dims = config_dims(source, sub)
+    if dims is None:
+        return
+    from attnviz.errors import UsageError
+
+    layers, heads = dims
+    if layer is not None and not -layers <= layer < layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {layers} layers (0..{layers - 1})")
+    if head is not None and not -heads <= head < heads:
+        raise UsageError(f"--head {head} is out of range: this model has {heads} heads per layer (0..{heads - 1})")
+
+
 def _unreachable(source: ModelSource, exc: Exception) -> ModelError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelError(

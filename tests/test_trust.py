@@ -467,3 +467,25 @@ def test_random_weights_html_says_so(bert, tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "o" / "report.html").read_text()
     assert "RANDOM WEIGHTS: not the trained model" in page[:page.index("<body>") + 400]
+
+
+LAYER_CHECK = """
+import sys
+from attnviz.cli import main
+sys.argv = ["attnviz"] + sys.argv[1:]
+try:
+    main()
+except SystemExit as exc:
+    print(exc.code, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", ["text", "image"])
+def test_layer_and_head_ranges_need_no_torch(bert, vit, photo, tmp_path, command):
+    """--layer/--head are checked from config.json alone: milliseconds, before torch or transformers is imported."""
+    args = ["text", TEXT, "--model", str(bert)] if command == "text" else ["image", str(photo), "--model", str(vit)]
+    for bad in (["--layer", "9"], ["--head", "-9"]):
+        proc = subprocess.run([sys.executable, "-c", LAYER_CHECK, *args, *bad, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+        assert "out of range" in proc.stderr

@@ -185,6 +185,8 @@ def run_image(
     The photo, layer/head ranges, ``--patch`` and the output paths are checked against the config
     and image processor before the weights load; all files are written together at the end, or none.
     """
+    from attnviz.models import check_layer_head, resolve_model
+    check_layer_head(resolve_model(model), layer, head, "vision_config")  # milliseconds: config.json, no imports
     from attnviz.analysis.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
     from attnviz.cli.common import parse_formats
@@ -196,6 +198,7 @@ def run_image(
     if not 0.0 <= discard_ratio < 1.0:
         raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
     point = _parse_patch(patch)
+
     from attnviz.cli.style import parse_views
     from attnviz.render.layout import Style
 

@@ -231,6 +231,11 @@ def run_text(
     if not content.strip():
         raise UsageError("the text is empty" if not content else "the text is only whitespace")
     tensor_path = check_tensor_path(save_attn) if save_attn else None
+    if max_length is not None and max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, not {max_length}")
+    from attnviz.models import check_layer_head, resolve_model
+
+    check_layer_head(resolve_model(model), layer, head, "text_config")  # milliseconds: config.json, no imports
 
     quiet_libraries()
     from attnviz.analysis.select import ViewSpec, find_focus
