@@ -211,8 +211,9 @@ def generation_map(
     col_fonts = [tick_font if style.print_size else clamp(w * 72 / max(c1 - c0, 1) * 0.75, 6.0, 8.5) for c0, c1, w in panels]
     fully = [c1 - c0 <= LABEL_LIMIT and w * 72 / max(c1 - c0, 1) >= max(7.0, f * 1.25) for (c0, c1, w), f in zip(panels, col_fonts)]
     short = chars - 2
+    steps = [1 if f else nice_step(c1 - c0, int(w * 72 / (tick_font * 1.6))) for (c0, c1, w), f in zip(panels, fully)]
     longest = max((len(safe_label(labels[k], chars)) if f else len(f"{k} {safe_label(labels[k], short)}")
-                   for (c0, c1, _), f in zip(panels, fully) for k in range(c0, c1)), default=4)
+                   for (c0, c1, _), f, st in zip(panels, fully, steps) for k in range(c0, c1, st)), default=4)
     col_font_max = max(f if full else tick_font for f, full in zip(col_fonts, fully))
     bottom = 0.1 + longest * col_font_max * 0.62 / 72 + label_font * 1.4 / 72 + 0.06
     notes = _notes(result, cross)
@@ -252,7 +253,7 @@ def generation_map(
     x = left
     img = None
     small = fonts.small if style.print_size else 8.0
-    for i, ((c0, c1, w), full_labels, col_font) in enumerate(zip(panels, fully, col_fonts)):
+    for i, ((c0, c1, w), full_labels, col_font, step) in enumerate(zip(panels, fully, col_fonts, steps)):
         ax = frame.axes(x, top, w, plot_h)
         ax.set_gid(f"panel{i}")
         x += w + gap
@@ -275,7 +276,6 @@ def generation_map(
             for tl, sp in zip(ax.get_xticklabels(), special[c0:c1]):
                 tl.set_color("#777777" if sp else "black")
         else:
-            step = nice_step(c1 - c0, int(w * 72 / (tick_font * 1.6)))
             ticks = list(range(c0, c1, step))
             ax.set_xticks(ticks, [f"{k} {safe_label(labels[k], short)}" for k in ticks], rotation=90, fontsize=tick_font)
         ax.tick_params(length=2, pad=2)

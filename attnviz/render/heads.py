@@ -160,12 +160,14 @@ def _fmt(v: float, unit: str | None, short: bool = False) -> str:
     return f"{v:.1f}" if short and v >= 10 else f"{v:.2f}"
 
 
-def _place_labels(xy_in: np.ndarray, texts: list[str], font: float, room: tuple[float, float]) -> list[int]:
-    """Indices of the point labels that can be drawn without overlapping each other: each label starts
-    3 pt right of and 2 pt above its point (``xy_in``: points in inches from the plot's bottom-left); a label
-    that would overlap one already placed, or leave the ``room`` (width, height in inches), is left out."""
+def _place_labels(xy_in: np.ndarray, texts: list[str], font: float, room: tuple[float, float], radius_pt: float = 3.0) -> list[int]:
+    """Indices of the point labels that can be drawn legibly: each label starts 3 pt right of and 2 pt above
+    its point (``xy_in``: points in inches from the plot's bottom-left); a label that would overlap a label
+    already placed or another point (a marker of ``radius_pt``), or leave the ``room`` (width, height in
+    inches), is left out."""
     boxes: list[tuple[float, float, float, float]] = []
     keep = []
+    r = radius_pt / 72
     for i, ((x, y), s) in enumerate(zip(xy_in, texts)):
         x0 = x + 3 / 72
         y0 = y + (2 - 0.3 * font) / 72
@@ -173,6 +175,10 @@ def _place_labels(xy_in: np.ndarray, texts: list[str], font: float, room: tuple[
         if box[2] > room[0] or box[3] > room[1] or box[1] < 0:
             continue
         if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+            continue
+        others = np.delete(xy_in, i, axis=0)
+        if len(others) and np.any((others[:, 0] + r > box[0]) & (others[:, 0] - r < box[2])
+                                  & (others[:, 1] + r > box[1]) & (others[:, 1] - r < box[3])):
             continue
         boxes.append(box)
         keep.append(i)
@@ -219,6 +225,8 @@ def head_map_view(result, style: Style | None = None) -> Figure:
     legend_w = 0.1 + ncol * col_w + 0.1
     natural_side = max(min(width - x0 - legend_w, 6.0 if not style.print_size else width), 1.0)
     margin = 0.08  # inches between the points and the plot's edges
+    marker = 28 if not compact else 14  # scatter marker area, pt^2
+    marker_r = float(np.sqrt(marker)) / 2 + 0.5
 
     def layout(side: float) -> tuple[list[int], tuple[float, float, float]]:
         """The labels kept on a ``side``-inch plot, and ``(x of the left edge, y of the bottom edge, data units per inch)``."""
@@ -234,7 +242,7 @@ def head_map_view(result, style: Style | None = None) -> Figure:
         # vertically: the points and the labels above them centred
         cy = (xy[:, 1].min() if xy.size else 0.0) - max((side * upi - span_y - label_h * upi) / 2, margin * upi)
         xy_in = np.stack([(xy[:, 0] - cx) / upi, (xy[:, 1] - cy) / upi], 1) if xy.size else np.zeros((0, 2))
-        return _place_labels(xy_in, names, font, (side, side)), (cx, cy, upi)
+        return _place_labels(xy_in, names, font, (side, side), marker_r), (cx, cy, upi)
 
     kept, geo = layout(natural_side)
     crowded = "labels of crowded heads left out (every head's position: heads.json)"
@@ -255,7 +263,6 @@ def head_map_view(result, style: Style | None = None) -> Figure:
     ax = frame.axes(x0, top_in, side, side)
     cmap = style.colormap("viridis")
     colors = [cmap(l / max(1, L - 1)) for l in range(L)]
-    marker = 28 if not compact else 14
     for l in range(L):
         pts = xy[l * H : (l + 1) * H]
         ax.scatter(pts[:, 0], pts[:, 1], s=marker, color=colors[l], edgecolor="black", linewidth=0.4, label=str(l), zorder=2)
