@@ -382,11 +382,16 @@ class HeadsResult:
         order = np.argsort(flat if name in ("entropy", "entropy_ratio") else -flat, kind="stable")[:top]
         return [(int(i) // self.num_heads, int(i) % self.num_heads, float(values.ravel()[i])) for i in order]
 
-    def to_json(self, files: Sequence[Path] = ()) -> dict:
-        """The ``heads.json`` document: every statistic for every head, corpus size, definitions, settings."""
+    def to_json(self, files: Sequence[Path] = (), style=None) -> dict:
+        """The ``heads.json`` document: every statistic for every head, corpus size, definitions, settings, and the
+        figures' ``style`` (:class:`attnviz.render.layout.Style`, default: screen) with the model's display ``label``."""
+        from attnviz.render.layout import DEFAULT_STYLE
+
+        style = style or DEFAULT_STYLE
         s = self.sums
         doc: dict[str, Any] = {
             "model": self.model_id,
+            "label": style.model_label(self.model_id),
             "model_type": self.model_type,
             "backend": self.backend,
             "num_layers": self.num_layers,
@@ -398,6 +403,7 @@ class HeadsResult:
                          "max_length": self.settings.max_length, "limit": self.settings.limit,
                          "cluster_queries": self.settings.cluster_queries, "cluster_every": self.settings.cluster_every,
                          "units": "words (pieces merged: to = sum, from = mean)" if self.settings.words else "tokens"},
+            "style": style.describe(),
             "definitions": {k: DEFINITIONS[k] for k in (*STATISTICS, "head_distance")},
             "statistics": {name: _round(self.stats[name]) for name in STATISTICS},
             "head_map": {

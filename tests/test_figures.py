@@ -217,3 +217,142 @@ def test_sink_caption_states_what_was_measured():
     note = sinks_note([SinkPatch(6, 8, 0.41, "attention")], (16, 16))
     assert "41%" in note and "uniform share (1/256)" in note and "not what the patch shows" in note
     assert "not the object" not in note
+
+
+# ---------------------------------------------------------------------------
+# generate and heads views
+
+
+def assert_saved_exactly(fig, width_in: float, tmp_path, stem: str, label: str) -> None:
+    """The PNG is exactly ``width x dpi`` pixels wide and names the display label in its metadata."""
+    with Image.open(write_figure(fig, tmp_path, stem, "png")) as im:
+        assert im.size[0] == round(width_in * 100), stem
+        assert label in im.text["Title"] and im.text["Model"] == label, stem
+        assert json.loads(im.text["Settings"])["dpi"] == 100, stem
+
+
+@pytest.fixture(scope="module")
+def generations(lm_models):
+    """A tiny Llama's generation after a short prompt, and after a long one (over 100 keys: the split map)."""
+    from tiny import TEXT
+
+    from attnviz.generate import attend_generation, load_generation_model
+
+    tm = load_generation_model(str(lm_models("llama")))
+    short = attend_generation(TEXT, tm, max_new_tokens=6, stop_at_eos=False)
+    long = attend_generation(" ".join([TEXT] * 8), tm, max_new_tokens=8, stop_at_eos=False)
+    assert long.context_length + long.num_generated > 100
+    return short, long
+
+
+@pytest.mark.parametrize("size,width", [("column", COLUMN_IN), ("page", PAGE_IN)])
+def test_generate_views_print_legibly(generations, size, width, tmp_path):
+    from attnviz.render.generate import generation_head_view, generation_map, sink_view
+
+    short, long = generations
+    style = Style.from_options(size, dpi=100, label="tiny-llama")
+    figs = {
+        "map": generation_map(short, style=style),
+        "map-head": generation_map(short, layer=1, head=2, style=style),
+        "map-long": generation_map(long, fusion="max", style=style),
+        "sink": sink_view(short, style=style),
+        "sink-long": sink_view(long, style=style),
+        "head": generation_head_view(short, 2, style=style),
+        "head-long": generation_head_view(long, -1, layer=0, head=1, style=style),
+    }
+    split = figs["map-long"]
+    assert {a.get_gid() for a in split.axes} >= {"panel0", "panel1"}  # the long prompt in a panel of its own
+    for name, fig in figs.items():
+        assert_printable(fig, width)
+        assert fig.texts[0].get_text().replace("\n", " ").count("tiny-llama") == 1, name
+    for name in ("map", "sink", "head"):
+        assert_saved_exactly(figs[name], width, tmp_path, name, "tiny-llama")
+
+
+def test_generate_map_uses_the_style_colour_map(generations):
+    from attnviz.render.generate import generation_map
+
+    fig = generation_map(generations[0], style=Style.from_options("column", dpi=100, cmap="magma"))
+    img = next(i for a in fig.axes for i in a.get_images() if i.get_gid() == "attention")
+    assert img.get_cmap().name.startswith("magma")
+
+
+@pytest.fixture(scope="module")
+def heads_results(tiny_models):
+    """A HeadsResult of a tiny BERT over a small corpus (with probes), and the same with 12 x 12 made-up heads."""
+    import dataclasses
+
+    from tiny import CORPUS
+
+    from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, Probe, run_local, run_probes
+    from attnviz.text import load_text_model
+
+    tm = load_text_model(str(tiny_models("bert")))
+    runner = BatchRunner(tm, HeadsSettings(batch_size=4, cluster_every=1))
+    sums = run_local(runner, [CORPUS[i : i + 4] for i in range(0, len(CORPUS), 4)])
+    probes = run_probes(tm, [Probe(CORPUS[0], "it", "animal")], words=False)
+    small = HeadsResult.build(runner, sums, "corpus.txt", "local", probes)
+    rng = np.random.default_rng(0)
+    big = dataclasses.replace(
+        small, num_layers=12, num_heads=12, probes=None, coords=rng.normal(size=(144, 2)),
+        stats={k: rng.random((12, 12)) * (5.0 if k in ("entropy", "distance") else 1.0) for k in small.stats},
+    )
+    return small, big
+
+
+@pytest.mark.parametrize("size,width", [("column", COLUMN_IN), ("page", PAGE_IN)])
+def test_heads_views_print_legibly(heads_results, size, width, tmp_path):
+    from attnviz.render.heads import head_map_view, statistic_view
+
+    small, big = heads_results
+    style = Style.from_options(size, dpi=100, label="tiny-bert")
+    # one statistic of each kind: a probability, nats, a ratio, a share of queries, tokens, the probes
+    figs = {name: statistic_view(small, name, style=style) for name in ("first", "entropy", "entropy_ratio", "prev", "distance",
+                                                                         "probe_accuracy")}
+    figs["map"] = head_map_view(small, style=style)
+    figs["big-entropy"] = statistic_view(big, "entropy", style=style)
+    figs["big-prev"] = statistic_view(big, "prev", style=style)
+    figs["big-map"] = head_map_view(big, style=style)
+    for name, fig in figs.items():
+        assert_printable(fig, width)
+        assert "tiny-bert" in fig.texts[0].get_text(), name
+    for name in ("first", "map"):
+        assert_saved_exactly(figs[name], width, tmp_path, name, "tiny-bert")
+    # every head's value printed where the cells hold it; else the three outlined heads carry their rank
+    cells = [t.get_text() for t in figs["first"].axes[0].texts]
+    assert len(cells) == small.num_layers * small.num_heads
+    ranks = sorted(t.get_text() for t in figs["big-entropy"].axes[0].texts)
+    if size == "column":
+        assert ranks == ["1", "2", "3"]
+    labels = [t for t in figs["big-map"].axes[0].texts]
+    assert 0 < len(labels) <= 144  # crowded labels left out, never overlapping (assert_printable)
+
+
+def test_heads_and_generate_cli_take_the_style_options(tiny_models, lm_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from tiny import CORPUS, TEXT
+
+    from attnviz.cli import app
+
+    runner = CliRunner()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(CORPUS[:4]) + "\n", encoding="utf-8")
+    res = runner.invoke(app, ["heads", str(corpus), "--model", str(tiny_models("bert")), "--out", str(tmp_path / "h"),
+                              "--size", "column", "--dpi", "120", "--label", "Tiny BERT", "--cmap", "cividis", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["label"] == "Tiny BERT" and doc["style"]["size"] == "column" and doc["style"]["dpi"] == 120
+    assert doc["style"]["cmap"] == "cividis"
+    with Image.open(tmp_path / "h" / "heads-first.png") as im:
+        assert im.size[0] == round(COLUMN_IN * 120) and "Tiny BERT" in im.text["Title"]
+    res = runner.invoke(app, ["generate", TEXT, "-m", str(lm_models("llama")), "-n", 3, "--step", 1,
+                              "--out", str(tmp_path / "g"), "--size", "page", "--dpi", "80", "--label", "Tiny Llama", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["label"] == "Tiny Llama" and doc["style"]["size"] == "page" and doc["style"]["dpi"] == 80
+    for name in ("generation-map", "sink-share", "focus-view", "head-view"):
+        with Image.open(tmp_path / "g" / f"{name}.png") as im:
+            assert im.size[0] == round(PAGE_IN * 80) and "Tiny Llama" in im.text["Title"], name
+    bad = runner.invoke(app, ["generate", TEXT, "-m", str(lm_models("llama")), "--size", "wide", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--size" in bad.output

@@ -14,6 +14,7 @@ from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY, guarded,
     print_json, quiet_libraries, warn,
 )
+from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 
 
 @dataclass
@@ -31,12 +32,15 @@ class GenerateRun:
     files: list[Path] = field(default_factory=list)
     save_attn: Path | None = None
     random_weights: str | None = None
+    style: object | None = None  # Style
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
         from attnviz.analysis.generation import CROSS_RULE, SELF_RULE
+        from attnviz.render.layout import DEFAULT_STYLE
 
         r = self.result
+        style = self.style or DEFAULT_STYLE
         steps = []
         for i in range(r.num_generated):
             entry = {
@@ -48,6 +52,7 @@ class GenerateRun:
             steps.append(entry)
         doc = {
             "model": r.model_id,
+            "label": style.model_label(r.model_id),
             "model_type": r.model_type,
             "backend": r.backend,
             "encoder_decoder": r.encoder_decoder,
@@ -63,6 +68,7 @@ class GenerateRun:
             "sampling": dict(r.sampling),
             "rule": {"top": SELF_RULE, "top_source": CROSS_RULE if self.source_links is not None else None},
             "view": {"layer": self.layer, "head": self.head, "fusion": self.fusion if self.head is None else None},
+            "style": style.describe(),
             "steps": steps,
         }
         if self.focus is not None:
@@ -85,12 +91,14 @@ def _print_human(run: GenerateRun) -> None:
     from rich.table import Table
 
     from attnviz.analysis.generation import CROSS_RULE, SELF_RULE
+    from attnviz.render.layout import DEFAULT_STYLE
 
     console = Console(highlight=False)
     r = run.result
     how = "sampled" if r.sampling.get("do_sample") else "greedy"
+    name = escape((run.style or DEFAULT_STYLE).model_label(r.model_id))
     console.print(
-        f"[bold]{escape(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · prompt {r.prompt_length} tokens"
+        f"[bold]{name}[/bold] · {r.num_layers} layers × {r.num_heads} heads · prompt {r.prompt_length} tokens"
         f" · {r.num_generated} generated ({how}{', stopped at EOS' if r.stopped_at_eos else ''}) · backend {r.backend}"
     )
     console.print(f"[bold]generated:[/bold] {escape(r.text)}", soft_wrap=True)
@@ -147,6 +155,11 @@ def generate_command(
     out: Path = OUT,
     fmt: str = FORMAT,
     as_json: bool = JSON,
+    size: str = SIZE,
+    dpi: Optional[int] = DPI_OPTION,
+    label: Optional[str] = LABEL,
+    cmap: Optional[str] = CMAP,
+    scale: str = SCALE,
     save_attn: Optional[Path] = typer.Option(None, "--save-attn", help="Write attentions [L, H, generated, key] to PATH.safetensors."),
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -170,15 +183,17 @@ def generate_command(
 def run_generate(
     prompt, model, max_new_tokens, sample, temperature, top_p, seed, chat, token, token_index, step, layer, head, fusion, top,
     out, fmt, as_json, save_attn, device, dtype, device_map, allow_pickle, trust_remote_code, force=False,
-    random_weights_ok=False, verify=True, debug=False,
+    random_weights_ok=False, verify=True, debug=False, size="screen", dpi=None, label=None, cmap=None, scale="shared",
 ) -> GenerateRun:
     """Do the work of ``attnviz generate`` and return what was produced (no printing).
 
     All files are written together at the end (:class:`attnviz.report.RunOutput`), or none.
     """
     from attnviz.errors import UsageError
+    from attnviz.render.layout import Style
     from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
 
+    style = Style.from_options(size, dpi, cmap, scale, label)
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     if top < 1:
@@ -201,8 +216,8 @@ def run_generate(
     output = RunOutput(
         out, command="generate", force=force, protect=model_files(resolve_model(model).location),
         settings={"model": model, "prompt": prompt[:200], "max_new_tokens": max_new_tokens, "sample": sample,
-                  "temperature": temperature, "top_p": top_p, "seed": seed, "format": fmt,
-                  "save_attn": str(tensor_path) if tensor_path else None},
+                  "temperature": temperature, "top_p": top_p, "seed": seed, "format": fmt, "size": size, "dpi": dpi,
+                  "label": label, "cmap": cmap, "scale": scale, "save_attn": str(tensor_path) if tensor_path else None},
     )
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
     _check_layer_head(model, options, layer, head)  # from the config, before any weights load
@@ -228,12 +243,12 @@ def run_generate(
     chosen = find_step(result, token, token_index) if token is not None else (result.check_step(step) if step is not None else None)
     focus = analyse_step_focus(result, chosen)[1] if chosen is not None else None
     with output:
-        files = _write_views(result, layer, head, fusion, chosen, output, fmt)
+        files = _write_views(result, layer, head, fusion, chosen, output, fmt, style)
         if tensor_path is not None:
             _save(result, output.tensor_target(tensor_path))
     for left in output.left_alone:
         warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
-    return GenerateRun(result, links, source_links, layer, head, fusion, chosen, focus, files, output.tensor, note)
+    return GenerateRun(result, links, source_links, layer, head, fusion, chosen, focus, files, output.tensor, note, style)
 
 
 @contextmanager
@@ -249,20 +264,21 @@ def _progress(total: int):
         yield lambda done, _total: bar.update(task, completed=done)
 
 
-def _write_views(result, layer, head, fusion, step, output, fmt: str) -> list[Path]:
+def _write_views(result, layer, head, fusion, step, output, fmt: str, style=None) -> list[Path]:
     from attnviz.analysis.select import ViewSpec
     from attnviz.generate import analyse_step_focus
     from attnviz.render.generate import generation_head_view, generation_map, sink_view
+    from attnviz.render.layout import DEFAULT_STYLE
     from attnviz.render.text import focus_view
 
-    files = [output.figure(generation_map(result, layer, head, fusion), "generation-map", fmt)]
+    files = [output.figure(generation_map(result, layer, head, fusion, style=style), "generation-map", fmt)]
     if result.cross_attentions is not None:
-        files.append(output.figure(generation_map(result, layer, head, fusion, cross=True), "cross-map", fmt))
-    files.append(output.figure(sink_view(result), "sink-share", fmt))
+        files.append(output.figure(generation_map(result, layer, head, fusion, cross=True, style=style), "cross-map", fmt))
+    files.append(output.figure(sink_view(result, style=style), "sink-share", fmt))
     if step is not None:
         text, focus = analyse_step_focus(result, step)
-        files.append(output.figure(focus_view(text, focus, ViewSpec()), "focus-view", fmt))
-        files.append(output.figure(generation_head_view(result, step, layer, head), "head-view", fmt))
+        files.append(output.figure(focus_view(text, focus, ViewSpec(), style=style or DEFAULT_STYLE), "focus-view", fmt))
+        files.append(output.figure(generation_head_view(result, step, layer, head, style=style), "head-view", fmt))
     return files
 
 

@@ -14,6 +14,7 @@ from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
     quiet_libraries, warn,
 )
+from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 
 
 @app.command("heads")
@@ -37,6 +38,11 @@ def heads_command(
     out: Path = OUT,
     fmt: str = FORMAT,
     as_json: bool = JSON,
+    size: str = SIZE,
+    dpi: Optional[int] = DPI_OPTION,
+    label: Optional[str] = LABEL,
+    cmap: Optional[str] = CMAP,
+    scale: str = SCALE,
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -48,25 +54,27 @@ def heads_command(
 ) -> None:
     """Which heads do what across a corpus: attention to [CLS]/[SEP]/punctuation, entropy, positional heads, probes, head map."""
     with guarded(debug):
-        result, files = run_heads(**locals())
+        result, files, style = run_heads(**locals())
         if as_json:
-            print_json(result.to_json(files))
+            print_json(result.to_json(files, style))
         else:
-            _print_human(result, files, top)
+            _print_human(result, files, top, style)
 
 
 def run_heads(
     corpus, model, column, limit, batch_size, max_length, words, probes, cluster_queries, cluster_every, engine, address, workers,
     gpus_per_worker, cpus_per_worker, top, out, fmt, as_json, device, dtype, device_map, allow_pickle, trust_remote_code,
-    force=False, random_weights_ok=False, debug=False,
+    force=False, random_weights_ok=False, debug=False, size="screen", dpi=None, label=None, cmap=None, scale="shared",
 ):
-    """Do the work of ``attnviz heads``; returns ``(HeadsResult, files written)`` (no printing).
+    """Do the work of ``attnviz heads``; returns ``(HeadsResult, files written, Style)`` (no printing).
 
     All files are written together at the end (:class:`attnviz.report.RunOutput`), or none.
     """
     from attnviz.errors import UsageError
+    from attnviz.render.layout import Style
     from attnviz.report import FORMATS, RunOutput, model_files
 
+    style = Style.from_options(size, dpi, cmap, scale, label)
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     if engine not in ("local", "ray"):
@@ -101,7 +109,7 @@ def run_heads(
         out, command="heads", force=force, protect=model_files(tm.source.location),
         settings={"model": tm.source.model_id, "corpus": str(corpus), "column": column, "limit": limit, "batch_size": batch_size,
                   "max_length": max_length, "words": words, "probes": str(probes) if probes else None, "engine": engine,
-                  "format": fmt},
+                  "format": fmt, "size": size, "dpi": dpi, "label": label, "cmap": cmap, "scale": scale},
     )
     stats = list(STATISTICS) + (["probe_accuracy"] if probe_list else [])
     output.check([f"heads-{n.replace('_', '-')}.{fmt}" for n in stats] + [f"head-map.{fmt}", "heads.parquet", "heads.json"])
@@ -126,13 +134,13 @@ def run_heads(
     probe_result = run_probes(tm, probe_list, words) if probe_list else None
     result = HeadsResult.build(runner, sums, str(corpus), engine, probe_result)
     with output:
-        files = _write(result, output, fmt)
+        files = _write(result, output, fmt, style)
     for left in output.left_alone:
         warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
-    return result, files
+    return result, files, style
 
 
-def _write(result, output, fmt: str) -> list[Path]:
+def _write(result, output, fmt: str, style=None) -> list[Path]:
     from attnviz.analysis.corpus import STATISTICS
     from attnviz.render.heads import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
@@ -140,15 +148,15 @@ def _write(result, output, fmt: str) -> list[Path]:
     files: list[Path] = []
     names = list(STATISTICS) + (["probe_accuracy"] if result.probes is not None else [])
     for name in names:
-        fig = statistic_view(result, name)
+        fig = statistic_view(result, name, style=style)
         files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
-    files.append(output.figure(head_map_view(result), "head-map", fmt))
+    files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
     staged = output.path("heads.parquet")
     write_parquet(staged.parent, staged.name, result.table(), {"model": result.model_id, "corpus": result.corpus})
     files.append(output.out_dir / "heads.parquet")
     files.append(output.out_dir / "heads.json")
     staged = output.path("heads.json")
-    write_json(staged.parent, staged.name, result.to_json(files))
+    write_json(staged.parent, staged.name, result.to_json(files, style))
     return files
 
 
@@ -176,17 +184,18 @@ def _progress(total: int | None):
         yield advance
 
 
-def _print_human(result, files: list[Path], top: int) -> None:
+def _print_human(result, files: list[Path], top: int, style=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from attnviz.analysis.corpus import STATISTICS
     from attnviz.render.heads import LABELS
+    from attnviz.render.layout import DEFAULT_STYLE
 
     console = Console(highlight=False)
     s = result.sums
     console.print(
-        f"[bold]{result.model_id}[/bold] · {result.num_layers} layers × {result.num_heads} heads · {s.examples:,} examples, "
+        f"[bold]{(style or DEFAULT_STYLE).model_label(result.model_id)}[/bold] · {result.num_layers} layers × {result.num_heads} heads · {s.examples:,} examples, "
         f"{s.tokens:,} tokens · {'words' if result.settings.words else 'tokens'} · engine {result.engine} · backend {result.backend}"
     )
     table = Table(title="most distinctive heads per statistic")

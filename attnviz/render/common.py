@@ -235,18 +235,32 @@ class Frame:
             s.set_gid("subtitle")
 
 
-def layer_head_axes(ax: Axes, num_layers: int, num_heads: int, font: float, cell_h: float) -> None:
+def layer_head_axes(ax: Axes, num_layers: int, num_heads: int, font: float, cell_h: float, cell_w: float | None = None,
+                    tick_font: float | None = None, label_font: float = 9.0, prefix: bool = True) -> None:
     """Label a layers x heads grid: ``H0..`` along the top, ``L0..`` down the side, axis names "head" and "layer".
 
-    ``font`` is the cell font size in points, ``cell_h`` a cell's height in inches.
+    ``font`` is the cell font size in points, ``cell_h`` (and ``cell_w``) a cell's height (width) in inches.
+    ``tick_font`` sets the tick labels' size (default: from ``font`` and ``cell_h``), ``label_font`` the axis
+    names'; labels that would not fit in a cell are thinned to every n-th; ``prefix`` False drops the "H"/"L"
+    (narrow figures).
     """
-    ax.set_xticks(range(num_heads), [f"H{h}" for h in range(num_heads)], fontsize=clamp(font + 0.5, 6, 8))
-    ax.set_yticks(range(num_layers), [f"L{l}" for l in range(num_layers)], fontsize=clamp(cell_h * 20, 6, 8))
-    ax.tick_params(length=0)
+    tx = tick_font if tick_font is not None else clamp(font + 0.5, 6, 8)
+    ty = tick_font if tick_font is not None else clamp(cell_h * 20, 6, 8)
+    hp, lp = ("H", "L") if prefix else ("", "")
+    col_step = row_step = 1
+    if cell_w is not None:
+        need = tx * 0.6 * (len(str(num_heads - 1)) + len(hp)) + 2
+        if cell_w * 72 < need:
+            col_step = nice_step(num_heads, int(num_heads * cell_w * 72 / (need + 2)))
+    if cell_h * 72 < ty * 1.2:
+        row_step = nice_step(num_layers, int(num_layers * cell_h * 72 / (ty * 1.4)))
+    ax.set_xticks(range(0, num_heads, col_step), [f"{hp}{h}" for h in range(0, num_heads, col_step)], fontsize=tx)
+    ax.set_yticks(range(0, num_layers, row_step), [f"{lp}{l}" for l in range(0, num_layers, row_step)], fontsize=ty)
+    ax.tick_params(length=0, pad=1.5)
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    ax.set_xlabel("head", fontsize=9)
-    ax.set_ylabel("layer", fontsize=9)
+    ax.set_xlabel("head", fontsize=label_font, labelpad=2)
+    ax.set_ylabel("layer", fontsize=label_font, labelpad=2)
 
 
 def figure_text(fig: Figure) -> str:

@@ -149,11 +149,16 @@ def _head_map(maps: AttentionMaps, layer: int, head: int | None) -> tuple[int, i
     return layer, head, (lt.mean(dim=0) if head is None else lt[head])
 
 
-def _titles_for(style: Style, width: float, view: str, result: TextAttention, what: str, spec: ViewSpec, notes: list[str]):
-    return make_titles(view, style.model_label(result.model_id), what, spec.describe(), notes, width, fonts=style.fonts(width))
+def _titles_for(style: Style, width: float, view: str, result, what: str, spec: ViewSpec | str, notes: list[str]):
+    """Title (view, the model's display label, ``what``) and subtitle (``spec.describe()`` or a settings string, then
+    ``notes``) in the style's fonts for a figure ``width`` inches wide; ``result`` is any result with a ``model_id``
+    (text, generation, heads)."""
+    settings = spec if isinstance(spec, str) else spec.describe()
+    return make_titles(view, style.model_label(result.model_id), what, settings, notes, width, fonts=style.fonts(width))
 
 
-def _finish(frame: Frame, style: Style, view: str, result: TextAttention, titles, settings: dict) -> Figure:
+def _finish(frame: Frame, style: Style, view: str, result, titles, settings: dict) -> Figure:
+    """Attach the figure's metadata (title, display label, style, ``view``, ``settings``) and return it."""
     attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, view, settings)
     return frame.figure
 
