@@ -222,17 +222,11 @@ def display_label(model_id: str) -> str:
 def thin_step(n: int, length_pt: float, pitch_pt: float) -> int:
     """Label every ``step``-th of ``n`` items along ``length_pt`` points so labels are at least ``pitch_pt`` apart.
 
-    ``step`` is 1, 2, 5, 10, 20, 50, ... (1 when every label fits).
+    ``step`` is 1, 2, 5, 10, 20, 50, ... (1 when every label fits); see :func:`attnviz.render.common.nice_step`.
     """
-    capacity = max(1, int(length_pt / max(pitch_pt, 1e-9)))
-    if n <= capacity:
-        return 1
-    raw = n / capacity
-    base = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10):
-        if m * base >= raw:
-            return int(m * base)
-    return int(10 * base)  # pragma: no cover
+    from attnviz.render.common import nice_step
+
+    return nice_step(n, int(length_pt / max(pitch_pt, 1e-9)))
 
 
 def thinned(n: int, step: int, keep: Sequence[int] = (), min_gap: int | None = None) -> list[int]:
