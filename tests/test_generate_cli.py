@@ -139,3 +139,18 @@ def test_long_prompt_finishes_with_bounded_figures(tmp_path):
     for f in doc["files"]:
         with Image.open(f) as im:
             assert max(im.size) <= 19.5 * 150, (f, im.size)  # the head view is up to ~19 inches high, as in attnviz text
+
+
+def test_several_formats_and_no_html(lm_models, tmp_path):
+    """--format png,svg writes each view in both formats; html is refused in one line (no page for generation yet)."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    model = lm_models("gpt2")
+    ok = CliRunner().invoke(app, ["generate", "The cat", "--model", str(model), "-n", "2", "--out", str(tmp_path / "o"), "--format", "png,svg"])
+    assert ok.exit_code == 0, ok.output
+    names = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
+    assert names == ["generation-map.png", "generation-map.svg", "sink-share.png", "sink-share.svg"]
+    bad = CliRunner().invoke(app, ["generate", "The cat", "--model", str(model), "--out", str(tmp_path / "p"), "--format", "html"])
+    assert bad.exit_code == 2 and "not available for 'attnviz generate'" in bad.stderr

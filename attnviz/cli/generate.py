@@ -191,11 +191,12 @@ def run_generate(
     """
     from attnviz.errors import UsageError
     from attnviz.render.layout import Style
-    from attnviz.report import FORMATS, RunOutput, check_tensor_path, model_files
+    from attnviz.report import RunOutput, check_tensor_path, model_files
 
     style = Style.from_options(size, dpi, cmap, scale, label)
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    from attnviz.cli.common import figure_formats_only
+
+    formats = figure_formats_only(fmt, "generate")
     if top < 1:
         raise UsageError("--top must be at least 1")
     if token is not None and step is not None:
@@ -221,12 +222,12 @@ def run_generate(
     )
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
     _check_layer_head(model, options, layer, head)  # from the config, before any weights load
-    names = [f"{n}.{fmt}" for n in ("generation-map", "sink-share")]
+    names = ["generation-map", "sink-share"]
     if getattr(load_config(resolve_model(model), options), "is_encoder_decoder", False):
-        names.append(f"cross-map.{fmt}")
+        names.append("cross-map")
     if token is not None or step is not None:
-        names += [f"focus-view.{fmt}", f"head-view.{fmt}"]
-    output.check(names, tensor=tensor_path)
+        names += ["focus-view", "head-view"]
+    output.check([f"{n}.{f}" for f in formats for n in names], tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = random_weights_note(tm.model)
     if note:
@@ -243,7 +244,7 @@ def run_generate(
     chosen = find_step(result, token, token_index) if token is not None else (result.check_step(step) if step is not None else None)
     focus = analyse_step_focus(result, chosen)[1] if chosen is not None else None
     with output:
-        files = _write_views(result, layer, head, fusion, chosen, output, fmt, style)
+        files = [p for f in formats for p in _write_views(result, layer, head, fusion, chosen, output, f, style)]
         if tensor_path is not None:
             _save(result, output.tensor_target(tensor_path))
     for left in output.left_alone:

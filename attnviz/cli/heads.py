@@ -72,11 +72,12 @@ def run_heads(
     """
     from attnviz.errors import UsageError
     from attnviz.render.layout import Style
-    from attnviz.report import FORMATS, RunOutput, model_files
+    from attnviz.report import RunOutput, model_files
 
     style = Style.from_options(size, dpi, cmap, scale, label)
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    from attnviz.cli.common import figure_formats_only
+
+    formats = figure_formats_only(fmt, "heads")
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, not '{engine}'")
     if top < 1:
@@ -112,7 +113,8 @@ def run_heads(
                   "format": fmt, "size": size, "dpi": dpi, "label": label, "cmap": cmap, "scale": scale},
     )
     stats = list(STATISTICS) + (["probe_accuracy"] if probe_list else [])
-    output.check([f"heads-{n.replace('_', '-')}.{fmt}" for n in stats] + [f"head-map.{fmt}", "heads.parquet", "heads.json"])
+    output.check([f"{stem}.{f}" for f in formats for stem in [f"heads-{n.replace('_', '-')}" for n in stats] + ["head-map"]]
+                 + ["heads.parquet", "heads.json"])
     tm = tm.with_weights()
     from attnviz.models import random_weights_note
 
@@ -134,23 +136,24 @@ def run_heads(
     probe_result = run_probes(tm, probe_list, words) if probe_list else None
     result = HeadsResult.build(runner, sums, str(corpus), engine, probe_result)
     with output:
-        files = _write(result, output, fmt, style)
+        files = _write(result, output, formats, style)
     for left in output.left_alone:
         warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
     return result, files, style
 
 
-def _write(result, output, fmt: str, style=None) -> list[Path]:
+def _write(result, output, formats: list[str], style=None) -> list[Path]:
     from attnviz.analysis.corpus import STATISTICS
     from attnviz.render.heads import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
 
     files: list[Path] = []
     names = list(STATISTICS) + (["probe_accuracy"] if result.probes is not None else [])
-    for name in names:
-        fig = statistic_view(result, name, style=style)
-        files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
-    files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
+    for fmt in formats:
+        for name in names:
+            fig = statistic_view(result, name, style=style)
+            files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
+        files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
     staged = output.path("heads.parquet")
     write_parquet(staged.parent, staged.name, result.table(), {"model": result.model_id, "corpus": result.corpus})
     files.append(output.out_dir / "heads.parquet")
