@@ -24,6 +24,7 @@ any heavy import).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,7 +384,7 @@ def model_reference(model_id: str) -> str:
     try:
         p = Path(str(model_id)).expanduser()
         if p.is_dir():
-            return str(p.resolve())
+            return os.path.abspath(p)  # absolute, but through the user's own symlinks
     except OSError:  # pragma: no cover
         pass
     return str(model_id)
