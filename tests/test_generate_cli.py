@@ -141,8 +141,8 @@ def test_long_prompt_finishes_with_bounded_figures(tmp_path):
             assert max(im.size) <= 19.5 * 150, (f, im.size)  # the head view is up to ~19 inches high, as in attnviz text
 
 
-def test_several_formats_and_no_html(lm_models, tmp_path):
-    """--format png,svg writes each view in both formats; html is refused in one line (no page for generation yet)."""
+def test_several_formats_and_html(lm_models, tmp_path):
+    """--format png,svg writes each view in both formats; --format html alone writes only the report page."""
     from typer.testing import CliRunner
 
     from attnviz.cli import app
@@ -152,5 +152,6 @@ def test_several_formats_and_no_html(lm_models, tmp_path):
     assert ok.exit_code == 0, ok.output
     names = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
     assert names == ["generation-map.png", "generation-map.svg", "sink-share.png", "sink-share.svg"]
-    bad = CliRunner().invoke(app, ["generate", "The cat", "--model", str(model), "--out", str(tmp_path / "p"), "--format", "html"])
-    assert bad.exit_code == 2 and "not available for 'attnviz generate'" in bad.stderr
+    page = CliRunner().invoke(app, ["generate", "The cat", "--model", str(model), "-n", "2", "--out", str(tmp_path / "p"), "--format", "html"])
+    assert page.exit_code == 0, page.output
+    assert sorted(p.name for p in (tmp_path / "p").iterdir() if not p.name.startswith(".")) == ["report.html"]

@@ -194,9 +194,9 @@ def run_generate(
     from attnviz.report import RunOutput, check_tensor_path, model_files
 
     style = Style.from_options(size, dpi, cmap, scale, label)
-    from attnviz.cli.common import figure_formats_only
+    from attnviz.cli.common import parse_formats
 
-    formats = figure_formats_only(fmt, "generate")
+    formats, html = parse_formats(fmt)
     if top < 1:
         raise UsageError("--top must be at least 1")
     if token is not None and step is not None:
@@ -227,7 +227,7 @@ def run_generate(
         names.append("cross-map")
     if token is not None or step is not None:
         names += ["focus-view", "head-view"]
-    output.check([f"{n}.{f}" for f in formats for n in names], tensor=tensor_path)
+    output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = random_weights_note(tm.model)
     if note:
@@ -245,6 +245,10 @@ def run_generate(
     focus = analyse_step_focus(result, chosen)[1] if chosen is not None else None
     with output:
         files = [p for f in formats for p in _write_views(result, layer, head, fusion, chosen, output, f, style)]
+        if html:
+            from attnviz.html import generation_page
+
+            files.append(output.page(generation_page(result, layer, head), "report"))
         if tensor_path is not None:
             _save(result, output.tensor_target(tensor_path))
     for left in output.left_alone:
