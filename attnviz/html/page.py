@@ -18,15 +18,16 @@ def _asset(name: str) -> str:
     return resources.files("attnviz.html").joinpath("assets", name).read_text(encoding="utf-8")
 
 
-def render_page(payload: dict, title: str) -> str:
-    """The complete HTML document for ``payload`` (from :mod:`attnviz.html.payload`)."""
+def render_page(payload: dict, title: str, script: str = "attnviz.js", styles: tuple[str, ...] = ("attnviz.css",)) -> str:
+    """The complete HTML document for ``payload`` (from :mod:`attnviz.html.payload`), drawn by the asset ``script``
+    and styled by the assets ``styles`` (concatenated)."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")  # safe inside <script>
     page = _asset("page.html")
     for key, value in (
         ("{{TITLE}}", html.escape(title)),
-        ("{{CSS}}", _asset("attnviz.css")),
-        ("{{JS}}", _asset("attnviz.js")),
+        ("{{CSS}}", "\n".join(_asset(name) for name in styles)),
+        ("{{JS}}", _asset(script)),
         ("{{DATA}}", data),
     ):
         page = page.replace(key, value, 1)
