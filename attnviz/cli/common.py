@@ -205,20 +205,6 @@ def parse_formats(fmt: str) -> tuple[list[str], bool]:
     return [f for f in dict.fromkeys(names) if f != "html"], "html" in names
 
 
-def figure_formats_only(fmt: str, command: str) -> list[str]:
-    """``--format`` for a command without an HTML report: one or more of png, svg, pdf ("png,svg" -> ["png", "svg"]).
-
-    Raises:
-        UsageError: an unknown format, or html.
-    """
-    from attnviz.errors import UsageError
-
-    formats, html = parse_formats(fmt)
-    if html:
-        raise UsageError(f"--format html is not available for 'attnviz {command}'; use png, svg or pdf (several: png,svg)")
-    return formats
-
-
 def verification_json(result) -> dict:
     """``verified`` (True when the capture was checked against eager on this model and matched) and
     ``verification`` (see :meth:`attnviz.verify.Verification.to_json`) for a command's ``--json``."""

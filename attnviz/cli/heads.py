@@ -75,9 +75,9 @@ def run_heads(
     from attnviz.report import RunOutput, model_files
 
     style = Style.from_options(size, dpi, cmap, scale, label)
-    from attnviz.cli.common import figure_formats_only
+    from attnviz.cli.common import parse_formats
 
-    formats = figure_formats_only(fmt, "heads")
+    formats, html = parse_formats(fmt)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, not '{engine}'")
     if top < 1:
@@ -114,7 +114,7 @@ def run_heads(
     )
     stats = list(STATISTICS) + (["probe_accuracy"] if probe_list else [])
     output.check([f"{stem}.{f}" for f in formats for stem in [f"heads-{n.replace('_', '-')}" for n in stats] + ["head-map"]]
-                 + ["heads.parquet", "heads.json"])
+                 + ["heads.parquet", "heads.json"] + (["report.html"] if html else []))
     tm = tm.with_weights()
     from attnviz.models import random_weights_note
 
@@ -136,13 +136,13 @@ def run_heads(
     probe_result = run_probes(tm, probe_list, words) if probe_list else None
     result = HeadsResult.build(runner, sums, str(corpus), engine, probe_result)
     with output:
-        files = _write(result, output, formats, style)
+        files = _write(result, output, formats, style, html)
     for left in output.left_alone:
         warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
     return result, files, style
 
 
-def _write(result, output, formats: list[str], style=None) -> list[Path]:
+def _write(result, output, formats: list[str], style=None, html: bool = False) -> list[Path]:
     from attnviz.analysis.corpus import STATISTICS
     from attnviz.render.heads import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
@@ -154,6 +154,10 @@ def _write(result, output, formats: list[str], style=None) -> list[Path]:
             fig = statistic_view(result, name, style=style)
             files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
         files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
+    if html:
+        from attnviz.html.heads import heads_page
+
+        files.append(output.page(heads_page(result, style), "report"))
     staged = output.path("heads.parquet")
     write_parquet(staged.parent, staged.name, result.table(), {"model": result.model_id, "corpus": result.corpus})
     files.append(output.out_dir / "heads.parquet")

@@ -19,10 +19,8 @@ def _asset(name: str) -> str:
 
 
 def render_page(payload: dict, title: str, script: str = "attnviz.js", styles: tuple[str, ...] = ("attnviz.css",)) -> str:
-    """The complete HTML document for ``payload`` (from :mod:`attnviz.html.payload`).
-
-    ``script``/``styles``: the asset files inlined (the generation page has its own script).
-    """
+    """The complete HTML document for ``payload`` (from :mod:`attnviz.html.payload`), drawn by the asset ``script``
+    and styled by the assets ``styles`` (concatenated)."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")  # safe inside <script>
     page = _asset("page.html")
