@@ -27,7 +27,7 @@ def render_page(payload: dict, title: str, script: str = "attnviz.js", styles: t
     for key, value in (
         ("{{TITLE}}", html.escape(title)),
         ("{{CSS}}", "\n".join(_asset(name) for name in styles)),
-        ("{{JS}}", _asset(script)),
+        ("{{JS}}", _asset("common.js") + "\n" + _asset(script)),
         ("{{DATA}}", data),
     ):
         page = page.replace(key, value, 1)

@@ -7,23 +7,7 @@
   var app = document.getElementById("app");
 
   // ---------------------------------------------------------------- helpers
-  function el(tag, attrs, kids) {
-    var e = document.createElement(tag);
-    if (attrs) for (var k in attrs) {
-      if (k === "text") e.textContent = attrs[k];
-      else if (k === "cls") e.className = attrs[k];
-      else if (k === "style") e.style.cssText = attrs[k];
-      else if (k.slice(0, 2) === "on") e.addEventListener(k.slice(2), attrs[k]);
-      else e.setAttribute(k, attrs[k]);
-    }
-    (kids || []).forEach(function (c) { if (c != null) e.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
-    return e;
-  }
-  function bytes(b64) {
-    var s = atob(b64), n = s.length, out = new Uint8Array(n);
-    for (var i = 0; i < n; i++) out[i] = s.charCodeAt(i);
-    return out;
-  }
+  var el = attnvizKit.el, bytes = attnvizKit.bytes;
   function u8(b64) { return bytes(b64); }
   function u16(b64) { var b = bytes(b64); return new Uint16Array(b.buffer, 0, b.length / 2); }
   function f32(b64) { var b = bytes(b64); return new Float32Array(b.buffer, 0, b.length / 4); }

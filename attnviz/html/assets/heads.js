@@ -8,17 +8,7 @@
   var SVG = "http://www.w3.org/2000/svg";
   var L = D.num_layers, H = D.num_heads;
 
-  function el(tag, attrs, kids) {
-    var e = document.createElement(tag);
-    if (attrs) for (var k in attrs) {
-      if (k === "text") e.textContent = attrs[k];
-      else if (k === "cls") e.className = attrs[k];
-      else if (k.slice(0, 2) === "on") e.addEventListener(k.slice(2), attrs[k]);
-      else e.setAttribute(k, attrs[k]);
-    }
-    (kids || []).forEach(function (c) { if (c != null) e.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
-    return e;
-  }
+  var el = attnvizKit.el;
   function sv(tag, attrs) {
     var e = document.createElementNS(SVG, tag);
     for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
