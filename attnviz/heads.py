@@ -33,7 +33,8 @@ class HeadsSettings:
     """How the corpus is read and counted: ``words`` merges pieces into words; ``batch_size`` examples
     per forward; ``max_length`` truncates (default: the model's limit); the head distances use
     ``cluster_queries`` query units of one example in ``cluster_every`` (see
-    :mod:`attnviz.analysis.corpus`); ``limit`` examples at most."""
+    :mod:`attnviz.analysis.corpus`); ``limit`` examples at most; ``verify`` checks the capture against
+    eager attention first for a model type outside :data:`attnviz.verify.PROVEN_TYPES`."""
 
     words: bool = False
     batch_size: int = 32
@@ -41,6 +42,7 @@ class HeadsSettings:
     cluster_queries: int = 4
     cluster_every: int = 8
     limit: int | None = None
+    verify: bool = True
 
     def check(self) -> None:
         """Raises UsageError for values out of range."""
@@ -70,7 +72,8 @@ class BatchRunner:
     def __init__(self, tm, settings: HeadsSettings):
         import torch
 
-        from attnviz.capture import FULL, capture
+        from attnviz.capture import FULL
+        from attnviz.verify import verified_capture
 
         if tm.encoder_decoder:
             raise ModelError(f"'{tm.source.model_id}' is an encoder-decoder model; 'attnviz heads' analyses single-stack "
@@ -89,7 +92,10 @@ class BatchRunner:
         self.num_layers, self.num_heads = tm.num_layers, tm.num_heads
         # causal or not, read off the maps: in a causal model the first query sees only itself
         ids = tok("a b c", add_special_tokens=True)["input_ids"][:3]
-        probe = capture(tm.model, {"input_ids": torch.tensor([ids], device=self.device)}, FULL)
+        # the probe also runs the run-time check (attnviz.verify): on a mismatch every batch is captured eager
+        probe, self.verification = verified_capture(tm.model, tm.model_type, {"input_ids": torch.tensor([ids], device=self.device)},
+                                                    FULL, None, settings.verify)
+        self.capture_backend = "eager" if self.verification.use_eager else "auto"
         maps = next(iter(probe.attention.values()))
         self.causal = bool(maps.full.shape[-1] > 1 and (maps.full[:, :, 0, 1:] == 0).all())
         self.num_layers = maps.num_layers
@@ -131,7 +137,8 @@ class BatchRunner:
         layout = batch_layout(infos, inputs["input_ids"].shape[1], self.settings.words, self.causal,
                               self.settings.cluster_queries, self.settings.cluster_every)
         acc = BatchAccumulator(layout, self.num_layers, self.num_heads)
-        capture(self.tm.model, inputs, CapturePlan(batch=True, on_layer=acc.on_layer, need_outputs=False))
+        plan = CapturePlan(batch=True, on_layer=acc.on_layer, need_outputs=False)
+        capture(self.tm.model, inputs, plan, backend=self.capture_backend)
         sums = acc.finish()
         sums.truncated += truncated
         return sums
@@ -362,6 +369,7 @@ class HeadsResult:
     distances: np.ndarray
     coords: np.ndarray
     probes: ProbeResult | None = None
+    verification: Any = None  # attnviz.verify.Verification of the run-time check
 
     @classmethod
     def build(cls, runner: BatchRunner, sums: HeadSums, corpus: str, engine: str, probes: ProbeResult | None = None) -> "HeadsResult":
@@ -372,7 +380,7 @@ class HeadsResult:
         tm = runner.tm
         return cls(
             tm.source.model_id, tm.model_type, runner.backend, runner.num_layers, runner.num_heads, runner.causal, corpus,
-            engine, runner.settings, sums, sums.means(), distances, embed_heads(distances), probes,
+            engine, runner.settings, sums, sums.means(), distances, embed_heads(distances), probes, runner.verification,
         )
 
     def distinctive(self, name: str, top: int = 3) -> list[tuple[int, int, float]]:
@@ -394,6 +402,8 @@ class HeadsResult:
             "label": style.model_label(self.model_id),
             "model_type": self.model_type,
             "backend": self.backend,
+            "verified": bool(self.verification is not None and self.verification.verified),
+            "verification": self.verification.to_json() if self.verification is not None else None,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "causal": self.causal,

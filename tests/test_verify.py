@@ -307,3 +307,41 @@ def test_check_dinov2_is_exact():
 def test_check_refuses_a_missing_model(tmp_path):
     out = runner.invoke(app, ["check", str(tmp_path / "nope")])
     assert out.exit_code == 3 and "does not exist" in out.stderr
+
+
+def test_heads_run_is_checked_too(tiny_models, tmp_path, monkeypatch):
+    """attnviz heads: a wrong capture on an unproven type falls back to eager for every batch (same numbers as a
+    correct run), says so, and records the check in heads.json; --no-verify lets the wrong numbers through."""
+    import numpy as np
+
+    path = str(tiny_models("llama"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat sat on the mat.\nA dog barked, loudly.\nIt was late and the street was empty.\n")
+
+    def heads_json(out, *extra):
+        res = runner.invoke(app, ["heads", str(corpus), "--model", path, "--out", str(tmp_path / out), "--batch-size", "2",
+                                  "--cluster-every", "1", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / out / "heads.json").read_text()), res.stderr
+
+    good, _ = heads_json("good")
+    monkeypatch.setattr(verify, "PROVEN_TYPES", frozenset())
+    verify._VERDICTS.clear()
+    broken = perturbed.__wrapped__()  # the fixture's generator: register the wrong function, then restore it
+    next(broken)
+    try:
+        checked, err = heads_json("checked")
+        verify._VERDICTS.clear()
+        skipped, _ = heads_json("skipped", "--no-verify")
+    finally:
+        next(broken, None)
+    assert "differs from eager output_attentions" in err
+    assert checked["verification"]["status"] == "mismatch" and checked["backend"] == "eager" and not checked["verified"]
+    assert skipped["verification"]["status"] == "skipped"
+
+    def stat(doc, name):
+        return np.array(doc["statistics"][name], dtype=float)
+
+    names = [n for n in good["statistics"]]
+    assert max(np.abs(stat(checked, n) - stat(good, n)).max() for n in names) < 1e-5
+    assert max(np.abs(stat(skipped, n) - stat(good, n)).max() for n in names) > 1e-3

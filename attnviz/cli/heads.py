@@ -11,7 +11,7 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
-    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY, guarded, print_json,
     quiet_libraries, warn,
 )
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
@@ -50,6 +50,7 @@ def heads_command(
     trust_remote_code: bool = TRUST_REMOTE_CODE,
     force: bool = FORCE,
     random_weights_ok: bool = RANDOM_WEIGHTS_OK,
+    verify: bool = VERIFY,
     debug: bool = DEBUG,
 ) -> None:
     """Which heads do what across a corpus: attention to [CLS]/[SEP]/punctuation, entropy, positional heads, probes, head map."""
@@ -65,6 +66,7 @@ def run_heads(
     corpus, model, column, limit, batch_size, max_length, words, probes, cluster_queries, cluster_every, engine, address, workers,
     gpus_per_worker, cpus_per_worker, top, out, fmt, as_json, device, dtype, device_map, allow_pickle, trust_remote_code,
     force=False, random_weights_ok=False, debug=False, size="screen", dpi=None, label=None, cmap=None, scale="shared",
+    verify=True,
 ):
     """Do the work of ``attnviz heads``; returns ``(HeadsResult, files written, Style)`` (no printing).
 
@@ -88,7 +90,7 @@ def run_heads(
     from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, read_probes, run_local, run_probes, run_ray
 
     settings = HeadsSettings(words=words, batch_size=batch_size, max_length=max_length, cluster_queries=cluster_queries,
-                             cluster_every=cluster_every, limit=limit)
+                             cluster_every=cluster_every, limit=limit, verify=verify)
     settings.check()
     source = open_corpus(corpus, column)
     probe_list = read_probes(probes) if probes is not None else None
@@ -123,6 +125,8 @@ def run_heads(
         warn(note)
         output.stamp = "RANDOM WEIGHTS: not the trained model"
     runner = BatchRunner(tm, settings)
+    if runner.verification.notice:
+        warn(runner.verification.notice)
     total = count_examples(source)
     total = min(total, limit) if total is not None and limit is not None else total
     with _progress(total) as progress:
