@@ -205,6 +205,24 @@ def parse_formats(fmt: str) -> tuple[list[str], bool]:
     return [f for f in dict.fromkeys(names) if f != "html"], "html" in names
 
 
+def mark_random_weights(output, model) -> str | None:
+    """Warn and stamp every output of ``output`` (:class:`attnviz.report.RunOutput`) when ``model`` was loaded with
+    randomly initialised attention-path tensors (``--random-weights-ok``). Returns the note for the JSON, else None."""
+    from attnviz.models import random_weights_note
+
+    note = random_weights_note(model)
+    if note:
+        warn(note)
+        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    return note
+
+
+def warn_left_alone(output) -> None:
+    """One warning per previous output that the run left in place because it changed after attnviz wrote it."""
+    for path in output.left_alone:
+        warn(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
+
+
 def verification_json(result) -> dict:
     """``verified`` (True when the capture was checked against eager on this model and matched) and
     ``verification`` (see :meth:`attnviz.verify.Verification.to_json`) for a command's ``--json``."""

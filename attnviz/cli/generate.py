@@ -11,6 +11,7 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
+    mark_random_weights, warn_left_alone,
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY, guarded,
     print_json, quiet_libraries, warn,
 )
@@ -212,7 +213,7 @@ def run_generate(
     quiet_libraries()
     from attnviz.analysis.generation import candidates, strongest_links
     from attnviz.generate import analyse_step_focus, attend_generation, find_step, load_generation_model
-    from attnviz.models import LoadOptions, load_config, random_weights_note, resolve_model
+    from attnviz.models import LoadOptions, load_config, resolve_model
 
     output = RunOutput(
         out, command="generate", force=force, protect=model_files(resolve_model(model).location),
@@ -229,10 +230,7 @@ def run_generate(
         names += ["focus-view", "head-view"]
     output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
-    note = random_weights_note(tm.model)
-    if note:
-        warn(note)
-        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    note = mark_random_weights(output, tm.model)
     with _progress(max_new_tokens) as progress:
         result = attend_generation(prompt, tm, max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
                                    top_p=top_p, seed=seed, chat=chat, progress=progress, verify=verify)
@@ -251,8 +249,7 @@ def run_generate(
             files.append(output.page(generation_page(result, layer, head), "report"))
         if tensor_path is not None:
             _save(result, output.tensor_target(tensor_path))
-    for left in output.left_alone:
-        warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
+    warn_left_alone(output)
     return GenerateRun(result, links, source_links, layer, head, fusion, chosen, focus, files, output.tensor, note, style)
 
 

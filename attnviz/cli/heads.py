@@ -11,6 +11,7 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
+    mark_random_weights, warn_left_alone,
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY, guarded, print_json,
     quiet_libraries, warn,
 )
@@ -118,12 +119,8 @@ def run_heads(
     output.check([f"{stem}.{f}" for f in formats for stem in [f"heads-{n.replace('_', '-')}" for n in stats] + ["head-map"]]
                  + ["heads.parquet", "heads.json"] + (["report.html"] if html else []))
     tm = tm.with_weights()
-    from attnviz.models import random_weights_note
-
-    note = random_weights_note(tm.model)
-    if note:
-        warn(note)
-        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    
+    mark_random_weights(output, tm.model)
     runner = BatchRunner(tm, settings)
     if runner.verification.notice:
         warn(runner.verification.notice)
@@ -141,8 +138,7 @@ def run_heads(
     result = HeadsResult.build(runner, sums, str(corpus), engine, probe_result)
     with output:
         files = _write(result, output, formats, style, html)
-    for left in output.left_alone:
-        warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
+    warn_left_alone(output)
     return result, files, style
 
 

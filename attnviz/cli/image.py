@@ -10,6 +10,7 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
+    mark_random_weights, warn_left_alone,
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
     quiet_libraries, warn,
 )
@@ -212,7 +213,7 @@ def run_image(
 
     quiet_libraries()
     from attnviz.image import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
-    from attnviz.models import LoadOptions, random_weights_note
+    from attnviz.models import LoadOptions
 
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
     im = load_image_model(model, options, weights=False)  # config and processor only: checks come first
@@ -249,10 +250,7 @@ def run_image(
     output.check(names, tensor=tensor_path)
 
     im = im.with_weights()
-    note = random_weights_note(im.model)
-    if note:
-        warn(note)
-        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    note = mark_random_weights(output, im.model)
     if getattr(im.model, "attnviz_new_head", ()):
         warn(f"'{im.source.model_id}' has no trained classification head in its checkpoint: no predictions are shown")
     plan = image_plan(im, (layer,), full=tensor_path is not None or html, head_fusion=head_fusion, discard_ratio=discard_ratio)
@@ -277,8 +275,7 @@ def run_image(
             _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio)
     run.files = files
     run.save_attn = output.tensor
-    for left in output.left_alone:
-        warn(f"left '{left}' from the previous run in place: it changed after attnviz wrote it")
+    warn_left_alone(output)
     return run
 
 

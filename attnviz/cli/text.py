@@ -11,6 +11,7 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
+    mark_random_weights, warn_left_alone,
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
     quiet_libraries, warn,
 )
@@ -241,7 +242,7 @@ def run_text(
     from attnviz.analysis.select import ViewSpec, find_focus
     from attnviz.capture import CapturePlan
     from attnviz.focus import analyse_focus
-    from attnviz.models import LoadOptions, random_weights_note
+    from attnviz.models import LoadOptions
     from attnviz.text import attend_prepared, load_text_model, prepare_text
 
     spec = ViewSpec(words=words, hide_special=hide_special)
@@ -279,10 +280,7 @@ def run_text(
     output.check(_view_names(kinds, keep_full, focus_kind, figure_formats, html, chosen_views), tensor=tensor_path)
 
     tm = tm.with_weights()
-    note = random_weights_note(tm.model)
-    if note:
-        warn(note)
-        output.stamp = "RANDOM WEIGHTS: not the trained model"
+    note = mark_random_weights(output, tm.model)
     # the head view's layer: given, else (without --token) the last; with --token it follows the ranking
     layers: frozenset[int] = frozenset()
     head_maps: frozenset = frozenset()
@@ -359,8 +357,7 @@ def run_text(
             output.page(text_page(result, focus, spec, layer, head, collector), "report")
         if tensor_path is not None and writer is None:
             _save_full(result, output.tensor_target(tensor_path), half)
-    for path in output.left_alone:
-        warn(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
+    warn_left_alone(output)
     return TextRun(result, spec, layer, head, focus, list(output.files), output.tensor, skipped, note, style, chosen_views)
 
 

@@ -274,7 +274,6 @@ def head_view(
     height, plot_h = style.height(top + 0.15, natural_h)
     frame = Frame(width, height, style.resolution)
     frame.titles(titles)
-    fig = frame.figure
     ax = frame.axes(side + label_w, top, mid, plot_h)
     ax.set_axis_off()
     ax.set_xlim(0.0, 1.0)
