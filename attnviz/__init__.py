@@ -20,10 +20,10 @@ from attnviz.types import AttentionMaps, GenerationAttention, ImageAttention, Pr
 __version__ = "0.1.0"
 
 _LAZY = {
-    "attend_text": "attnviz.text",
-    "load_text_model": "attnviz.text",
-    "attend_image": "attnviz.image",
-    "load_image_model": "attnviz.image",
+    "attend_text": "attnviz.inputs.tokens",
+    "load_text_model": "attnviz.inputs.tokens",
+    "attend_image": "attnviz.inputs.patches",
+    "load_image_model": "attnviz.inputs.patches",
     "capture": "attnviz.capture",
     "CapturePlan": "attnviz.capture",
     "attention_rollout": "attnviz.analysis.rollout",
@@ -41,8 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.analysis.rollout import attention_rollout
     from attnviz.capture import CapturePlan, capture
     from attnviz.generate import attend_generation, load_generation_model
-    from attnviz.image import attend_image, load_image_model
-    from attnviz.text import attend_text, load_text_model
+    from attnviz.inputs.patches import attend_image, load_image_model
+    from attnviz.inputs.tokens import attend_text, load_text_model
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ import torch
 from attnviz.capture import CapturePlan, _lazy_zeros, capture
 from attnviz.errors import ModelError, UsageError
 from attnviz.models import LoadOptions, load_config, load_model_for_capture, resolve_model
-from attnviz.text import TextModel, _max_positions, _token_info, load_tokenizer
+from attnviz.inputs.tokens import TextModel, _max_positions, _token_info, load_tokenizer
 from attnviz.types import CROSS, DECODER, SELF, GenerationAttention
 
 #: The plan of every decoding step: the new token's row in every layer and head, self- and cross-attention.
@@ -155,7 +155,7 @@ def attend_generation(
 
     Args:
         prompt: the text to continue (or translate/summarise, for encoder-decoder models).
-        model: a :class:`attnviz.text.TextModel` from :func:`load_generation_model`, or a name for it.
+        model: a :class:`attnviz.inputs.tokens.TextModel` from :func:`load_generation_model`, or a name for it.
         max_new_tokens: at most this many tokens (>= 1).
         sample, temperature, top_p, seed: sampling instead of greedy decoding.
         chat: wrap the prompt in the tokenizer's chat template (one user turn,
@@ -332,7 +332,7 @@ def as_text_attention(result: GenerationAttention):
     attention holds the rows of the generated positions (``rows``/``row_index``).
     Encoder-decoder: source ``tokens`` and target tokens (decoder start +
     generated), with ``"decoder"`` and ``"cross"`` rows. Used for the focus view
-    of a generated token (:func:`attnviz.focus.analyse_focus`,
+    of a generated token (:func:`attnviz.analysis.focus.analyse_focus`,
     :func:`attnviz.render.text.focus_view`).
     """
     from attnviz.types import AttentionMaps, TextAttention, TokenInfo
@@ -389,10 +389,10 @@ def find_step(result: GenerationAttention, token: str, index: int | None = None)
 
 
 def analyse_step_focus(result: GenerationAttention, step: int, top: int = 10):
-    """:func:`attnviz.focus.analyse_focus` for generated token ``step`` (cross-attention for encoder-decoder
+    """:func:`attnviz.analysis.focus.analyse_focus` for generated token ``step`` (cross-attention for encoder-decoder
     models): each head's strongest earlier, non-special, non-adjacent token. Returns ``(TextAttention, Focus)``."""
     from attnviz.analysis.select import ViewSpec, units_for
-    from attnviz.focus import analyse_focus, focus_kind
+    from attnviz.analysis.focus import analyse_focus, focus_kind
 
     step = result.check_step(step)
     text = as_text_attention(result)

@@ -3,12 +3,12 @@
 A pipeline over the same capture engine, word merging and focus link rule as
 ``attnviz text``: each padded batch of the corpus is run once through
 :func:`attnviz.capture.capture` with a batch plan whose ``on_layer`` callback folds
-the layer into running sums (:mod:`attnviz.analysis.corpus`), so memory stays flat
+the layer into running sums (:mod:`attnviz.analysis.headstats`), so memory stays flat
 in the corpus size and no ``[H, N, N]`` beyond the current layer exists. The same
 per-batch code (:class:`BatchRunner`) runs in this process (``engine="local"``) or
 in a Ray Data actor pool (``engine="ray"``, :func:`run_ray`); the partial sums add up.
 
-Probes (``--probes``) reuse :func:`attnviz.focus.analyse_focus` on each probe
+Probes (``--probes``) reuse :func:`attnviz.analysis.focus.analyse_focus` on each probe
 sentence: a head's answer is its link for the probe token, exactly as the focus
 view draws it.
 """
@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from attnviz.analysis.corpus import DEFINITIONS, STATISTICS, BatchAccumulator, HeadSums, batch_layout, embed_heads
+from attnviz.analysis.headstats import DEFINITIONS, STATISTICS, BatchAccumulator, HeadSums, batch_layout, embed_heads
 from attnviz.errors import InputError, ModelError, UsageError
 
 ENGINES = ("local", "ray")
@@ -33,7 +33,7 @@ class HeadsSettings:
     """How the corpus is read and counted: ``words`` merges pieces into words; ``batch_size`` examples
     per forward; ``max_length`` truncates (default: the model's limit); the head distances use
     ``cluster_queries`` query units of one example in ``cluster_every`` (see
-    :mod:`attnviz.analysis.corpus`); ``limit`` examples at most; ``verify`` checks the capture against
+    :mod:`attnviz.analysis.headstats`); ``limit`` examples at most; ``verify`` checks the capture against
     eager attention first for a model type outside :data:`attnviz.verify.PROVEN_TYPES`."""
 
     words: bool = False
@@ -105,7 +105,7 @@ class BatchRunner:
         """``(inputs, infos, truncated)``: right-padded ``input_ids``/``attention_mask`` ``[B, N]``, each example's TokenInfo."""
         import torch
 
-        from attnviz.text import _token_info
+        from attnviz.inputs.tokens import _token_info
 
         tok = self.tm.tokenizer
         infos, ids, truncated = [], [], 0
@@ -166,7 +166,7 @@ class RayWorker:
         import torch
 
         from attnviz.cli.common import quiet_libraries
-        from attnviz.text import load_text_model
+        from attnviz.inputs.tokens import load_text_model
 
         torch.set_num_threads(max(1, threads))
         quiet_libraries()
@@ -199,7 +199,7 @@ def run_ray(
         raise UsageError(f"--workers must be at least 1, not {workers}")
     if gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise UsageError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
-    from attnviz.corpus import ray_dataset
+    from attnviz.inputs.corpus import ray_dataset
 
     import logging
 
@@ -313,8 +313,8 @@ def run_probes(tm, probes: Sequence[Probe], words: bool) -> ProbeResult:
     """
     from attnviz.analysis.select import ViewSpec, find_focus, units_for
     from attnviz.capture import CapturePlan
-    from attnviz.focus import analyse_focus
-    from attnviz.text import attend_prepared, prepare_text
+    from attnviz.analysis.focus import analyse_focus
+    from attnviz.inputs.tokens import attend_prepared, prepare_text
 
     spec = ViewSpec(words=words)
     hits = None
@@ -352,7 +352,7 @@ def run_probes(tm, probes: Sequence[Probe], words: bool) -> ProbeResult:
 @dataclass(frozen=True)
 class HeadsResult:
     """What ``attnviz heads`` computed: per-head statistics ``stats[name]`` float64 ``[layers, heads]``
-    (:data:`attnviz.analysis.corpus.STATISTICS`), the head distances ``[L*H, L*H]`` and their 2-D
+    (:data:`attnviz.analysis.headstats.STATISTICS`), the head distances ``[L*H, L*H]`` and their 2-D
     MDS embedding ``coords [L*H, 2]``, the probe scores, the corpus counts (``sums``) and settings."""
 
     model_id: str

@@ -395,7 +395,7 @@ def _report(model_id, model_type, modality, model, rows, backends, prefix=None) 
 
 
 def _check_text(name: str, options) -> CheckReport:
-    from attnviz.text import load_text_model, prepare_text
+    from attnviz.inputs.tokens import load_text_model, prepare_text
 
     tm = load_text_model(name, options)
     rows, backends = [], []
@@ -423,7 +423,7 @@ def check_photo(size: tuple[int, int], seed: int = 0):
 
 def _check_image(name: str, options) -> CheckReport:
     from attnviz.errors import ModelError
-    from attnviz.image import load_image_model, preprocess
+    from attnviz.inputs.patches import load_image_model, preprocess
 
     im = load_image_model(name, options)
     param = next(im.model.parameters())

@@ -198,7 +198,7 @@ def process_floor(n: int, model_dir: str, text_file: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from attnviz.models import LoadOptions
-    from attnviz.text import load_text_model, prepare_text
+    from attnviz.inputs.tokens import load_text_model, prepare_text
 
     tm = load_text_model(model_dir, LoadOptions())
     prepared = prepare_text(tm, Path(text_file).read_text(), None, None)

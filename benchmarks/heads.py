@@ -61,7 +61,7 @@ def child(mode: str, n: int, batch_size: int, threads: int) -> dict:
 
     quiet_libraries()
     from attnviz.heads import BatchRunner, HeadsSettings, run_local
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(MODEL)
     runner = BatchRunner(tm, HeadsSettings(batch_size=batch_size))

@@ -47,7 +47,7 @@ DEIT = ROOT.parent / "shared" / "models" / "deit-tiny-patch16-224"
 def build_text(text: str, token: str, index: int | None):
     from attnviz import attend_text
     from attnviz.analysis.select import ViewSpec
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
     from attnviz.html import text_page
 
     r = attend_text(text, max_length=512)
@@ -62,7 +62,7 @@ def build_image():
     from attnviz import attend_image
     from attnviz.analysis.sinks import detect_sinks  # noqa: F401 (import cost outside the timing)
     from attnviz.html import image_page
-    from attnviz.image import image_sinks, rollout_map
+    from attnviz.inputs.patches import image_sinks, rollout_map
 
     r = attend_image(ROOT / "samples" / "coffee.png", str(DEIT))
     t0 = time.perf_counter()

@@ -73,7 +73,7 @@ from pathlib import Path
 import attnviz.verify as v
 from attnviz.capture import takes_attnviz
 from attnviz.cli.text import run_text
-from attnviz.text import load_text_model
+from attnviz.inputs.tokens import load_text_model
 
 n = int(sys.argv[1])
 kw = dict(text=__TEXT__, model="sentence-transformers/all-MiniLM-L6-v2", token="it", token_index=None, layer=None, head=None,

@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from attnviz.analysis.select import ViewSpec
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
     from attnviz.render import image as iv
     from attnviz.render import text as tv
     from attnviz.render.layout import Style, overlapping_texts, smallest_font, texts_outside
     from attnviz.report import write_figure
-    from attnviz.text import attend_text
+    from attnviz.inputs.tokens import attend_text
 
     OUT.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []  # (group, view, size, file)
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if models is None:
         print("no shared models folder: image views skipped (pass --models)")
     else:
-        from attnviz.image import attend_image, image_plan, image_sinks, load_image_model, point_to_patch, rollout_map
-        from attnviz.images import load_image
+        from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, point_to_patch, rollout_map
+        from attnviz.inputs.imagefile import load_image
         from attnviz.models import LoadOptions
 
         for name, photo in (("deit-tiny-patch16-224", "coffee.png"), ("dinov2-small-saliency", "rocket.jpg")):

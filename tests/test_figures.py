@@ -16,7 +16,7 @@ from PIL import Image
 
 from attnviz.analysis.select import ViewSpec
 from attnviz.errors import UsageError
-from attnviz.focus import analyse_focus
+from attnviz.analysis.focus import analyse_focus
 from attnviz.render.layout import (
     COLUMN_IN, PAGE_IN, Style, display_label, overlapping_texts, parse_size, smallest_font, texts_outside,
 )
@@ -32,21 +32,21 @@ LONG = ("The state-of-the-art animal didn't cross the busy street, because it wa
 
 @pytest.fixture(scope="module")
 def default_model():
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
     return load_text_model()
 
 
 @pytest.fixture(scope="module")
 def short(default_model):
-    from attnviz.text import attend_text
+    from attnviz.inputs.tokens import attend_text
 
     return attend_text(TEXT, default_model)
 
 
 @pytest.fixture(scope="module")
 def long64(default_model):
-    from attnviz.text import attend_text
+    from attnviz.inputs.tokens import attend_text
 
     r = attend_text(LONG, default_model)
     assert len(r.tokens) == 64
@@ -168,8 +168,8 @@ def test_matrix_states_threshold_and_marks_focus_row(short):
 def vit(tmp_path_factory):
     from vision_tiny import make_photo, make_vision_model
 
-    from attnviz.image import attend_image, image_plan, image_sinks, load_image_model, rollout_map
-    from attnviz.images import load_image
+    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, rollout_map
+    from attnviz.inputs.imagefile import load_image
     from attnviz.models import LoadOptions
 
     root = tmp_path_factory.mktemp("vis")
@@ -285,7 +285,7 @@ def heads_results(tiny_models):
     from tiny import CORPUS
 
     from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, Probe, run_local, run_probes
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(str(tiny_models("bert")))
     runner = BatchRunner(tm, HeadsSettings(batch_size=4, cluster_every=1))
@@ -302,7 +302,7 @@ def heads_results(tiny_models):
 
 @pytest.mark.parametrize("size,width", [("column", COLUMN_IN), ("page", PAGE_IN)])
 def test_heads_views_print_legibly(heads_results, size, width, tmp_path):
-    from attnviz.render.heads import head_map_view, statistic_view
+    from attnviz.render.headstats import head_map_view, statistic_view
 
     small, big = heads_results
     style = Style.from_options(size, dpi=100, label="tiny-bert")

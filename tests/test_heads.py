@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnviz.analysis.corpus import STATISTICS, is_punctuation, sample_positions
+from attnviz.analysis.headstats import STATISTICS, is_punctuation, sample_positions
 from attnviz.analysis.words import token_units, word_units
 from attnviz.cli import app
-from attnviz.corpus import iter_batches, iter_texts, open_corpus
+from attnviz.inputs.corpus import iter_batches, iter_texts, open_corpus
 from attnviz.errors import InputError
 from tiny import CORPUS
 
@@ -61,7 +61,7 @@ def reference(path, texts, words: bool, causal: bool, R: int = 4):
     """Every statistic by plain loops over eager output_attentions of each example alone; and the head distances."""
     from scipy.spatial.distance import jensenshannon
 
-    from attnviz.text import _token_info
+    from attnviz.inputs.tokens import _token_info
 
     model, tok = _eager(path)
     sums, count, uniform = {}, 0, None
@@ -112,7 +112,7 @@ def reference(path, texts, words: bool, causal: bool, R: int = 4):
 
 def attnviz_stats(path, texts, words: bool, batch_size: int):
     from attnviz.heads import BatchRunner, HeadsSettings, run_local
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(str(path))
     r = BatchRunner(tm, HeadsSettings(words=words, batch_size=batch_size, cluster_every=1))
@@ -173,7 +173,7 @@ def test_corpus_readers_agree(tmp_path):
 def test_probes_follow_the_focus_rule(peaky, tmp_path):
     """Each head's probe answer is its strongest earlier, non-special, non-adjacent token in eager attention."""
     from attnviz.heads import Probe, run_probes
-    from attnviz.text import _token_info, load_text_model
+    from attnviz.inputs.tokens import _token_info, load_text_model
 
     path = peaky("bert")
     probes = [

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import browser
-from attnviz.analysis.corpus import STATISTICS
+from attnviz.analysis.headstats import STATISTICS
 from attnviz.cli import app
 from tiny import CORPUS
 

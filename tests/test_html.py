@@ -32,7 +32,7 @@ def payload_of(page: str) -> dict:
 @pytest.fixture(scope="module")
 def readme():
     from attnviz import attend_text
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
 
     r = attend_text(SENTENCE)
     return r, analyse_focus(r, "it", None, ViewSpec())
@@ -117,7 +117,7 @@ def test_topk_mode_keeps_strongest_links_and_focus_rows(readme):
 
 def test_encoder_decoder_kinds(tiny_models):
     from attnviz import attend_text
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
 
     r = attend_text("the cat sat on the mat", str(tiny_models("t5")), target="le chat")
     p = text_payload(r)

@@ -55,7 +55,7 @@ def check_clean(driver):
 def readme_page(tmp_path_factory):
     from attnviz import attend_text
     from attnviz.analysis.select import ViewSpec
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
     from attnviz.html import text_page
     from attnviz.report import write_html
 
@@ -185,7 +185,7 @@ def test_image_report(driver, tmp_path):
 
     from attnviz import attend_image
     from attnviz.html import image_page
-    from attnviz.image import rollout_map
+    from attnviz.inputs.patches import rollout_map
     from attnviz.report import write_html
 
     from attnviz.analysis.sinks import SinkPatch
@@ -254,7 +254,7 @@ def test_notebook_iframe(driver, readme_page, tmp_path):
 def test_topk_report(driver, readme_page, tmp_path):
     """Beyond the full-map token count the page draws the strongest k links per row and the focus token's full rows."""
     from attnviz.analysis.select import ViewSpec
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
     from attnviz.html import text_page
     from attnviz.html.payload import TextCollector
     from attnviz.report import write_html

@@ -1,4 +1,4 @@
-"""attnviz.images: every file format and pixel mode to RGB, EXIF orientation, and bad files."""
+"""attnviz.inputs.imagefile: every file format and pixel mode to RGB, EXIF orientation, and bad files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from attnviz.errors import InputError
-from attnviz.images import load_image
+from attnviz.inputs.imagefile import load_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -1,4 +1,4 @@
-"""attnviz.image: token layout per family, exact attention vs eager, rollout vs the formula, crop geometry.
+"""attnviz.inputs.patches: token layout per family, exact attention vs eager, rollout vs the formula, crop geometry.
 
 Tiny random models of every supported family (tests/vision_tiny.py), and the real
 DeiT-Tiny and DINOv2-S weights from ../shared/models where that folder exists.
@@ -15,7 +15,7 @@ from PIL import Image
 
 from attnviz.analysis.rollout import attention_rollout
 from attnviz.errors import ModelError, UsageError
-from attnviz.image import (
+from attnviz.inputs.patches import (
     attend_image, cls_attention, image_plan, image_sinks, load_image_model, patch_box, point_to_patch,
     query_attention, rollout_map,
 )

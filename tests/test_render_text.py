@@ -14,11 +14,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from attnviz.analysis.heads import strongest_targets
+from attnviz.analysis.focus import strongest_targets
 from attnviz.analysis.select import ViewSpec, find_focus, prepare, prepare_rows, units_for
 from attnviz.errors import UsageError
 from attnviz.render import common
-from attnviz.focus import analyse_focus
+from attnviz.analysis.focus import analyse_focus
 from attnviz.render.text import causal_mask, focus_view, head_view, maps_for, matrix_view, model_view
 
 from tiny import TEXT
@@ -31,21 +31,21 @@ WORDS_HIDE = ViewSpec(words=True, hide_special=True)
 
 @pytest.fixture(scope="module")
 def default_model():
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
     return load_text_model()
 
 
 @pytest.fixture(scope="module")
 def bert(default_model):
-    from attnviz.text import attend_text
+    from attnviz.inputs.tokens import attend_text
 
     return attend_text(TEXT, default_model)
 
 
 @pytest.fixture(scope="module")
 def bert_long(default_model):
-    from attnviz.text import attend_text
+    from attnviz.inputs.tokens import attend_text
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -54,14 +54,14 @@ def bert_long(default_model):
 
 @pytest.fixture(scope="module")
 def gpt2(tiny_models):
-    from attnviz.text import attend_text, load_text_model
+    from attnviz.inputs.tokens import attend_text, load_text_model
 
     return attend_text(TEXT, load_text_model(str(tiny_models("gpt2"))))
 
 
 @pytest.fixture(scope="module")
 def t5(tiny_models):
-    from attnviz.text import attend_text, load_text_model
+    from attnviz.inputs.tokens import attend_text, load_text_model
 
     return attend_text(TEXT, load_text_model(str(tiny_models("t5"))), target="Das Tier ging nicht")
 

@@ -345,7 +345,7 @@ def test_long_input_4000_tokens(tmp_path):
 def _word_pieces(tok, text, word_index):
     """Token positions of the word_index-th unit of --words (special tokens are units of their own)."""
     from attnviz.analysis.select import ViewSpec, units_for
-    from attnviz.text import _token_info
+    from attnviz.inputs.tokens import _token_info
 
     enc = tok(text, return_offsets_mapping=True)
     return list(units_for(_token_info(text, enc, tok), ViewSpec(words=True)).groups[word_index])

@@ -20,7 +20,7 @@ import attnviz.verify as verify
 from attnviz.capture import FULL, capture, capture_eager, non_eager_modules
 from attnviz.cli import app
 from attnviz.errors import ModelError
-from attnviz.text import attend_text, load_text_model
+from attnviz.inputs.tokens import attend_text, load_text_model
 from tiny import TEXT, TEXT_KINDS, eager_attentions, text_config
 from vision_tiny import DEIT, DINOV2, KINDS, build, make_photo, make_vision_model, needs_deit, needs_dinov2
 from vision_tiny import eager_attentions as eager_image_attentions
@@ -68,7 +68,7 @@ def perturbed():
 
 
 def test_proven_types_are_the_tested_architectures():
-    from attnviz.image import vision_info
+    from attnviz.inputs.patches import vision_info
 
     text = {text_config(kind, 100).model_type for kind in TEXT_KINDS} | {"bloom", "mpt"}  # + test_alibi_models_fall_back_to_eager
     vision = {vision_info(build(kind)[0].config).model_type for kind in KINDS}
@@ -135,7 +135,7 @@ def test_sdpa_built_data2vec_is_refused_in_one_line(tmp_path):
 
 
 def test_data2vec_loads_eager_and_is_exact(tmp_path):
-    from attnviz.image import attend_image, load_image_model
+    from attnviz.inputs.patches import attend_image, load_image_model
 
     folder = make_vision_model(tmp_path, "data2vec-vision")
     photo = make_photo(tmp_path / "p.png")
@@ -150,7 +150,7 @@ def test_data2vec_loads_eager_and_is_exact(tmp_path):
 def test_vit_mae_random_masking_is_refused(tmp_path):
     import transformers as tf
 
-    from attnviz.image import load_image_model
+    from attnviz.inputs.patches import load_image_model
 
     cfg = tf.ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                           intermediate_size=40, decoder_hidden_size=16, decoder_num_hidden_layers=1,

@@ -6,6 +6,8 @@ stays fast; each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import typer
@@ -15,6 +17,9 @@ try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click
+
+#: Ctrl-C / an aborted prompt: typer's own Abort (click's where typer uses click itself).
+_ABORT = tuple({getattr(typer, "Abort", None), getattr(click, "Abort", None)} - {None}) or (KeyboardInterrupt,)
 
 from attnviz import __version__
 
@@ -27,6 +32,8 @@ class _Group(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except click.NoArgsIsHelpError as exc:
             typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
             sys.exit(2)
@@ -39,10 +46,24 @@ class _Group(TyperGroup):
         except click.ClickException as exc:
             typer.echo(f"attnviz: error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except _ABORT:
             typer.echo("attnviz: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            _quiet_broken_pipe()
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of our output went away (``attnviz text ... | head -1``): exit 141 (SIGPIPE) without a word."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+    except (OSError, ValueError):  # pragma: no cover
+        pass
+    os._exit(141)
 
 
 app = typer.Typer(

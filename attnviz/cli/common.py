@@ -7,13 +7,17 @@ import logging
 import os
 import sys
 import warnings
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import typer
 
 from attnviz.errors import AttnvizError, AttnvizWarning
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.pipelines.common import ModelRequest, OutputRequest, StyleRequest
 
 INTERNAL_ERROR = 70
 
@@ -93,21 +97,34 @@ def _signals_as_interrupts() -> Iterator[None]:
 def guarded(debug: bool) -> Iterator[None]:
     """Turn :class:`AttnvizError` into one line on stderr and its exit code.
 
-    Unexpected exceptions also become one line (exit 70) unless ``debug``, which
-    re-raises them with the traceback. Warnings raised inside are printed as
-    one-line ``attnviz: warning:`` messages. Ctrl-C exits 130; SIGTERM and SIGHUP
-    are handled the same way (temporary files removed) and exit 143 and 129.
+    Unexpected exceptions also become one line (exit 70). ``debug`` prints the
+    traceback first and keeps the same exit code. :class:`AttnvizWarning` warnings
+    raised inside (the pipelines' notices) are printed at once as one-line
+    ``attnviz: warning:`` messages, each message once. Ctrl-C exits 130; SIGTERM and
+    SIGHUP are handled the same way (temporary files removed) and exit 143 and 129.
     """
-    with warnings.catch_warnings(record=True) as caught, _signals_as_interrupts():
+    seen: set[str] = set()
+    previous_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if isinstance(category, type) and issubclass(category, AttnvizWarning):
+            text = str(message)
+            if text not in seen:
+                seen.add(text)
+                warn(text)
+            return
+        previous_show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings(), _signals_as_interrupts():
         warnings.simplefilter("always", AttnvizWarning)
+        warnings.showwarning = show
         try:
             yield
         except typer.Exit:
             raise
         except AttnvizError as exc:
-            _flush(caught)
             if debug:
-                raise
+                traceback.print_exc()
             typer.echo(f"attnviz: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except Terminated as exc:
@@ -118,23 +135,62 @@ def guarded(debug: bool) -> Iterator[None]:
         except KeyboardInterrupt:
             typer.echo("attnviz: interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the CLI must not print a traceback
-            _flush(caught)
             if debug:
-                raise
+                traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"attnviz: error: {type(exc).__name__}: {first[:300]} (rerun with --debug for the traceback)", err=True)
+            hint = "" if debug else " (rerun with --debug for the traceback)"
+            typer.echo(f"attnviz: error: {type(exc).__name__}: {first[:300]}{hint}", err=True)
             raise typer.Exit(INTERNAL_ERROR) from None
-        _flush(caught)
+        finally:
+            warnings.showwarning = previous_show
 
 
-def _flush(caught) -> None:
-    seen = set()
-    for w in caught:
-        if issubclass(w.category, AttnvizWarning) and str(w.message) not in seen:
-            seen.add(str(w.message))
-            warn(str(w.message))
-    caught.clear()
+def run_command(debug: bool, as_json: bool, produce: Callable[[], Any], print_human: Callable[[Any], None]) -> None:
+    """The body of every command: ``produce()`` (a pipeline run) inside :func:`guarded`, then its ``--json``
+    document (``run.to_json()``) or ``print_human(run)``."""
+    with guarded(debug):
+        quiet_libraries()
+        run = produce()
+        if as_json:
+            print_json(run.to_json())
+        else:
+            print_human(run)
+
+
+def model_request(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+                  allow_pickle: bool = False, trust_remote_code: bool = False, random_weights_ok: bool = False,
+                  verify: bool = True, **_ignored) -> "ModelRequest":
+    """The model options every command shares, as a :class:`attnviz.pipelines.common.ModelRequest`."""
+    from attnviz.pipelines.common import ModelRequest
+
+    return ModelRequest(model, device, dtype, device_map, allow_pickle, trust_remote_code, random_weights_ok, verify)
+
+
+def output_request(out: Path, fmt: str = "png", force: bool = False, save_attn: Path | None = None, **_ignored) -> "OutputRequest":
+    """``--out``, ``--format``, ``--force`` and ``--save-attn`` as a :class:`attnviz.pipelines.common.OutputRequest`."""
+    from attnviz.pipelines.common import OutputRequest
+
+    return OutputRequest(out, fmt, force, save_attn)
+
+
+def style_request(size: str = "screen", dpi: int | None = None, label: str | None = None, cmap: str | None = None,
+                  scale: str = "shared", **_ignored) -> "StyleRequest":
+    """``--size``, ``--dpi``, ``--label``, ``--cmap`` and ``--scale`` as a :class:`attnviz.pipelines.common.StyleRequest`."""
+    from attnviz.pipelines.common import StyleRequest
+
+    return StyleRequest(size, dpi, label, cmap, scale)
+
+
+def print_files(console, files, save_attn=None) -> None:
+    """The closing "wrote:" list of the human output."""
+    paths = list(files) + ([save_attn] if save_attn else [])
+    if paths:
+        console.print("wrote:")
+        for path in paths:
+            console.print(f"  {path}", soft_wrap=True)
 
 
 def print_json(document: dict) -> None:

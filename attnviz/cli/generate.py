@@ -309,7 +309,7 @@ def _check_layer_head(model: str, options, layer, head) -> None:
     """``--layer``/``--head`` against the config (layers and heads of the decoder), before the weights load."""
     from attnviz.errors import UsageError
     from attnviz.models import load_config, resolve_model
-    from attnviz.text import TextModel
+    from attnviz.inputs.tokens import TextModel
 
     if layer is None and head is None:
         return

@@ -87,7 +87,7 @@ def run_heads(
         raise UsageError("--top must be at least 1")
     if engine == "local" and (address or workers != 2 or gpus_per_worker or cpus_per_worker != 1.0):
         raise UsageError("--address, --workers, --gpus-per-worker and --cpus-per-worker are for --engine ray")
-    from attnviz.corpus import count_examples, iter_batches, open_corpus
+    from attnviz.inputs.corpus import count_examples, iter_batches, open_corpus
     from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, read_probes, run_local, run_probes, run_ray
 
     settings = HeadsSettings(words=words, batch_size=batch_size, max_length=max_length, cluster_queries=cluster_queries,
@@ -103,9 +103,9 @@ def run_heads(
 
     quiet_libraries()
     from attnviz.models import LoadOptions
-    from attnviz.text import load_text_model
+    from attnviz.inputs.tokens import load_text_model
 
-    from attnviz.analysis.corpus import STATISTICS
+    from attnviz.analysis.headstats import STATISTICS
 
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
     tm = load_text_model(model, options, weights=False)
@@ -143,8 +143,8 @@ def run_heads(
 
 
 def _write(result, output, formats: list[str], style=None, html: bool = False) -> list[Path]:
-    from attnviz.analysis.corpus import STATISTICS
-    from attnviz.render.heads import head_map_view, statistic_view
+    from attnviz.analysis.headstats import STATISTICS
+    from attnviz.render.headstats import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
 
     files: list[Path] = []
@@ -155,7 +155,7 @@ def _write(result, output, formats: list[str], style=None, html: bool = False) -
             files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
         files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
     if html:
-        from attnviz.html.heads import heads_page
+        from attnviz.html.headstats import heads_page
 
         files.append(output.page(heads_page(result, style), "report"))
     staged = output.path("heads.parquet")
@@ -195,8 +195,8 @@ def _print_human(result, files: list[Path], top: int, style=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from attnviz.analysis.corpus import STATISTICS
-    from attnviz.render.heads import LABELS
+    from attnviz.analysis.headstats import STATISTICS
+    from attnviz.render.headstats import LABELS
     from attnviz.render.layout import DEFAULT_STYLE
 
     console = Console(highlight=False)

@@ -206,13 +206,13 @@ def run_image(
     chosen_views = parse_views(views, IMAGE_VIEWS)
     style = Style.from_options(size, dpi, cmap, scale, label, {"head_fusion": head_fusion, "discard_ratio": discard_ratio})
 
-    from attnviz.images import load_image
+    from attnviz.inputs.imagefile import load_image
 
     photo = load_image(path)  # a bad file fails before any model is loaded
     tensor_path = check_tensor_path(save_attn) if save_attn else None
 
     quiet_libraries()
-    from attnviz.image import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
+    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
     from attnviz.models import LoadOptions
 
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
@@ -337,7 +337,7 @@ def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio
 
 def _maps_json(run: ImageRun) -> dict:
     """What the image figures draw: per-head [CLS] maps of the chosen layer (with a summary) and the rollout."""
-    from attnviz.image import cls_attention
+    from attnviz.inputs.patches import cls_attention
 
     r = run.result
     out: dict = {}

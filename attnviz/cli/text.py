@@ -241,9 +241,9 @@ def run_text(
     quiet_libraries()
     from attnviz.analysis.select import ViewSpec, find_focus
     from attnviz.capture import CapturePlan
-    from attnviz.focus import analyse_focus
+    from attnviz.analysis.focus import analyse_focus
     from attnviz.models import LoadOptions
-    from attnviz.text import attend_prepared, load_text_model, prepare_text
+    from attnviz.inputs.tokens import attend_prepared, load_text_model, prepare_text
 
     spec = ViewSpec(words=words, hide_special=hide_special)
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
@@ -297,7 +297,7 @@ def run_text(
         elif layer is not None and head is not None:
             head_maps = frozenset({(layer % num_layers, fixed_head)})
         else:  # the focus token's top head: followed layer by layer in the same pass
-            from attnviz.focus import focus_rule
+            from attnviz.analysis.focus import focus_rule
 
             rule = focus_rule(info, info, "self", token, token_index, spec, direction, adjacent)
             follow = rule.follow(None if layer is None else layer % num_layers, fixed_head)
@@ -438,7 +438,7 @@ def _open_writer(tm, prepared, path: Path, final: Path, half: bool):
     """A streaming writer for long inputs: every layer goes to the (staged) file ``path`` as it is captured."""
     from attnviz.capture import attention_shapes
     from attnviz.report import AttentionWriter, attention_file_size
-    from attnviz.text import model_inputs
+    from attnviz.inputs.tokens import model_inputs
 
     shapes = attention_shapes(tm.model, model_inputs(tm, prepared))
     dtype = "float16" if half else "float32"

@@ -2,10 +2,10 @@
 
 - :mod:`attnviz.html.payload`: the data the page embeds (compact, quantised) built
   from :class:`~attnviz.types.TextAttention` / :class:`~attnviz.types.ImageAttention`
-  and the analyses in :mod:`attnviz.analysis` and :mod:`attnviz.focus`;
+  and the analyses in :mod:`attnviz.analysis` and :mod:`attnviz.analysis.focus`;
 - :mod:`attnviz.html.generation`: the page of a :class:`~attnviz.types.GenerationAttention`
   (its own script, ``assets/generation.js``);
-- :mod:`attnviz.html.heads`: the page of ``attnviz heads`` (corpus statistics, drawn by ``assets/heads.js``);
+- :mod:`attnviz.html.headstats`: the page of ``attnviz heads`` (corpus statistics, drawn by ``assets/heads.js``);
 - :mod:`attnviz.html.page`: the page itself (template, hand-written JS and CSS
   shipped as package data, inlined; no network, no other file).
 
@@ -13,7 +13,7 @@ Writing the page to disk is :func:`attnviz.report.write_html`'s job.
 """
 
 from attnviz.html.generation import generation_page
-from attnviz.html.heads import heads_page
+from attnviz.html.headstats import heads_page
 from attnviz.html.page import image_page, notebook_html, repr_html, text_page
 
 __all__ = ["text_page", "image_page", "generation_page", "heads_page", "notebook_html", "repr_html"]

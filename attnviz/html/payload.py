@@ -256,8 +256,8 @@ def _visible_unit(groups: list[list[int]], token: int) -> int | None:
 
 
 def _focus_grid(result, focus, spec: ViewSpec, collector: TextCollector) -> dict | None:
-    """The focus view's data for one variant: weights/targets [L, H] from :func:`attnviz.focus.analyse_focus`."""
-    from attnviz.focus import analyse_focus
+    """The focus view's data for one variant: weights/targets [L, H] from :func:`attnviz.analysis.focus.analyse_focus`."""
+    from attnviz.analysis.focus import analyse_focus
 
     _, q_info, _ = result.sides(focus.kind)
     units = units_for(q_info, spec)
@@ -294,7 +294,7 @@ def text_payload(
     """The JSON-ready payload of a text report.
 
     ``result``: :class:`~attnviz.types.TextAttention`; ``focus``: a
-    :class:`~attnviz.focus.Focus` (its token is pre-selected, its grid shown);
+    :class:`~attnviz.analysis.focus.Focus` (its token is pre-selected, its grid shown);
     ``spec``: the view the page opens with; ``layer``/``head``: the head view's
     start (default: the focus token's top head, else the last layer, every head).
     ``collector``: a :class:`TextCollector` already fed by the capture (long
@@ -378,7 +378,7 @@ def image_payload(result, rollout=None, settings: dict | None = None, sinks=(), 
     Raises:
         UsageError: the result holds no full layer at all.
     """
-    from attnviz.image import query_label, rollout_map
+    from attnviz.inputs.patches import query_label, rollout_map
 
     settings = dict(settings or {"head_fusion": "mean", "discard_ratio": 0.0})
     maps = result.attention

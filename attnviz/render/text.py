@@ -35,7 +35,7 @@ from matplotlib.patches import Rectangle
 from attnviz.analysis.select import ViewSpec, prepare
 from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
-from attnviz.focus import Focus
+from attnviz.analysis.focus import Focus
 from attnviz.render.common import (
     ATTENTION_CMAP,
     FOCUS_COLOR,
@@ -730,7 +730,7 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style
 
     Each cell's value is ``focus.weights[layer, head]``: the weight (probability)
     the focus unit puts on its link target in that head (see
-    :mod:`attnviz.focus` for which targets are eligible: not special, not itself,
+    :mod:`attnviz.analysis.focus` for which targets are eligible: not special, not itself,
     not its neighbour, earlier by default), on a 0..1 scale. Where cells are big
     enough they are annotated with the target and the weight (e.g.
     ``"animal\\n.68"``), else with the weight, else (column width) only the three
@@ -742,7 +742,7 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style
 
     Args:
         result: from :func:`attnviz.attend_text`.
-        focus: from :func:`attnviz.focus.analyse_focus` with the same ``spec``.
+        focus: from :func:`attnviz.analysis.focus.analyse_focus` with the same ``spec``.
         spec: words or word pieces; special tokens hidden (rows renormalised) or not.
         style: size, dpi, fonts and colour map.
     """

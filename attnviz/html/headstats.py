@@ -14,8 +14,8 @@ from attnviz.html.page import render_page
 
 def heads_payload(result, style=None) -> dict:
     """The data ``heads.js`` draws, from a :class:`attnviz.heads.HeadsResult` (numbers as in ``heads.json``)."""
-    from attnviz.analysis.corpus import STATISTICS
-    from attnviz.render.heads import LABELS
+    from attnviz.analysis.headstats import STATISTICS
+    from attnviz.render.headstats import LABELS
 
     doc = result.to_json((), style)
     doc.pop("files", None)

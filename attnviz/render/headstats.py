@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from attnviz.analysis.corpus import DEFINITIONS
+from attnviz.analysis.headstats import DEFINITIONS
 from attnviz.render.common import (
     ATTENTION_CMAP, FOCUS_COLOR, Frame, add_colorbar, clamp, layer_head_axes, probability_norm, short_weight, text_color_on,
 )
@@ -55,7 +55,7 @@ def statistic_view(result, name: str, style: Style | None = None) -> Figure:
 
     Args:
         result: :class:`attnviz.heads.HeadsResult`.
-        name: one of :data:`attnviz.analysis.corpus.STATISTICS`, or ``"probe_accuracy"`` (needs probes).
+        name: one of :data:`attnviz.analysis.headstats.STATISTICS`, or ``"probe_accuracy"`` (needs probes).
         style: size, dpi, fonts, colour map and display label (default: screen).
 
     The image data is float64 ``[layers, heads]``; probabilities and shares use a

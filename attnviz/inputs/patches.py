@@ -401,7 +401,7 @@ def attend_image(
 
     Args:
         image: a path to an image file or a PIL image (converted to RGB, EXIF
-            orientation applied; see :func:`attnviz.images.load_image`).
+            orientation applied; see :func:`attnviz.inputs.imagefile.load_image`).
         model: an :class:`ImageModel` or a name for :func:`load_image_model`.
         plan: what to capture (default: every layer and head in full; see
             :func:`image_plan` for the light plan the CLI uses).
@@ -420,7 +420,7 @@ def attend_image(
         InputError: unreadable image. ModelError: model problems, or a token
         count that does not match prefix + patch grid.
     """
-    from attnviz.images import load_image
+    from attnviz.inputs.imagefile import load_image
 
     im = (model if isinstance(model, ImageModel) else load_image_model(model, options)).with_weights()
     photo = load_image(image)
