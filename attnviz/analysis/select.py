@@ -95,26 +95,38 @@ def prepare_rows(rows: torch.Tensor, query_tokens: list[int], key_info: TokenInf
     return r, ku
 
 
-def find_focus(info: TokenInfo, token: str, index: int | None, spec: ViewSpec) -> tuple[int, ...]:
-    """Token positions of the focus: the token (or, with ``spec.words``, the word) equal to
-    ``token`` (case-insensitive; ``##`` ignored), the ``index``-th (0-based) of several.
+#: Typographic characters a reader types differently: each maps to what a keyboard gives.
+_TYPED = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "\u201c": '"', "\u201d": '"',
+                        "\u2010": "-", "\u2011": "-", "\u2013": "-", "\u2014": "-"})
 
-    Returns the token indices the focus covers (several pieces for a word).
+
+def token_key(label: str) -> str:
+    """How attnviz compares a typed ``--token`` with a token or word label: case-folded, stripped,
+    typographic apostrophes, quotes and dashes made plain (``didn’t`` == ``didn't``), and the continuation
+    marker ``##`` dropped. The one token matcher of every command (text, generate, heads probes, HTML)."""
+    return label.strip().casefold().translate(_TYPED).removeprefix("##")
+
+
+def same_token(a: str, b: str) -> bool:
+    """True when two labels name the same token or word for a reader (see :func:`token_key`)."""
+    return token_key(a) == token_key(b)
+
+
+def match_labels(labels, token: str, index: int | None, what: str = "token", listing_labels=None) -> int:
+    """The position in ``labels`` of ``token`` (see :func:`token_key`), the ``index``-th (0-based) of several.
+
+    ``what`` names the labels in messages ("token", "word", "generated token").
 
     Raises:
-        UsageError: not found, or found more than once and no ``index`` given, or
-        ``index`` out of range; the message lists the tokens (or words).
+        UsageError: empty ``token``; not found; found more than once and no ``index``; ``index`` out of
+        range. The message lists the labels (cut at 600 characters).
     """
-    units = units_for(info, spec)
-    want = token.strip().lower()
+    want = token_key(token)
     if not want:
         raise UsageError("--token is empty")
-    def norm(s: str) -> str:  # typographic apostrophes match typed ones: didn’t == didn't
-        return s.lower().replace("’", "'").replace("‘", "'").removeprefix("##")
-
-    hits = [i for i, lab in enumerate(units.labels) if norm(lab) == norm(want)]
-    what = "word" if spec.words else "token"
-    listing = " ".join(f"{i}:{lab}" for i, lab in enumerate(units.labels))
+    hits = [i for i, lab in enumerate(labels) if token_key(lab) == want]
+    shown = labels if listing_labels is None else listing_labels
+    listing = " ".join(f"{i}:{lab}" for i, lab in enumerate(shown))
     if len(listing) > 600:
         listing = listing[:600] + " ..."
     if not hits:
@@ -128,4 +140,25 @@ def find_focus(info: TokenInfo, token: str, index: int | None, spec: ViewSpec) -
         index = 0
     if not 0 <= index < len(hits):
         raise UsageError(f"--token-index {index} is out of range: '{token}' occurs {len(hits)} times (0..{len(hits) - 1})")
-    return units.groups[hits[index]]
+    return hits[index]
+
+
+def occurrence(labels, position: int) -> int:
+    """Which occurrence (0-based, for ``--token-index``) of its own label the unit at ``position`` is."""
+    key = token_key(labels[position])
+    return sum(1 for lab in labels[:position] if token_key(lab) == key)
+
+
+def find_focus(info: TokenInfo, token: str, index: int | None, spec: ViewSpec) -> tuple[int, ...]:
+    """Token positions of the focus: the token (or, with ``spec.words``, the word) equal to
+    ``token`` (:func:`token_key`: case-insensitive, typographic apostrophes as typed ones, ``##`` ignored),
+    the ``index``-th (0-based) of several.
+
+    Returns the token indices the focus covers (several pieces for a word).
+
+    Raises:
+        UsageError: not found, or found more than once and no ``index`` given, or
+        ``index`` out of range; the message lists the tokens (or words).
+    """
+    units = units_for(info, spec)
+    return units.groups[match_labels(units.labels, token, index, "word" if spec.words else "token")]
