@@ -175,7 +175,8 @@ class TextAttention:
     input (source) tokens; ``target_tokens`` the decoder-side tokens of an
     encoder-decoder model. ``backend`` names how attention was captured
     (``"sdpa+attnviz"`` or ``"eager"``); ``notice`` says why when it fell back to
-    eager; ``dropped_tokens`` counts tokens cut off by truncation.
+    eager; ``dropped_tokens`` counts tokens cut off by truncation (None: the text was so long that
+    only its beginning was tokenized, so the tokens cut off were not counted).
     """
 
     model_id: str
@@ -184,7 +185,7 @@ class TextAttention:
     tokens: TokenInfo
     attention: Mapping[str, AttentionMaps]
     target_tokens: TokenInfo | None = None
-    dropped_tokens: int = 0
+    dropped_tokens: int | None = 0
     notice: str | None = None
     verification: Any = None  # attnviz.verify.Verification: how far the capture is checked against eager
 

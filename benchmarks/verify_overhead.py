@@ -21,7 +21,7 @@ Every variant runs ``--repeat`` times, interleaved; the table gives the median a
 the fastest wall time of the whole process, and the default's overhead over
 ``no-verify`` (median). Whole-process times are dominated by imports and loading,
 which are noisy on a shared machine, so a second table times the pipeline in one
-warm process (``run_text``, the CLI's work without printing; ``--inprocess N``
+warm process (``attnviz.pipelines.text.run``, the CLI's work without printing; ``--inprocess N``
 interleaved calls of each variant) and the load-time test
 (``attnviz.capture.takes_attnviz``) on its own. The load average is printed with them.
 """
@@ -72,26 +72,29 @@ import gc, statistics, sys, tempfile, time
 from pathlib import Path
 import attnviz.verify as v
 from attnviz.capture import takes_attnviz
-from attnviz.cli.text import run_text
+from attnviz.pipelines.common import ModelRequest, OutputRequest
+from attnviz.pipelines.text import TextRequest, run
 from attnviz.inputs.tokens import load_text_model
 
 n = int(sys.argv[1])
-kw = dict(text=__TEXT__, model="sentence-transformers/all-MiniLM-L6-v2", token="it", token_index=None, layer=None, head=None,
-          words=False, hide_special=False, target=None, text_file=None, max_length=None, fmt="png", as_json=True,
-          save_attn=None, half=False, top=10, direction="back", adjacent=False, device="cpu", dtype="float32",
-          device_map=None, allow_pickle=False, trust_remote_code=False, debug=False)
+
+
+def run_text(out, verify):
+    return run(TextRequest(__TEXT__, token="it", model=ModelRequest(verify=verify), output=OutputRequest(out=out)))
+
+
 proven = v.PROVEN_TYPES
 times = {"no-verify": [], "default": [], "forced-check": []}
 cpu = {name: [] for name in times}
 with tempfile.TemporaryDirectory() as tmp:
-    run_text(out=Path(tmp) / "warm", verify=True, **kw)
+    run_text(Path(tmp) / "warm", True)
     names = list(times)
     for i in range(n):
         for name in names[i % 3:] + names[: i % 3]:  # rotate the order: no variant always runs first
             gc.collect()
             v.PROVEN_TYPES = frozenset() if name == "forced-check" else proven
             t, c = time.perf_counter(), time.process_time()
-            run_text(out=Path(tmp) / f"{name}{i}", verify=name != "no-verify", **kw)
+            run_text(Path(tmp) / f"{name}{i}", name != "no-verify")
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
 v.PROVEN_TYPES = proven
@@ -141,7 +144,7 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"in-process run failed: {done.stderr.strip()[-400:]}")
         load = os.getloadavg()
-        print(f"\nin one warm process (run_text, model loaded each call), {args.inprocess} runs each, load average {load[0]:.2f}")
+        print(f"\nin one warm process (attnviz.pipelines.text.run, model loaded each call), {args.inprocess} runs each, load average {load[0]:.2f}")
         print(f"{'variant':<14} {'median s':>9} {'fastest s':>10} {'vs no-verify':>13} {'CPU s':>10} {'CPU vs no-v.':>13}")
         print(done.stdout.rstrip())
 

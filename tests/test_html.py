@@ -172,7 +172,7 @@ def test_repr_html_is_an_iframe_without_cdn(readme):
 
 def test_cli_long_input_path_streams_layers(tmp_path, monkeypatch, tiny_models):
     """Beyond FULL_BUDGET the CLI keeps no full maps: the page's data comes from the capture's on_layer callback."""
-    import attnviz.cli.text as cli_text
+    import attnviz.pipelines.text as cli_text
     import attnviz.html.payload as payload
 
     monkeypatch.setattr(cli_text, "FULL_BUDGET", 1)

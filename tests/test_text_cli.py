@@ -256,7 +256,7 @@ def test_debug_shows_traceback(tmp_path):
 @pytest.mark.parametrize("kind", ["gpt2", "t5"])
 def test_long_input_plan_streams_save_attn(tiny_models, tmp_path, monkeypatch, kind):
     """Past the in-memory budget: no model view, focus rows + one layer captured, --save-attn streamed layer by layer."""
-    import attnviz.cli.text as cli_text
+    import attnviz.pipelines.text as cli_text
 
     monkeypatch.setattr(cli_text, "FULL_BUDGET", 0)
     path = tiny_models(kind)

@@ -302,7 +302,7 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(bert, tmp_path):
 
 SLOW_SAVE = """
 import sys, time
-import attnviz.cli.text as t
+import attnviz.pipelines.text as t
 import attnviz.report as r
 t.FULL_BUDGET = 0  # stream --save-attn layer by layer
 real = r.AttentionWriter.write_layer
@@ -409,7 +409,7 @@ def test_text_file_rules(bert, tmp_path, monkeypatch):
     line = one_line(invoke("text", "--text-file", fifo, "--model", bert, "--out", tmp_path / "o"), 4)
     assert "not a regular file" in line
     one_line(invoke("text", "--text-file", "/dev/zero", "--model", bert, "--out", tmp_path / "o"), 4)
-    import attnviz.cli.common as common
+    import attnviz.pipelines.text as common
 
     monkeypatch.setattr(common, "TEXT_FILE_LIMIT", 100)
     big = tmp_path / "big.txt"

@@ -93,7 +93,9 @@ class Focus:
     - ``targets``: int64 ``[layers, heads]`` key-unit index of each link target
       (in the unit space before hiding special tokens); ``labels``: every key unit's label;
     - ``top``: the heads sorted by weight, descending;
-    - ``direction``/``adjacent``: the eligibility rules used.
+    - ``direction``/``adjacent``: the eligibility rules used;
+    - ``fallback``: why they differ from the ones asked for (e.g. the first word
+      has no earlier token, so its links look at later ones), else None.
     """
 
     text: str
@@ -106,6 +108,7 @@ class Focus:
     top: tuple[HeadLink, ...]
     direction: str
     adjacent: bool
+    fallback: str | None = None
 
     def grid(self) -> list[dict]:
         """Every layer and head's link, layer-major: ``{"layer", "head", "target", "target_index", "weight"}``
@@ -144,6 +147,9 @@ class FocusRule:
     exclude: tuple[int, ...]
     key_info: TokenInfo
     spec: ViewSpec
+    direction: str = "back"
+    adjacent: bool = False
+    fallback: str | None = None
 
     def unit_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 ``[..., H, R, K_tokens]`` rows of the focus positions -> ``[..., H, K_units]`` (Clark et al. 2019)."""
@@ -169,12 +175,36 @@ class FocusRule:
         return pick
 
 
+_OPPOSITE = {"back": "forward", "forward": "back", "both": "both"}
+_WHERE = {"back": "earlier", "forward": "later", "both": "other"}
+
+
+def _excluded(kind: str, key_units: Units, full_index: tuple[int, ...], unit: int, direction: str, adjacent: bool) -> list[int]:
+    """Visible key units that are never a link target under these rules (special, itself, neighbours, wrong side)."""
+    exclude = []
+    for i in range(len(key_units)):
+        if key_units.special[i]:
+            exclude.append(i)
+            continue
+        if kind == CROSS:
+            continue
+        d = full_index[i] - unit
+        if d == 0 or (not adjacent and abs(d) == 1) or (direction == "back" and d > 0) or (direction == "forward" and d < 0):
+            exclude.append(i)
+    return exclude
+
+
 def focus_rule(query_info: TokenInfo, key_info: TokenInfo, kind: str, token: str, index: int | None, spec: ViewSpec,
                direction: str = "back", adjacent: bool = False) -> FocusRule:
     """Resolve ``token`` and the link eligibility rules (see :func:`analyse_focus`) from the tokens alone.
 
+    When no key is eligible under the rules asked for (the first word of a sentence has no earlier
+    token; a two-word text has only a neighbour), the rules widen, in this order, until one is: the
+    other direction, then neighbours allowed (same direction), then both directions with neighbours.
+    ``FocusRule.fallback`` then says what was done (the figure, the terminal and JSON repeat it).
+
     Raises:
-        UsageError: token missing or ambiguous, bad ``direction``, or no eligible target.
+        UsageError: token missing or ambiguous, bad ``direction``, or no other non-special token at all.
     """
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{direction}'")
@@ -186,23 +216,22 @@ def focus_rule(query_info: TokenInfo, key_info: TokenInfo, kind: str, token: str
     key_units = Units(tuple(all_keys.labels[i] for i in keep), tuple(all_keys.groups[i] for i in keep),
                       tuple(all_keys.special[i] for i in keep))
     full_index = tuple(keep)
-    exclude = []
-    for i in range(len(key_units)):
-        if key_units.special[i]:
-            exclude.append(i)
-            continue
-        if kind == CROSS:
-            continue
-        d = full_index[i] - unit
-        if d == 0 or (not adjacent and abs(d) == 1) or (direction == "back" and d > 0) or (direction == "forward" and d < 0):
-            exclude.append(i)
-    if len(exclude) == len(key_units.labels):
-        raise UsageError(
-            f"'{query_units.labels[unit]}' has no eligible target ({direction} of it, not special"
-            + ("" if adjacent else ", not adjacent") + "); try --direction both"
-            + ("" if adjacent else " or --adjacent")
-        )
-    return FocusRule(kind, tuple(positions), unit, query_units, all_keys, key_units, full_index, tuple(exclude), key_info, spec)
+    tries = list(dict.fromkeys([(direction, adjacent), (_OPPOSITE[direction], adjacent), (direction, True), ("both", True)]))
+    label = query_units.labels[unit]
+    for used, adj in tries:
+        exclude = _excluded(kind, key_units, full_index, unit, used, adj)
+        if len(exclude) < len(key_units.labels):
+            break
+    else:
+        raise UsageError(f"'{label}' has no other non-special token to link to; give a longer text")
+    fallback = None
+    if (used, adj) != (direction, adjacent):
+        asked = f"{_WHERE[direction]} non-special token" + ("" if adjacent else " that is not a neighbour")
+        now = f"{_WHERE[used]} tokens" + (", neighbours included" if adj and not adjacent else "")
+        flag = f"--direction {used}" + (" --adjacent" if adj and not adjacent else "")
+        fallback = f"'{label}' has no {asked}: its links go to {now} (as with {flag})"
+    return FocusRule(kind, tuple(positions), unit, query_units, all_keys, key_units, full_index, tuple(exclude), key_info,
+                     spec, used, adj, fallback)
 
 
 def analyse_focus(
@@ -223,7 +252,7 @@ def analyse_focus(
     """
     kind = kind or focus_kind(result)
     maps, query_info, key_info = result.sides(kind)
-    rule = focus_rule(query_info, key_info, kind, token, index, spec, direction, adjacent)
+    rule = focus_rule(query_info, key_info, kind, token, index, spec, direction, adjacent)  # may widen the rules
     rows = torch.stack([maps.query_row(p) for p in rule.positions], dim=-2)  # [L, H, R, K_tokens]
     r = rule.unit_rows(rows)  # [L, H, K_units]
     weights, targets = strongest_targets(r, list(rule.exclude))
@@ -232,6 +261,6 @@ def analyse_focus(
     full_targets = torch.tensor(rule.full_index)[targets]
     return Focus(
         rule.query_units.labels[rule.unit], kind, rule.positions, rule.unit, weights, full_targets, rule.all_keys.labels,
-        tuple(links), direction, adjacent,
+        tuple(links), rule.direction, rule.adjacent, rule.fallback,
     )
 

@@ -195,54 +195,8 @@ def print_files(console, files, save_attn=None) -> None:
 
 def print_json(document: dict) -> None:
     """The one JSON document on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     sys.stdout.flush()
-
-
-#: Longest --text-file attnviz reads (bytes); longer texts would be truncated to the model's positions anyway.
-TEXT_FILE_LIMIT = 16 * 2**20
-
-
-def read_text_file(path: Path) -> str:
-    """Read ``--text-file`` (``-`` is standard input): a regular UTF-8 file of at most :data:`TEXT_FILE_LIMIT` bytes.
-
-    Raises:
-        InputError: missing, a folder, a FIFO/device or other non-regular file, too large, not UTF-8.
-    """
-    import stat
-
-    from attnviz.errors import InputError
-
-    limit = TEXT_FILE_LIMIT
-    if str(path) == "-":
-        data = sys.stdin.buffer.read(limit + 1)
-        where = "standard input"
-    else:
-        p = Path(path).expanduser()
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise InputError(f"--text-file '{path}' does not exist") from None
-        except OSError as exc:
-            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"--text-file '{path}' is a folder")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"--text-file '{path}' is not a regular file (a pipe or device?); use --text-file - to read standard input")
-        if st.st_size > limit:
-            raise InputError(f"--text-file '{path}' is {st.st_size / 2**20:.1f} MiB; attnviz reads at most {limit // 2**20} MiB")
-        try:
-            with open(p, "rb") as fh:
-                data = fh.read(limit + 1)
-        except OSError as exc:
-            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
-        where = f"--text-file '{path}'"
-    if len(data) > limit:
-        raise InputError(f"{where} is more than {limit // 2**20} MiB; attnviz reads at most {limit // 2**20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{where} is not UTF-8 text") from None
 
 
 def parse_formats(fmt: str) -> tuple[list[str], bool]:

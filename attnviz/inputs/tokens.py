@@ -15,8 +15,6 @@ from attnviz.models import DEFAULT_TEXT_MODEL, LoadOptions, ModelSource, check_w
 from attnviz.types import TextAttention, TokenInfo
 from attnviz.verify import verified_capture
 
-_VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "clip_vision_model", "siglip_vision_model", "convnext", "resnet", "ijepa", "data2vec-vision", "vit_mae"}
-
 
 @dataclass(frozen=True)
 class TextModel:
@@ -85,7 +83,8 @@ class TextModel:
         return found
 
 
-def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True) -> TextModel:
+def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True,
+                    command: str = "text") -> TextModel:
     """Load a text model (encoder, decoder-only or encoder-decoder) and its tokenizer.
 
     Uses ``AutoModel`` (the base model, no task head). ``name`` is a Hub id or a
@@ -94,12 +93,15 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadO
     :meth:`TextModel.with_weights` loads the rest.
 
     Raises:
-        ModelError: not found, not a text model, no tokenizer, or weights that cannot load.
+        ModelError: not found; a model of another modality (speech, vision, detection...: the message
+        names the command that takes it) or a sparse-attention text model attnviz cannot show exactly
+        (:data:`attnviz.inputs.SPARSE_TEXT`); no tokenizer; weights that cannot load.
     """
+    from attnviz.inputs import TEXT, require_modality
+
     source = resolve_model(name)
     config = load_config(source, options)
-    if config.model_type in _VISION_TYPES or hasattr(config, "vision_config") and not hasattr(config, "text_config"):
-        raise ModelError(f"'{name}' is a vision model ({config.model_type}); use 'attnviz image'")
+    require_modality(config, name, TEXT, command)
     tokenizer = load_tokenizer(source, options)
     check_weight_files(source, options)
     tm = TextModel(source, None, tokenizer, _max_positions(config, tokenizer), config, options)
@@ -136,7 +138,10 @@ def _max_positions(config, tokenizer) -> int:
     return min(candidates) if candidates else 512
 
 
-def _token_info(text: str, encoding, tokenizer) -> TokenInfo:
+def token_info(text: str, encoding, tokenizer) -> TokenInfo:
+    """The :class:`TokenInfo` of one tokenizer encoding of ``text`` (a fast tokenizer's, with ``offset_mapping``):
+    display labels, word ids renumbered in order, character offsets, special flags. The one place where
+    attnviz turns tokenizer output into tokens (text, generate and heads use it)."""
     ids = encoding["input_ids"]
     raw = tokenizer.convert_ids_to_tokens(ids)
     special_ids = set(tokenizer.all_special_ids)
@@ -162,14 +167,25 @@ def _token_info(text: str, encoding, tokenizer) -> TokenInfo:
     return TokenInfo(text, tuple(tokens), tuple(word_ids), tuple(offsets), tuple(special))
 
 
+#: Characters tokenized per allowed token before the rest of a long text is cut off (doubled while too few
+#: tokens come out), so that a 15 MiB text costs what its first tokens cost (no tokenizer makes a token of
+#: more than a few dozen characters, and a longer prefix is tried when one does).
+CHARS_PER_TOKEN = 32
+
+
 def tokenize(tm: TextModel, text: str, max_length: int | None = None, target: bool = False):
     """Tokenize one text: returns ``(encoding, TokenInfo, dropped_tokens)``.
 
     Texts longer than ``max_length`` (default: the model's maximum positions) are
-    truncated, with a :class:`UserWarning` that says how many tokens were dropped.
+    truncated, with an :class:`AttnvizWarning`. A text of at most ``CHARS_PER_TOKEN * limit``
+    characters is tokenized whole and ``dropped_tokens`` counts what was cut; a longer one is
+    tokenized only as far as needed (a prefix ending at whitespace, lengthened until it holds more
+    than ``limit`` tokens), so time and memory do not grow with the file: then ``dropped_tokens`` is
+    None (not counted) and the warning gives the characters cut instead.
 
     Raises:
-        UsageError: empty or whitespace-only text; ``max_length`` above the model's limit.
+        UsageError: empty or whitespace-only text; ``max_length`` above the model's limit; a text
+        that produces no tokens.
     """
     if not text or not text.strip():
         raise UsageError("the text is empty" if not text else "the text is only whitespace")
@@ -180,15 +196,35 @@ def tokenize(tm: TextModel, text: str, max_length: int | None = None, target: bo
         if max_length > limit:
             raise UsageError(f"--max-length {max_length} is more than the model's maximum of {limit} positions")
         limit = max_length
-    call = (lambda **kw: tm.tokenizer(text_target=text, **kw)) if target else (lambda **kw: tm.tokenizer(text, **kw))
-    full = call(add_special_tokens=True, verbose=False)
+
+    def call(part: str, **kw):
+        return tm.tokenizer(text_target=part, **kw) if target else tm.tokenizer(part, **kw)
+
+    part, counted = text, True
+    chars = CHARS_PER_TOKEN * limit
+    while len(text) > chars:
+        cut = text.rfind(" ", chars - chars // 8, chars)
+        part = text[: cut if cut > 0 else chars]
+        if len(call(part, add_special_tokens=False, verbose=False)["input_ids"]) > limit:
+            counted = False
+            break
+        chars *= 4
+    else:
+        part = text
+    full = call(part, add_special_tokens=True, verbose=False)
     dropped = max(0, len(full["input_ids"]) - limit)
-    enc = call(truncation=dropped > 0, max_length=limit if dropped else None, return_offsets_mapping=True)
-    if dropped:
-        warnings.warn(f"the text has {len(full['input_ids'])} tokens, more than {limit}: dropped the last {dropped}", AttnvizWarning, stacklevel=2)
+    truncate = dropped > 0 or not counted
+    enc = call(part, truncation=truncate, max_length=limit if truncate else None, return_offsets_mapping=True, verbose=False)
+    if counted and dropped:
+        warnings.warn(f"the text has {len(full['input_ids'])} tokens, more than {limit}: dropped the last {dropped}",
+                      AttnvizWarning, stacklevel=2)
+    elif not counted:
+        kept = max((end for _, end in enc["offset_mapping"]), default=0)
+        warnings.warn(f"the text is longer than {limit} tokens: kept the first {limit}, dropped the rest "
+                      f"({len(text) - kept:,} of {len(text):,} characters)", AttnvizWarning, stacklevel=2)
     if not enc["input_ids"]:
         raise UsageError("the text produced no tokens")
-    return enc, _token_info(text, enc, tm.tokenizer), dropped
+    return enc, token_info(text, enc, tm.tokenizer), (dropped if counted else None)
 
 
 @dataclass(frozen=True)
@@ -320,3 +356,6 @@ def _forward_args(model) -> set[str]:
     import inspect
 
     return set(inspect.signature(model.forward).parameters)
+
+
+_token_info = token_info  # old private name (generate and heads import it until they move to token_info)

@@ -132,7 +132,9 @@ def _notes(result: TextAttention, maps: AttentionMaps, kind: str, spec: ViewSpec
     notes = [f"{_KIND_TEXT.get(_kind_name(result, kind), kind)}; values: {values}"]
     if maps.causal:
         notes.append("causal mask: each token attends only to itself and earlier tokens" + ("; hatched cells: not allowed" if hatched else ""))
-    if result.dropped_tokens:
+    if result.dropped_tokens is None:
+        notes.append(f"input truncated: only its first {len(result.tokens)} tokens are shown")
+    elif result.dropped_tokens:
         notes.append(f"input truncated: the last {result.dropped_tokens} tokens were dropped")
     return notes + list(extra or [])
 
@@ -792,6 +794,8 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style
     extra = [
         f"colour: weight {where} puts on its {focus.describe()} (0 to 1); rows: layers, columns: heads; {cell_note}",
     ]
+    if focus.fallback:
+        extra.append(focus.fallback)
     if ranked:
         extra.append("strongest heads: " + "; ".join(f"L{h.layer} H{h.head} → {safe_label(h.target_label, 14)} {short_weight(h.weight)}" for h in ranked))
     titles = _titles_for(style, width, "Focus view", result, f"{where}, all layers and heads", spec,

@@ -1,0 +1,570 @@
+"""``attnviz text`` as a library call: a text in, every layer's and head's attention, the focus token's links and
+the figures out.
+
+::
+
+    from attnviz.pipelines.text import TextRequest, run
+    from attnviz.pipelines.common import OutputRequest
+
+    run_ = run(TextRequest("The animal didn't cross the street because it was too tired.", token="it",
+                           output=OutputRequest(out="figures")))
+    run_.focus.top[0]          # HeadLink(layer=3, head=1, target=2, target_label='animal', weight=0.677...)
+    run_.files                 # (Path('figures/head-view.png'), ...)
+    run_.to_json()             # what `attnviz text ... --json` prints
+
+Everything the config, the tokenizer and the text can tell (layer and head ranges, ``--max-length``,
+the focus token, the output paths) is checked before the weights load; all files are written
+together at the end (:class:`attnviz.report.RunOutput`), or none.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from attnviz.errors import UsageError
+from attnviz.pipelines.common import (
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, parse_views, verification_json,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.analysis.focus import Focus
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.render.layout import Style
+    from attnviz.types import TextAttention
+
+#: The views ``attnviz text`` can write (``--views``).
+TEXT_VIEWS = ("head", "model", "focus", "matrix")
+#: File stem of each view (per attention kind; encoder-decoder models prefix the kind: ``cross-matrix``).
+VIEW_STEMS = {"head": "head-view", "model": "model-view", "focus": "focus-view", "matrix": "matrix"}
+#: Keep every layer and head in memory (for the model view) up to this many bytes.
+FULL_BUDGET = 256 * 2**20
+#: Longest ``--text-file`` attnviz reads (bytes); longer texts would be truncated to the model's positions anyway.
+TEXT_FILE_LIMIT = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Everything ``attnviz text`` takes (see ``attnviz text --help`` and README "Text").
+
+    ``text`` or ``text_file`` (``-``: standard input) gives the input; ``token``/``token_index`` the focus
+    (0-based occurrence); ``layer``/``head`` (0-based, negative from the end) the head view and matrix;
+    ``views``: any of :data:`TEXT_VIEWS` (comma-separated string or tuple); ``half``: store ``--save-attn``
+    as float16; ``top``: heads listed for the focus; ``direction``/``adjacent``: the focus link rules.
+    """
+
+    text: str | None = None
+    token: str | None = None
+    token_index: int | None = None
+    layer: int | None = None
+    head: int | None = None
+    words: bool = False
+    hide_special: bool = False
+    target: str | None = None
+    text_file: Path | None = None
+    max_length: int | None = None
+    half: bool = False
+    top: int = 10
+    direction: str = "back"
+    adjacent: bool = False
+    views: str | tuple[str, ...] = TEXT_VIEWS
+    model: ModelRequest = ModelRequest()
+    output: OutputRequest = OutputRequest()
+    style: StyleRequest = StyleRequest()
+
+
+@dataclass(frozen=True)
+class TextRun:
+    """What one ``attnviz text`` run produced: the capture, the focus analysis, the files; ``to_json()`` is ``--json``."""
+
+    result: "TextAttention"
+    spec: "ViewSpec"
+    layer: int | None
+    head: int | None
+    focus: "Focus | None"
+    files: tuple[Path, ...]
+    save_attn: Path | None
+    skipped: tuple[str, ...]
+    random_weights: str | None
+    style: "Style"
+    views: tuple[str, ...]
+    removed: str | None = None
+
+    def to_json(self) -> dict:
+        """The ``--json`` document (plain JSON types only)."""
+        from attnviz.analysis.select import units_for
+        from attnviz.render.layout import model_reference
+
+        r = self.result
+        doc = {
+            "model": model_reference(r.model_id),
+            "label": self.style.model_label(r.model_id),
+            "model_type": r.model_type,
+            "backend": r.backend,
+            "random_weights": self.random_weights,
+            "num_layers": r.num_layers,
+            "num_heads": r.num_heads,
+            "tokens": list(r.tokens.tokens),
+            "num_tokens": len(r.tokens),
+            "dropped_tokens": r.dropped_tokens,
+            "special": [i for i, s in enumerate(r.tokens.special) if s],
+            "attention_kinds": {
+                k: {"num_layers": m.num_layers, "num_heads": m.num_heads, "queries": m.num_queries, "keys": m.num_keys, "causal": m.causal}
+                for k, m in r.attention.items()
+            },
+            "kv_heads": list(r.main.kv_heads) if r.main.kv_heads else None,
+            "view": {"layer": self.layer, "head": self.head, "words": self.spec.words, "hide_special": self.spec.hide_special},
+            "style": self.style.describe(),
+            "views": list(self.views),
+        }
+        if self.spec.words:
+            doc["words"] = list(units_for(r.tokens, self.spec).labels)
+        if r.target_tokens is not None:
+            doc["target_tokens"] = list(r.target_tokens.tokens)
+        if self.focus is not None:
+            f = self.focus
+            doc["focus"] = {
+                "token": f.text,
+                "index": f.unit,
+                "token_indices": list(f.token_indices),
+                "kind": f.kind,
+                "rule": f.describe(),
+                "fallback": f.fallback,
+                "top": [
+                    {"layer": l.layer, "head": l.head, "target": l.target_label, "target_index": l.target, "weight": l.weight}
+                    for l in f.top
+                ],
+                "units": list(f.labels),
+                "grid": f.grid(),
+            }
+        links = _head_view_json(self)
+        if links is not None:
+            doc["head_view"] = links
+        doc["files"] = [str(p) for p in self.files]
+        doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        doc["skipped_views"] = list(self.skipped)
+        doc.update(verification_json(r.verification))
+        return doc
+
+
+# ---------------------------------------------------------------------------
+# reading and checking the request (nothing heavy is imported here)
+
+
+def read_text_file(path: Path) -> str:
+    """Read ``--text-file`` (``-`` is standard input): a regular UTF-8 file of at most :data:`TEXT_FILE_LIMIT` bytes.
+
+    Raises:
+        InputError: missing, a folder, a FIFO/device or other non-regular file, too large, not UTF-8.
+    """
+    import stat
+    import sys
+
+    from attnviz.errors import InputError
+
+    limit = TEXT_FILE_LIMIT
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+        where = "standard input"
+    else:
+        p = Path(path).expanduser()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise InputError(f"--text-file '{path}' does not exist") from None
+        except OSError as exc:
+            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"--text-file '{path}' is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"--text-file '{path}' is not a regular file (a pipe or device?); use --text-file - to read standard input")
+        if st.st_size > limit:
+            raise InputError(f"--text-file '{path}' is {st.st_size / 2**20:.1f} MiB; attnviz reads at most {limit // 2**20} MiB")
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read(limit + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read --text-file '{path}': {exc.strerror}") from None
+        where = f"--text-file '{path}'"
+    if len(data) > limit:
+        raise InputError(f"{where} is more than {limit // 2**20} MiB; attnviz reads at most {limit // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{where} is not UTF-8 text") from None
+
+
+def input_text(request: TextRequest) -> str:
+    """The text to show: ``request.text`` or the contents of ``request.text_file``.
+
+    Raises:
+        UsageError: both or neither given; an empty or whitespace-only text. InputError: see :func:`read_text_file`.
+    """
+    if request.text_file is not None:
+        if request.text is not None:
+            raise UsageError("give the text either as an argument or with --text-file, not both")
+        content = read_text_file(request.text_file)
+    elif request.text is None:
+        raise UsageError("give a text, e.g. attnviz text \"The cat sat.\", or --text-file PATH")
+    else:
+        content = request.text
+    if not content.strip():
+        raise UsageError("the text is empty" if not content else "the text is only whitespace")
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in content[:100_000]):
+        notify("the text has no visible characters (only spaces, control or zero-width characters)")
+    return content
+
+
+def check_request(request: TextRequest) -> tuple[list[str], bool, tuple[str, ...], "Style"]:
+    """Every check that needs neither torch nor the model: formats, views, style, option ranges.
+
+    Returns ``(figure formats, html, views, style)``.
+
+    Raises:
+        UsageError: a bad value (one line each).
+    """
+    from attnviz.analysis.focus import DIRECTIONS
+
+    figure_formats, html = request.output.formats()
+    views = parse_views(request.views if isinstance(request.views, str) else ",".join(request.views), TEXT_VIEWS)
+    style = request.style.style()
+    if request.top < 1:
+        raise UsageError("--top must be at least 1")
+    if request.direction not in DIRECTIONS:
+        raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{request.direction}'")
+    if request.token_index is not None and request.token is None:
+        raise UsageError("--token-index picks one occurrence of --token; give --token too")
+    if request.token_index is not None and request.token_index < 0:
+        raise UsageError(f"--token-index must be 0 or more, not {request.token_index}")
+    if request.max_length is not None and request.max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, not {request.max_length}")
+    return figure_formats, html, views, style
+
+
+def _special_strings(location: str) -> set[str]:
+    """The special tokens a local tokenizer declares (tokenizer_config.json / special_tokens_map.json), lower-cased."""
+    import json
+
+    found: set[str] = set()
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            doc = json.loads((Path(location) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        values = list(doc.values()) if isinstance(doc, dict) else []
+        values += list((doc.get("added_tokens_decoder") or {}).values()) if isinstance(doc, dict) else []
+        for v in values:
+            for item in v if isinstance(v, list) else [v]:
+                text = item.get("content") if isinstance(item, dict) else item
+                if isinstance(text, str) and text:
+                    found.add(text.casefold())
+    return found
+
+
+def early_token_check(token: str | None, text: str, target: str | None, location: str) -> None:
+    """Refuse a ``--token`` that cannot be in the input, in milliseconds (no tokenizer, no transformers).
+
+    A token or word of the text is always a part of the text; so a ``--token`` whose
+    :func:`attnviz.analysis.select.token_key` is not a substring of the text's (and is no special
+    token such as ``[CLS]``) is refused now rather than after the tokenizer loads. Everything else is
+    checked against the real tokens later.
+
+    Raises:
+        UsageError: the token does not occur in the text.
+    """
+    if token is None:
+        return
+    from attnviz.analysis.select import token_key
+
+    key = token_key(token)
+    if not key:
+        raise UsageError("--token is empty")
+    if key.startswith(("[", "<", "▁", "ġ")) or key in _special_strings(location):
+        return
+    where = target if target is not None else text
+    if key not in token_key(" ".join(where.split())) and key not in token_key(where):
+        which = "--target text" if target is not None else "text"
+        raise UsageError(f"token '{token}' is not in the input: it does not occur in the {which}")
+
+
+def _config_positions(location: str) -> int | None:
+    """The model's maximum positions from a local ``config.json`` (None if unknown): for ``--max-length``."""
+    from attnviz.inputs import config_document
+
+    doc = config_document(location) or {}
+    doc = doc.get("text_config") if isinstance(doc.get("text_config"), dict) else doc
+    values = [doc.get(k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")]
+    values = [v for v in values if isinstance(v, int) and v > 0]
+    return min(values) if values else None
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def _planned_files(kinds: tuple[str, ...], keep_full: bool, focus_kind: str | None, formats, views) -> list[tuple[str, str, str]]:
+    """``(kind, view, file stem)`` of every figure the run will write, in order: the one list both the
+    check before loading and the writing use."""
+    planned = []
+    for kind in kinds:
+        prefix = f"{kind}-" if len(kinds) > 1 else ""
+        for view in TEXT_VIEWS:
+            if view not in views or (view == "model" and not keep_full) or (view == "focus" and kind != focus_kind):
+                continue
+            planned.append((kind, view, prefix + VIEW_STEMS[view]))
+    return planned
+
+
+def run(request: TextRequest, progress: Callable[[str, int], None] | None = None) -> TextRun:
+    """Do the work of ``attnviz text`` and return what was produced (nothing is printed).
+
+    Args:
+        request: the options (see :class:`TextRequest`).
+        progress: called with ``(kind, layer)`` after each captured attention layer (a progress bar).
+
+    Returns:
+        :class:`TextRun`; ``run.to_json()`` is the ``--json`` document.
+
+    Raises:
+        UsageError (2), ModelError (3), InputError (4), OutputError (5): one line each; nothing is written then.
+    """
+    from attnviz.models import check_layer_head, resolve_model
+    from attnviz.report import RunOutput, check_tensor_path, model_files
+
+    figure_formats, html, views, style = check_request(request)
+    content = input_text(request)
+    out = request.output
+    tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
+    source = resolve_model(request.model.name)
+    check_layer_head(source, request.layer, request.head, "text_config")  # milliseconds: config.json, no imports
+    positions = _config_positions(source.location)
+    if request.max_length is not None and positions is not None and request.max_length > positions:
+        raise UsageError(f"--max-length {request.max_length} is more than the model's maximum of {positions} positions")
+    early_token_check(request.token, content, request.target, source.location)
+
+    from attnviz.analysis.focus import analyse_focus, focus_rule
+    from attnviz.analysis.select import ViewSpec, find_focus
+    from attnviz.capture import CapturePlan
+    from attnviz.inputs.tokens import attend_prepared, load_text_model, prepare_text
+
+    spec = ViewSpec(words=request.words, hide_special=request.hide_special)
+    tm = load_text_model(request.model.name, request.model.load_options(), weights=False)  # config and tokenizer first
+    num_layers, num_heads = tm.num_layers, tm.num_heads  # (raises for a model without attention)
+    layer, head = request.layer, request.head
+    if layer is not None and not -num_layers <= layer < num_layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {num_layers} layers (0..{num_layers - 1})")
+    if head is not None and not -num_heads <= head < num_heads:
+        raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
+    prepared = prepare_text(tm, content, request.target, request.max_length)
+    info, target_info = prepared.tokens, prepared.target_tokens
+    n = max(len(info), len(target_info) if target_info is not None else 0)
+    full_bytes = 4 * num_layers * num_heads * n * n * (3 if tm.encoder_decoder else 1)
+    keep_full = full_bytes <= FULL_BUDGET
+    draws_head = "head" in views or "matrix" in views
+    skipped: list[str] = []
+    if not keep_full and "model" in views:
+        skipped.append(f"model view: {n} tokens x {num_layers} layers x {num_heads} heads would need {full_bytes / 2**30:.1f} GiB")
+    on_target = tm.encoder_decoder and target_info is not None and len(target_info) > 1
+    rows: tuple[int, ...] = ()
+    cross_rows: tuple[int, ...] = ()
+    token = request.token
+    if token is not None:
+        positions_ = find_focus(target_info if on_target else info, token, request.token_index, spec)
+        cross_rows, rows = (tuple(positions_), ()) if on_target else ((), tuple(positions_))
+
+    output = RunOutput(
+        out.out, command="text", force=out.force, protect=model_files(tm.source.location),
+        settings={"model": tm.source.model_id, "text": content[:200], "token": token, "layer": layer, "head": head,
+                  "words": request.words, "hide_special": request.hide_special, "format": out.format,
+                  "size": request.style.size, "views": list(views), "save_attn": str(tensor_path) if tensor_path else None},
+    )
+    kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
+    focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
+    planned = _planned_files(kinds, keep_full, focus_kind, figure_formats, views)
+    output.check([f"{stem}.{fmt}" for fmt in figure_formats for _, _, stem in planned] + (["report.html"] if html else []),
+                 tensor=tensor_path)
+
+    tm = tm.with_weights()
+    note = mark_random_weights(output, tm.model)
+    layers: frozenset[int] = frozenset()
+    head_maps: frozenset = frozenset()
+    follow = None
+    if not keep_full and draws_head:
+        # capture only what the head view and matrix draw: one head's (or the head mean's) [N, N] map
+        fixed_head = None if head is None else head % num_heads
+        if tm.encoder_decoder:
+            if layer is not None or token is None:
+                chosen = (layer if layer is not None else -1) % num_layers
+                layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)})
+        elif token is None:
+            head_maps = frozenset({((layer if layer is not None else -1) % num_layers, fixed_head)})
+        elif layer is not None and head is not None:
+            head_maps = frozenset({(layer % num_layers, fixed_head)})
+        else:  # the focus token's top head: followed layer by layer in the same pass
+            rule = focus_rule(info, info, "self", token, request.token_index, spec, request.direction, request.adjacent)
+            follow = rule.follow(None if layer is None else layer % num_layers, fixed_head)
+    verify = request.model.verify
+    with output:
+        writer = None
+        if tensor_path is not None and not keep_full:
+            writer = _open_writer(tm, prepared, output.tensor_target(tensor_path), tensor_path, request.half)
+        collector = _html_collector(tm, prepared, rows, cross_rows) if html and not keep_full else None
+        plan = CapturePlan(
+            full=keep_full, layers=layers, rows=rows, cross_rows=cross_rows, need_outputs=False,
+            on_layer=_both(writer.write_layer if writer is not None else None, collector), head_maps=head_maps, follow=follow,
+        )
+        try:
+            result = attend_prepared(tm, prepared, plan, progress, verify=verify)
+            if writer is not None:
+                writer.close()
+        finally:
+            if writer is not None:
+                writer.abort()
+        if result.notice:
+            notify(result.notice)
+        main = result.main
+        focus = None
+        if token is not None:
+            focus = analyse_focus(result, token, request.token_index, spec, request.top, direction=request.direction,
+                                  adjacent=request.adjacent)
+            if focus.fallback:
+                notify(focus.fallback)
+        if focus is not None and focus.top and layer is None:
+            # default view: the focus token's top head (of its own attention kind)
+            layer = focus.top[0].layer
+            head = focus.top[0].head if head is None else head
+        layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
+        if head is not None:
+            head = main.check_head(head)
+        result = _capture_missing(tm, prepared, result, layer, head, draws_head, progress, verify)
+        for figure_format in figure_formats:
+            _write_views(result, spec, layer, head, focus, output, figure_format, style, planned)
+        if html:
+            from attnviz.html import text_page
+
+            output.page(text_page(result, focus, spec, layer, head, collector), "report")
+        if tensor_path is not None and writer is None:
+            _save_full(result, output.tensor_target(tensor_path), request.half)
+    notify_left_alone(output)
+    return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views)
+
+
+def _capture_missing(tm, prepared, result, layer: int, head: int | None, draws_head: bool, progress, verify: bool):
+    """Capture, in a second pass, the one map the head view and matrix draw when the first pass did not keep it
+    (the ranking chose a head the pass did not follow, or an encoder-decoder layer)."""
+    from attnviz.capture import CapturePlan
+    from attnviz.inputs.tokens import attend_prepared
+
+    if not draws_head:
+        return result
+    if len(result.attention) == 1 and not result.main.has_head_map(layer, head):
+        plan = CapturePlan(head_maps=frozenset({(layer, head)}), need_outputs=False)
+        again = attend_prepared(tm, prepared, plan, progress, verify=verify)
+        return replace(result, attention={k: replace(m, head_maps={**m.head_maps, **again.attention[k].head_maps})
+                                          for k, m in result.attention.items()})
+    wanted = {kind: min(layer, maps.num_layers - 1) for kind, maps in result.attention.items()}
+    if len(result.attention) > 1 and not all(result.attention[k].has_layer(l) for k, l in wanted.items()):
+        plan = CapturePlan(layers=frozenset(wanted.values()), need_outputs=False)  # the forward stops after it where it can
+        again = attend_prepared(tm, prepared, plan, progress, verify=verify)
+        return replace(result, attention={k: replace(m, layers={**m.layers, **again.attention[k].layers})
+                                          for k, m in result.attention.items()})
+    return result
+
+
+def _write_views(result, spec, layer, head, focus, output, fmt: str, style, planned) -> None:
+    """Stage every planned figure of one format (a head view or matrix whose map was not captured is skipped)."""
+    from attnviz.render.text import focus_view, head_view, matrix_view, model_view
+
+    for kind, view, stem in planned:
+        maps = result.attention[kind]
+        kind_layer = min(layer, maps.num_layers - 1)
+        kind_head = head if head is None or head < maps.num_heads else None
+        focus_tokens = focus.token_indices if focus is not None and focus.kind == kind else None
+        if view in ("head", "matrix"):
+            if not maps.has_head_map(kind_layer, kind_head):
+                continue
+            if view == "head":
+                fig = head_view(result, kind_layer, kind_head, spec, focus=focus_tokens, kind=kind, style=style)
+            else:
+                fig = matrix_view(result, kind_layer, kind_head, spec, kind=kind, focus=focus_tokens, style=style)
+        elif view == "model":
+            if maps.full is None:
+                continue
+            fig = model_view(result, spec, kind=kind, style=style)
+        else:
+            fig = focus_view(result, focus, spec, style=style)
+        output.figure(fig, stem, fmt)
+
+
+def _metadata(result_or_prepared, model_id: str) -> dict:
+    meta = {"model": model_id, "tokens": list(result_or_prepared.tokens.tokens)}
+    if result_or_prepared.target_tokens is not None:
+        meta["target_tokens"] = list(result_or_prepared.target_tokens.tokens)
+    return meta
+
+
+def _save_full(result, path: Path, half: bool) -> Path:
+    """Write the raw token-level probabilities kept in memory (short inputs)."""
+    import torch
+
+    from attnviz.report import attention_tensor_name, save_tensors
+
+    dtype = torch.float16 if half else torch.float32
+    tensors = {attention_tensor_name(k): m.full.to(dtype) for k, m in result.attention.items()}
+    return save_tensors(path, tensors, {**_metadata(result, result.model_id), "backend": result.backend})
+
+
+def _open_writer(tm, prepared, path: Path, final: Path, half: bool):
+    """A streaming writer for long inputs: every layer goes to the (staged) file ``path`` as it is captured."""
+    from attnviz.capture import attention_shapes
+    from attnviz.inputs.tokens import model_inputs
+    from attnviz.report import AttentionWriter, attention_file_size
+
+    shapes = attention_shapes(tm.model, model_inputs(tm, prepared))
+    dtype = "float16" if half else "float32"
+    meta = _metadata(prepared, tm.source.model_id)
+    notify(f"--save-attn: streaming {attention_file_size(shapes, dtype, meta) / 2**30:.2f} GiB of {dtype} attention to {final}")
+    return AttentionWriter(path, shapes, dtype=dtype, metadata=meta)
+
+
+def _html_collector(tm, prepared, rows, cross_rows):
+    """For ``--format html`` on inputs too long to keep every map: collect the page's data layer by layer."""
+    from attnviz.html.payload import TextCollector
+    from attnviz.types import CROSS, ENCODER, SELF
+
+    kind = CROSS if cross_rows else (ENCODER if tm.encoder_decoder else SELF)
+    return TextCollector(prepared.tokens, prepared.target_tokens, tuple(cross_rows or rows), kind)
+
+
+def _both(first, second):
+    """One ``on_layer`` callback calling both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda kind, layer, probs: (first(kind, layer, probs), second(kind, layer, probs))
+
+
+def _head_view_json(run: TextRun) -> dict | None:
+    """The links the head view draws (self/encoder attention): units and ``[query, key, weight]`` triples."""
+    import numpy as np
+
+    from attnviz.analysis.select import prepare
+    from attnviz.render.text import LONG_TOP_K, LONG_UNITS, causal_mask, head_view_links
+
+    r = run.result
+    maps, qi, ki = r.sides(r.main.kind)
+    if run.layer is None or not maps.has_head_map(run.layer, run.head):
+        return None
+    vm = prepare(maps.head_map(run.layer, run.head), qi, ki, run.spec)
+    w = vm.attn.numpy()
+    nq, nk = w.shape
+    top_k = LONG_TOP_K if max(nq, nk) > LONG_UNITS else nk
+    mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else None
+    qs, ks, vals = head_view_links(w, mask, top_k)
+    return {
+        "layer": run.layer, "head": run.head, "kind": maps.kind,
+        "queries": list(vm.query_units.labels), "keys": list(vm.key_units.labels),
+        "top_k": top_k if top_k < nk else None, "min_weight": None if top_k < nk else 0.005,
+        "links": [[int(q), int(k), round(float(v), 6)] for q, k, v in zip(qs, ks, np.asarray(vals))],
+    }
