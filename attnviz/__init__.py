@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from attnviz.errors import AttnvizError, InputError, ModelError, OutputError, UsageError
 from attnviz.types import AttentionMaps, GenerationAttention, ImageAttention, Prediction, TextAttention, TokenInfo
 
-__version__ = "0.1.0"
+from attnviz.version import __version__
 
 _LAZY = {
     "attend_text": "attnviz.inputs.tokens",
@@ -26,7 +26,7 @@ _LAZY = {
     "load_image_model": "attnviz.inputs.patches",
     "capture": "attnviz.capture",
     "CapturePlan": "attnviz.capture",
-    "attention_rollout": "attnviz.analysis.rollout",
+    "attention_rollout": "attnviz.methods.rollout",
     "attend_generation": "attnviz.generate",
     "load_generation_model": "attnviz.generate",
 }
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from attnviz.analysis.rollout import attention_rollout
+    from attnviz.methods.rollout import attention_rollout
     from attnviz.capture import CapturePlan, capture
     from attnviz.generate import attend_generation, load_generation_model
     from attnviz.inputs.patches import attend_image, load_image_model

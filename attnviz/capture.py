@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from attnviz.analysis.rollout import HEAD_FUSIONS, fuse_heads, rollout_step
+from attnviz.methods.rollout import HEAD_FUSIONS, fuse_heads, rollout_step
 from attnviz.errors import ModelError, UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps
 
@@ -377,7 +377,7 @@ class _Scratch:
 
 
 def _fuse_into(p: torch.Tensor, head_fusion: str, out: torch.Tensor) -> torch.Tensor:
-    """:func:`attnviz.analysis.rollout.fuse_heads` of ``p`` (contiguous ``[H, R, K]``) written into ``out`` (``[R, K]``).
+    """:func:`attnviz.methods.rollout.fuse_heads` of ``p`` (contiguous ``[H, R, K]``) written into ``out`` (``[R, K]``).
 
     The mean is a matrix-vector product (a reduction over the outer dimension is
     many times slower in PyTorch on CPU); it equals ``p.mean(0)`` up to float

@@ -17,7 +17,7 @@ import torch
 
 import attnviz
 import attnviz.capture as cap_mod
-from attnviz.analysis.rollout import attention_rollout
+from attnviz.methods.rollout import attention_rollout
 from attnviz.capture import FULL, CapturePlan, attention_shapes, capture, eager_probabilities
 from attnviz.errors import OutputError, UsageError
 from attnviz.report import AttentionWriter, attention_file_size, attention_tensor_name

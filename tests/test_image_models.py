@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attnviz.analysis.rollout import attention_rollout
+from attnviz.methods.rollout import attention_rollout
 from attnviz.errors import ModelError, UsageError
 from attnviz.inputs.patches import (
     attend_image, cls_attention, image_plan, image_sinks, load_image_model, patch_box, point_to_patch,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attnviz.analysis.rollout import attention_rollout, fuse_heads, rollout_step
+from attnviz.methods.rollout import attention_rollout, fuse_heads, rollout_step
 from attnviz.analysis.sinks import (
     FACTOR, SinkPatch, detect_sinks, find_sinks, late_layers, neighbour_max, shares, sink_mask, without_sinks,
 )

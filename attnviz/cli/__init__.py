@@ -7,7 +7,6 @@ stays fast; each command imports what it needs when it runs.
 from __future__ import annotations
 
 import errno
-import os
 import sys
 
 import typer
@@ -21,7 +20,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 #: Ctrl-C / an aborted prompt: typer's own Abort (click's where typer uses click itself).
 _ABORT = tuple({getattr(typer, "Abort", None), getattr(click, "Abort", None)} - {None}) or (KeyboardInterrupt,)
 
-from attnviz import __version__
+from attnviz.cli.common import quiet_broken_pipe
+from attnviz.version import __version__
 
 
 class _Group(TyperGroup):
@@ -33,7 +33,7 @@ class _Group(TyperGroup):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except BrokenPipeError:
-            _quiet_broken_pipe()
+            quiet_broken_pipe()
         except click.NoArgsIsHelpError as exc:
             typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
             sys.exit(2)
@@ -52,18 +52,8 @@ class _Group(TyperGroup):
         except OSError as exc:
             if exc.errno != errno.EPIPE:
                 raise
-            _quiet_broken_pipe()
+            quiet_broken_pipe()
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _quiet_broken_pipe() -> None:
-    """The reader of our output went away (``attnviz text ... | head -1``): exit 141 (SIGPIPE) without a word."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
-    except (OSError, ValueError):  # pragma: no cover
-        pass
-    os._exit(141)
 
 
 app = typer.Typer(

@@ -42,17 +42,10 @@ VERIFY = typer.Option(
 
 
 def quiet_libraries() -> None:
-    """Silence transformers/huggingface_hub progress bars and info logs (we print our own)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
+    """Silence transformers/huggingface_hub progress bars and info logs (we print our own), without importing them."""
+    from attnviz.pipelines.common import quiet_libraries as quiet
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    quiet()
 
 
 def warn(message: str) -> None:
@@ -136,7 +129,7 @@ def guarded(debug: bool) -> Iterator[None]:
             typer.echo("attnviz: interrupted", err=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:
-            raise
+            quiet_broken_pipe()
         except Exception as exc:  # noqa: BLE001 - the CLI must not print a traceback
             if debug:
                 traceback.print_exc()
@@ -148,9 +141,22 @@ def guarded(debug: bool) -> Iterator[None]:
             warnings.showwarning = previous_show
 
 
+def quiet_broken_pipe() -> None:
+    """The reader of our output went away (``attnviz text ... | head -1``): exit 141 (as SIGPIPE would), without a word."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+    except (OSError, ValueError):  # pragma: no cover
+        pass
+    os._exit(141)
+
+
 def run_command(debug: bool, as_json: bool, produce: Callable[[], Any], print_human: Callable[[Any], None]) -> None:
     """The body of every command: ``produce()`` (a pipeline run) inside :func:`guarded`, then its ``--json``
     document (``run.to_json()``) or ``print_human(run)``."""
+    from rich.console import Console
+
+    Console.on_broken_pipe = lambda self: quiet_broken_pipe()  # rich would exit 1; a closed pipe is no error
     with guarded(debug):
         quiet_libraries()
         run = produce()

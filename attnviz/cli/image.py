@@ -188,7 +188,7 @@ def run_image(
     """
     from attnviz.models import check_layer_head, resolve_model
     check_layer_head(resolve_model(model), layer, head, "vision_config")  # milliseconds: config.json, no imports
-    from attnviz.analysis.rollout import HEAD_FUSIONS
+    from attnviz.methods.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
     from attnviz.cli.common import parse_formats
     from attnviz.report import RunOutput, check_tensor_path, model_files

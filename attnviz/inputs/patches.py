@@ -361,7 +361,7 @@ def image_plan(
     Raises:
         UsageError: a layer out of range, a bad head fusion or discard ratio.
     """
-    from attnviz.analysis.rollout import HEAD_FUSIONS
+    from attnviz.methods.rollout import HEAD_FUSIONS
     from attnviz.analysis.sinks import late_layers
 
     n = im.info.num_layers
@@ -585,7 +585,7 @@ def rollout_matrix(result: ImageAttention, head_fusion: str = "mean", discard_ra
     Raises:
         KeyError: neither a matching captured rollout nor full maps.
     """
-    from attnviz.analysis.rollout import attention_rollout
+    from attnviz.methods.rollout import attention_rollout
 
     maps = result.attention
     settings = dict(maps.rollout_settings)

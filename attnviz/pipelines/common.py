@@ -128,6 +128,27 @@ def parse_views(text: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v for v in allowed if v in names)
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' and huggingface_hub's progress bars and info logs (attnviz reports its own progress).
+
+    Sets their environment switches (read when they are imported, so nothing is imported here and
+    ``attnviz --help`` stays light) and, where transformers is already imported, its logging settings.
+    """
+    import logging
+    import os
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
 def notify(message: str) -> None:
     """Tell the user something (one line): an :class:`AttnvizWarning` that the CLI prints as ``attnviz: warning: ...``."""
     warnings.warn(message, AttnvizWarning, stacklevel=2)

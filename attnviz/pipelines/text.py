@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 from attnviz.errors import UsageError
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, parse_views, verification_json,
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, parse_views, quiet_libraries,
+    verification_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,15 +226,13 @@ def check_request(request: TextRequest) -> tuple[list[str], bool, tuple[str, ...
     Raises:
         UsageError: a bad value (one line each).
     """
-    from attnviz.analysis.focus import DIRECTIONS
-
     figure_formats, html = request.output.formats()
     views = parse_views(request.views if isinstance(request.views, str) else ",".join(request.views), TEXT_VIEWS)
     style = request.style.style()
     if request.top < 1:
         raise UsageError("--top must be at least 1")
-    if request.direction not in DIRECTIONS:
-        raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)}, not '{request.direction}'")
+    if request.direction not in ("back", "forward", "both"):  # attnviz.analysis.focus.DIRECTIONS (no torch import here)
+        raise UsageError(f"--direction must be one of back, forward, both, not '{request.direction}'")
     if request.token_index is not None and request.token is None:
         raise UsageError("--token-index picks one occurrence of --token; give --token too")
     if request.token_index is not None and request.token_index < 0:
@@ -276,7 +275,7 @@ def early_token_check(token: str | None, text: str, target: str | None, location
     """
     if token is None:
         return
-    from attnviz.analysis.select import token_key
+    from attnviz.analysis.match import token_key
 
     key = token_key(token)
     if not key:
@@ -333,6 +332,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     from attnviz.models import check_layer_head, resolve_model
     from attnviz.report import RunOutput, check_tensor_path, model_files
 
+    quiet_libraries()
     figure_formats, html, views, style = check_request(request)
     content = input_text(request)
     out = request.output

@@ -273,7 +273,7 @@ def scale_note(scale: str, what: str = "heads") -> str:
 
 def attach_metadata(fig: "Figure", title: str, model: str, style: Style, view: str, settings: dict | None = None) -> None:
     """Remember what a figure shows, for :func:`savefig_kwargs` to write into the PNG/PDF/SVG file."""
-    from attnviz import __version__
+    from attnviz.version import __version__
 
     fig.attnviz_metadata = {  # type: ignore[attr-defined]
         "title": title.replace("\n", " "),
