@@ -292,3 +292,30 @@ def test_method_registry():
     assert a.layer == 3 and torch.equal(a.values, layers[3][2])
     with pytest.raises(UsageError, match="rollout"):
         methods.get("relevance")
+
+
+# ---------------------------------------------------------------------------
+# token labels (issue 21, low)
+
+
+def test_an_unknown_character_stays_in_its_word():
+    from attnviz.analysis.words import word_units
+    from attnviz.inputs.tokens import load_text_model, prepare_text
+
+    info = prepare_text(load_text_model(weights=False), "Hello 世界 ok").tokens
+    assert info.tokens[2:4] == ("世", "[UNK]") and info.special[3] is False
+    units = word_units(info)
+    assert "世界" in units.labels and units.groups[units.labels.index("世界")] == (2, 3)
+
+
+def test_a_lone_space_marker_is_labelled_as_a_space():
+    from tiny import t5_tokenizer
+
+    from attnviz.inputs.tokens import token_info
+
+    tok = t5_tokenizer()
+    text = "a cat"
+    enc = tok(text, return_offsets_mapping=True)
+    raw = tok.convert_ids_to_tokens(enc["input_ids"])
+    labels = token_info(text, enc, tok).tokens
+    assert raw[0] == "▁" and labels[0] == "␣"  # not the next letter, "a"

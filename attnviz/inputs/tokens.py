@@ -144,7 +144,8 @@ def token_info(text: str, encoding, tokenizer) -> TokenInfo:
     attnviz turns tokenizer output into tokens (text, generate and heads use it)."""
     ids = encoding["input_ids"]
     raw = tokenizer.convert_ids_to_tokens(ids)
-    special_ids = set(tokenizer.all_special_ids)
+    unk = tokenizer.unk_token_id
+    special_ids = set(tokenizer.all_special_ids) - {unk}  # [UNK] stands for characters of the text: a word's piece
     word_ids = list(encoding.word_ids())
     offsets = [tuple(o) for o in encoding["offset_mapping"]]
     special = [w is None or i in special_ids for w, i in zip(word_ids, ids)]
@@ -155,7 +156,12 @@ def token_info(text: str, encoding, tokenizer) -> TokenInfo:
             tokens.append(tok)
             offsets[pos] = (0, 0)
             continue
-        piece = text[start:end].strip() or ("␣" if not tok.strip("Ġ▁Ċ \n") else tok)
+        if ids[pos] == unk and unk is not None:
+            piece = tok  # what the model saw: [UNK] (the word's label still shows the text)
+        elif not tok.strip("Ġ▁Ċ \n"):
+            piece = "␣"  # a lone space marker (T5's "▁"): its offsets may cover the next letter
+        else:
+            piece = text[start:end].strip() or tok
         continuation = pos > 0 and word_ids[pos - 1] == word_ids[pos] and not special[pos - 1]
         tokens.append(("##" + piece) if continuation else piece)
     # renumber words 0..W-1 in order of appearance
