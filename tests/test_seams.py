@@ -319,3 +319,31 @@ def test_a_lone_space_marker_is_labelled_as_a_space():
     raw = tok.convert_ids_to_tokens(enc["input_ids"])
     labels = token_info(text, enc, tok).tokens
     assert raw[0] == "▁" and labels[0] == "␣"  # not the next letter, "a"
+
+
+def test_long_indexed_token_labels_leave_room_for_the_axis_label():
+    """A thinned matrix axis writes "18 ##arian": the left margin counts the index too (the y label was cut off)."""
+    from attnviz import attend_text
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.render.layout import Style, overlapping_texts, texts_outside
+    from attnviz.render.text import matrix_view
+
+    result = attend_text("Supercalifragilisticexpialidocious antidisestablishmentarianism")
+    fig = matrix_view(result, 5, None, ViewSpec(), style=Style.from_options("column"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    renderer = canvas.get_renderer()
+    assert ax.yaxis.label.get_window_extent(renderer).x0 >= 0
+    ticks = [t.get_window_extent(renderer) for t in ax.get_yticklabels() if t.get_text()]
+    assert ax.yaxis.label.get_window_extent(renderer).x1 <= min(t.x0 for t in ticks) + 1
+    assert not texts_outside(fig) and not overlapping_texts(fig)
+
+
+def test_a_very_long_label_is_shortened_in_titles():
+    from attnviz.render.layout import LABEL_CHARS, Style
+
+    label = Style.from_options("column", label="VeryLongModelName" * 200).model_label("x")
+    assert len(label) == LABEL_CHARS and label.endswith("…")

@@ -46,6 +46,8 @@ TEXT_CMAP = "viridis"
 #: Default colour map of image overlays (inferno: perceptually uniform, colour-blind safe; dark = little attention).
 IMAGE_CMAP = "inferno"
 SIZES = ("screen", "column", "page")
+#: Longest model name a title shows (``--label`` or the model's display label).
+LABEL_CHARS = 60
 SCALES = ("shared", "per-head")
 _WXH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX×]\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -154,8 +156,10 @@ class Style:
         return matplotlib.colormaps[self.cmap or default].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 
     def model_label(self, model_id: str) -> str:
-        """The model's name in titles: ``label``, else :func:`display_label` of ``model_id``."""
-        return self.label or display_label(model_id)
+        """The model's name in titles and JSON: ``label``, else :func:`display_label` of ``model_id``; at most
+        :data:`LABEL_CHARS` characters (a longer one ends in "…", so that a title still fits its figure)."""
+        name = self.label or display_label(model_id)
+        return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1].rstrip() + "…"
 
     def describe(self) -> dict:
         """The style as plain JSON values (for metadata and ``--json``)."""

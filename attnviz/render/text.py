@@ -456,7 +456,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
     chars_cap = 14 if not compact else 10
     ylabel_room = 0.22 if not compact else 0.18
     if labelled:
-        left = ylabel_room + 0.08 + min(longest(vm.query_units), chars_cap) * font * 0.6 / 72
+        left = ylabel_room + 0.08 + min(longest(vm.query_units) + len(str(nq)) + 1, chars_cap) * font * 0.68 / 72
     else:
         left = ylabel_room + 0.1 + len(str(nq)) * font * 0.6 / 72
     plot_w = max(width - left - cb_room, 1.0)
