@@ -257,13 +257,15 @@ def test_focus_view_causal_looks_back(gpt2):
     assert int(focus.targets.max()) < fu - 1
 
 
-def test_focus_first_token_has_no_link(gpt2):
-    with pytest.raises(UsageError, match="no eligible target"):
-        analyse_focus(gpt2, gpt2.tokens.tokens[0], 0, PIECES)
+def test_focus_first_token_links_to_later_tokens(gpt2):
+    """The first token has no earlier one: its links go to later tokens, and the focus says so (issue 15)."""
+    focus = analyse_focus(gpt2, gpt2.tokens.tokens[0], 0, PIECES)
+    assert focus.fallback and "later" in focus.fallback and focus.direction == "forward" and "causal" in focus.fallback
+    assert all(link.target > 1 for link in focus.top)
 
 
 def test_focus_hidden_special_token_is_an_error(bert):
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="hide-special hides"):
         analyse_focus(bert, "[CLS]", None, HIDE)
     with pytest.raises(UsageError):
         head_view(bert, 0, 0, HIDE, focus=(0,))

@@ -212,6 +212,8 @@ def focus_rule(query_info: TokenInfo, key_info: TokenInfo, kind: str, token: str
     all_keys = units_for(key_info, spec)
     query_units = units_for(query_info, spec)
     unit = query_units.unit_of(positions[0])
+    if spec.hide_special and query_units.special[unit]:
+        raise UsageError(f"'{query_units.labels[unit]}' is a special token, which --hide-special hides; pick another token")
     keep = [i for i, sp in enumerate(all_keys.special) if not (spec.hide_special and sp)]
     key_units = Units(tuple(all_keys.labels[i] for i in keep), tuple(all_keys.groups[i] for i in keep),
                       tuple(all_keys.special[i] for i in keep))
@@ -259,8 +261,11 @@ def analyse_focus(
     links = rank_heads(r, rule.key_units.labels, list(rule.exclude), top)
     links = [HeadLink(l.layer, l.head, rule.full_index[l.target], l.target_label, l.weight) for l in links]
     full_targets = torch.tensor(rule.full_index)[targets]
+    fallback = rule.fallback
+    if fallback and maps.causal and rule.direction != "back" and kind != CROSS:
+        fallback += "; the attention is causal, so a token gives later tokens no weight"
     return Focus(
         rule.query_units.labels[rule.unit], kind, rule.positions, rule.unit, weights, full_targets, rule.all_keys.labels,
-        tuple(links), rule.direction, rule.adjacent, rule.fallback,
+        tuple(links), rule.direction, rule.adjacent, fallback,
     )
 
