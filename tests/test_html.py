@@ -190,12 +190,23 @@ def test_cli_long_input_path_streams_layers(tmp_path, monkeypatch, tiny_models):
     assert "idx" in v and v["focus_rows"]["unit"] == doc["focus"]["index"]
 
 
-def test_repr_html_none_without_full_maps(readme):
+def test_repr_html_none_without_full_maps(readme, monkeypatch):
+    """None (the plain repr) because the maps are missing, decided before any page is built: a page builder that
+    fails is never reached for the light result, and is reached (its error raised, not swallowed) for the full one."""
     from dataclasses import replace
+
+    import attnviz.html.page as page
 
     r, _ = readme
     light = replace(r, attention={"self": replace(r.main, full=None, layers={0: r.main.full[0]})})
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a page was built")
+
+    monkeypatch.setattr(page, "notebook_html", must_not_build)
     assert light._repr_html_() is None
+    with pytest.raises(AssertionError, match="a page was built"):
+        r._repr_html_()
 
 
 def test_prepare_sparse_equals_prepare():

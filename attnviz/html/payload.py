@@ -274,7 +274,7 @@ def _focus_grid(result, focus, spec: ViewSpec, collector: TextCollector) -> dict
     key_groups = units_for(result.sides(focus.kind)[2], spec).groups
     return {
         "text": f.text,
-        "weights": [[round(float(w), 5) for w in row] for row in f.weights],
+        "weights": [[float(w) for w in row] for row in f.weights],  # as computed (float32): the page writes them as the PNG does
         "targets": [[f.labels[int(t)] for t in row] for row in f.targets],
         "target_tokens": [[list(key_groups[int(t)]) for t in row] for row in f.targets],
         "rule": f.describe(),
