@@ -219,3 +219,24 @@ def test_prepare_sparse_equals_prepare():
         want = prepare(r.main.full, r.tokens, r.tokens, spec).attn
         got = prepare_sparse(r.main.full, r.tokens, r.tokens, spec)
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), spec
+
+
+@pytest.mark.slow
+def test_cli_focus_grid_second_typographic_occurrence(tmp_path):
+    """attnviz text "I didn't go home. You didn’t go either." --words --token "didn't" --token-index 1 --format html:
+    the page's focus grid is that of the second, typographic "didn’t", equal to analyse_focus on the same input."""
+    from attnviz import attend_text
+    from attnviz.analysis.focus import analyse_focus
+
+    sentence = "I didn't go home. You didn\u2019t go either."
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["text", sentence, "--words", "--token", "didn't", "--token-index", "1", "--format", "html",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    p = payload_of((out / "report.html").read_text(encoding="utf-8"))
+    want = analyse_focus(attend_text(sentence), "didn't", 1, ViewSpec(words=True))
+    assert p["focus"]["token_indices"] == list(want.token_indices)
+    grid = p["focus"]["grids"]["10"]
+    assert grid["text"] == "didn\u2019t"
+    assert np.allclose(np.array(grid["weights"]), want.weights.numpy(), rtol=0, atol=1e-5)
+    assert grid["targets"] == [[want.labels[int(t)] for t in row] for row in want.targets]
