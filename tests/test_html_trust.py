@@ -405,3 +405,20 @@ def test_generate_top_table_excludes_the_token_itself(tmp_path):
         assert browser.console_errors(d) == []
     finally:
         d.quit()
+
+
+def test_first_word_focus_fallback_on_the_page():
+    """The first word has no earlier token: the focus falls back to later ones (issue 15); the page carries the
+    same grid and says why, as the figure, terminal and JSON do."""
+    from attnviz.analysis.focus import analyse_focus
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.html import text_page
+
+    r = text_result("Cats sleep most of the day", ["Cats", "sleep", "most", "of", "the", "day"])
+    focus = analyse_focus(r, "Cats", None, ViewSpec())
+    assert focus.fallback
+    p = embedded(text_page(r, focus, ViewSpec()))
+    assert p["focus"]["fallback"] == focus.fallback
+    grid = p["focus"]["grids"]["00"]
+    assert np.array_equal(np.array(grid["weights"], dtype=np.float32), focus.weights.numpy())
+    assert grid["targets"] == [[focus.labels[int(t)] for t in row] for row in focus.targets]

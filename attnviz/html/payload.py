@@ -330,7 +330,8 @@ def text_payload(
             g = _focus_grid(result, focus, v, collector)
             if g is not None:
                 grids[key] = g
-        focus_json = {"kind": focus.kind, "token_indices": list(focus.token_indices), "text": focus.text, "grids": grids}
+        focus_json = {"kind": focus.kind, "token_indices": list(focus.token_indices), "text": focus.text, "grids": grids,
+                      "fallback": getattr(focus, "fallback", None)}  # why the link rules differ from those asked for
     return {
         "type": "text",
         "model": result.model_id,

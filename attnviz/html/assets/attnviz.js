@@ -384,6 +384,7 @@
       if (!focus) return;
       var g = focus.grids[vkey()];
       focusSec.appendChild(el("h2", null, ["Focus view: "].concat(quoted(focus.text))));
+      if (focus.fallback) focusSec.appendChild(el("p", { cls: "note", id: "av-focus-fallback" }, [iso(focus.fallback)]));
       if (!g) { focusSec.appendChild(el("p", { cls: "note", text: "The focus token has no grid in this view (e.g. it is a hidden special token)." })); return; }
       focusSec.appendChild(el("p", { cls: "note" }, ["For each layer (rows) and head (columns): the weight "].concat(quoted(g.text), [" (" + focus.kind +
         " attention) puts on its link target, the " + g.rule + ", with the target written in the cell (weights as in the figures: " +
