@@ -155,7 +155,8 @@ def test_focus_grid_is_the_chosen_occurrence(apostrophes, words):
     """--token "didn't" --token-index 1 (the typographic "didn’t"): every grid on the page is that token's, as
     analysis.focus.analyse_focus computes it for the same unit, in every view."""
     from attnviz.analysis.focus import analyse_focus
-    from attnviz.analysis.select import ViewSpec, occurrence, units_for
+    from attnviz.analysis.match import occurrence
+    from attnviz.analysis.select import ViewSpec, units_for
     from attnviz.html import text_page
     from attnviz.html.payload import VARIANTS, variant_key
 

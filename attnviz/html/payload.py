@@ -25,7 +25,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from attnviz.analysis.select import ViewSpec, occurrence, prepare, prepare_rows, units_for
+from attnviz.analysis.match import occurrence
+from attnviz.analysis.select import ViewSpec, prepare, prepare_rows, units_for
 from attnviz.errors import UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, TokenInfo
 
@@ -266,7 +267,7 @@ def _focus_grid(result, focus, spec: ViewSpec, collector: TextCollector) -> dict
     except KeyError:
         return None
     label = units.labels[unit]
-    try:  # the same unit again, named as --token/--token-index name it (the one matcher: select.token_key)
+    try:  # the same unit again, named as --token/--token-index name it (the one matcher: analysis.match.token_key)
         f = analyse_focus(result, label, occurrence(units.labels, unit), spec, top=None, kind=focus.kind,
                           direction=focus.direction, adjacent=focus.adjacent)
     except (UsageError, KeyError):
