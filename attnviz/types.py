@@ -7,7 +7,7 @@ Nothing here imports torch at run time (tensors are only annotated), so the CLI'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from attnviz.errors import UsageError
 
@@ -17,6 +17,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Names of the attention kinds a capture can hold.
 SELF, ENCODER, DECODER, CROSS = "self", "encoder", "decoder", "cross"
+
+
+#: The notebook display of results (``_repr_html_``): registered by the HTML layer, never imported from here.
+_HTML_DISPLAY: Callable[[Any], str | None] | None = None
+
+
+def register_html_display(fn: Callable[[Any], str | None] | None) -> Callable[[Any], str | None] | None:
+    """Register ``fn(result) -> str | None`` as the ``_repr_html_`` of :class:`TextAttention` and
+    :class:`ImageAttention` (``None`` removes it); returns the hook it replaces.
+
+    This module is the bottom layer and imports no view: :mod:`attnviz.html` registers its
+    :func:`~attnviz.html.repr_html` here when it is imported (and ``import attnviz`` registers a
+    lazy wrapper that imports it on the first display). Without a hook ``_repr_html_`` returns None.
+    """
+    global _HTML_DISPLAY
+    previous, _HTML_DISPLAY = _HTML_DISPLAY, fn
+    return previous
+
+
+def _display_html(obj) -> str | None:
+    return None if _HTML_DISPLAY is None else _HTML_DISPLAY(obj)
 
 
 @dataclass(frozen=True)
@@ -211,10 +232,10 @@ class TextAttention:
         return self.attention[kind], query_info, key_info
 
     def _repr_html_(self) -> str | None:
-        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
-        from attnviz.html import repr_html
-
-        return repr_html(self)
+        """Jupyter: the interactive report inline, as the registered display hook draws it
+        (:func:`register_html_display`; :mod:`attnviz.html` registers an iframe ``srcdoc``, no CDN);
+        None (the plain repr) when no hook is registered or the result lacks the maps a page needs."""
+        return _display_html(self)
 
     @property
     def main(self) -> AttentionMaps:
@@ -265,10 +286,10 @@ class ImageAttention:
     verification: Any = None  # attnviz.verify.Verification: how far the capture is checked against eager
 
     def _repr_html_(self) -> str | None:
-        """Jupyter: the interactive report inline (an iframe ``srcdoc``, no CDN); None without full maps."""
-        from attnviz.html import repr_html
-
-        return repr_html(self)
+        """Jupyter: the interactive report inline, as the registered display hook draws it
+        (:func:`register_html_display`; :mod:`attnviz.html` registers an iframe ``srcdoc``, no CDN);
+        None (the plain repr) when no hook is registered or the result lacks the maps a page needs."""
+        return _display_html(self)
 
     @property
     def num_layers(self) -> int:

@@ -115,3 +115,34 @@ def test_page_in_browser(results, tmp_path):
         assert browser.requests(d) == [] and browser.console_errors(d) == []
     finally:
         d.quit()
+
+
+@pytest.mark.skipif(browser.why_no_browser() is not None, reason=browser.why_no_browser() or "")
+def test_top_table_follows_the_rule(results, tmp_path):
+    """The "strongest earlier tokens" of every step: the keys analysis.generation.eligible allows (not the token
+    itself, not the first token, not special ones), strongest first, as strongest_links finds the best; SELF_RULE shown."""
+    from selenium.webdriver.common.by import By
+
+    from attnviz.analysis.generation import SELF_RULE, eligible, strongest_links
+    from attnviz.html import generation_page
+    from attnviz.report import write_html
+
+    r = results["gpt2"]
+    ok = eligible(r)
+    d = browser.start()
+    try:
+        d.get(write_html(generation_page(r, layer=0, head=0), tmp_path).resolve().as_uri())
+        for step in range(r.num_generated):
+            d.execute_script("attnviz.select({step: %d})" % step)
+            top = d.execute_script("return attnviz.top()")
+            keys = [t["to"] for t in top]
+            assert len(keys) == min(10, int(ok[step].sum())) and all(ok[step, k] for k in keys)
+            assert r.query_position(step) not in keys and 0 not in keys
+            row = r.attentions[0, 0, step]
+            best = strongest_links(r, 0, 0, top=1)[step][0]
+            assert abs(top[0]["weight"] - best.weight) <= float(row.max()) * QUANT + 1e-6
+            assert [int(tr.find_elements(By.TAG_NAME, "td")[0].text) for tr in d.find_elements(By.CSS_SELECTOR, "table.top tr")] == keys
+            assert SELF_RULE in d.find_element(By.ID, "top-rule").text
+        assert browser.console_errors(d) == []
+    finally:
+        d.quit()

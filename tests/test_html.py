@@ -190,12 +190,23 @@ def test_cli_long_input_path_streams_layers(tmp_path, monkeypatch, tiny_models):
     assert "idx" in v and v["focus_rows"]["unit"] == doc["focus"]["index"]
 
 
-def test_repr_html_none_without_full_maps(readme):
+def test_repr_html_none_without_full_maps(readme, monkeypatch):
+    """None (the plain repr) because the maps are missing, decided before any page is built: a page builder that
+    fails is never reached for the light result, and is reached (its error raised, not swallowed) for the full one."""
     from dataclasses import replace
+
+    import attnviz.html.page as page
 
     r, _ = readme
     light = replace(r, attention={"self": replace(r.main, full=None, layers={0: r.main.full[0]})})
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a page was built")
+
+    monkeypatch.setattr(page, "notebook_html", must_not_build)
     assert light._repr_html_() is None
+    with pytest.raises(AssertionError, match="a page was built"):
+        r._repr_html_()
 
 
 def test_prepare_sparse_equals_prepare():
@@ -208,3 +219,24 @@ def test_prepare_sparse_equals_prepare():
         want = prepare(r.main.full, r.tokens, r.tokens, spec).attn
         got = prepare_sparse(r.main.full, r.tokens, r.tokens, spec)
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), spec
+
+
+@pytest.mark.slow
+def test_cli_focus_grid_second_typographic_occurrence(tmp_path):
+    """attnviz text "I didn't go home. You didn’t go either." --words --token "didn't" --token-index 1 --format html:
+    the page's focus grid is that of the second, typographic "didn’t", equal to analyse_focus on the same input."""
+    from attnviz import attend_text
+    from attnviz.analysis.focus import analyse_focus
+
+    sentence = "I didn't go home. You didn\u2019t go either."
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["text", sentence, "--words", "--token", "didn't", "--token-index", "1", "--format", "html",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    p = payload_of((out / "report.html").read_text(encoding="utf-8"))
+    want = analyse_focus(attend_text(sentence), "didn't", 1, ViewSpec(words=True))
+    assert p["focus"]["token_indices"] == list(want.token_indices)
+    grid = p["focus"]["grids"]["10"]
+    assert grid["text"] == "didn\u2019t"
+    assert np.allclose(np.array(grid["weights"]), want.weights.numpy(), rtol=0, atol=1e-5)
+    assert grid["targets"] == [[want.labels[int(t)] for t in row] for row in want.targets]

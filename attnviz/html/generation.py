@@ -2,8 +2,11 @@
 
 The page shows the generated text, a generation map (generated tokens x every
 earlier key token, one layer and head or the head mean) and, for a clicked
-generated token, its strongest earlier tokens. Encoder-decoder runs add the
-cross-attention (generated tokens x source tokens).
+generated token, its strongest earlier tokens: the keys
+:func:`attnviz.analysis.generation.eligible` allows (not the token itself, not
+the first token, not special tokens; the rule :data:`~attnviz.analysis.generation.SELF_RULE`
+is written on the page). Encoder-decoder runs add the cross-attention
+(generated tokens x source tokens, :data:`~attnviz.analysis.generation.CROSS_RULE`).
 
 Encoding: as the text report (:data:`attnviz.html.payload.QUANTISATION`): every
 row (layer, head, step) is quantised to 8 bits relative to its own maximum, the
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from attnviz.html.page import render_page
+from attnviz.analysis.generation import CROSS_RULE, SELF_RULE
+from attnviz.html.page import page_title, render_page
 from attnviz.html.payload import QUANTISATION, b64, quantise_rows
 
 
@@ -35,21 +39,23 @@ def _kind(attn: torch.Tensor, keys, special, boundary: int | None) -> dict:
     }
 
 
-def generation_payload(result, layer: int | None = None, head: int | None = None) -> dict:
+def generation_payload(result, layer: int | None = None, head: int | None = None, label: str | None = None) -> dict:
     """The JSON-ready payload of a generation report.
 
     ``layer``: the layer the page opens with (default: the last); ``head``: the
     head (default: the head mean). Negative indices count from the end.
+    ``label``: the model's display name (default ``result.model_id``).
     """
     L, H = result.num_layers, result.num_heads
     layer = (L - 1 if layer is None else int(layer)) % L
     head = None if head is None else int(head) % H
     kinds = {"self": _kind(result.attentions, result.key_labels, result.key_special, result.context_length)}
     if result.cross_attentions is not None:
-        kinds["cross"] = _kind(result.cross_attentions, result.prompt.tokens, [False] * result.prompt_length, None)
+        kinds["cross"] = _kind(result.cross_attentions, result.prompt.tokens, result.prompt.special, None)
     return {
         "type": "generation",
         "model": result.model_id,
+        "label": label or result.model_id,
         "model_type": result.model_type,
         "backend": result.backend,
         "encoder_decoder": bool(result.encoder_decoder),
@@ -68,12 +74,18 @@ def generation_payload(result, layer: int | None = None, head: int | None = None
         "notice": result.notice,
         "quantisation": QUANTISATION,
         "kinds": kinds,
+        # what the "strongest earlier tokens" table may list (analysis.generation.eligible): self-attention
+        # skips the step itself, the first key position (attention sink) and special keys; cross skips special keys
+        "rules": {"self": SELF_RULE, "cross": CROSS_RULE},
         "initial": {"kind": "self", "layer": layer, "head": head, "step": 0 if result.num_generated else None},
     }
 
 
-def generation_page(result, layer: int | None = None, head: int | None = None) -> str:
-    """The self-contained offline HTML report of a :class:`~attnviz.types.GenerationAttention`."""
-    payload = generation_payload(result, layer, head)
-    return render_page(payload, f"attnviz · {result.model_id} · generate", script="generation.js",
+def generation_page(result, layer: int | None = None, head: int | None = None, label: str | None = None) -> str:
+    """The self-contained offline HTML report of a :class:`~attnviz.types.GenerationAttention`.
+
+    ``label``: the model's display name in the title and heading (default ``result.model_id``).
+    """
+    payload = generation_payload(result, layer, head, label)
+    return render_page(payload, page_title(result.model_id, label, "generate"), script="generation.js",
                        styles=("attnviz.css", "generation.css"))

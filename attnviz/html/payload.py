@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from attnviz.analysis.match import occurrence
 from attnviz.analysis.select import ViewSpec, prepare, prepare_rows, units_for
 from attnviz.errors import UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, TokenInfo
@@ -266,16 +267,15 @@ def _focus_grid(result, focus, spec: ViewSpec, collector: TextCollector) -> dict
     except KeyError:
         return None
     label = units.labels[unit]
-    norm = label.lower().removeprefix("##")
-    same = [i for i, lab in enumerate(units.labels) if lab.lower().removeprefix("##") == norm]
-    try:
-        f = analyse_focus(result, label, same.index(unit), spec, top=None, kind=focus.kind, direction=focus.direction, adjacent=focus.adjacent)
+    try:  # the same unit again, named as --token/--token-index name it (the one matcher: analysis.match.token_key)
+        f = analyse_focus(result, label, occurrence(units.labels, unit), spec, top=None, kind=focus.kind,
+                          direction=focus.direction, adjacent=focus.adjacent)
     except (UsageError, KeyError):
         return None
     key_groups = units_for(result.sides(focus.kind)[2], spec).groups
     return {
         "text": f.text,
-        "weights": [[round(float(w), 5) for w in row] for row in f.weights],
+        "weights": [[float(w) for w in row] for row in f.weights],  # as computed (float32): the page writes them as the PNG does
         "targets": [[f.labels[int(t)] for t in row] for row in f.targets],
         "target_tokens": [[list(key_groups[int(t)]) for t in row] for row in f.targets],
         "rule": f.describe(),
@@ -290,6 +290,7 @@ def text_payload(
     layer: int | None = None,
     head: int | None = None,
     collector: TextCollector | None = None,
+    label: str | None = None,
 ) -> dict:
     """The JSON-ready payload of a text report.
 
@@ -298,7 +299,8 @@ def text_payload(
     ``spec``: the view the page opens with; ``layer``/``head``: the head view's
     start (default: the focus token's top head, else the last layer, every head).
     ``collector``: a :class:`TextCollector` already fed by the capture (long
-    inputs); without it the result's full maps are used.
+    inputs); without it the result's full maps are used. ``label``: the model's
+    display name (``"label"``, drawn as the heading; default ``result.model_id``).
 
     Raises:
         UsageError: the result holds neither full maps nor a fed collector.
@@ -329,10 +331,12 @@ def text_payload(
             g = _focus_grid(result, focus, v, collector)
             if g is not None:
                 grids[key] = g
-        focus_json = {"kind": focus.kind, "token_indices": list(focus.token_indices), "text": focus.text, "grids": grids}
+        focus_json = {"kind": focus.kind, "token_indices": list(focus.token_indices), "text": focus.text, "grids": grids,
+                      "fallback": getattr(focus, "fallback", None)}  # why the link rules differ from those asked for
     return {
         "type": "text",
         "model": result.model_id,
+        "label": label or result.model_id,
         "model_type": result.model_type,
         "backend": result.backend,
         "text": result.tokens.text,
@@ -366,14 +370,18 @@ def _photo_data_uri(image) -> tuple[str, float]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), scale
 
 
-def image_payload(result, rollout=None, settings: dict | None = None, sinks=(), layer: int = -1, head: int | None = None) -> dict:
+def image_payload(result, rollout=None, settings: dict | None = None, sinks=(), layer: int = -1, head: int | None = None,
+                  label: str | None = None) -> dict:
     """The JSON-ready payload of an image report.
 
     ``result``: :class:`~attnviz.types.ImageAttention` with full maps (or at least
     ``layer``); ``rollout``: raw ``[rows, cols]`` rollout (default: computed with
     ``settings``); ``sinks``: :class:`~attnviz.analysis.sinks.SinkPatch` list.
     Every layer embeds in full up to :data:`IMAGE_FULL_VALUES` values, else only
-    the layers the result holds in full.
+    the layers the result holds in full. ``label``: the model's display name
+    (``"label"``, drawn as the heading; default ``result.model_id``). The page
+    colours the attention panel from 0 and the rollout from its min to its max,
+    as :func:`attnviz.render.image.rollout_view` does.
 
     Raises:
         UsageError: the result holds no full layer at all.
@@ -399,6 +407,7 @@ def image_payload(result, rollout=None, settings: dict | None = None, sinks=(), 
     return {
         "type": "image",
         "model": result.model_id,
+        "label": label or result.model_id,
         "model_type": result.model_type,
         "backend": result.backend,
         "photo": photo,

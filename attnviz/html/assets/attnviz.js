@@ -7,11 +7,13 @@
   var app = document.getElementById("app");
 
   // ---------------------------------------------------------------- helpers
-  var el = attnvizKit.el, bytes = attnvizKit.bytes;
+  var el = attnvizKit.el, bytes = attnvizKit.bytes, iso = attnvizKit.iso, put = attnvizKit.put, shortWeight = attnvizKit.shortWeight;
   function u8(b64) { return bytes(b64); }
   function u16(b64) { var b = bytes(b64); return new Uint16Array(b.buffer, 0, b.length / 2); }
   function f32(b64) { var b = bytes(b64); return new Float32Array(b.buffer, 0, b.length / 4); }
   function fmt(w) { return w.toFixed(3); }
+  function precise(w) { return w > 0 && w < 0.0005 ? w.toExponential(2) : w.toFixed(3); }  // readouts: never "0.000" for a weight > 0
+  function quoted(label) { return ["'", iso(label), "'"]; }
   // a perceptual-ish sequential map (white -> blue -> dark navy) for matrices
   var BLUES = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
   // inferno-like for overlays on photos
@@ -100,12 +102,13 @@
 
     // ------------------------------------------------ layout
     app.innerHTML = "";
-    app.appendChild(el("h1", { text: "attnviz · " + DATA.model }));
+    app.appendChild(el("h1", null, ["attnviz · ", iso(DATA.label || DATA.model)]));
     app.appendChild(el("p", { cls: "meta", text: DATA.model_type + " · backend " + DATA.backend + " · kinds: " + order.join(", ") +
       (DATA.dropped_tokens ? " · " + DATA.dropped_tokens + " tokens cut off by truncation" : "") }));
     var inputText = "Input: " + DATA.text + (DATA.target != null ? "  ·  target: " + DATA.target : "");
-    if (inputText.length <= 400) app.appendChild(el("p", { cls: "meta", text: inputText }));
-    else app.appendChild(el("details", { cls: "meta" }, [el("summary", { text: inputText.slice(0, 300) + "… (" + DATA.text.length + " characters; open to read all)" }), el("p", { text: inputText })]));
+    function inputParts() { return ["Input: ", iso(DATA.text)].concat(DATA.target != null ? ["  ·  target: ", iso(DATA.target)] : []); }
+    if (inputText.length <= 400) app.appendChild(el("p", { cls: "meta" }, inputParts()));
+    else app.appendChild(el("details", { cls: "meta" }, [el("summary", null, [iso(inputText.slice(0, 300)), "… (" + DATA.text.length + " characters; open to read all)"]), el("p", null, inputParts())]));
     app.appendChild(el("p", { cls: "note", id: "av-data-note", text: "Data: " + DATA.quantisation + ". " + (DATA.mode === "full"
       ? "Full maps of every layer and head (inputs up to " + DATA.full_tokens + " tokens embed full maps)."
       : "This input is longer than " + DATA.full_tokens + " tokens: the page holds the strongest " + DATA.top_k +
@@ -251,16 +254,18 @@
           t.classList.toggle("pinned", S.pinned === i && S.pinnedSide === side);
         });
       });
-      var txt = "layer " + S.layer + " · head" + (S.heads.length > 1 ? "s " : " ") + S.heads.join(", ");
+      var parts = ["layer " + S.layer + " · head" + (S.heads.length > 1 ? "s " : " ") + S.heads.join(", ")];
       if (a) {
         var lab = a.side === "from" ? d.v.query.labels[a.u] : d.v.key.labels[a.u];
         var best = S.drawn.slice().sort(function (p, q) { return q.weight - p.weight; }).slice(0, 3);
-        txt += " · " + (a.side === "from" ? "'" + lab + "' looks at: " : "looking at '" + lab + "': ") + best.map(function (x) {
-          return "'" + (a.side === "from" ? d.v.key.labels[x.to] : d.v.query.labels[x.from]) + "' " + fmt(x.weight) + (S.heads.length > 1 ? " (h" + x.head + ")" : "");
-        }).join(", ");
-        if (S.pinned != null && S.hover == null) txt += " · pinned (click again to release)";
-      } else txt += " · links of weight ≥ 0.01 drawn; hover a token";
-      status.textContent = txt;
+        parts = parts.concat(a.side === "from" ? [" · "].concat(quoted(lab), [" looks at: "]) : [" · looking at "].concat(quoted(lab), [": "]));
+        best.forEach(function (x, i) {
+          parts = parts.concat(i ? [", "] : [], quoted(a.side === "from" ? d.v.key.labels[x.to] : d.v.query.labels[x.from]),
+            [" " + fmt(x.weight) + (S.heads.length > 1 ? " (h" + x.head + ")" : "")]);
+        });
+        if (S.pinned != null && S.hover == null) parts.push(" · pinned (click again to release)");
+      } else parts.push(" · links of weight ≥ 0.01 drawn; hover a token");
+      put(status, parts);
     }
 
     // the head mean of the selected heads, binned to at most MAXPX x MAXPX cells (max per bin; exact when not binned)
@@ -316,10 +321,12 @@
         var r = cv.getBoundingClientRect(), bk = Math.floor((ev.clientX - r.left) / cell), bq = Math.floor((ev.clientY - r.top) / cell);
         if (bq < 0 || bk < 0 || bq >= RQ || bk >= RK) return;
         if (!mv.binned) {
-          readout.textContent = "query " + bq + " '" + d.v.query.labels[bq] + "' → key " + bk + " '" + d.v.key.labels[bk] + "': " + fmt(m[bq * RK + bk]);
+          put(readout, ["query " + bq + " "].concat(quoted(d.v.query.labels[bq]), [" → key " + bk + " "], quoted(d.v.key.labels[bk]),
+            [": " + fmt(m[bq * RK + bk])]));
         } else {
           var q0 = Math.ceil(bq * d.Q / RQ), q1 = Math.ceil((bq + 1) * d.Q / RQ) - 1, k0 = Math.ceil(bk * d.K / RK), k1 = Math.ceil((bk + 1) * d.K / RK) - 1;
-          readout.textContent = "queries " + q0 + "–" + q1 + " ('" + d.v.query.labels[q0] + "'…) → keys " + k0 + "–" + k1 + " ('" + d.v.key.labels[k0] + "'…): largest " + fmt(m[bq * RK + bk]);
+          put(readout, ["queries " + q0 + "–" + q1 + " ("].concat(quoted(d.v.query.labels[q0]), ["…) → keys " + k0 + "–" + k1 + " ("],
+            quoted(d.v.key.labels[k0]), ["…): largest " + fmt(m[bq * RK + bk])]));
         }
       });
       matNote.textContent = S.kind + " attention, layer " + S.layer + ", " + (S.heads.length > 1 ? "mean of heads " + S.heads.join(", ") : "head " + S.heads[0]) +
@@ -376,10 +383,12 @@
       focusSec.innerHTML = "";
       if (!focus) return;
       var g = focus.grids[vkey()];
-      focusSec.appendChild(el("h2", { text: "Focus view: '" + focus.text + "'" }));
+      focusSec.appendChild(el("h2", null, ["Focus view: "].concat(quoted(focus.text))));
+      if (focus.fallback) focusSec.appendChild(el("p", { cls: "note", id: "av-focus-fallback" }, [iso(focus.fallback)]));
       if (!g) { focusSec.appendChild(el("p", { cls: "note", text: "The focus token has no grid in this view (e.g. it is a hidden special token)." })); return; }
-      focusSec.appendChild(el("p", { cls: "note", text: "For each layer (rows) and head (columns): the weight '" + g.text + "' (" + focus.kind +
-        " attention) puts on its link target, the " + g.rule + ", with the target written in the cell. Click a cell to open that head." }));
+      focusSec.appendChild(el("p", { cls: "note" }, ["For each layer (rows) and head (columns): the weight "].concat(quoted(g.text), [" (" + focus.kind +
+        " attention) puts on its link target, the " + g.rule + ", with the target written in the cell (weights as in the figures: " +
+        "two decimals, <.01 below 0.005). Click a cell to open that head."])));
       var t = el("table", { cls: "grid", id: "av-focus-grid" }), tr = el("tr", null, [el("th")]);
       var H = g.weights[0].length;
       for (var h = 0; h < H; h++) tr.appendChild(el("th", { text: "h" + h }));
@@ -388,8 +397,8 @@
         var r = el("tr", null, [el("th", { text: "L" + l })]);
         ws.forEach(function (w, h) {
           var c = cmap(BLUES, w), dark = w > 0.55;
-          var td = el("td", { "data-layer": l, "data-head": h, title: "layer " + l + " head " + h + ": '" + g.targets[l][h] + "' " + fmt(w),
-            style: "background:rgb(" + c.map(Math.round).join(",") + ");color:" + (dark ? "#fff" : "#222") }, [g.targets[l][h], el("br"), fmt(w)]);
+          var td = el("td", { "data-layer": l, "data-head": h, title: "layer " + l + " head " + h + ": '" + g.targets[l][h] + "' " + precise(w),
+            style: "background:rgb(" + c.map(Math.round).join(",") + ");color:" + (dark ? "#fff" : "#222") }, [iso(g.targets[l][h]), el("br"), shortWeight(w)]);
           if (l === S.layer && S.heads.length === 1 && S.heads[0] === h && S.kind === focus.kind) td.className = "on";
           td.addEventListener("click", function () {
             var d = decoded(focus.kind, vkey());
@@ -499,15 +508,22 @@
       wrap.appendChild(marks);
       return { wrap: wrap, cv: cv, marks: marks };
     }
-    function paint(pn, grid, leaveOut) {  // grid: Float32Array rows*cols; colour 0..max of shown patches
-      var max = 0, i, ctx = pn.cv.getContext("2d"), img = ctx.createImageData(cols, rows);
-      for (i = 0; i < grid.length; i++) if (!(leaveOut && isSink(Math.floor(i / cols), i % cols)) && grid[i] > max) max = grid[i];
+    // grid: Float32Array rows*cols. Colour scale over the patches shown (sinks left out when leaveOut): from 0 to
+    // the max (attention), or from the min to the max with fromMin (rollout, as the PNG: "scale: min to max, not from 0").
+    function paint(pn, grid, leaveOut, fromMin) {
+      var max = -Infinity, min = Infinity, i, ctx = pn.cv.getContext("2d"), img = ctx.createImageData(cols, rows);
+      for (i = 0; i < grid.length; i++) if (!(leaveOut && isSink(Math.floor(i / cols), i % cols)) && isFinite(grid[i])) {
+        if (grid[i] > max) max = grid[i];
+        if (grid[i] < min) min = grid[i];
+      }
+      if (!(max > -Infinity)) { max = 0; min = 0; }
+      var lo = fromMin ? min : 0, span = max - lo;
       for (i = 0; i < grid.length; i++) {
-        var out = leaveOut && isSink(Math.floor(i / cols), i % cols), c = out ? [128, 128, 128] : cmap(HEAT, max > 0 ? grid[i] / max : 0);
+        var out = leaveOut && isSink(Math.floor(i / cols), i % cols), c = out ? [128, 128, 128] : cmap(HEAT, span > 0 ? (grid[i] - lo) / span : 0);
         img.data[4 * i] = c[0]; img.data[4 * i + 1] = c[1]; img.data[4 * i + 2] = c[2]; img.data[4 * i + 3] = 255;
       }
       ctx.putImageData(img, 0, 0);
-      return max;
+      return { min: lo, max: max };
     }
     function mark(pn, r, c, colour, widthPx) {
       var w = (box[2] - box[0]) / cols, h = (box[3] - box[1]) / rows;
@@ -516,7 +532,7 @@
     }
 
     app.innerHTML = "";
-    app.appendChild(el("h1", { text: "attnviz · " + D.model }));
+    app.appendChild(el("h1", null, ["attnviz · ", iso(D.label || D.model)]));
     app.appendChild(el("p", { cls: "meta", text: D.model_type + " · " + D.num_layers + " layers × " + H + " heads · patch grid " + rows + "×" + cols +
       " · " + P + " prefix token" + (P === 1 ? "" : "s") + " · backend " + D.backend }));
     app.appendChild(el("p", { cls: "note", text: "Data: " + D.quantisation + ". " + (D.layers.length === D.num_layers
@@ -571,7 +587,7 @@
     function render() {
       var full = currentRow(), grid = full.slice(P, P + rows * cols);
       S.map = full;
-      var max = paint(A, grid, S.leaveOut), t = S.hover != null ? S.hover : S.query;
+      var max = paint(A, grid, S.leaveOut, false).max, t = S.hover != null ? S.hover : S.query;
       A.marks.innerHTML = ""; R.marks.innerHTML = "";
       if (t != null && t >= P) mark(A, Math.floor((t - P) / cols), (t - P) % cols, "#fff", 2);
       if (S.sinks) D.sinks.forEach(function (s) { mark(A, s.row, s.col, "cyan", 2); mark(R, s.row, s.col, "cyan", 2); });
@@ -579,9 +595,11 @@
       capA.textContent = "Attention of " + tokenName(t) + (S.query != null && S.hover == null ? " (pinned)" : "") + ", layer " + S.layer + ", " +
         (S.head == null ? "mean of " + H + " heads" : "head " + S.head) + ". Colour: 0 to " + max.toFixed(4) + " (the largest patch weight shown)" +
         (S.leaveOut && D.sinks.length ? ", sink patches left out (grey)" : "") + "; " + (P ? fmt(prefixShare) + " of the weight goes to the prefix tokens." : "");
-      var rg = [].concat.apply([], D.rollout), rmax = paint(R, rg, S.leaveOut);
+      var rg = [].concat.apply([], D.rollout), rs = paint(R, rg, S.leaveOut, true);
+      S.rolloutScale = [rs.min, rs.max];
       capR.textContent = "Attention rollout (Abnar & Zuidema 2020), row: " + D.rollout_settings.row + ", head fusion " + D.rollout_settings.head_fusion +
-        ", discard ratio " + D.rollout_settings.discard_ratio + ", A' = norm(0.5 A + 0.5 I). Colour: 0 to " + rmax.toPrecision(3) +
+        ", discard ratio " + D.rollout_settings.discard_ratio + ", A' = norm(0.5 A + 0.5 I). Colour: " + rs.min.toPrecision(3) + " to " +
+        rs.max.toPrecision(3) + " (scale: min to max, not from 0)" +
         (S.leaveOut && D.sinks.length ? " (sink patches left out, grey)" : "") + "." +
         (D.sinks.length ? " Sink patches: " + D.sinks.map(function (s) { return "(row " + s.row + ", col " + s.col + ") " + (100 * s.share).toFixed(0) + "% of the " + s.signal; }).join("; ") + "." : " No attention sinks found.");
       layerSel.value = String(S.layer); headSel.value = S.head == null ? "mean" : String(S.head);
@@ -600,7 +618,8 @@
     }
     function state() {
       return { type: "image", layer: S.layer, head: S.head, token: S.hover != null ? S.hover : S.query, pinned: S.query,
-        sinks: S.sinks, leave_out_sinks: S.leaveOut, grid: D.grid.slice(), prefix_tokens: P };
+        sinks: S.sinks, leave_out_sinks: S.leaveOut, grid: D.grid.slice(), prefix_tokens: P,
+        rollout_scale: S.rolloutScale ? S.rolloutScale.slice() : null };
     }
     function links() {
       var t = S.hover != null ? S.hover : S.query, from = t != null ? t : (D.cls_index != null ? D.cls_index : -1), out = [];

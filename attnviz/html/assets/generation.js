@@ -6,7 +6,7 @@
   var D = JSON.parse(document.getElementById("attnviz-data").textContent);
   var app = document.getElementById("app");
 
-  var el = attnvizKit.el, bytes = attnvizKit.bytes;
+  var el = attnvizKit.el, bytes = attnvizKit.bytes, iso = attnvizKit.iso, put = attnvizKit.put;
   function f32(b64) { var b = bytes(b64); return new Float32Array(b.buffer, 0, b.length / 4); }
   var BLUES = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
   function cmap(t) {
@@ -15,6 +15,7 @@
     return [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f];
   }
   function show(label) { return JSON.stringify(label).slice(1, -1); }
+  function quoted(label) { return ["'", iso(show(label)), "'"]; }
 
   var L = D.num_layers, H = D.num_heads, G = D.num_generated, TOP = 10;
   var kinds = {};
@@ -33,17 +34,25 @@
   }
   // keys step `step` could see: the context and the generated tokens up to itself (self); every source token (cross)
   function visible(kind, step) { var d = kinds[kind]; return d.boundary == null ? d.K : Math.min(d.K, d.boundary + step + 1); }
+  // keys the "strongest earlier tokens" may list (attnviz.analysis.generation.eligible; the rule is D.rules[kind]):
+  // self: strictly earlier than the step itself, not the first key position (attention sink), not special;
+  // cross: every source token that is not special
+  function eligible(kind, step, j) {
+    var d = kinds[kind];
+    if (d.special[j]) return false;
+    return d.boundary == null || (j > 0 && j < d.boundary + step);
+  }
 
   // ------------------------------------------------------------ layout
   app.textContent = "";
-  app.appendChild(el("h1", { text: "attnviz · " + D.model + " · generation" }));
+  app.appendChild(el("h1", null, ["attnviz · ", iso(D.label || D.model), " · generation"]));
   app.appendChild(el("p", { cls: "meta", text: D.model_type + " · " + L + " layers × " + H + " heads · prompt " + D.prompt_length +
     " tokens · " + G + " generated" + (D.stopped_at_eos ? " (stopped at EOS)" : "") + " · backend " + D.backend }));
   if (D.notice) app.appendChild(el("p", { cls: "note", text: D.notice }));
   app.appendChild(el("p", { cls: "note", text: "Weights: " + D.quantisation + ". Map colours: each row scaled to its own maximum." }));
 
   app.appendChild(el("h2", { text: "Generated text" }));
-  var gentext = el("div", { cls: "gentext" }, [el("span", { cls: "prompt", text: D.prompt + " " })]);
+  var gentext = el("div", { cls: "gentext" }, [el("span", { cls: "prompt", text: D.prompt }), " "]);
   var chips = D.generated.map(function (t, i) {
     var c = el("span", { cls: "tok gen" + (D.generated_special[i] ? " special" : ""), text: show(t), "data-step": String(i),
       title: "step " + i + " · p = " + D.probabilities[i].toFixed(3), onclick: function () { select({ step: i }); } });
@@ -87,6 +96,8 @@
     return c;
   });
   app.appendChild(el("h2", { id: "top-title", text: "Strongest earlier tokens" }));
+  var topRule = el("p", { cls: "note", id: "top-rule" });
+  app.appendChild(topRule);
   var topBox = el("div");
   app.appendChild(topBox);
 
@@ -134,12 +145,19 @@
     out.sort(function (a, b) { return b.weight - a.weight || a.to - b.to; });
     return out;
   }
+  // the table's rows: the step's eligible keys by decreasing weight (ties: earlier key first), at most TOP
+  function top() {
+    return links().filter(function (x) { return eligible(S.kind, S.step, x.to); }).slice(0, TOP);
+  }
   function drawTop() {
     topBox.textContent = "";
     if (S.step == null) return;
-    var d = kinds[S.kind], ls = links().slice(0, TOP), best = ls.length ? ls[0].weight : 0;
-    document.getElementById("top-title").textContent = "Strongest " + (S.kind === "cross" ? "source" : "earlier") + " tokens of step " +
-      S.step + " '" + show(D.generated[S.step]) + "'";
+    var d = kinds[S.kind], ls = top(), best = ls.length ? ls[0].weight : 0;
+    put(document.getElementById("top-title"), ["Strongest " + (S.kind === "cross" ? "source" : "earlier") + " tokens of step " +
+      S.step + " "].concat(quoted(D.generated[S.step])));
+    topRule.textContent = "Listed: the " + D.rules[S.kind] + ", by weight in the layer and head shown" +
+      (S.kind === "cross" ? "." : " (the token itself is not an earlier token).");
+    if (!ls.length) { topBox.appendChild(el("p", { cls: "note", text: "No key is eligible at this step." })); return; }
     var t = el("table", { cls: "top" });
     ls.forEach(function (k) {
       t.appendChild(el("tr", {}, [
@@ -162,8 +180,8 @@
     var d = kinds[S.kind];
     if (i < 0 || i >= G || j < 0 || j >= d.K) return;
     var w = row(S.kind, S.layer, S.head, i)[j];
-    status.textContent = "step " + i + " '" + show(D.generated[i]) + "' → key " + j + " '" + show(d.keys[j]) + "'" +
-      (d.boundary != null ? (j < d.boundary ? " (prompt)" : " (generated)") : " (source)") + ": " + w.toFixed(4);
+    put(status, ["step " + i + " "].concat(quoted(D.generated[i]), [" → key " + j + " "], quoted(d.keys[j]),
+      [(d.boundary != null ? (j < d.boundary ? " (prompt)" : " (generated)") : " (source)") + ": " + w.toFixed(4)]));
   });
   canvas.addEventListener("click", function (ev) {
     var r = canvas.getBoundingClientRect(), i = Math.floor((ev.clientY - r.top) / RH);
@@ -181,6 +199,6 @@
     return state();
   }
   function state() { return { kind: S.kind, layer: S.layer, head: S.head, step: S.step }; }
-  window.attnviz = { select: select, state: state, links: links, data: D };
+  window.attnviz = { select: select, state: state, links: links, top: top, data: D };
   if (G) refresh(); else status.textContent = "nothing was generated";
 })();

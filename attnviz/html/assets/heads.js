@@ -8,7 +8,7 @@
   var SVG = "http://www.w3.org/2000/svg";
   var L = D.num_layers, H = D.num_heads;
 
-  var el = attnvizKit.el;
+  var el = attnvizKit.el, iso = attnvizKit.iso;
   function sv(tag, attrs) {
     var e = document.createElementNS(SVG, tag);
     for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
@@ -60,11 +60,11 @@
   // ---------------------------------------------------------------- layout
   var c = D.corpus, st = D.settings;
   app.textContent = "";
-  app.appendChild(el("h1", { text: "attnviz heads · " + D.label }));
+  app.appendChild(el("h1", null, ["attnviz heads · ", iso(D.label)]));
   app.appendChild(el("p", { cls: "meta", text: D.model_type + " · " + L + " layers × " + H + " heads · " +
     (D.causal ? "causal" : "bidirectional") + " · backend " + D.backend }));
-  app.appendChild(el("p", { cls: "meta", text: "corpus " + c.path + " · " + c.examples + " examples · " + c.tokens +
-    " tokens · " + c.query_units + " query units · " + c.truncated_examples + " truncated · counted in " + st.units }));
+  app.appendChild(el("p", { cls: "meta" }, ["corpus ", iso(c.path), " · " + c.examples + " examples · " + c.tokens +
+    " tokens · " + c.query_units + " query units · " + c.truncated_examples + " truncated · counted in " + st.units]));
   app.appendChild(el("p", { cls: "meta", text: "engine " + st.engine + " · batch size " + st.batch_size +
     " · max length " + (st.max_length == null ? "model's limit" : st.max_length) + " · limit " + (st.limit == null ? "none" : st.limit) +
     " · head map: " + st.cluster_queries + " query units of one example in " + st.cluster_every +
