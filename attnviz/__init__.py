@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from attnviz.errors import AttnvizError, InputError, ModelError, OutputError, UsageError
-from attnviz.types import AttentionMaps, GenerationAttention, ImageAttention, Prediction, TextAttention, TokenInfo
+from attnviz.types import (
+    AttentionMaps, GenerationAttention, ImageAttention, Prediction, TextAttention, TokenInfo, register_html_display,
+)
 
 from attnviz.version import __version__
 
@@ -43,6 +45,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.generate import attend_generation, load_generation_model
     from attnviz.inputs.patches import attend_image, load_image_model
     from attnviz.inputs.tokens import attend_text, load_text_model
+
+
+def _display_html(result):
+    """The notebook display (``_repr_html_``), drawn by :mod:`attnviz.html`, imported on the first display."""
+    from attnviz.html import repr_html
+
+    return repr_html(result)
+
+
+register_html_display(_display_html)
 
 
 def __getattr__(name: str):

@@ -444,7 +444,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
         if html:
             from attnviz.html import text_page
 
-            output.page(text_page(result, focus, spec, layer, head, collector), "report")
+            output.page(text_page(result, focus, spec, layer, head, collector, label=style.model_label(result.model_id)), "report")
         if tensor_path is not None and writer is None:
             _save_full(result, output.tensor_target(tensor_path), request.half)
     notify_left_alone(output)
