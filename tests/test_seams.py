@@ -347,3 +347,23 @@ def test_a_very_long_label_is_shortened_in_titles():
 
     label = Style.from_options("column", label="VeryLongModelName" * 200).model_label("x")
     assert len(label) == LABEL_CHARS and label.endswith("…")
+
+
+def test_cjk_tokens_are_drawn_with_a_fallback_font():
+    """Views draw a CJK token with an installed CJK font, not as an empty box (a 'Glyph ... missing' warning)."""
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from attnviz import attend_text
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.render.layout import font_families
+    from attnviz.render.text import matrix_view
+
+    if len(font_families()) < 2:
+        pytest.skip("no CJK font installed (Debian: apt-get install fonts-wqy-microhei)")
+    fig = matrix_view(attend_text("Hello 世界 ok"), 0, None, ViewSpec(words=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FigureCanvasAgg(fig).draw()
+    assert not [w for w in caught if "missing from font" in str(w.message)]

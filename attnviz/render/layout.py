@@ -170,6 +170,44 @@ class Style:
 DEFAULT_STYLE = Style()
 
 
+#: Fonts that views fall back to, glyph by glyph, for characters DejaVu Sans lacks (Chinese, Japanese, Korean...),
+#: in this order, where they are installed (Debian: fonts-noto-cjk, fonts-wqy-microhei, fonts-droid-fallback).
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans", "Source Han Sans SC",
+    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "AR PL UMing CN", "Noto Sans", "Noto Sans Symbols",
+)
+_FAMILIES: list[str] | None = None
+
+
+def font_families() -> list[str]:
+    """``["DejaVu Sans", <installed fallback fonts>]``: matplotlib draws each glyph with the first family that has it."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        from matplotlib import font_manager
+
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+        _FAMILIES = ["DejaVu Sans"] + [name for name in FALLBACK_FONTS if name in installed]
+    return list(_FAMILIES)
+
+
+def with_fonts(view):
+    """Decorator for a view: its texts are made with :func:`font_families` (so a CJK token is drawn, not a box),
+    without changing the caller's matplotlib settings."""
+    import functools
+
+    @functools.wraps(view)
+    def drawn(*args, **kwargs):
+        import logging
+
+        import matplotlib
+
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "no bold weight" for a fallback font
+        with matplotlib.rc_context({"font.family": font_families()}):
+            return view(*args, **kwargs)
+
+    return drawn
+
+
 def parse_size(text: str) -> tuple[str, float | None, float | None]:
     """``"column"`` -> ``("column", 3.3, None)``, ``"page"`` -> ``("page", 6.9, None)``, ``"screen"`` ->
     ``("screen", None, None)``, ``"5x4"`` -> ``("5x4", 5.0, 4.0)`` (inches).

@@ -55,7 +55,9 @@ from attnviz.render.common import (
     scale_label,
     text_color_on,
 )
-from attnviz.render.layout import DEFAULT_STYLE, MIN_FONT_PT, Style, attach_metadata, max_chars, scale_note, thin_step, thinned
+from attnviz.render.layout import (
+    DEFAULT_STYLE, MIN_FONT_PT, Style, attach_metadata, max_chars, scale_note, thin_step, thinned, with_fonts,
+)
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps, TextAttention, TokenInfo
 
 __all__ = ["head_view", "model_view", "focus_view", "matrix_view", "maps_for", "causal_mask", "head_view_links"]
@@ -193,6 +195,7 @@ def head_view_links(w: np.ndarray, mask: np.ndarray | None, top_k: int, skip_que
     return qs[keep], ks[keep], np.clip(vals[keep], 0.0, 1.0)
 
 
+@with_fonts
 def head_view(
     result: TextAttention,
     layer: int,
@@ -403,6 +406,7 @@ def _tick_labels(units: Units, idx: list[int], indexed: bool, chars: int) -> lis
             for i in idx]
 
 
+@with_fonts
 def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewSpec, kind: str = SELF,
                 focus: tuple[int, ...] | None = None, style: Style = DEFAULT_STYLE) -> Figure:
     """One head (or the head mean) as a query x key heatmap.
@@ -565,6 +569,7 @@ def matrix_view(result: TextAttention, layer: int, head: int | None, spec: ViewS
 # model view
 
 
+@with_fonts
 def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF, style: Style = DEFAULT_STYLE) -> Figure:
     """Every layer and head in one grid of small heatmaps (rows: layers, columns: heads).
 
@@ -727,6 +732,7 @@ def model_view(result: TextAttention, spec: ViewSpec, kind: str = SELF, style: S
 # focus view
 
 
+@with_fonts
 def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style = DEFAULT_STYLE) -> Figure:
     """Which heads link the focus token where: a layers x heads heatmap.
 
