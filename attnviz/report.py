@@ -523,7 +523,7 @@ def _claim(folder: Path, target: Path, command: str, label: str, hint: str) -> P
         try:
             path.write_text(json.dumps(doc), encoding="utf-8")
         except OSError as exc:
-            raise OutputError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot write to '{folder}': creating a file there fails ({exc.strerror or exc})") from exc
     return path
 
 

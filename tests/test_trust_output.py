@@ -414,3 +414,10 @@ def test_uncached_hub_id_fails_at_once_offline(monkeypatch):
     finally:
         models._hub_offline.cache_clear()
     assert time.perf_counter() - start < 2
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_out_folder_that_takes_no_files_is_found_at_check():
+    """``--out /proc/x`` passes os.access as root; the claim file written at check() finds it before any work."""
+    with pytest.raises(OutputError, match="cannot write to '/proc'"):
+        RunOutput("/proc/attnviz-test-out", command="text").check(["a.png"])
