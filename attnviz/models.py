@@ -83,7 +83,8 @@ def resolve_model(name: str) -> ModelSource:
 @functools.lru_cache(maxsize=1)
 def _hub_offline() -> str | None:
     """Why the Hub is off limits, or None: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set (read now, as
-    huggingface_hub reads it at import), or the Hub's host does not answer within a second (asked once a process)."""
+    huggingface_hub reads it at import), or the Hub's host (``HF_ENDPOINT``) does not take a TCP connection within
+    a second (tried once a process; not tried when a proxy is configured for it)."""
     import os
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -99,8 +100,12 @@ def _hub_offline() -> str | None:
         return None
     import socket
     from urllib.parse import urlparse
+    from urllib.request import getproxies, proxy_bypass
 
     url = urlparse(endpoint)
+    proxies = getproxies()
+    if (proxies.get(url.scheme) or proxies.get("all")) and not proxy_bypass(url.hostname or ""):
+        return None  # the Hub is reached through a proxy: let huggingface_hub try
     try:
         with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=1.0):
             return None

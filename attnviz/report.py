@@ -666,7 +666,7 @@ class RunOutput:
         self._tensor: tuple[Path, _Place] | None = None
         self._claims: list[Path] = []
         self._claimed: set[str] = set()
-        self._release = weakref.finalize(self, _release, self._claims)  # also when dropped unfinished, or at exit
+        self._finalizer = weakref.finalize(self, _release, self._claims)  # also when dropped unfinished, or at exit
         self.files: list[Path] = []
         self.tensor: Path | None = None
         self.left_alone: list[Path] = []

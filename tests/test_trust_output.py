@@ -397,8 +397,8 @@ def test_uncached_hub_id_fails_at_once_offline(monkeypatch):
     assert time.perf_counter() - start < 2
 
     # without HF_HUB_OFFLINE and without a network: one connection attempt, not ~30 s of retries
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     import socket
 
@@ -421,3 +421,27 @@ def test_out_folder_that_takes_no_files_is_found_at_check():
     """``--out /proc/x`` passes os.access as root; the claim file written at check() finds it before any work."""
     with pytest.raises(OutputError, match="cannot write to '/proc'"):
         RunOutput("/proc/attnviz-test-out", command="text").check(["a.png"])
+
+
+def test_hub_behind_a_proxy_is_not_probed(monkeypatch):
+    """With a proxy configured, a direct connection failing says nothing: huggingface_hub decides."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from attnviz import models
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError(101, "unreachable")))
+    models._hub_offline.cache_clear()
+    try:
+        assert models._hub_offline() is None
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.delenv("https_proxy", raising=False)
+        models._hub_offline.cache_clear()
+        assert "cannot be reached" in models._hub_offline()
+    finally:
+        models._hub_offline.cache_clear()
