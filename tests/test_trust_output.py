@@ -445,3 +445,25 @@ def test_hub_behind_a_proxy_is_not_probed(monkeypatch):
         assert "cannot be reached" in models._hub_offline()
     finally:
         models._hub_offline.cache_clear()
+
+
+def test_a_mismatched_task_head_is_a_new_head_not_an_error(bert, tmp_path):
+    """A classifier saved for 2 labels, loaded with a config of 3: the attention path is complete, so the
+    model loads and only the head counts as new (shown without predictions)."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from attnviz.models import LoadOptions, load_model, resolve_model
+
+    folder = tmp_path / "cls"
+    AutoModelForSequenceClassification.from_pretrained(bert, num_labels=2).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): f"L{i}" for i in range(3)}
+    config["label2id"] = {f"L{i}": i for i in range(3)}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert AutoConfig.from_pretrained(folder).num_labels == 3
+    model = load_model(resolve_model(str(folder)), AutoModelForSequenceClassification, LoadOptions())
+    assert set(model.attnviz_new_head) == {"classifier.weight", "classifier.bias"}
+    assert model.attnviz_random_weights == ()
+    assert model.classifier.weight.shape == (3, 32)
