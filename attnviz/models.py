@@ -51,13 +51,13 @@ class LoadOptions:
 
 
 def resolve_model(name: str) -> ModelSource:
-    """Turn ``--model`` into a location transformers can load.
+    """Turn ``--model`` into a location transformers can load (milliseconds: no imports, no network).
 
-    Reads no weights and imports no transformers (milliseconds; a Hub id costs a cache lookup).
+    Whether a Hub id can be had is checked by :func:`load_config` (:func:`check_reachable`), so
+    that cheaper mistakes (a missing input file) are reported first.
 
     Raises:
-        ModelError: a path that does not exist, a folder without config.json, or a Hub id that is
-            not in the local cache while the Hub is off limits (:func:`check_reachable`).
+        ModelError: a path that does not exist, or a folder without config.json.
     """
     if name == DEFAULT_TEXT_MODEL:
         try:
@@ -75,9 +75,7 @@ def resolve_model(name: str) -> ModelSource:
         raise ModelError(f"'{name}' is a file, not a model folder or Hub id")
     if not _HUB_ID.match(name):
         raise ModelError(f"model folder '{name}' does not exist (and it is not a Hub id such as org/name)")
-    source = ModelSource(name, name)
-    check_reachable(source)
-    return source
+    return ModelSource(name, name)
 
 
 @functools.lru_cache(maxsize=1)

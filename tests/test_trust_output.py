@@ -226,6 +226,43 @@ def test_a_second_run_into_a_claimed_folder_fails_before_working(bert, tmp_path,
     assert temporaries(tmp_path, out) == []
 
 
+RACER = textwrap.dedent("""
+    import sys, time
+    from attnviz.errors import OutputError
+    from attnviz.report import RunOutput
+    out = RunOutput(sys.argv[1], command="racer")
+    while time.time() < float(sys.argv[2]):
+        pass
+    try:
+        out.check(["a.txt"])
+    except OutputError as exc:
+        print("refused", exc, flush=True)
+        sys.exit(5)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_runs_started_together_get_the_folder_once(tmp_path, exists):
+    out = tmp_path / "out"
+    if exists:
+        out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = time.time() + 1.5  # all check() at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(out), str(start)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    try:
+        firsts = [p.stdout.readline().strip() for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=30)
+    assert sum(line == "ready" for line in firsts) == 1, firsts
+    assert sorted(p.returncode for p in procs) == [0, 5, 5, 5]
+    assert temporaries(tmp_path, out) == []
+
+
 def test_a_claim_of_a_dead_process_does_not_block(tmp_path):
     out = tmp_path / "out"
     holder = hold(out)
