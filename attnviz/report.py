@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
@@ -101,7 +102,8 @@ def check_tensor_path(path: str | os.PathLike) -> Path:
     """Validate a ``--save-attn`` destination before any work is done (creates nothing).
 
     Raises:
-        OutputError: the path is a folder, lacks the .safetensors suffix, or a parent is a file.
+        OutputError: the path is a folder, lacks the .safetensors suffix, a parent is a file, a symbolic
+            link loop or a dangling link, or the deepest existing folder on the way cannot be written.
     """
     p = Path(path).expanduser()
     if p.is_dir():
@@ -109,11 +111,45 @@ def check_tensor_path(path: str | os.PathLike) -> Path:
     if p.suffix != ".safetensors":
         raise OutputError(f"--save-attn '{p}' must end in .safetensors")
     for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"--save-attn '{p}': '{parent}' is a file, not a folder")
+        if parent.exists() or parent.is_symlink():
+            _check_folder(parent, f"--save-attn '{p}': ")
             break
     return p
+
+
+def _check_folder(folder: Path, prefix: str = "") -> None:
+    """Refuse an existing ``folder`` (the deepest existing one on the way to an output) that cannot take files.
+
+    Raises:
+        OutputError: a file, a symbolic link loop or dangling link, or not writable.
+    """
+    import errno
+
+    if folder.is_symlink() and not folder.exists():
+        try:
+            os.stat(folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"{prefix}'{folder}' is a symbolic link loop") from None
+        raise OutputError(f"{prefix}'{folder}' is a symbolic link to '{os.readlink(folder)}', which does not exist")
+    if not folder.is_dir():
+        raise OutputError(f"{prefix}'{folder}' is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{prefix}cannot write to '{folder}': permission denied")
+
+
+def check_out_dir(value: str | os.PathLike) -> Path:
+    """Refuse an empty ``--out`` (it would silently mean the current folder); returns the folder as a Path.
+
+    The CLI must check the option's text before it becomes a ``Path`` (``Path("")`` is ``.``).
+
+    Raises:
+        OutputError: ``value`` is empty or only whitespace.
+    """
+    text = os.fspath(value)
+    if not str(text).strip():
+        raise OutputError("--out is empty; give a folder (--out . for the current one)")
+    return Path(text).expanduser()
 
 
 def _tensor_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
@@ -405,6 +441,101 @@ def _temp_name() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.part"
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux ``/proc/<pid>/stat`` field 22, clock ticks since boot), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _claim_holder(entry: Path) -> dict | None:
+    """The live claim recorded in ``entry`` (``{"pid", "start", "target", "command"}``), or None when its
+    process is gone (or its pid now belongs to another process)."""
+    try:
+        doc = json.loads(entry.read_text(encoding="utf-8"))
+        pid = int(doc["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    start = doc.get("start")
+    if start is not None and _process_start(pid) not in (None, start):
+        return None  # the pid was reused by another process
+    return doc
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``folder`` itself (a descriptor of the folder, no lock file) for a
+    moment; the kernel drops it if the process dies. No-op where there is no ``fcntl`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: the claims alone still catch runs that do not start together
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def _claim(folder: Path, target: Path, command: str, label: str, hint: str) -> Path:
+    """Claim ``target`` (a folder or file to be created or replaced in ``folder``) for this process.
+
+    The claim is a small ``.attnviz-<pid>-lock-<random>.part`` file in ``folder`` naming the target;
+    checking the other claims and writing this one happen under :func:`_folder_lock`, so of two runs
+    that start together exactly one gets the target. Claims of processes that are gone are ignored
+    and removed (as every ``.part`` of a dead process is, :func:`remove_stale_temporaries`).
+
+    Raises:
+        OutputError: a live attnviz process (another pid) holds a claim on ``target``.
+    """
+    import secrets
+
+    key = os.path.abspath(target)
+    with _folder_lock(folder):
+        try:
+            entries = list(folder.iterdir())
+        except OSError as exc:
+            raise OutputError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(".part") and "-lock-" in name):
+                continue
+            holder = _claim_holder(entry)
+            if holder is None:
+                entry.unlink(missing_ok=True)  # a dead process's claim never blocks
+                continue
+            if int(holder["pid"]) != os.getpid() and holder.get("target") == key:
+                other = f", '{holder['command']}'" if holder.get("command") else ""
+                raise OutputError(f"{label} is being written by another attnviz run (pid {holder['pid']}{other}); {hint}")
+        path = folder / f"{TEMP_PREFIX}{os.getpid()}-lock-{secrets.token_hex(4)}.part"
+        doc = {"pid": os.getpid(), "start": _process_start(os.getpid()), "target": key, "command": command}
+        try:
+            path.write_text(json.dumps(doc), encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write to '{folder}': creating a file there fails ({exc.strerror or exc})") from exc
+    return path
+
+
+def _release(claims: list[Path]) -> None:
+    """Remove claim files (idempotent; also run by a finaliser when a RunOutput is dropped or Python exits)."""
+    while claims:
+        claims.pop().unlink(missing_ok=True)
+
+
 class _Place:
     """A destination folder that may not exist yet; files are staged in a temporary folder and moved in on commit.
 
@@ -422,8 +553,7 @@ class _Place:
             probe = probe.parent
         if probe.exists() and not probe.is_dir():
             raise OutputError(f"'{probe}' is a file, so '{folder}' cannot be a folder")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write to '{probe}': permission denied")
+        _check_folder(probe)
         self.existing = probe  # the deepest folder that exists
         self.exists = probe == folder
         self._stage: Path | None = None
@@ -431,6 +561,11 @@ class _Place:
     @property
     def first_missing(self) -> Path:
         return self.folder if self.exists else Path(self.existing, self.folder.relative_to(self.existing).parts[0])
+
+    def claim(self, command: str, label: str, hint: str, target: Path | None = None) -> Path:
+        """Claim what this place creates (its folder, or the first missing folder on the way; ``target`` instead
+        when given) against concurrent attnviz runs (:func:`_claim`). Raises OutputError when another holds it."""
+        return _claim(self.existing, target if target is not None else self.first_missing, command, label, hint)
 
     def stage(self) -> Path:
         """The staged counterpart of :attr:`folder` (created on first use)."""
@@ -490,7 +625,18 @@ class RunOutput:
     - nothing is ever written onto a file in ``protect`` (the model's and tokenizer's
       files), whatever ``force`` says;
     - the tensor file may replace only an attention file attnviz wrote
-      (:func:`is_attnviz_tensor_file`) unless ``force``.
+      (:func:`is_attnviz_tensor_file`) unless ``force``;
+    - one run at a time per destination: :meth:`check` claims the output folder (and a
+      ``--save-attn`` file elsewhere) with a ``.attnviz-<pid>-lock-<random>.part`` file in the
+      deepest existing folder, written under an ``fcntl.flock`` of that folder; another run
+      into the same place then fails at its own check, naming this run's pid. The claim is
+      removed at commit or abort (and when the object is dropped or Python exits); a claim
+      whose process is gone never blocks and is removed by the next run.
+
+    After :meth:`commit`, :attr:`files` lists the final paths, :attr:`removed` the previous
+    run's outputs that were removed (:attr:`previous_command`: that run's command;
+    :func:`describe_removed` says it in one line) and :attr:`left_alone` those kept because
+    they changed since.
 
     Usage::
 
@@ -502,13 +648,14 @@ class RunOutput:
         out.files  # final paths
 
     Raises:
-        OutputError: a destination that is a folder/file of the wrong kind, not writable,
-            a user's file in the way, or a protected file.
+        OutputError: an empty ``out_dir``; a destination that is a folder/file of the wrong kind,
+            a symbolic link loop, not writable, a user's file in the way, a protected file, or
+            claimed by another attnviz run.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, command: str, settings: Mapping[str, object] | None = None,
                  force: bool = False, protect: "set[str] | frozenset[str]" = frozenset(), stamp: str | None = None):
-        self.out_dir = Path(out_dir).expanduser()
+        self.out_dir = check_out_dir(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise OutputError(f"output folder '{self.out_dir}' is a file")
         self.command = command
@@ -520,9 +667,54 @@ class RunOutput:
         self._previous = read_manifest(self.out_dir) if self._place.exists else {}
         self._names: list[str] = []
         self._tensor: tuple[Path, _Place] | None = None
+        self._claims: list[Path] = []
+        self._claimed: set[str] = set()
+        self._finalizer = weakref.finalize(self, _release, self._claims)  # also when dropped unfinished, or at exit
         self.files: list[Path] = []
         self.tensor: Path | None = None
         self.left_alone: list[Path] = []
+        self.removed: list[Path] = []
+        self.previous_command: str | None = None
+
+    # -- the lock ---------------------------------------------------------
+
+    def _lock(self) -> None:
+        """Claim the output folder against concurrent attnviz runs (once; released at commit or abort).
+
+        Re-reads where the folder stands (another run may have created it meanwhile) and its manifest.
+
+        Raises:
+            OutputError: another live attnviz run is writing into the same folder (naming its pid).
+        """
+        if "out" in self._claimed:
+            return
+        if self._place._stage is None:
+            self._place = _Place(self.out_dir)
+        self._claims.append(self._place.claim(
+            self.command, f"output folder '{self.out_dir}'", "wait for it to finish or choose another --out"))
+        self._claimed.add("out")
+        self._previous = read_manifest(self.out_dir) if self._place.exists else {}
+
+    def _lock_tensor(self, final: Path) -> None:
+        """Claim a ``--save-attn`` file outside the output folder (its folder when that is created)."""
+        folder = os.path.abspath(final.parent)
+        if folder == os.path.abspath(self.out_dir):
+            return
+        if not self._place.exists and (folder + os.sep).startswith(os.path.abspath(self._place.first_missing) + os.sep):
+            return  # inside the folder tree this run creates: covered by the output folder's claim
+        key = os.path.abspath(final)
+        if key in self._claimed:
+            return
+        place = _Place(final.parent)
+        self._claims.append(place.claim(
+            self.command, f"--save-attn '{final}'", "wait for it to finish or choose another --save-attn",
+            target=final if place.exists else None))
+        self._claimed.add(key)
+
+    def release(self) -> None:
+        """Drop this run's claims on its destinations (idempotent; :meth:`commit` and :meth:`abort` call it)."""
+        _release(self._claims)
+        self._claimed.clear()
 
     # -- checks -----------------------------------------------------------
 
@@ -547,19 +739,25 @@ class RunOutput:
     def check(self, names=(), tensor: str | os.PathLike | None = None) -> None:
         """Check destinations before any work: ``names`` in the output folder, ``tensor`` anywhere.
 
+        Also claims the destinations against other attnviz runs (:meth:`_lock`): from here until
+        :meth:`commit` or :meth:`abort`, another run into the same folder fails at its own ``check``.
+
         Raises:
-            OutputError: see the class docstring.
+            OutputError: see the class docstring; another run is writing there.
         """
+        self._lock()
         for name in names:
             self._check_target(self.out_dir / name, self._owned(name), "a report to")
         if tensor is not None:
             path = check_tensor_path(tensor)
             self._check_target(path, is_attnviz_tensor_file(path), "attention to")
+            self._lock_tensor(path)
 
     # -- writing ----------------------------------------------------------
 
     def path(self, name: str) -> Path:
         """A staged path to write the output folder's file ``name`` to (moved into place on commit)."""
+        self._lock()
         if name in self._names:
             raise OutputError(f"two outputs of this run are both named '{name}'")
         self._check_target(self.out_dir / name, self._owned(name), "a report to")
@@ -589,6 +787,8 @@ class RunOutput:
     def tensor_target(self, path: str | os.PathLike) -> Path:
         """A staged path for the attention file ``path`` (``--save-attn``); moved into place on commit."""
         final = check_tensor_path(path)
+        self._lock()
+        self._lock_tensor(final)
         self._check_target(final, is_attnviz_tensor_file(final), "attention to")
         if os.path.abspath(final.parent) == os.path.abspath(self.out_dir):
             self._tensor = (final, self._place)
@@ -604,7 +804,12 @@ class RunOutput:
     # -- commit / abort ---------------------------------------------------
 
     def commit(self) -> list[Path]:
-        """Move every staged file into place, write the manifest, remove the previous run's leftovers."""
+        """Move every staged file into place, write the manifest, remove the previous run's leftovers.
+
+        What was removed is in :attr:`removed` (with the previous run's command in
+        :attr:`previous_command`; :func:`describe_removed` says it in one line). Releases the claims.
+        """
+        self._lock()
         for name in self._names:
             self._check_target(self.out_dir / name, self._owned(name), "a report to")
         if self._tensor is not None and self._tensor[1] is not self._place:
@@ -644,9 +849,14 @@ class RunOutput:
             old = self.out_dir / name
             if _same_file(old, recorded):
                 old.unlink(missing_ok=True)
+                self.removed.append(old)
             elif old.exists() or old.is_symlink():
                 self.left_alone.append(old)
+        if self.removed:
+            command = self._previous.get("command")
+            self.previous_command = command if isinstance(command, str) else None
         self.files = [self.out_dir / n for n in self._names if self._tensor is None or self.out_dir / n != self._tensor[0]]
+        self.release()
         return self.files
 
     @staticmethod
@@ -662,10 +872,11 @@ class RunOutput:
             place._stage = None
 
     def abort(self) -> None:
-        """Remove everything staged (idempotent)."""
+        """Remove everything staged and drop the claims (idempotent)."""
         self._place.discard()
         if self._tensor is not None:
             self._tensor[1].discard()
+        self.release()
 
     def __enter__(self) -> "RunOutput":
         return self
@@ -679,6 +890,23 @@ class RunOutput:
         except BaseException:
             self.abort()
             raise
+
+
+def describe_removed(output: RunOutput, limit: int = 6) -> str | None:
+    """One line saying which of the previous run's outputs ``output``'s commit removed, or None when none.
+
+    E.g. ``removed 4 files of the previous 'text' run in attnviz-out: head-view.png, matrix.png,
+    model-view.png, focus-view.png``; more than ``limit`` names end in "and N more". Pipelines pass it
+    to :func:`attnviz.pipelines.common.notify` after the commit.
+    """
+    if not output.removed:
+        return None
+    n = len(output.removed)
+    names = [p.name for p in output.removed[:limit]]
+    if n > limit:
+        names.append(f"and {n - limit} more")
+    run = f"the previous '{output.previous_command}' run" if output.previous_command else "the previous run"
+    return f"removed {n} file{'s' if n != 1 else ''} of {run} in {output.out_dir}: {', '.join(names)}"
 
 
 def _version() -> str:
@@ -702,7 +930,9 @@ def model_files(location: str | os.PathLike) -> frozenset[str]:
 
 
 def is_attnviz_tensor_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an attention file attnviz wrote (safetensors with attnviz's tensor names and metadata)."""
+    """Whether ``path`` is an attention file attnviz wrote: a safetensors file (not a link) whose metadata says
+    ``"format": "attnviz-attention"`` (:func:`save_tensors`, :class:`AttentionWriter`). Nothing else is guessed to be
+    one: a file with attention-like tensor names but other metadata is the user's."""
     p = Path(path)
     if p.is_symlink() or not p.is_file():
         return False
@@ -715,12 +945,7 @@ def is_attnviz_tensor_file(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict):
-        return False
-    if meta.get("format") == "attnviz-attention":
-        return True
-    names = {k for k in header if k != "__metadata__"}
-    return "model" in meta and bool(names) and names <= {"attentions", "rollout", "encoder_attentions", "decoder_attentions", "cross_attentions"}
+    return isinstance(meta, dict) and meta.get("format") == "attnviz-attention"
 
 
 # ---------------------------------------------------------------------------

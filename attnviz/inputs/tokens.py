@@ -109,16 +109,51 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadO
 
 
 def load_tokenizer(source: ModelSource, options: LoadOptions = LoadOptions()):
-    """The fast tokenizer of ``source``. Raises ModelError when there is none (attnviz needs word ids and offsets)."""
+    """The fast tokenizer of ``source`` (``AutoTokenizer``).
+
+    transformers builds a blank tokenizer from the config's class when a folder has no
+    tokenizer files (a BERT folder then turns every word into ``[UNK]``, a GPT-2 folder
+    into no token at all), so attnviz checks that there is one: a local folder must hold
+    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, a vocabulary or a
+    SentencePiece model), and the vocabulary must hold more than special tokens (at least
+    16 ordinary entries; a real one has hundreds at least, a byte-level one 256).
+
+    Raises:
+        ModelError: no tokenizer, a vocabulary of special tokens only, or no fast tokenizer
+            (attnviz needs word ids and offsets).
+    """
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    files = ("tokenizer.json", "tokenizer_config.json", "merges.txt", "special_tokens_map.json")  # or *.model, *vocab*
+    least = 16  # ordinary (non-special) vocabulary entries of any real tokenizer
     name = source.model_id
+    folder = Path(source.location)
+    if folder.is_dir() and not any(
+        (folder / f).is_file() for f in files
+    ) and not any(folder.glob("*.model")) and not any(folder.glob("*vocab*")):
+        raise ModelError(
+            f"'{name}' has no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary in the folder); "
+            "copy the model's tokenizer files into it"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for word ids and offsets")
+    backend = tokenizer.backend_tokenizer
+    specials = {str(t) for t in tokenizer.all_special_tokens} | set(tokenizer.get_added_vocab())
+    if backend.get_vocab_size(with_added_tokens=False) < least + len(specials):
+        ordinary = [t for t in backend.get_vocab(with_added_tokens=False) if t not in specials]
+        if len(ordinary) < least:
+            shown = ", ".join(sorted(specials)[:5]) + (", ..." if len(specials) > 5 else "")
+            raise ModelError(
+                f"'{name}' has no usable tokenizer: its vocabulary holds {len(ordinary)} ordinary token"
+                f"{'s' if len(ordinary) != 1 else ''} besides the special ones ({shown}), so every word would be unknown; "
+                "the tokenizer files are missing or incomplete"
+            )
     return tokenizer
 
 
