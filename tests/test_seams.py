@@ -367,3 +367,18 @@ def test_cjk_tokens_are_drawn_with_a_fallback_font():
         warnings.simplefilter("always")
         FigureCanvasAgg(fig).draw()
     assert not [w for w in caught if "missing from font" in str(w.message)]
+
+
+def test_a_run_says_which_previous_outputs_it_removed(tmp_path):
+    """Issue 21 #11: the README's rule (a new run removes the previous run's leftovers) is said in one line."""
+    first = invoke("text", "The cat sat on the mat.", "--out", tmp_path, "--views", "head,matrix")
+    assert first.exit_code == 0, first.output
+    second = invoke("text", "The cat sat on the mat.", "--out", tmp_path, "--views", "matrix")
+    assert second.exit_code == 0, second.output
+    assert "removed 1 file of the previous 'text' run" in second.stderr and "head-view.png" in second.stderr
+    assert not (tmp_path / "head-view.png").exists() and (tmp_path / "matrix.png").exists()
+
+
+def test_an_empty_out_is_refused(tmp_path):
+    result = invoke("text", "The cat sat.", "--out", "")
+    assert result.exit_code == 2 and "--out is empty" in result.stderr

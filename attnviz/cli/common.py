@@ -21,8 +21,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 INTERNAL_ERROR = 70
 
+def _out_dir(value: str) -> Path:
+    """``--out``: refuses an empty name (typer would read "" as the current folder)."""
+    from attnviz.errors import OutputError
+    from attnviz.report import check_out_dir
+
+    try:
+        return check_out_dir(value)
+    except OutputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 # Options every command shares (typer reads these defaults; nothing heavy is imported).
-OUT = typer.Option(Path("attnviz-out"), "--out", "-o", help="Folder for the reports.")
+OUT = typer.Option(Path("attnviz-out"), "--out", "-o", parser=_out_dir, help="Folder for the reports.")
 FORMAT = typer.Option("png", "--format", help="png, svg, pdf or html (interactive report.html); several with commas, e.g. png,html.")
 JSON = typer.Option(False, "--json", help="Print one JSON document instead of the summary.")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto.")

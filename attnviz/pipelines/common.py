@@ -172,7 +172,13 @@ def mark_random_weights(output: "RunOutput | None", model) -> str | None:
 
 
 def notify_left_alone(output: "RunOutput") -> None:
-    """One notice per previous output that the run left in place because it changed after attnviz wrote it."""
+    """After a run's commit: one notice naming the previous run's outputs it removed (README "What attnviz writes"),
+    and one per previous output left in place because it changed after attnviz wrote it."""
+    from attnviz.report import describe_removed
+
+    removed = describe_removed(output)
+    if removed:
+        notify(removed)
     for path in output.left_alone:
         notify(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
 
