@@ -910,7 +910,7 @@ def describe_removed(output: RunOutput, limit: int = 6) -> str | None:
 
 
 def _version() -> str:
-    from attnviz import __version__
+    from attnviz.version import __version__
 
     return __version__
 

@@ -360,12 +360,9 @@ def _rows_for(name: str, ours, ref, diffs: Mapping[str, float], grid=None) -> li
 
 def is_vision_config(config) -> bool:
     """True for the vision models ``attnviz image`` handles (or refuses as vision models), from the config."""
-    from attnviz import image, text
+    from attnviz.inputs import IMAGE, modality_of
 
-    mt = config.model_type
-    if mt in image._VISION_TOWER or mt in text._VISION_TYPES or mt in image._PREFIX or mt in image._WINDOWED:
-        return True
-    return hasattr(config, "vision_config") and not hasattr(config, "text_config")
+    return modality_of(config) is IMAGE
 
 
 def check_model(name: str, options=None) -> CheckReport:
