@@ -3,6 +3,7 @@
 - :mod:`attnviz.inputs.tokens` -- text: tokenizer, tokens and words (``attnviz text``, ``generate``, ``heads``)
 - :mod:`attnviz.inputs.patches` -- images: image processor, patch grid, prefix tokens (``attnviz image``)
 - :mod:`attnviz.inputs.imagefile` -- image files in, RGB pictures out
+- :mod:`attnviz.inputs.detection` -- object detectors: image processor, feature levels, boxes, deformable sampling (``attnviz detect``)
 - :mod:`attnviz.inputs.corpus` -- text corpora streamed from .txt/.jsonl/.csv/.parquet (``attnviz heads``)
 
 :data:`MODALITIES` is the table every command, ``attnviz check`` and the run-time check consult
@@ -46,7 +47,7 @@ AUDIO = Modality("audio", None, "speech model", frozenset({
     "unispeech", "unispeech-sat", "speech_to_text", "speecht5", "seamless_m4t", "seamless_m4t_v2", "audio-spectrogram-transformer",
     "clap", "encodec", "mimi", "moonshine", "musicgen", "pop2piano", "univnet", "clvp", "mctct", "qwen2_audio", "dac",
 }))
-DETECTION = Modality("detection", None, "object-detection model", frozenset({
+DETECTION = Modality("detection", "detect", "object-detection model", frozenset({
     "detr", "conditional_detr", "deformable_detr", "dab-detr", "yolos", "rt_detr", "rt_detr_v2", "d_fine",
     "table-transformer", "grounding-dino", "owlvit", "owlv2", "omdet-turbo", "mask2former", "maskformer", "oneformer",
 }))
