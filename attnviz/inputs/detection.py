@@ -211,12 +211,14 @@ class DeformableCalls:
     """What the hooks recorded, per kind (``"encoder"``, ``"cross"``), one entry per call in layer order.
 
     ``weights[kind][l]``: ``[Q, H, levels, points]`` float32; ``locations[kind][l]``: ``[Q, H, levels, points, 2]``
-    float32 (normalised x, y); ``shapes[kind]``: the levels' (rows, cols).
+    float32 (normalised x, y); ``references[kind][l]``: ``[Q, levels, 2]`` reference points (normalised x, y; the
+    centre of a ``[Q, levels, 4]`` reference box); ``shapes[kind]``: the levels' (rows, cols).
     """
 
     weights: dict[str, list] = field(default_factory=dict)
     locations: dict[str, list] = field(default_factory=dict)
     shapes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    references: dict[str, list] = field(default_factory=dict)
 
 
 def _deformable_kind(path: str) -> str:
@@ -244,10 +246,24 @@ def record_deformable(model, inputs: dict, run) -> tuple[Any, DeformableCalls]:
 
         return hook
 
+    def parent_hook_for(path: str):
+        kind = _deformable_kind(path)
+
+        def hook(mod, args, kwargs):
+            ref = kwargs.get("reference_points")
+            if ref is not None:
+                calls.references.setdefault(kind, []).append(ref[0, ..., :2].detach().float().cpu())
+
+        return hook
+
+    modules = dict(model.named_modules())
     try:
-        for path, module in model.named_modules():
+        for path, module in modules.items():
             if type(module).__name__ == DEFORMABLE_KERNEL:
                 handles.append(module.register_forward_pre_hook(hook_for(path, module), with_kwargs=True))
+                parent = path.rpartition(".")[0]
+                if parent in modules:
+                    handles.append(modules[parent].register_forward_pre_hook(parent_hook_for(parent), with_kwargs=True))
         if not handles:
             raise ModelError(f"{type(model).__name__} has no {DEFORMABLE_KERNEL} module to capture")
         out = run()
