@@ -168,7 +168,9 @@ def test_matrix_states_threshold_and_marks_focus_row(short):
 def vit(tmp_path_factory):
     from vision_tiny import make_photo, make_vision_model
 
-    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, rollout_map
+    from attnviz.inputs.patches import attend_image, load_image_model
+
+    from attnviz.analysis.patches import image_plan, image_sinks, rollout_map
     from attnviz.inputs.imagefile import load_image
     from attnviz.models import LoadOptions
 

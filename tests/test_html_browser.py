@@ -186,7 +186,7 @@ def test_image_report(driver, tmp_path):
 
     from attnviz import attend_image
     from attnviz.html import image_page
-    from attnviz.inputs.patches import rollout_map
+    from attnviz.analysis.patches import rollout_map
     from attnviz.report import write_html
 
     from attnviz.analysis.sinks import SinkPatch

@@ -212,7 +212,8 @@ def run_image(
     tensor_path = check_tensor_path(save_attn) if save_attn else None
 
     quiet_libraries()
-    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
+    from attnviz.inputs.patches import attend_image, load_image_model, patch_at, preprocess
+    from attnviz.analysis.patches import image_plan, image_sinks, rollout_map
     from attnviz.models import LoadOptions
 
     options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
@@ -337,7 +338,7 @@ def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio
 
 def _maps_json(run: ImageRun) -> dict:
     """What the image figures draw: per-head [CLS] maps of the chosen layer (with a summary) and the rollout."""
-    from attnviz.inputs.patches import cls_attention
+    from attnviz.analysis.patches import cls_attention
 
     r = run.result
     out: dict = {}

@@ -375,7 +375,7 @@ def heads_view(
     attention row over all tokens, and the title says so. ``sinks`` (from
     :func:`attnviz.analysis.sinks.detect_sinks`) are outlined.
     """
-    from attnviz.inputs.patches import cls_attention, query_label
+    from attnviz.analysis.patches import cls_attention, query_label
 
     maps_obj = result.attention
     layer = maps_obj.check_layer(layer)
@@ -422,7 +422,7 @@ def patch_view(
     The query patch is outlined in green and ``point`` (photo pixels) marked with
     a cross. Colour scales as in :func:`heads_view` (shared by default).
     """
-    from attnviz.inputs.patches import query_attention
+    from attnviz.analysis.patches import query_attention
 
     maps_obj = result.attention
     layer = maps_obj.check_layer(layer)
@@ -611,7 +611,7 @@ def report_view(
     The attention panel's colour bar starts at 0; the rollout's runs from its
     minimum to its maximum, and its colour bar says so.
     """
-    from attnviz.inputs.patches import cls_attention, query_label
+    from attnviz.analysis.patches import cls_attention, query_label
 
     settings = dict(settings or {})
     fusion, discard = settings.get("head_fusion", "mean"), float(settings.get("discard_ratio", 0.0))
