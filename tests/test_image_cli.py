@@ -277,12 +277,13 @@ def test_dinov2_report_names_the_sink_and_offers_the_sink_free_view(tmp_path):
 
 def test_human_output_names_sinks(tmp_path, capsys):
     from attnviz.analysis.sinks import SinkPatch
-    from attnviz.cli.image import ImageRun, _print_human
+    from attnviz.cli.image import _print_human
+    from attnviz.pipelines.image import ImageRun
     from attnviz.types import AttentionMaps, ImageAttention
 
     maps = AttentionMaps("self", 2, 3, 17, 17)
     result = ImageAttention("m", "vit", "eager", Image.new("RGB", (8, 8)), (0, 0, 8, 8), (4, 4), 1, 0, maps)
-    _print_human(ImageRun(result, "p.png", 1, None, "mean", 0.0, [SinkPatch(1, 2, 0.5, "rollout")], files=[Path("r.png")]))
+    _print_human(ImageRun(result, "p.png", 1, None, "mean", 0.0, (SinkPatch(1, 2, 0.5, "rollout"),), files=(Path("r.png"),)))
     out = capsys.readouterr().out
     assert "m · 2 layers × 3 heads · grid 4×4 · 1 prefix token · backend eager" in out
     assert "attention sink: (row 1, col 2) 50% of the rollout (8x uniform)" in out
