@@ -90,7 +90,7 @@ def _print_human(run) -> None:
     from attnviz.analysis.generation import CROSS_RULE, SELF_RULE
     from attnviz.render.layout import DEFAULT_STYLE
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     r = run.result
     how = "sampled" if r.sampling.get("do_sample") else "greedy"
     name = escape((run.style or DEFAULT_STYLE).model_label(r.model_id))
@@ -98,7 +98,9 @@ def _print_human(run) -> None:
         f"[bold]{name}[/bold] · {r.num_layers} layers × {r.num_heads} heads · prompt {r.prompt_length} tokens"
         f" · {r.num_generated} generated ({how}{', stopped at EOS' if r.stopped_at_eos else ''}) · backend {r.backend}"
     )
-    console.print(f"[bold]generated:[/bold] {escape(r.text)}", soft_wrap=True)
+    if run.random_weights:
+        console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")
+    console.print(f"[bold]generated:[/bold] {escape(r.text)}")
     cross = run.source_links is not None
     links = run.source_links if cross else run.links
     where = "every layer and head" if run.layer is None and run.head is None else (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from attnviz.errors import UsageError
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
+    RANDOM_STAMP, ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,6 +160,12 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
         raise UsageError(f"--fusion must be one of mean, max, not '{fusion}'")
     if not sample and (temperature != 1.0 or top_p != 1.0 or seed is not None):
         raise UsageError("--temperature, --top-p and --seed need --sample (decoding is greedy without it)")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    if sample and not temperature > 0:
+        raise UsageError(f"--temperature must be > 0, not {temperature}")
+    if sample and not 0 < top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], not {top_p}")
     if not prompt or not prompt.strip():
         raise UsageError("the prompt is empty" if not prompt else "the prompt is only whitespace")
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
@@ -185,6 +191,12 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = mark_random_weights(output, tm.model)
+    new_head = getattr(tm.model, "attnviz_new_head", ())
+    if new_head and not note:  # --random-weights-ok: the LM head was initialised at random, so is every token
+        note = (f"random weights: the checkpoint has no trained language-model head ({new_head[0]} was initialised "
+                "at random), so the generated tokens are noise")
+        notify(note)
+        output.stamp = RANDOM_STAMP
     result = attend_generation(prompt, tm, max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
                                top_p=top_p, seed=seed, chat=chat, progress=progress, verify=q.model.verify)
     if result.notice:
