@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from attnviz.methods.rollout import HEAD_FUSIONS, fuse_heads, rollout_step
-from attnviz.errors import ModelError, UsageError
+from attnviz.errors import AttentionRefused, ModelError, UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps
 
 IMPLEMENTATION = "attnviz"
@@ -937,6 +937,7 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
             result[kind] = AttentionMaps(kind=kind, num_layers=len(maps), num_heads=H, num_queries=Q, num_keys=K,
                                          causal=kind == DECODER or (kind == SELF and _is_causal_lm(model)))
             continue
+        _check_layout(model, kind, maps[0].shape, inputs)
         full = torch.stack([m[0].float().cpu() for m in maps])  # [L, H, Q, K]
         causal = _check_eager_maps(model, kind, maps, full, causal_modules and kind != CROSS)
         session = _Session(plan, {}, encdec)
@@ -1073,6 +1074,33 @@ def _causal_attention(model) -> bool:
     return bool(flags) and all(flags)
 
 
+def _check_layout(model, kind: str, shape, inputs) -> None:
+    """Refuse eager maps that are not ``[query, key]`` maps over the input's positions.
+
+    Self-attention (``self``, ``encoder``, ``decoder``) must be square, and for token inputs as long as
+    ``input_ids`` (``decoder_input_ids`` for the decoder); cross-attention has the decoder's queries.
+    Longformer and LED return a band layout ``[N, window + 1]`` (and pad N to a window multiple),
+    which drawn as ``[query, key]`` would label band offsets as the first tokens.
+
+    Raises:
+        AttentionRefused: (exit 3) one line naming the layout found and the one expected.
+    """
+    arch = type(model).__name__
+    *_, Q, K = shape
+    ids = inputs.get("decoder_input_ids" if kind in (DECODER, CROSS) else "input_ids")
+    n = int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else None
+    if kind != CROSS and Q != K:
+        raise AttentionRefused(
+            f"{arch}: eager output_attentions are [{Q}, {K}] per head, not a [query, key] map of the input"
+            f"{f' ({n} positions)' if n else ''} (a band or block layout); attnviz cannot show them exactly"
+        )
+    if n is not None and Q != n:
+        raise AttentionRefused(
+            f"{arch}: eager output_attentions have {Q} query positions for an input of {n}; "
+            "attnviz cannot map them to the input's tokens"
+        )
+
+
 def _check_eager_maps(model, kind: str, maps, full: torch.Tensor, causal_modules: bool) -> bool:
     """Check eager maps ``full`` ``[L, H, Q, K]`` (float32); return True if they are causal (nothing above the diagonal).
 
@@ -1084,7 +1112,7 @@ def _check_eager_maps(model, kind: str, maps, full: torch.Tensor, causal_modules
     if any(m.dim() != 4 or m.shape[0] != 1 for m in maps) or len({tuple(m.shape) for m in maps}) != 1:
         raise ModelError(f"{arch}: eager output_attentions are not [1, heads, query, key] maps of one shape")
     if not bool(torch.isfinite(full).all()):
-        raise ModelError(f"{arch}: eager output_attentions contain NaN or infinite values")
+            raise AttentionRefused(f"{arch}: eager output_attentions contain NaN or infinite values; refusing to show them")
     half = maps[0].dtype in (torch.float16, torch.bfloat16)
     tol = 2e-2 if half else 1e-4
     sums = full.sum(-1)

@@ -22,10 +22,10 @@ from attnviz.capture import FULL, CapturePlan, attention_shapes, capture, eager_
 from attnviz.errors import OutputError, UsageError
 from attnviz.report import AttentionWriter, attention_file_size, attention_tensor_name
 
-from tiny import TEXT, TEXT_KINDS, eager_attentions
+from tiny import FALCON_EAGER, TEXT, TEXT_KINDS, eager_attentions
 
 TOL = 1e-5
-FALLBACK = {"mpnet", "deberta-v2", "falcon", "falcon-old"}  # not routed through transformers' AttentionInterface
+FALLBACK = {"mpnet", "deberta-v2"} | ({"falcon", "falcon-old"} if FALCON_EAGER else set())  # not routed through transformers' AttentionInterface
 ROLLOUTS = [(f, d, p) for f in ("mean", "max", "min") for d, p in ((0.0, ()), (0.3, (0,)))]
 
 
