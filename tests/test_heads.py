@@ -111,7 +111,7 @@ def reference(path, texts, words: bool, causal: bool, R: int = 4):
 
 
 def attnviz_stats(path, texts, words: bool, batch_size: int):
-    from attnviz.heads import BatchRunner, HeadsSettings, run_local
+    from attnviz.pipelines.headstats_engine import BatchRunner, HeadsSettings, run_local
     from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(str(path))
@@ -172,7 +172,7 @@ def test_corpus_readers_agree(tmp_path):
 
 def test_probes_follow_the_focus_rule(peaky, tmp_path):
     """Each head's probe answer is its strongest earlier, non-special, non-adjacent token in eager attention."""
-    from attnviz.heads import Probe, run_probes
+    from attnviz.pipelines.headstats_engine import Probe, run_probes
     from attnviz.inputs.tokens import _token_info, load_text_model
 
     path = peaky("bert")
