@@ -464,6 +464,29 @@ class _Session:
         self.calls = 0
         self.counts: dict[str, int] = {}
         self.problem: str | None = None
+        self.causal_skipped = False  # transformers skipped building a causal mask in this forward (see _attnviz_mask)
+
+    def eager_causal(self, module, attention_mask, is_causal) -> bool | None:
+        """Whether a call is causal *as eager attention computes it*; ``is_causal`` as given where that is not in doubt.
+
+        Eager attention applies exactly the mask it is given. Under SDPA, transformers hands a ``None`` mask
+        either when it skipped a causal mask (then SDPA relies on ``is_causal``) or for full attention; SDPA then
+        reads the module's ``is_causal`` and defaults to causal where a module has none. That default is
+        wrong for some models (Splinter's encoder has no ``is_causal``: SDPA runs it causally, eager not)
+        and the module's flag for others (NLLB-MoE's decoder self-attention says ``False`` while its causal
+        mask was skipped). So, with no mask and no explicit ``is_causal``: causal exactly when a causal
+        mask was skipped in this forward (never for encoder or cross-attention), else the module's flag, else not.
+        """
+        if attention_mask is not None or is_causal is not None:
+            return is_causal
+        path = self.names.get(id(module))
+        kind = attention_kind(path, self.encoder_decoder) if path is not None else None
+        if kind in (ENCODER, CROSS):
+            return False
+        if self.causal_skipped:
+            return True
+        own = getattr(module, "is_causal", None)
+        return own if isinstance(own, bool) else False
 
     def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
         """Capture what the plan needs from one attention call; return the call's output if computed here, else None."""
@@ -716,6 +739,7 @@ def _attnviz_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
     session = _ACTIVE.get()
     if session is not None:
+        is_causal = session.eager_causal(module, attention_mask, is_causal)
         out = session.attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
         if out is not None:
             return out, None
@@ -750,8 +774,16 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    def _attnviz_mask(*args, **kwargs):
+        """SDPA's mask; notes in the active capture when a causal mask was skipped (``None``: "rely on is_causal")."""
+        mask = sdpa_mask(*args, **kwargs)
+        session = _ACTIVE.get()
+        if mask is None and session is not None and kwargs.get("allow_is_causal_skip", True):
+            session.causal_skipped = True
+        return mask
+
     AttentionInterface.register(IMPLEMENTATION, _attnviz_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, _attnviz_mask)
     _REGISTERED = True
 
 
@@ -1077,7 +1109,8 @@ def _causal_attention(model) -> bool:
 def _check_layout(model, kind: str, shape, inputs) -> None:
     """Refuse eager maps that are not ``[query, key]`` maps over the input's positions.
 
-    Self-attention (``self``, ``encoder``, ``decoder``) must be square, and for token inputs as long as
+    Self-attention (``self``, ``encoder``, ``decoder``) must be square (unless ``past_key_values`` is
+    given: a decoding step's keys are the cache plus its queries), and for token inputs as long as
     ``input_ids`` (``decoder_input_ids`` for the decoder); cross-attention has the decoder's queries.
     Longformer and LED return a band layout ``[N, window + 1]`` (and pad N to a window multiple),
     which drawn as ``[query, key]`` would label band offsets as the first tokens.
@@ -1089,7 +1122,8 @@ def _check_layout(model, kind: str, shape, inputs) -> None:
     *_, Q, K = shape
     ids = inputs.get("decoder_input_ids" if kind in (DECODER, CROSS) else "input_ids")
     n = int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else None
-    if kind != CROSS and Q != K:
+    cached = inputs.get("past_key_values") is not None  # a decoding step: keys are the cache plus the new queries
+    if kind != CROSS and Q != K and not cached:
         raise AttentionRefused(
             f"{arch}: eager output_attentions are [{Q}, {K}] per head, not a [query, key] map of the input"
             f"{f' ({n} positions)' if n else ''} (a band or block layout); attnviz cannot show them exactly"
