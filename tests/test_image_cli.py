@@ -85,6 +85,20 @@ def test_help_lists_the_options_and_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_a_patch_off_the_photo_is_refused_before_transformers_loads(tmp_path):
+    photo = make_photo(tmp_path / "p.png", (48, 40))
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from attnviz.cli import app\n"
+        f"r = CliRunner().invoke(app, ['image', {str(photo)!r}, '--patch', '500,10', '--out', {str(tmp_path / 'o')!r}])\n"
+        "assert r.exit_code == 2, r.output\n"
+        "assert 'outside the photo: x in [0, 48), y in [0, 40)' in r.stderr, r.stderr\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
 # ---------------------------------------------------------------------------
 # real DeiT-Tiny
 

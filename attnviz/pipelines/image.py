@@ -149,23 +149,28 @@ def run(request: ImageRequest) -> ImageRun:
     head_fusion, discard_ratio, out = request.head_fusion, request.discard_ratio, request.output
     from attnviz.models import check_layer_head, resolve_model
     check_layer_head(resolve_model(request.model.name), layer, head, "vision_config")  # milliseconds: config.json, no imports
-    from attnviz.methods.rollout import HEAD_FUSIONS
     from attnviz.errors import UsageError
     from attnviz.report import RunOutput, check_tensor_path, model_files
 
     figure_formats, html = out.formats()
+    point = parse_patch(request.patch)
+    from attnviz.inputs.imagefile import load_image
+
+    photo = load_image(path)  # a bad file fails before any model is loaded
+    if point is not None and not (0 <= point[0] < photo.width and 0 <= point[1] < photo.height):
+        # the crop is known only from the processor (transformers); a point off the photo is refused at once
+        raise UsageError(f"--patch {point[0]:g},{point[1]:g} is outside the photo: x in [0, {photo.width}), "
+                         f"y in [0, {photo.height})")
+    from attnviz.methods.rollout import HEAD_FUSIONS
+
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
     if not 0.0 <= discard_ratio < 1.0:
         raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
-    point = parse_patch(request.patch)
     views = request.views
     chosen_views = parse_views(views if isinstance(views, str) else ",".join(views), IMAGE_VIEWS)
     style = request.style.style({"head_fusion": head_fusion, "discard_ratio": discard_ratio})
 
-    from attnviz.inputs.imagefile import load_image
-
-    photo = load_image(path)  # a bad file fails before any model is loaded
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
 
     quiet_libraries()
