@@ -23,6 +23,8 @@ from attnviz.render.layout import (
 from attnviz.render.text import focus_view, head_view, matrix_view, model_view
 from attnviz.report import write_figure
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 TEXT = "The animal didn't cross the street because it was too tired."
 #: 64 tokens with [CLS] and [SEP] on the default model (word pieces, an apostrophe, hyphens, punctuation).
 LONG = ("The state-of-the-art animal didn't cross the busy street, because it was far too tired; "

@@ -23,6 +23,8 @@ from attnviz.inputs.corpus import iter_batches, iter_texts, open_corpus
 from attnviz.errors import InputError
 from tiny import CORPUS
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 TEXTS = CORPUS + ["Short one.", "Heads, tails; and more punctuation!"]
 TOL = 1e-5
 runner = CliRunner()

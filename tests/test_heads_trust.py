@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from attnviz.cli import app
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 runner = CliRunner()
 QUERY = "encoder.layer.0.attention.self.query.weight"
 TEXTS = ["The cat sat on the mat.", "A dog barked at the moon.", "Birds sing in the morning.", "Rain fell all night."]

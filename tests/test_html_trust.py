@@ -21,6 +21,8 @@ import torch
 
 import browser
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 HOSTILE = "Say <!-- not a comment --> and </script><script>alert(1)</script> & \u2028 \u2029 ok."
 RLO = "ab\u202ecd"
 needs_browser = pytest.mark.skipif(browser.why_no_browser() is not None, reason=browser.why_no_browser() or "")

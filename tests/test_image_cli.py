@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from attnviz.cli import app
 from vision_tiny import DEIT, DINOV2, ROOT, SAMPLES, needs_deit, needs_dinov2, eager_attentions, make_photo, make_vision_model, reference_rollout
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 
 runner = CliRunner()
 

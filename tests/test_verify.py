@@ -25,6 +25,8 @@ from tiny import FALCON_EAGER, TEXT, TEXT_KINDS, eager_attentions, text_config
 from vision_tiny import DEIT, DINOV2, KINDS, build, make_photo, make_vision_model, needs_deit, needs_dinov2
 from vision_tiny import eager_attentions as eager_image_attentions
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 TOL = 1e-5
 runner = CliRunner()
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
