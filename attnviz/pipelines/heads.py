@@ -108,7 +108,6 @@ def run(request: HeadsRequest, progress: Callable[[Any], None] | None = None) ->
         UsageError (2), ModelError (3), InputError (4: the corpus), OutputError (5): one line each; nothing is
         written then.
     """
-    from attnviz.analysis.headstats import STATISTICS
     from attnviz.inputs.corpus import count_examples, iter_batches, open_corpus
     from attnviz.inputs.tokens import CHARS_PER_TOKEN, load_text_model
     from attnviz.pipelines.headstats_engine import (
@@ -146,9 +145,8 @@ def run(request: HeadsRequest, progress: Callable[[Any], None] | None = None) ->
                   "engine": request.engine, "format": out.format, "size": request.style.size, "dpi": request.style.dpi,
                   "label": request.style.label, "cmap": request.style.cmap, "scale": request.style.scale},
     )
-    stats = list(STATISTICS) + (["probe_accuracy"] if probe_list else [])
-    stems = [f"heads-{n.replace('_', '-')}" for n in stats] + ["head-map"]
-    output.check([f"{stem}.{f}" for f in formats for stem in stems] + ["heads.parquet", "heads.json"]
+    output.check([f"{stem}.{f}" for f in formats for stem in _figure_stems(bool(probe_list)).values()]
+                 + ["heads.parquet", "heads.json"]
                  + (["report.html"] if html else []))
     tm = tm.with_weights()
     mark_random_weights(output, tm.model)
@@ -174,19 +172,25 @@ def run(request: HeadsRequest, progress: Callable[[Any], None] | None = None) ->
     return HeadsRun(result, tuple(files), style, request.top)
 
 
+def _figure_stems(probes: bool) -> dict[str, str]:
+    """The one list of figures ``attnviz heads`` writes: ``{statistic (or "head_map"): file stem}``."""
+    from attnviz.analysis.headstats import STATISTICS
+
+    names = list(STATISTICS) + (["probe_accuracy"] if probes else [])
+    return {**{n: f"heads-{n.replace('_', '-')}" for n in names}, "head_map": "head-map"}
+
+
 def _write(result, output, formats: list[str], style, html: bool = False) -> list[Path]:
     """Stage every figure, the HTML page, ``heads.parquet`` and ``heads.json``; return their final paths."""
-    from attnviz.analysis.headstats import STATISTICS
     from attnviz.render.headstats import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
 
     files: list[Path] = []
-    names = list(STATISTICS) + (["probe_accuracy"] if result.probes is not None else [])
+    stems = _figure_stems(result.probes is not None)
     for fmt in formats:
-        for name in names:
-            fig = statistic_view(result, name, style=style)
-            files.append(output.figure(fig, f"heads-{name.replace('_', '-')}", fmt))
-        files.append(output.figure(head_map_view(result, style=style), "head-map", fmt))
+        for name, stem in stems.items():
+            fig = head_map_view(result, style=style) if name == "head_map" else statistic_view(result, name, style=style)
+            files.append(output.figure(fig, stem, fmt))
     if html:
         from attnviz.html.headstats import heads_page
 
