@@ -218,17 +218,19 @@ class RayWorker:
         return {k: np.expand_dims(v, 0) for k, v in sums.to_arrays().items()}
 
 
-#: CPUs of the Ray cluster left for reading the corpus (Ray Data's read tasks) when the pool is sized.
-READER_CPUS = 0.5
+#: CPUs of the Ray cluster left for reading the corpus when the pool is sized: Ray Data's read tasks ask for one
+#: whole CPU each, so with less left they never start and the run waits for ever (seen with 2 x 0.75 on 2 CPUs).
+READER_CPUS = 1.0
 
 
 def pool_size(cpus: float, workers: int | None = None, cpus_per_worker: float | None = None) -> tuple[int, float]:
     """``(workers, CPUs per worker)`` for a Ray cluster of ``cpus`` CPUs; given values are kept.
 
     Unset: up to two workers (one per whole CPU), sharing what :data:`READER_CPUS` leaves, at most one
-    CPU each, in quarters: 2 CPUs -> 2 x 0.75; 8 CPUs -> 2 x 1; 1 CPU -> 1 x 0.5.
+    CPU each, in quarters: 2 CPUs -> 2 x 0.5; 8 CPUs -> 2 x 1; 1 CPU -> 1 x 0.25 (which :func:`run_ray`
+    refuses: nothing would be left for reading).
     """
-    free = max(cpus - READER_CPUS, 0.25)
+    free = max(cpus - READER_CPUS, 0.0)
     if workers is None:
         workers = max(1, min(2, int(cpus)))
     if cpus_per_worker is None:
@@ -281,10 +283,14 @@ def run_ray(
                f"{READER_CPUS:g} left for reading the corpus)")
     if workers * cpus_per_worker > cpus - READER_CPUS + 1e-9:
         raise UsageError(
-            f"{workers} workers x {cpus_per_worker:g} CPUs leave no CPU of the Ray cluster's {cpus:g} for reading the corpus; "
-            "use fewer --workers or a smaller --cpus-per-worker (e.g. 0.5)"
+            f"{workers} workers x {cpus_per_worker:g} CPUs leave less than the one CPU Ray Data needs to read the corpus "
+            f"on this Ray cluster of {cpus:g} CPUs; use fewer --workers, a smaller --cpus-per-worker (e.g. 0.5)"
+            + (" or --engine local" if cpus < READER_CPUS + 0.25 else "")
         )
     ctx = ray.data.DataContext.get_current()
+    for name in list(logging.root.manager.loggerDict):  # Ray Data configures its own loggers on import
+        if name == "ray" or name.startswith("ray."):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ds = ray_dataset(corpus, settings.limit)
@@ -293,7 +299,7 @@ def run_ray(
         fn_constructor_kwargs={"model": model, "options": options, "settings": settings, "threads": int(max(1, cpus_per_worker))},
         batch_size=settings.batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
     )
