@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from attnviz.methods.rollout import HEAD_FUSIONS, fuse_heads, rollout_step
-from attnviz.errors import ModelError, UsageError
+from attnviz.errors import AttentionRefused, ModelError, UsageError
 from attnviz.types import CROSS, DECODER, ENCODER, SELF, AttentionMaps
 
 IMPLEMENTATION = "attnviz"
@@ -464,6 +464,29 @@ class _Session:
         self.calls = 0
         self.counts: dict[str, int] = {}
         self.problem: str | None = None
+        self.causal_skipped = False  # transformers skipped building a causal mask in this forward (see _attnviz_mask)
+
+    def eager_causal(self, module, attention_mask, is_causal) -> bool | None:
+        """Whether a call is causal *as eager attention computes it*; ``is_causal`` as given where that is not in doubt.
+
+        Eager attention applies exactly the mask it is given. Under SDPA, transformers hands a ``None`` mask
+        either when it skipped a causal mask (then SDPA relies on ``is_causal``) or for full attention; SDPA then
+        reads the module's ``is_causal`` and defaults to causal where a module has none. That default is
+        wrong for some models (Splinter's encoder has no ``is_causal``: SDPA runs it causally, eager not)
+        and the module's flag for others (NLLB-MoE's decoder self-attention says ``False`` while its causal
+        mask was skipped). So, with no mask and no explicit ``is_causal``: causal exactly when a causal
+        mask was skipped in this forward (never for encoder or cross-attention), else the module's flag, else not.
+        """
+        if attention_mask is not None or is_causal is not None:
+            return is_causal
+        path = self.names.get(id(module))
+        kind = attention_kind(path, self.encoder_decoder) if path is not None else None
+        if kind in (ENCODER, CROSS):
+            return False
+        if self.causal_skipped:
+            return True
+        own = getattr(module, "is_causal", None)
+        return own if isinstance(own, bool) else False
 
     def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
         """Capture what the plan needs from one attention call; return the call's output if computed here, else None."""
@@ -716,6 +739,7 @@ def _attnviz_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
     session = _ACTIVE.get()
     if session is not None:
+        is_causal = session.eager_causal(module, attention_mask, is_causal)
         out = session.attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
         if out is not None:
             return out, None
@@ -750,8 +774,16 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    def _attnviz_mask(*args, **kwargs):
+        """SDPA's mask; notes in the active capture when a causal mask was skipped (``None``: "rely on is_causal")."""
+        mask = sdpa_mask(*args, **kwargs)
+        session = _ACTIVE.get()
+        if mask is None and session is not None and kwargs.get("allow_is_causal_skip", True):
+            session.causal_skipped = True
+        return mask
+
     AttentionInterface.register(IMPLEMENTATION, _attnviz_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, _attnviz_mask)
     _REGISTERED = True
 
 
@@ -937,6 +969,7 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
             result[kind] = AttentionMaps(kind=kind, num_layers=len(maps), num_heads=H, num_queries=Q, num_keys=K,
                                          causal=kind == DECODER or (kind == SELF and _is_causal_lm(model)))
             continue
+        _check_layout(model, kind, maps[0].shape, inputs)
         full = torch.stack([m[0].float().cpu() for m in maps])  # [L, H, Q, K]
         causal = _check_eager_maps(model, kind, maps, full, causal_modules and kind != CROSS)
         session = _Session(plan, {}, encdec)
@@ -1073,6 +1106,35 @@ def _causal_attention(model) -> bool:
     return bool(flags) and all(flags)
 
 
+def _check_layout(model, kind: str, shape, inputs) -> None:
+    """Refuse eager maps that are not ``[query, key]`` maps over the input's positions.
+
+    Self-attention (``self``, ``encoder``, ``decoder``) must be square (unless ``past_key_values`` is
+    given: a decoding step's keys are the cache plus its queries), and for token inputs as long as
+    ``input_ids`` (``decoder_input_ids`` for the decoder); cross-attention has the decoder's queries.
+    Longformer and LED return a band layout ``[N, window + 1]`` (and pad N to a window multiple),
+    which drawn as ``[query, key]`` would label band offsets as the first tokens.
+
+    Raises:
+        AttentionRefused: (exit 3) one line naming the layout found and the one expected.
+    """
+    arch = type(model).__name__
+    *_, Q, K = shape
+    ids = inputs.get("decoder_input_ids" if kind in (DECODER, CROSS) else "input_ids")
+    n = int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else None
+    cached = inputs.get("past_key_values") is not None  # a decoding step: keys are the cache plus the new queries
+    if kind != CROSS and Q != K and not cached:
+        raise AttentionRefused(
+            f"{arch}: eager output_attentions are [{Q}, {K}] per head, not a [query, key] map of the input"
+            f"{f' ({n} positions)' if n else ''} (a band or block layout); attnviz cannot show them exactly"
+        )
+    if n is not None and Q != n:
+        raise AttentionRefused(
+            f"{arch}: eager output_attentions have {Q} query positions for an input of {n}; "
+            "attnviz cannot map them to the input's tokens"
+        )
+
+
 def _check_eager_maps(model, kind: str, maps, full: torch.Tensor, causal_modules: bool) -> bool:
     """Check eager maps ``full`` ``[L, H, Q, K]`` (float32); return True if they are causal (nothing above the diagonal).
 
@@ -1084,7 +1146,7 @@ def _check_eager_maps(model, kind: str, maps, full: torch.Tensor, causal_modules
     if any(m.dim() != 4 or m.shape[0] != 1 for m in maps) or len({tuple(m.shape) for m in maps}) != 1:
         raise ModelError(f"{arch}: eager output_attentions are not [1, heads, query, key] maps of one shape")
     if not bool(torch.isfinite(full).all()):
-        raise ModelError(f"{arch}: eager output_attentions contain NaN or infinite values")
+            raise AttentionRefused(f"{arch}: eager output_attentions contain NaN or infinite values; refusing to show them")
     half = maps[0].dtype in (torch.float16, torch.bfloat16)
     tol = 2e-2 if half else 1e-4
     sums = full.sum(-1)

@@ -26,6 +26,11 @@ class ModelError(AttnvizError):
     exit_code = 3
 
 
+class AttentionRefused(ModelError):
+    """What the model returned as attention is not a ``[query, key]`` probability map of the input (a band or
+    block layout, another length, non-finite values): refused before anything is drawn, saved or called exact."""
+
+
 class InputError(AttnvizError):
     """The input file (image, text file) is missing, empty, corrupt or unsupported."""
 

@@ -21,7 +21,7 @@ from attnviz.capture import CapturePlan, _lazy_zeros, capture
 from attnviz.errors import ModelError, UsageError
 from attnviz.models import LoadOptions, load_config, load_model_for_capture, resolve_model
 from attnviz.inputs.tokens import TextModel, _max_positions, _token_info, load_tokenizer
-from attnviz.types import CROSS, DECODER, SELF, GenerationAttention
+from attnviz.types import CROSS, DECODER, SELF, GenerationAttention, TokenInfo
 
 #: The plan of every decoding step: the new token's row in every layer and head, self- and cross-attention.
 STEP_PLAN = CapturePlan(rows=(-1,), cross_rows=(-1,))
@@ -37,6 +37,7 @@ def load_generation_model(name: str, options: LoadOptions = LoadOptions()) -> Te
 
     source = resolve_model(name)
     config = load_config(source, options)
+    check_generative(config, name)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     tokenizer = load_tokenizer(source, options)
     model = load_model_for_capture(source, auto, options)
@@ -47,6 +48,32 @@ def load_generation_model(name: str, options: LoadOptions = LoadOptions()) -> Te
             "would be random; refusing (--random-weights-ok to generate anyway)"
         )
     return TextModel(source, model, tokenizer, _max_positions(model.config, tokenizer))
+
+
+#: Encoders whose transformers "causal LM" class only works as a decoder (``is_decoder=True``, set when they are
+#: fine-tuned as one): loaded as they are, they attend both ways and their LM head is untrained for generation.
+ENCODER_TYPES = frozenset({
+    "bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert", "rembert",
+    "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod",
+})
+
+
+def check_generative(config, name: str) -> None:
+    """Refuse, in one line, a model ``attnviz generate`` cannot run: another modality (naming the command that
+    takes it), or a bidirectional text encoder (BERT, RoBERTa...) not configured as a decoder.
+
+    Raises:
+        ModelError: (exit 3) as above.
+    """
+    from attnviz.inputs import TEXT, require_modality
+
+    require_modality(config, name, TEXT, command="generate")
+    model_type = getattr(config, "model_type", "")
+    if model_type in ENCODER_TYPES and not getattr(config, "is_decoder", False) and not getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"'{name}' is a {model_type} encoder (bidirectional attention, no causal language-model head): attnviz generate "
+            "needs a decoder (causal LM) or an encoder-decoder model; use 'attnviz text' to see its attention"
+        )
 
 
 def _eos_ids(tm: TextModel) -> set[int]:
@@ -189,12 +216,18 @@ def attend_generation(
     prompt_ids = list(enc["input_ids"])
     encdec = tm.encoder_decoder
     limit = tm.max_positions
-    need = (1 + max_new_tokens) if encdec else len(prompt_ids) + max_new_tokens
-    if encdec and len(prompt_ids) > limit or need > limit:
-        raise UsageError(
-            f"the prompt has {len(prompt_ids)} tokens; with --max-new-tokens {max_new_tokens} that is more than the "
-            f"model's maximum of {limit} positions"
-        )
+    notices: list[str] = []
+    keep = limit if encdec else limit - 1  # a decoder needs room for at least one new token
+    if len(prompt_ids) > keep:
+        notices.append(f"the prompt has {len(prompt_ids)} tokens, more than the model's {limit} positions allow; "
+                       f"kept its first {keep}")
+        prompt_ids = prompt_ids[:keep]
+        info = TokenInfo(info.text, info.tokens[:keep], info.word_ids[:keep], info.offsets[:keep], info.special[:keep])
+    room = (limit - 1) if encdec else limit - len(prompt_ids)
+    if max_new_tokens > room:
+        notices.append(f"--max-new-tokens {max_new_tokens}: the model's {limit} positions leave room for {room} new tokens; "
+                       f"generating at most {room}")
+        max_new_tokens = room
     device = next(lm.parameters()).device
     chooser = _Chooser(sample, temperature, top_p, seed, device)
     eos = _eos_ids(tm) if stop_at_eos else set()
@@ -232,7 +265,9 @@ def attend_generation(
     backend = "eager" if verdict.use_eager else "auto"
     # prefill: the prompt (or the decoder start token), no attention kept
     cap = capture(lm, first, CapturePlan(), backend=backend)
-    backends, notices = {cap.backend}, [cap.notice] if cap.notice else []
+    backends = {cap.backend}
+    if cap.notice:
+        notices.append(cap.notice)
     if verdict.notice:
         notices.append(verdict.notice)
     out = cap.outputs
@@ -316,7 +351,7 @@ def attend_generation(
         stopped_at_eos=stopped,
         sampling={"do_sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed if sample else None},
         kv_heads=kv_heads,
-        notice=notices[0] if notices else None,
+        notice="; ".join(notices) if notices else None,
     )
 
 

@@ -20,8 +20,8 @@ states drift apart layer by layer, so those are compared at 3e-2 (bfloat16) and
 1e-2 (float16): enough to catch a wrong mask or scale (differences of 0.1 to 1),
 not last-digit errors; run ``attnviz check --dtype float32`` for the exact check.
 
-:func:`check_text_model` / :func:`check_image_model` run the same comparison on
-a few built-in inputs for ``attnviz check``.
+:func:`compare` is also what ``attnviz check`` runs on its built-in inputs
+(:mod:`attnviz.pipelines.check`).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ PROVEN, VERIFIED, MISMATCH, EAGER, SKIPPED = "proven", "verified", "mismatch", "
 
 def tolerance_for(model) -> float:
     """The max abs difference allowed between attnviz's capture and eager for ``model``'s dtype."""
-    return TOLERANCES.get(_dtype_name(model), 1e-2)
+    return TOLERANCES.get(dtype_name(model), 1e-2)
 
 
-def _dtype_name(model) -> str:
+def dtype_name(model) -> str:
     try:
         return str(next(model.parameters()).dtype).replace("torch.", "")
     except StopIteration:  # pragma: no cover - a model without parameters
@@ -236,206 +236,3 @@ def verified_capture(
         result.notice = verdict.notice
         return result, verdict
     return capture(model, inputs, plan, progress=progress), verdict
-
-
-# ---------------------------------------------------------------------------
-# attnviz check: the comparison on a few built-in inputs
-
-#: Built-in texts of ``attnviz check``: a short sentence and a longer passage (beyond small sliding windows).
-CHECK_TEXTS = (
-    ("sentence", "The animal didn't cross the street because it was too tired."),
-    ("passage", "Attention maps show which tokens each head looks at. In a decoder every token sees only the tokens "
-                "before it; some models also limit each token to a sliding window of recent tokens, and "
-                "encoder-decoder models add cross-attention from the target to the source."),
-)
-#: Decoder-side text for encoder-decoder models.
-CHECK_TARGET = "Das Tier ging nicht über die Straße, weil es zu müde war."
-#: Built-in photos of ``attnviz check`` (synthetic, deterministic): name -> (width, height).
-CHECK_IMAGES = (("square", (256, 256)), ("wide", (320, 200)))
-
-
-@dataclass(frozen=True)
-class KindCheck:
-    """One attention kind on one built-in input: shape, masks seen and the max abs difference from eager.
-
-    ``causal``: nothing above the diagonal; ``sliding_layers``: layers in which
-    some key that the causal mask (or, without one, the full sequence) allows gets
-    exactly 0 probability in every head, i.e. a sliding-window or local mask.
-    ``grid``: the patch grid ``(rows, cols)`` for images; ``compared``: False where
-    attnviz's backend is eager ``output_attentions`` itself (then checked for rows
-    summing to 1 and causal masks, and the difference is 0 by construction).
-    """
-
-    input: str
-    kind: str
-    num_layers: int
-    num_heads: int
-    queries: int
-    keys: int
-    causal: bool
-    sliding_layers: int
-    max_abs_diff: float
-    grid: tuple[int, int] | None = None
-    compared: bool = True  # False: attnviz's backend is eager output_attentions itself (checked, nothing to compare)
-
-    def to_json(self) -> dict:
-        d = dict(self.__dict__)
-        d["grid"] = list(self.grid) if self.grid else None
-        d["max_abs_diff"] = self.max_abs_diff if self.max_abs_diff != float("inf") else None
-        return d
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What ``attnviz check`` found: the model, the backend attnviz chooses, and one :class:`KindCheck` per input and kind.
-
-    ``exact``: every difference is within ``tolerance``. ``prefix`` names the
-    prefix tokens of a vision model (``None`` for text).
-    """
-
-    model_id: str
-    model_type: str
-    modality: str
-    backend: str
-    dtype: str
-    tolerance: float
-    proven: bool
-    rows: tuple[KindCheck, ...]
-    prefix: tuple[str, ...] | None = None
-
-    @property
-    def exact(self) -> bool:
-        return bool(self.rows) and all(r.max_abs_diff <= self.tolerance for r in self.rows)
-
-    @property
-    def max_abs_diff(self) -> float:
-        return max((r.max_abs_diff for r in self.rows), default=0.0)
-
-    def to_json(self) -> dict:
-        return {
-            "model": self.model_id,
-            "model_type": self.model_type,
-            "modality": self.modality,
-            "backend": self.backend,
-            "dtype": self.dtype,
-            "tolerance": self.tolerance,
-            "proven": self.proven,
-            "prefix_tokens": len(self.prefix) if self.prefix is not None else None,
-            "prefix": list(self.prefix) if self.prefix is not None else None,
-            "exact": self.exact,
-            "max_abs_diff": self.max_abs_diff if self.max_abs_diff != float("inf") else None,
-            "checks": [r.to_json() for r in self.rows],
-        }
-
-
-def masked_layers(full, causal: bool) -> int:
-    """Layers of ``full`` (float32 ``[L, H, Q, K]``) in which an allowed key gets exactly 0 in every head.
-
-    Allowed: below the diagonal for causal maps, anywhere off the diagonal
-    otherwise. Softmax of finite scores is never exactly 0 at these sizes, so such
-    zeros come from a mask (a sliding window, local attention).
-    """
-    import torch
-
-    L, H, Q, K = full.shape
-    if Q != K or Q < 2:
-        return 0
-    zero = (full == 0).all(dim=1)  # [L, Q, K]
-    region = torch.ones(Q, K, dtype=torch.bool).tril(-1) if causal else ~torch.eye(Q, dtype=torch.bool)
-    return int((zero & region).flatten(1).any(dim=1).sum())
-
-
-def _rows_for(name: str, ours, ref, diffs: Mapping[str, float], grid=None) -> list[KindCheck]:
-    rows = []
-    for kind, diff in diffs.items():
-        maps = ours.attention.get(kind) or ref.attention[kind]
-        reference = ref.attention.get(kind) or maps
-        causal = bool(maps.causal)
-        rows.append(KindCheck(
-            name, kind, maps.num_layers, maps.num_heads, maps.num_queries, maps.num_keys, causal,
-            masked_layers(reference.full, causal), diff, grid, ours is not ref,
-        ))
-    return rows
-
-
-def is_vision_config(config) -> bool:
-    """True for the vision models ``attnviz image`` handles (or refuses as vision models), from the config."""
-    from attnviz.inputs import IMAGE, modality_of
-
-    return modality_of(config) is IMAGE
-
-
-def check_model(name: str, options=None) -> CheckReport:
-    """Compare attnviz's capture with eager ``output_attentions`` on the built-in inputs (``attnviz check``).
-
-    Text models (from the config) run :data:`CHECK_TEXTS` (plus :data:`CHECK_TARGET`
-    on the decoder side of encoder-decoder models); vision models run
-    :data:`CHECK_IMAGES` through their image processor. Every layer and head of
-    every attention kind is compared.
-
-    Raises:
-        ModelError: the model cannot be loaded, is not supported, or cannot run eager attention.
-    """
-    from attnviz.models import LoadOptions, load_config, resolve_model
-
-    options = options or LoadOptions()
-    config = load_config(resolve_model(name), options)
-    return _check_image(name, options) if is_vision_config(config) else _check_text(name, options)
-
-
-def _report(model_id, model_type, modality, model, rows, backends, prefix=None) -> CheckReport:
-    backend = "eager" if "eager" in backends else (backends[0] if backends else "?")
-    return CheckReport(
-        model_id, model_type, modality, backend, _dtype_name(model), tolerance_for(model),
-        model_type in PROVEN_TYPES, tuple(rows), prefix,
-    )
-
-
-def _check_text(name: str, options) -> CheckReport:
-    from attnviz.inputs.tokens import load_text_model, prepare_text
-
-    tm = load_text_model(name, options)
-    rows, backends = [], []
-    for label, content in CHECK_TEXTS:
-        prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
-        ours, ref, diffs = compare(tm.model, prepared.inputs)
-        backends.append(ours.backend)
-        rows += _rows_for(label, ours, ref, diffs)
-    return _report(tm.source.model_id, tm.model_type, "text", tm.model, rows, backends)
-
-
-def check_photo(size: tuple[int, int], seed: int = 0):
-    """A deterministic synthetic RGB photo (smooth gradients, a bright disc, noise) of ``size`` (width, height)."""
-    import numpy as np
-    from PIL import Image
-
-    w, h = size
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    disc = ((x - 0.6 * w) ** 2 + (y - 0.4 * h) ** 2 < (0.2 * min(w, h)) ** 2) * 120.0
-    img = np.stack([x * 255 / max(1, w - 1), y * 255 / max(1, h - 1), (x + y) * 127 / max(1, w + h - 2) + disc], -1)
-    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(img, "RGB")
-
-
-def _check_image(name: str, options) -> CheckReport:
-    from attnviz.errors import ModelError
-    from attnviz.inputs.patches import load_image_model, preprocess
-
-    im = load_image_model(name, options)
-    param = next(im.model.parameters())
-    rows, backends = [], []
-    for i, (label, size) in enumerate(CHECK_IMAGES):
-        pixel_values, _box, grid, _input = preprocess(im, check_photo(size, seed=i))
-        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
-        ours, ref, diffs = compare(im.model, {"pixel_values": pixel_values})
-        backends.append(ours.backend)
-        maps = ours.attention.get("self")
-        expected = im.info.prefix_tokens + grid[0] * grid[1]
-        if maps is None or maps.num_keys != expected:
-            raise ModelError(
-                f"'{name}' ({im.model_type}) has {maps.num_keys if maps else 0} tokens on a {size[0]}x{size[1]} photo, but "
-                f"{im.info.prefix_tokens} prefix tokens + a {grid[0]}x{grid[1]} patch grid make {expected}"
-            )
-        rows += _rows_for(f"{size[0]}×{size[1]}", ours, ref, diffs, grid)
-    return _report(im.source.model_id, im.model_type, "image", im.model, rows, backends, im.info.prefix)

@@ -17,9 +17,9 @@ comes from a ``paired`` process that, for each batch, times the SDPA forward and
 processes that run only one of:
 
 - ``sdpa``  (floor): per batch, attnviz's own tokenization and right padding
-  (:meth:`attnviz.heads.BatchRunner.encode`), then ``model(**inputs)`` with the
+  (:meth:`attnviz.pipelines.headstats_engine.BatchRunner.encode`), then ``model(**inputs)`` with the
   model's SDPA attention, under ``torch.inference_mode()``;
-- ``heads``: :func:`attnviz.heads.run_local` over the same batches: the same
+- ``heads``: :func:`attnviz.pipelines.headstats_engine.run_local` over the same batches: the same
   tokenization, the capture engine's batch plan, every statistic accumulated in
   the ``on_layer`` callback, the head-distance rows (``--cluster-queries`` 8).
 
@@ -57,10 +57,10 @@ def child(mode: str, n: int, batch_size: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from attnviz.cli.common import quiet_libraries
+    from attnviz.pipelines.common import quiet_libraries
 
     quiet_libraries()
-    from attnviz.heads import BatchRunner, HeadsSettings, run_local
+    from attnviz.pipelines.headstats_engine import BatchRunner, HeadsSettings, run_local
     from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(MODEL)
@@ -183,7 +183,7 @@ absolute numbers are noisy; the ratio is measured side by side).
 
 - Throughput is measured side by side in one process: for every batch, the *SDPA forward* (attnviz's tokenization
   and padding, then `model(**inputs)` with SDPA attention: the floor) and then *attnviz heads*
-  (`attnviz.heads.run_local` on the same batch: the capture engine's batch plan, every statistic and the
+  (`attnviz.pipelines.headstats_engine.run_local` on the same batch: the capture engine's batch plan, every statistic and the
   head-distance rows accumulated layer by layer), so load from other processes hits both alike.
 - Peak RSS (`VmHWM`, weights and libraries included) comes from separate fresh processes that run only one of the
   two over all the lines.

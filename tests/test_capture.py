@@ -22,10 +22,10 @@ from attnviz.capture import FULL, CapturePlan, attention_shapes, capture, eager_
 from attnviz.errors import OutputError, UsageError
 from attnviz.report import AttentionWriter, attention_file_size, attention_tensor_name
 
-from tiny import TEXT, TEXT_KINDS, eager_attentions
+from tiny import FALCON_EAGER, TEXT, TEXT_KINDS, eager_attentions
 
 TOL = 1e-5
-FALLBACK = {"mpnet", "deberta-v2", "falcon", "falcon-old"}  # not routed through transformers' AttentionInterface
+FALLBACK = {"mpnet", "deberta-v2"} | ({"falcon", "falcon-old"} if FALCON_EAGER else set())  # not routed through transformers' AttentionInterface
 ROLLOUTS = [(f, d, p) for f in ("mean", "max", "min") for d, p in ((0.0, ()), (0.3, (0,)))]
 
 
@@ -100,6 +100,32 @@ def test_full_plan_equals_eager(cases, kind):
         _close(maps.full, ref, f"{kind}/{k} full")
     assert c.model.config._attn_implementation == before
     assert result.outputs is not None
+
+
+@pytest.mark.parametrize("kind", ["mpnet", "deberta-v2"])
+def test_fallback_maps_are_the_softmax_the_model_computes(cases, kind, monkeypatch):
+    """For models captured by the eager fallback, "equals eager" would compare eager with itself: instead,
+    the maps must be the attention probabilities the model's own forward computes (its softmax calls
+    in a plain forward, without ``output_attentions``)."""
+    c = cases(kind)
+    n = c.inputs["input_ids"].shape[-1]
+    seen: list[torch.Tensor] = []
+    softmax = torch.nn.functional.softmax
+
+    def spy(x, dim=None, *args, **kwargs):
+        out = softmax(x, dim, *args, **kwargs)
+        if out.dim() == 4 and out.shape[-2:] == (n, n):
+            seen.append(out[0].detach().float().clone())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "softmax", spy)
+    with torch.no_grad():
+        c.model(**c.inputs)
+    monkeypatch.setattr(torch.nn.functional, "softmax", softmax)
+    result = capture(c.model, c.inputs, FULL)
+    assert result.backend == "eager"
+    assert len(seen) == result.attention["self"].num_layers
+    _close(result.attention["self"].full, torch.stack(seen), f"{kind} fallback vs the model's softmax")
 
 
 @pytest.mark.parametrize("kind", TEXT_KINDS)
@@ -404,3 +430,42 @@ def test_follow_keeps_the_best_scoring_head_only(cases, kind):
     assert set(maps.head_maps) == {(best, best % H)}
     _close(maps.head_map(best, best % H), ref[best, best % H], f"{kind} followed head")
     assert [l for _, l, _ in seen] == list(range(ref.shape[0]))
+
+
+def _splinter():
+    from transformers import SplinterConfig, SplinterModel
+
+    cfg = SplinterConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         question_token_id=104)
+    return SplinterModel(cfg), {"input_ids": torch.randint(0, 100, (1, 9))}
+
+
+def _nllb_moe():
+    from transformers import NllbMoeConfig, NllbMoeForConditionalGeneration
+
+    cfg = NllbMoeConfig(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, num_experts=2, expert_capacity=4,
+                        max_position_embeddings=64)
+    return NllbMoeForConditionalGeneration(cfg), {"input_ids": torch.randint(3, 100, (1, 7)),
+                                                  "decoder_input_ids": torch.randint(3, 100, (1, 5))}
+
+
+@pytest.mark.parametrize("make", [_splinter, _nllb_moe], ids=["splinter", "nllb-moe"])
+def test_masks_follow_eager_not_sdpa_defaults(make):
+    """Splinter's attention has no ``is_causal`` (SDPA would run its encoder causally) and NLLB-MoE's decoder
+    self-attention says ``is_causal = False`` while transformers skips its causal mask: the capture must
+    still equal eager, without the run-time check (``--no-verify``)."""
+    torch.manual_seed(0)
+    model, inputs = make()
+    model.eval()
+    result = capture(model, inputs, FULL)
+    assert result.backend == "sdpa+attnviz"
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        out = model(**inputs, output_attentions=True)
+    groups = ({"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
+              if model.config.is_encoder_decoder else {"self": out.attentions})
+    assert set(result.attention) == set(groups)
+    for k, maps in groups.items():
+        _close(result.attention[k].full, torch.stack([m[0] for m in maps]).float(), k)
+    assert result.attention.get("decoder") is None or result.attention["decoder"].causal

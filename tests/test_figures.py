@@ -23,6 +23,8 @@ from attnviz.render.layout import (
 from attnviz.render.text import focus_view, head_view, matrix_view, model_view
 from attnviz.report import write_figure
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 TEXT = "The animal didn't cross the street because it was too tired."
 #: 64 tokens with [CLS] and [SEP] on the default model (word pieces, an apostrophe, hyphens, punctuation).
 LONG = ("The state-of-the-art animal didn't cross the busy street, because it was far too tired; "
@@ -168,7 +170,9 @@ def test_matrix_states_threshold_and_marks_focus_row(short):
 def vit(tmp_path_factory):
     from vision_tiny import make_photo, make_vision_model
 
-    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, rollout_map
+    from attnviz.inputs.patches import attend_image, load_image_model
+
+    from attnviz.analysis.patches import image_plan, image_sinks, rollout_map
     from attnviz.inputs.imagefile import load_image
     from attnviz.models import LoadOptions
 
@@ -208,6 +212,31 @@ def test_image_heads_share_one_scale_by_default(vit):
     assert sum(1 for a in fig.axes if a.get_gid() == "colorbar") == 1
     per = heads_view(res, 1, style=Style.from_options("page", dpi=100, scale="per-head"))
     assert "own scale" in per.texts[1].get_text().replace("\n", " ")
+
+
+def test_a_very_wide_photo_is_drawn_stretched_and_says_so(vit, tmp_path):
+    """A 3000x20 photo: panels at most 4:1 (not hairlines), colour-bar labels within the figure, a caption."""
+    import dataclasses
+
+    from PIL import Image as PILImage
+
+    from attnviz.render.image import MAX_ASPECT, report_view, rollout_view
+
+    res, ro, sinks = vit
+    wide = dataclasses.replace(res, image=PILImage.new("RGB", (3000, 20), (90, 120, 150)), crop_box=(0.0, 0.0, 3000.0, 20.0))
+    for fig in (rollout_view(wide, ro, {}, sinks=sinks), report_view(wide, layer=1, head=None, rollout=ro, sinks=sinks)):
+        fig.canvas.draw()
+        heat_axes = [a for a in fig.axes if any(i.get_gid() == "heatmap" for i in a.get_images())]
+        assert heat_axes
+        for ax in heat_axes:
+            box = ax.get_window_extent()
+            assert box.width / box.height <= MAX_ASPECT + 0.05 and box.height > 30  # pixels at 100 dpi
+        text = " ".join(t.get_text() for t in fig.findobj(match=lambda o: hasattr(o, "get_text")))
+        assert "drawn stretched to 4:1" in text.replace("\n", " ")
+        fig_box = fig.bbox
+        for cb in (a for a in fig.axes if a.get_gid() == "colorbar"):
+            label = cb.yaxis.label.get_window_extent()
+            assert label.x1 <= fig_box.x1 + 1 and label.height <= cb.get_window_extent().height + 2
 
 
 def test_sink_caption_states_what_was_measured():
@@ -284,7 +313,7 @@ def heads_results(tiny_models):
 
     from tiny import CORPUS
 
-    from attnviz.heads import BatchRunner, HeadsResult, HeadsSettings, Probe, run_local, run_probes
+    from attnviz.pipelines.headstats_engine import BatchRunner, HeadsResult, HeadsSettings, Probe, run_local, run_probes
     from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(str(tiny_models("bert")))

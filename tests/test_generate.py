@@ -122,12 +122,13 @@ def test_bad_settings(lm_models):
 
     tm = load_generation_model(str(lm_models("gpt2")))
     for kwargs, msg in (({"max_new_tokens": 0}, "at least 1"), ({"sample": True, "temperature": 0}, "temperature"),
-                        ({"sample": True, "top_p": 1.5}, "top-p"), ({"chat": True}, "chat template"),
-                        ({"max_new_tokens": 500}, "maximum of 128")):
+                        ({"sample": True, "top_p": 1.5}, "top-p"), ({"chat": True}, "chat template")):
         with pytest.raises(UsageError, match=msg):
             attend_generation(TEXT, tm, **kwargs)
     with pytest.raises(UsageError, match="empty"):
         attend_generation("", tm)
+    served = attend_generation(TEXT, tm, max_new_tokens=500, stop_at_eos=False)  # more than the 128 positions: served
+    assert served.prompt_length + served.num_generated == 128 and "generating at most" in served.notice
 
 
 def test_views_draw_the_captured_numbers(lm_models):

@@ -23,6 +23,8 @@ from attnviz.inputs.corpus import iter_batches, iter_texts, open_corpus
 from attnviz.errors import InputError
 from tiny import CORPUS
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 TEXTS = CORPUS + ["Short one.", "Heads, tails; and more punctuation!"]
 TOL = 1e-5
 runner = CliRunner()
@@ -111,7 +113,7 @@ def reference(path, texts, words: bool, causal: bool, R: int = 4):
 
 
 def attnviz_stats(path, texts, words: bool, batch_size: int):
-    from attnviz.heads import BatchRunner, HeadsSettings, run_local
+    from attnviz.pipelines.headstats_engine import BatchRunner, HeadsSettings, run_local
     from attnviz.inputs.tokens import load_text_model
 
     tm = load_text_model(str(path))
@@ -172,7 +174,7 @@ def test_corpus_readers_agree(tmp_path):
 
 def test_probes_follow_the_focus_rule(peaky, tmp_path):
     """Each head's probe answer is its strongest earlier, non-special, non-adjacent token in eager attention."""
-    from attnviz.heads import Probe, run_probes
+    from attnviz.pipelines.headstats_engine import Probe, run_probes
     from attnviz.inputs.tokens import _token_info, load_text_model
 
     path = peaky("bert")
@@ -249,11 +251,13 @@ def test_ray_engine_equals_local(tiny_models, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for engine in ("local", "ray"):
-            extra = ["--workers", 2, "--cpus-per-worker", 0.5] if engine == "ray" else []
+            extra = []  # the default pool must work on the 2-CPU cluster (it once waited for ever)
             res = _cli("heads", corpus, "--model", tiny_models("gpt2"), "--words", "--batch-size", 3, "--engine", engine,
                        *extra, "--out", tmp_path / engine, "--json")
             assert res.exit_code == 0, res.output
             docs[engine] = json.loads(res.stdout)
+            if engine == "ray":
+                assert "Ray pool: 2 workers x 0.5 CPUs each (the cluster has 2 CPUs" in res.stderr
     finally:
         ray.shutdown()
     local, remote = docs["local"], docs["ray"]

@@ -14,7 +14,8 @@ import pytest
 import browser
 from vision_tiny import DEIT, SAMPLES
 
-pytestmark = pytest.mark.skipif(browser.why_no_browser() is not None, reason=browser.why_no_browser() or "")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(browser.why_no_browser() is not None, reason=browser.why_no_browser() or "")]
 
 SENTENCE = "The animal didn't cross the street because it was too tired."
 QUANT = 1 / 510  # the stated bound: a weight is read back within max(row)/510
@@ -186,7 +187,7 @@ def test_image_report(driver, tmp_path):
 
     from attnviz import attend_image
     from attnviz.html import image_page
-    from attnviz.inputs.patches import rollout_map
+    from attnviz.analysis.patches import rollout_map
     from attnviz.report import write_html
 
     from attnviz.analysis.sinks import SinkPatch

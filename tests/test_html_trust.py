@@ -21,6 +21,8 @@ import torch
 
 import browser
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 HOSTILE = "Say <!-- not a comment --> and </script><script>alert(1)</script> & \u2028 \u2029 ok."
 RLO = "ab\u202ecd"
 needs_browser = pytest.mark.skipif(browser.why_no_browser() is not None, reason=browser.why_no_browser() or "")
@@ -351,7 +353,7 @@ def test_rollout_colour_min_to_max(tmp_path):
     first colour, the strongest its last; the attention panel still starts at 0."""
     from attnviz import attend_image
     from attnviz.html import image_page
-    from attnviz.inputs.patches import rollout_map
+    from attnviz.analysis.patches import rollout_map
     from vision_tiny import make_photo, make_vision_model
 
     r = attend_image(make_photo(tmp_path / "p.png", (48, 40)), str(make_vision_model(tmp_path, "deit-distilled")))

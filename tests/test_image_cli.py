@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from attnviz.cli import app
 from vision_tiny import DEIT, DINOV2, ROOT, SAMPLES, needs_deit, needs_dinov2, eager_attentions, make_photo, make_vision_model, reference_rollout
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 
 runner = CliRunner()
 
@@ -83,6 +85,20 @@ def test_help_lists_the_options_and_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_a_patch_off_the_photo_is_refused_before_transformers_loads(tmp_path):
+    photo = make_photo(tmp_path / "p.png", (48, 40))
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from attnviz.cli import app\n"
+        f"r = CliRunner().invoke(app, ['image', {str(photo)!r}, '--patch', '500,10', '--out', {str(tmp_path / 'o')!r}])\n"
+        "assert r.exit_code == 2, r.output\n"
+        "assert 'outside the photo: x in [0, 48), y in [0, 40)' in r.stderr, r.stderr\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 # ---------------------------------------------------------------------------
@@ -277,12 +293,13 @@ def test_dinov2_report_names_the_sink_and_offers_the_sink_free_view(tmp_path):
 
 def test_human_output_names_sinks(tmp_path, capsys):
     from attnviz.analysis.sinks import SinkPatch
-    from attnviz.cli.image import ImageRun, _print_human
+    from attnviz.cli.image import _print_human
+    from attnviz.pipelines.image import ImageRun
     from attnviz.types import AttentionMaps, ImageAttention
 
     maps = AttentionMaps("self", 2, 3, 17, 17)
     result = ImageAttention("m", "vit", "eager", Image.new("RGB", (8, 8)), (0, 0, 8, 8), (4, 4), 1, 0, maps)
-    _print_human(ImageRun(result, "p.png", 1, None, "mean", 0.0, [SinkPatch(1, 2, 0.5, "rollout")], files=[Path("r.png")]))
+    _print_human(ImageRun(result, "p.png", 1, None, "mean", 0.0, (SinkPatch(1, 2, 0.5, "rollout"),), files=(Path("r.png"),)))
     out = capsys.readouterr().out
     assert "m · 2 layers × 3 heads · grid 4×4 · 1 prefix token · backend eager" in out
     assert "attention sink: (row 1, col 2) 50% of the rollout (8x uniform)" in out

@@ -187,6 +187,15 @@ def test_missing_empty_folder_and_not_an_image(tmp_path):
         load_image(42)
 
 
+def test_a_pipe_or_device_is_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would block until a writer came
+    for path in (tmp_path / "pipe.png", "/dev/zero"):
+        with pytest.raises(InputError, match="not a regular file"):
+            load_image(path)
+
+
 def noisy(w=64, h=48):
     return Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
 

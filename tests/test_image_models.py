@@ -15,10 +15,8 @@ from PIL import Image
 
 from attnviz.methods.rollout import attention_rollout
 from attnviz.errors import ModelError, UsageError
-from attnviz.inputs.patches import (
-    attend_image, cls_attention, image_plan, image_sinks, load_image_model, patch_box, point_to_patch,
-    query_attention, rollout_map,
-)
+from attnviz.inputs.patches import attend_image, load_image_model
+from attnviz.analysis.patches import image_plan, cls_attention, image_sinks, patch_box, point_to_patch, query_attention, rollout_map
 from vision_tiny import DEIT, DINOV2, SAMPLES, needs_deit, needs_dinov2, KINDS, LAYOUT, eager_attentions, make_photo, make_vision_model, reference_rollout
 
 

@@ -23,6 +23,8 @@ from attnviz.render.text import causal_mask, focus_view, head_view, maps_for, ma
 
 from tiny import TEXT
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 PIECES = ViewSpec()
 WORDS = ViewSpec(words=True)
 HIDE = ViewSpec(hide_special=True)

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from attnviz.cli import app
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 

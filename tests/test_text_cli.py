@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from attnviz.cli import app
 from tiny import TEXT, eager_attentions
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 runner = CliRunner()
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 

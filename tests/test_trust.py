@@ -21,6 +21,8 @@ from attnviz.cli import app
 from tiny import TEXT
 from vision_tiny import make_photo, make_vision_model
 
+pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -376,7 +378,7 @@ def test_output_in_the_way_is_caught_before_loading(bert, tmp_path, no_weights):
 
 def test_image_mistakes_are_caught_before_loading(vit, photo, tmp_path, no_weights):
     line = one_line(invoke("image", photo, "--model", vit, "--patch", "1000,5", "--out", tmp_path / "o"), 2)
-    assert "outside the part of the photo" in line
+    assert "is outside the photo: x in [0, " in line
     one_line(invoke("image", photo, "--model", vit, "--layer", "5", "--out", tmp_path / "o"), 2)
 
 

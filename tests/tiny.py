@@ -8,6 +8,20 @@ import torch
 
 TEXT = "The animal didn't cross the street because it was too tired."
 
+
+def _falcon_eager() -> bool:
+    """True where the installed transformers' Falcon attention bypasses the AttentionInterface (before 5.25),
+    so attnviz captures it through the eager fallback; from 5.25 it goes through the interface like Llama."""
+    import inspect
+
+    import transformers.models.falcon.modeling_falcon as falcon
+
+    return "ALL_ATTENTION_FUNCTIONS" not in inspect.getsource(falcon)
+
+
+#: Falcon is captured through the eager fallback (older transformers) rather than the AttentionInterface.
+FALCON_EAGER = _falcon_eager()
+
 CORPUS = [
     TEXT,
     "A quick brown fox jumps over the lazy dog while the cat sleeps.",

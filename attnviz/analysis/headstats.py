@@ -367,3 +367,18 @@ def embed_heads(distances: np.ndarray, seed: int = 0) -> np.ndarray:
     except TypeError:  # older scikit-learn
         mds = MDS(n_components=2, dissimilarity="precomputed", random_state=seed, n_init=4)
     return mds.fit_transform(d)
+
+
+#: Display label and unit (None: a probability or share) of each statistic, for figures, pages and tables.
+LABELS = {
+    "first": ("attention to the first token ([CLS]/BOS)", None),
+    "sep_eos": ("attention to [SEP]/EOS", None),
+    "punct": ("attention to punctuation", None),
+    "entropy": ("row entropy", "nats"),
+    "entropy_ratio": ("row entropy / uniform entropy", None),
+    "prev": ("share of queries attending most to the previous token", None),
+    "same": ("share of queries attending most to themselves", None),
+    "next": ("share of queries attending most to the next token", None),
+    "distance": ("mean attention distance", "tokens"),
+    "probe_accuracy": ("probe accuracy of the head's link", None),
+}

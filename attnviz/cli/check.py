@@ -7,11 +7,9 @@ from typing import Optional
 import typer
 
 from attnviz.cli import app
-from attnviz.cli.common import (
-    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, JSON, TRUST_REMOTE_CODE, guarded, print_json, quiet_libraries,
-)
+from attnviz.cli.common import ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, JSON, TRUST_REMOTE_CODE, model_request, run_command
 
-#: Exit status when some attention map differs from eager by more than the tolerance.
+#: Exit status when some attention map differs from eager by more than the tolerance (attnviz.pipelines.check.NOT_EXACT).
 NOT_EXACT = 6
 
 
@@ -70,15 +68,15 @@ def check_command(
     Exit 0 if every attention map is equal within the tolerance (1e-5 in float32),
     6 if not; 3 if the model cannot be loaded or cannot run eager attention.
     """
-    with guarded(debug):
-        quiet_libraries()
-        from attnviz.models import LoadOptions
-        from attnviz.verify import check_model
+    options = dict(locals())
+    outcome = {}
 
-        report = check_model(model, LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map))
-        if as_json:
-            print_json(report.to_json())
-        else:
-            _print_human(report)
-    if not report.exact:
-        raise typer.Exit(NOT_EXACT)
+    def produce():
+        from attnviz.pipelines.check import CheckRequest, run
+
+        outcome["report"] = report = run(CheckRequest(model_request(**options)))
+        return report
+
+    run_command(debug, as_json, produce, _print_human)
+    if outcome["report"].exit_code:
+        raise typer.Exit(outcome["report"].exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import warnings
@@ -214,44 +213,3 @@ def print_json(document: dict) -> None:
     """The one JSON document on stdout."""
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     sys.stdout.flush()
-
-
-def parse_formats(fmt: str) -> tuple[list[str], bool]:
-    """``--format`` as (figure formats, whether to write the HTML report): "png,html" -> (["png"], True).
-
-    Raises:
-        UsageError: an unknown or empty format.
-    """
-    from attnviz.errors import UsageError
-    from attnviz.report import FORMATS
-
-    names = [f.strip().lower() for f in fmt.split(",") if f.strip()]
-    bad = [f for f in names if f not in FORMATS + ("html",)]
-    if bad or not names:
-        raise UsageError(f"--format must be one or more of {', '.join(FORMATS + ('html',))} (comma-separated), not '{fmt}'")
-    return [f for f in dict.fromkeys(names) if f != "html"], "html" in names
-
-
-def mark_random_weights(output, model) -> str | None:
-    """Warn and stamp every output of ``output`` (:class:`attnviz.report.RunOutput`) when ``model`` was loaded with
-    randomly initialised attention-path tensors (``--random-weights-ok``). Returns the note for the JSON, else None."""
-    from attnviz.models import random_weights_note
-
-    note = random_weights_note(model)
-    if note:
-        warn(note)
-        output.stamp = "RANDOM WEIGHTS: not the trained model"
-    return note
-
-
-def warn_left_alone(output) -> None:
-    """One warning per previous output that the run left in place because it changed after attnviz wrote it."""
-    for path in output.left_alone:
-        warn(f"left '{path}' from the previous run in place: it changed after attnviz wrote it")
-
-
-def verification_json(result) -> dict:
-    """``verified`` (True when the capture was checked against eager on this model and matched) and
-    ``verification`` (see :meth:`attnviz.verify.Verification.to_json`) for a command's ``--json``."""
-    v = getattr(result, "verification", None)
-    return {"verified": bool(v is not None and v.verified), "verification": v.to_json() if v is not None else None}

@@ -1,8 +1,7 @@
-"""``attnviz image``: a photo in, per-head attention heatmaps, attention rollout and predictions out."""
+"""``attnviz image``: options in, :func:`attnviz.pipelines.image.run`, the summary (or ``--json``) out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -10,132 +9,14 @@ import typer
 
 from attnviz.cli import app
 from attnviz.cli.common import (
-    mark_random_weights, warn_left_alone,
-    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, guarded, print_json,
-    quiet_libraries, warn,
+    ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
+    model_request, output_request, print_files, run_command, style_request,
 )
-from attnviz.cli.common import VERIFY, verification_json
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 from attnviz.models import DEFAULT_IMAGE_MODEL
 
-#: The views ``attnviz image`` can write (``--views``); ``rollout`` includes rollout-no-sinks, ``patch`` needs --patch.
+#: The views ``attnviz image`` can write (kept in step with attnviz.pipelines.image.IMAGE_VIEWS; no torch import here).
 IMAGE_VIEWS = ("report", "heads", "rollout", "patch", "predictions")
-
-
-@dataclass
-class ImageRun:
-    """What one ``attnviz image`` run produced; rendered as human output or JSON."""
-
-    result: object  # ImageAttention
-    path: str
-    layer: int
-    head: int | None
-    head_fusion: str
-    discard_ratio: float
-    sinks: list = field(default_factory=list)
-    patch: tuple | None = None  # (x, y, row, col)
-    files: list[Path] = field(default_factory=list)
-    save_attn: Path | None = None
-    random_weights: str | None = None
-    style: object | None = None  # Style
-    views: tuple[str, ...] = ()
-    rollout: object | None = None  # float [rows, cols] tensor
-
-    def to_json(self) -> dict:
-        """The ``--json`` document (plain JSON types only)."""
-        from attnviz.render.layout import DEFAULT_STYLE, model_reference
-
-        r = self.result
-        style = self.style or DEFAULT_STYLE
-        doc = {
-            "model": model_reference(r.model_id),
-            "label": style.model_label(r.model_id),
-            "model_type": r.model_type,
-            "backend": r.backend,
-            "random_weights": self.random_weights,
-            "image": {"path": self.path, "width": r.image.width, "height": r.image.height},
-            "input_size": list(r.input_size),
-            "crop_box": [round(float(v), 3) for v in r.crop_box],
-            "grid": list(r.grid),
-            "prefix_tokens": r.prefix_tokens,
-            "cls_index": r.cls_index,
-            "num_layers": r.num_layers,
-            "num_heads": r.num_heads,
-            "view": {"layer": self.layer, "head": self.head},
-            "rollout": {"head_fusion": self.head_fusion, "discard_ratio": self.discard_ratio,
-                        "row": "[CLS]" if r.cls_index is not None else "mean of all tokens"},
-        }
-        if r.predictions:
-            doc["predictions"] = [{"label": p.label, "score": round(p.score, 6)} for p in r.predictions]
-        else:
-            doc["predictions"] = None
-        doc["sink_patches"] = [s.to_dict() for s in self.sinks]
-        doc["style"] = style.describe()
-        doc["views"] = list(self.views)
-        doc.update(_maps_json(self))
-        if self.patch is not None:
-            x, y, row, col = self.patch
-            doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
-        doc["files"] = [str(p) for p in self.files]
-        doc["save_attn"] = str(self.save_attn) if self.save_attn else None
-        doc.update(verification_json(r))
-        return doc
-
-
-def _print_human(run: ImageRun) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from attnviz.render.layout import DEFAULT_STYLE
-
-    console = Console(highlight=False)
-    r = run.result
-    rows, cols = r.grid
-    console.print(
-        f"[bold]{(run.style or DEFAULT_STYLE).model_label(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
-        f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
-        soft_wrap=True,
-    )
-    if run.random_weights:
-        console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
-    if getattr(r.verification, "verified", False):
-        console.print(r.verification.describe())
-    if r.predictions:
-        table = Table(title="Predictions (softmax of the logits)", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        for i, p in enumerate(r.predictions, 1):
-            table.add_row(str(i), p.label, f"{p.score:.3f}")
-        console.print(table)
-    if run.sinks:
-        n = rows * cols
-        cells = "; ".join(f"(row {s.row}, col {s.col}) {s.share:.0%} of the {s.signal} ({s.share * n:.0f}x uniform)" for s in run.sinks)
-        console.print(f"[yellow]attention sink{'s' if len(run.sinks) > 1 else ''}:[/yellow] {cells}", soft_wrap=True)
-    if run.patch is not None:
-        x, y, row, col = run.patch
-        console.print(f"--patch {x:g},{y:g} is patch (row {row}, col {col})")
-    if run.files or run.save_attn:
-        console.print("wrote:")
-        for path in run.files + ([run.save_attn] if run.save_attn else []):
-            console.print(f"  {path}", soft_wrap=True)
-
-
-def _parse_patch(text: Optional[str]) -> tuple[float, float] | None:
-    from attnviz.errors import UsageError
-
-    if text is None:
-        return None
-    parts = text.replace(" ", "").split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        x, y = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise UsageError(f"--patch must be X,Y in pixels of the photo (e.g. --patch 120,80), not '{text}'") from None
-    if not (x == x and y == y) or x in (float("inf"), float("-inf")) or y in (float("inf"), float("-inf")):
-        raise UsageError(f"--patch must be finite pixel coordinates, not '{text}'")
-    return x, y
 
 
 @app.command("image")
@@ -168,194 +49,50 @@ def image_command(
     verify: bool = VERIFY,
 ) -> None:
     """Attention of a Vision Transformer over a photo: per-head heatmaps, rollout, predictions and attention sinks."""
-    with guarded(debug):
-        run = run_image(**locals())
-        if as_json:
-            print_json(run.to_json())
-        else:
-            _print_human(run)
+    options = dict(locals())
+
+    def produce():
+        from attnviz.pipelines.image import ImageRequest, run
+
+        return run(ImageRequest(
+            path, layer=layer, head=head, head_fusion=head_fusion, discard_ratio=discard_ratio, patch=patch, views=views,
+            model=model_request(**options), output=output_request(**options), style=style_request(**options),
+        ))
+
+    run_command(debug, as_json, produce, _print_human)
 
 
-def run_image(
-    path, model, layer, head, out, fmt, as_json, save_attn, head_fusion, discard_ratio, patch,
-    device, dtype, device_map, allow_pickle, trust_remote_code, force=False, random_weights_ok=False, debug=False, verify=True,
-    size="screen", dpi=None, label=None, cmap=None, scale="shared", views=",".join(IMAGE_VIEWS),
-) -> ImageRun:
-    """Do the work of ``attnviz image`` and return what was produced (no printing).
+def _print_human(run) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
-    The photo, layer/head ranges, ``--patch`` and the output paths are checked against the config
-    and image processor before the weights load; all files are written together at the end, or none.
-    """
-    from attnviz.models import check_layer_head, resolve_model
-    check_layer_head(resolve_model(model), layer, head, "vision_config")  # milliseconds: config.json, no imports
-    from attnviz.methods.rollout import HEAD_FUSIONS
-    from attnviz.errors import UsageError
-    from attnviz.cli.common import parse_formats
-    from attnviz.report import RunOutput, check_tensor_path, model_files
+    from attnviz.render.layout import DEFAULT_STYLE
 
-    figure_formats, html = parse_formats(fmt)
-    if head_fusion not in HEAD_FUSIONS:
-        raise UsageError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
-    if not 0.0 <= discard_ratio < 1.0:
-        raise UsageError(f"--discard-ratio must be in [0, 1), not {discard_ratio}")
-    point = _parse_patch(patch)
-
-    from attnviz.cli.style import parse_views
-    from attnviz.render.layout import Style
-
-    chosen_views = parse_views(views, IMAGE_VIEWS)
-    style = Style.from_options(size, dpi, cmap, scale, label, {"head_fusion": head_fusion, "discard_ratio": discard_ratio})
-
-    from attnviz.inputs.imagefile import load_image
-
-    photo = load_image(path)  # a bad file fails before any model is loaded
-    tensor_path = check_tensor_path(save_attn) if save_attn else None
-
-    quiet_libraries()
-    from attnviz.inputs.patches import attend_image, image_plan, image_sinks, load_image_model, patch_at, preprocess, rollout_map
-    from attnviz.models import LoadOptions
-
-    options = LoadOptions(allow_pickle, trust_remote_code, device, dtype, device_map, random_weights_ok)
-    im = load_image_model(model, options, weights=False)  # config and processor only: checks come first
-    n_layers, n_heads = im.info.num_layers, im.info.num_heads
-    layer = -1 if layer is None else layer
-    if not -n_layers <= layer < n_layers:
-        raise UsageError(f"--layer {layer} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
-    layer %= n_layers
-    if head is not None:
-        if not -n_heads <= head < n_heads:
-            raise UsageError(f"--head {head} is out of range: this model has {n_heads} heads per layer (0..{n_heads - 1})")
-        head %= n_heads
-    patch_info = None
-    stems = {"report": "report", "heads": f"attention-layer{layer}", "rollout": "rollout"}
-    names = [f"{stems[v]}.{f}" for f in figure_formats for v in chosen_views if v in stems]
-    # written only when sinks are found or the model classifies: checked now all the same, so a clash costs no loading
-    if "rollout" in chosen_views:
-        names += [f"rollout-no-sinks.{f}" for f in figure_formats]
-    if "predictions" in chosen_views and im.info.classifier:
-        names += [f"predictions.{f}" for f in figure_formats]
-    if point is not None:
-        _, box, grid, _ = preprocess(im, photo)
-        row, col = patch_at(box, grid, (photo.width, photo.height), *point)
-        patch_info = (point[0], point[1], row, col)
-        names += [f"{_patch_stem(point[0], point[1], layer)}.{f}" for f in figure_formats if "patch" in chosen_views]
-    if html:
-        names.append("report.html")
-    output = RunOutput(
-        out, command="image", force=force, protect=model_files(im.source.location),
-        settings={"model": im.source.model_id, "image": str(path), "layer": layer, "head": head, "head_fusion": head_fusion,
-                  "discard_ratio": discard_ratio, "patch": patch, "format": fmt, "size": size,
-                  "views": list(chosen_views), "save_attn": str(tensor_path) if tensor_path else None},
-    )
-    output.check(names, tensor=tensor_path)
-
-    im = im.with_weights()
-    note = mark_random_weights(output, im.model)
-    if getattr(im.model, "attnviz_new_head", ()):
-        warn(f"'{im.source.model_id}' has no trained classification head in its checkpoint: no predictions are shown")
-    plan = image_plan(im, (layer,), full=tensor_path is not None or html, head_fusion=head_fusion, discard_ratio=discard_ratio)
-    result = attend_image(photo, im, plan=plan, verify=verify)
-    if result.verification is not None and result.verification.notice:
-        warn(result.verification.notice)
-    elif result.backend == "eager":
-        warn(f"{im.model_type} does not use transformers' AttentionInterface: captured with backend 'eager' (output_attentions)")
-    rollout = rollout_map(result, head_fusion, discard_ratio)
-    sinks = image_sinks(result, rollout)
-
-    run = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, sinks, patch_info, random_weights=note,
-                   style=style, views=chosen_views, rollout=rollout)
-    with output:
-        files = [p for f in figure_formats for p in _write_views(run, rollout, output, f)]
-        if html:
-            from attnviz.html import image_page
-
-            settings = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
-            files.append(output.page(image_page(result, rollout, settings, sinks, layer, head), "report"))
-        if tensor_path is not None:
-            _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio)
-    run.files = files
-    run.save_attn = output.tensor
-    warn_left_alone(output)
-    return run
-
-
-def _patch_stem(x: float, y: float, layer: int) -> str:
-    return f"patch-{x:g}-{y:g}-layer{layer}"
-
-
-def _write_views(run: ImageRun, rollout, output, fmt: str) -> list[Path]:
-    from attnviz.render.image import heads_view, patch_view, predictions_view, report_view, rollout_view
-
+    console = Console(highlight=False)
     r = run.result
-    settings = {"head_fusion": run.head_fusion, "discard_ratio": run.discard_ratio}
-    heads = None if run.head is None else [run.head]
-    style, views = run.style, run.views or IMAGE_VIEWS
-    files: list[Path] = []
-    if "heads" in views:
-        fig = heads_view(r, run.layer, heads=heads, sinks=run.sinks, style=style)
-        files.append(output.figure(fig, f"attention-layer{run.layer}", fmt))
-    if "rollout" in views:
-        files.append(output.figure(rollout_view(r, rollout, settings, sinks=run.sinks, style=style), "rollout", fmt))
-        if run.sinks:
-            fig = rollout_view(r, rollout, settings, sinks=run.sinks, masked=True, style=style)
-            files.append(output.figure(fig, "rollout-no-sinks", fmt))
-    if run.patch is not None and "patch" in views:
+    rows, cols = r.grid
+    console.print(
+        f"[bold]{(run.style or DEFAULT_STYLE).model_label(r.model_id)}[/bold] · {r.num_layers} layers × {r.num_heads} heads · grid {rows}×{cols} · "
+        f"{r.prefix_tokens} prefix token{'s' if r.prefix_tokens != 1 else ''} · backend {r.backend}",
+        soft_wrap=True,
+    )
+    if run.random_weights:
+        console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
+    if getattr(r.verification, "verified", False):
+        console.print(r.verification.describe())
+    if r.predictions:
+        table = Table(title="Predictions (softmax of the logits)", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        for i, p in enumerate(r.predictions, 1):
+            table.add_row(str(i), p.label, f"{p.score:.3f}")
+        console.print(table)
+    if run.sinks:
+        n = rows * cols
+        cells = "; ".join(f"(row {s.row}, col {s.col}) {s.share:.0%} of the {s.signal} ({s.share * n:.0f}x uniform)" for s in run.sinks)
+        console.print(f"[yellow]attention sink{'s' if len(run.sinks) > 1 else ''}:[/yellow] {cells}", soft_wrap=True)
+    if run.patch is not None:
         x, y, row, col = run.patch
-        fig = patch_view(r, run.layer, row, col, point=(x, y), heads=heads, sinks=run.sinks, style=style)
-        files.append(output.figure(fig, _patch_stem(x, y, run.layer), fmt))
-    if r.predictions and "predictions" in views:
-        files.append(output.figure(predictions_view(r, style=style), "predictions", fmt))
-    if "report" not in views:
-        return files
-    fig = report_view(
-        r, layer=run.layer, head=run.head, rollout=rollout, settings=settings, sinks=run.sinks,
-        files=[p.name for p in files], style=style,
-    )
-    report = output.figure(fig, "report", fmt)
-    return [report] + files
-
-
-def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio: float) -> Path:
-    """``attentions`` [L, H, T, T] and ``rollout`` [rows, cols] (raw), float32, with metadata."""
-    from attnviz.report import save_tensors
-
-    meta = {
-        "model": result.model_id,
-        "grid": list(result.grid),
-        "prefix_tokens": result.prefix_tokens,
-        "cls_index": result.cls_index,
-        "backend": result.backend,
-        "rollout_head_fusion": head_fusion,
-        "rollout_discard_ratio": discard_ratio,
-        "rollout_row": "[CLS]" if result.cls_index is not None else "mean of all tokens",
-        "image_size": [result.image.width, result.image.height],
-        "crop_box": [float(v) for v in result.crop_box],
-    }
-    tensors = {"attentions": result.attention.full.float(), "rollout": rollout.float()}
-    return save_tensors(path, tensors, meta)
-
-
-def _maps_json(run: ImageRun) -> dict:
-    """What the image figures draw: per-head [CLS] maps of the chosen layer (with a summary) and the rollout."""
-    from attnviz.inputs.patches import cls_attention
-
-    r = run.result
-    out: dict = {}
-    if r.attention.has_layer(run.layer):
-        grid = cls_attention(r, run.layer)  # [H, rows, cols]
-        rows, cols = r.grid
-        heads = []
-        for h in range(grid.shape[0]):
-            g = grid[h]
-            top = int(g.argmax())
-            heads.append({
-                "head": h, "to_patches": round(float(g.sum()), 6), "to_prefix": round(1 - float(g.sum()), 6),
-                "max": round(float(g.max()), 6), "max_patch": {"row": top // cols, "col": top % cols},
-                "map": [[round(float(v), 6) for v in row] for row in g.tolist()],
-            })
-        out["cls_maps"] = {"layer": run.layer, "query": "[CLS]" if r.cls_index is not None else "mean of all tokens",
-                           "scale": run.style.scale if run.style is not None else "shared", "heads": heads,
-                           "mean": [[round(float(v), 6) for v in row] for row in grid.mean(dim=0).tolist()]}
-    if run.rollout is not None:
-        out["rollout_map"] = [[round(float(v), 8) for v in row] for row in run.rollout.float().tolist()]
-    return out
+        console.print(f"--patch {x:g},{y:g} is patch (row {row}, col {col})")
+    print_files(console, run.files, run.save_attn)

@@ -1,6 +1,6 @@
 """The HTML report of ``attnviz heads``: the corpus head statistics as one self-contained, offline page.
 
-The payload is :meth:`attnviz.heads.HeadsResult.to_json` (every statistic as a
+The payload is :meth:`attnviz.pipelines.headstats_engine.HeadsResult.to_json` (every statistic as a
 ``[layers][heads]`` grid, definitions, corpus size, settings, probes, the head
 map's 2-D coordinates) without the ``[L*H, L*H]`` distance matrix, plus the
 statistics' display labels. It is drawn by ``assets/heads.js`` (the text and
@@ -13,9 +13,8 @@ from attnviz.html.page import render_page
 
 
 def heads_payload(result, style=None) -> dict:
-    """The data ``heads.js`` draws, from a :class:`attnviz.heads.HeadsResult` (numbers as in ``heads.json``)."""
-    from attnviz.analysis.headstats import STATISTICS
-    from attnviz.render.headstats import LABELS
+    """The data ``heads.js`` draws, from a :class:`attnviz.pipelines.headstats_engine.HeadsResult` (numbers as in ``heads.json``)."""
+    from attnviz.analysis.headstats import LABELS, STATISTICS
 
     doc = result.to_json((), style)
     doc.pop("files", None)
@@ -28,10 +27,9 @@ def heads_payload(result, style=None) -> dict:
     return doc
 
 
-def heads_page(result, style=None) -> str:
-    """The HTML report of a :class:`attnviz.heads.HeadsResult` (see :func:`heads_payload`)."""
-    from attnviz.render.layout import DEFAULT_STYLE
-
-    label = (style or DEFAULT_STYLE).model_label(result.model_id)
+def heads_page(result, style=None, label: str | None = None) -> str:
+    """The HTML report of a :class:`attnviz.pipelines.headstats_engine.HeadsResult` (see :func:`heads_payload`);
+    ``label``: the model's display label in the title (default: its id)."""
+    label = label or result.model_id
     return render_page(heads_payload(result, style), f"attnviz · {label} · heads", script="heads.js",
                        styles=("attnviz.css", "heads.css"))

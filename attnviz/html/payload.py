@@ -386,7 +386,7 @@ def image_payload(result, rollout=None, settings: dict | None = None, sinks=(), 
     Raises:
         UsageError: the result holds no full layer at all.
     """
-    from attnviz.inputs.patches import query_label, rollout_map
+    from attnviz.analysis.patches import query_label, rollout_map
 
     settings = dict(settings or {"head_fusion": "mean", "discard_ratio": 0.0})
     maps = result.attention

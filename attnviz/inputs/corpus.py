@@ -42,12 +42,26 @@ def open_corpus(path: str | Path, column: str = "text") -> Corpus:
     Raises:
         InputError: missing file, a folder, or (tabular kinds) no ``column`` in it.
     """
+    import stat
+
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"corpus '{p}' does not exist")
-    if p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"corpus '{p}' does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read corpus '{p}': {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise InputError(f"corpus '{p}' is a folder; give a .txt, .jsonl, .csv or .parquet file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"corpus '{p}' is not a regular file (a pipe or device?); attnviz heads reads files it can "
+                         "count and read twice")
     corpus = Corpus(p, _SUFFIX.get(p.suffix.lower(), "text"), column)
+    if corpus.kind == "csv":
+        names = _csv_header(p)
+        if column not in names:
+            raise InputError(f"corpus '{p}' has no column '{column}' (columns: {', '.join(names) or 'none'}); "
+                             "pick one with --column")
     if corpus.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -58,6 +72,18 @@ def open_corpus(path: str | Path, column: str = "text") -> Corpus:
         if column not in names:
             raise InputError(f"corpus '{p}' has no column '{column}' (columns: {', '.join(names)}); pick one with --column")
     return corpus
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV/TSV file (its first record, read from the first 1 MiB)."""
+    import csv
+    import io
+
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20).decode("utf-8", "replace")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    row = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    return [name.strip() for name in row]
 
 
 def count_examples(corpus: Corpus) -> int | None:
@@ -79,8 +105,12 @@ def count_examples(corpus: Corpus) -> int | None:
     return max(0, n - (corpus.kind == "csv"))
 
 
-def iter_texts(corpus: Corpus, limit: int | None = None) -> Iterator[str]:
+def iter_texts(corpus: Corpus, limit: int | None = None, max_chars: int | None = None) -> Iterator[str]:
     """The corpus' non-blank texts in file order, at most ``limit``, streamed.
+
+    ``max_chars``: cut each text to this many characters (the tokenizer would drop the rest anyway); lines
+    of a text corpus are then read in pieces of that size, so one huge line costs no more memory than a
+    normal one.
 
     Raises:
         InputError: not UTF-8, malformed JSON/CSV, a missing or non-text column.
@@ -88,21 +118,21 @@ def iter_texts(corpus: Corpus, limit: int | None = None) -> Iterator[str]:
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
     n = 0
-    for text in _raw_texts(corpus):
+    for text in _raw_texts(corpus, max_chars):
         if text is None or not str(text).strip():
             continue
-        yield str(text)
+        yield str(text) if max_chars is None else str(text)[:max_chars]
         n += 1
         if limit is not None and n >= limit:
             return
 
 
-def iter_batches(corpus: Corpus, batch_size: int, limit: int | None = None) -> Iterator[list[str]]:
+def iter_batches(corpus: Corpus, batch_size: int, limit: int | None = None, max_chars: int | None = None) -> Iterator[list[str]]:
     """:func:`iter_texts` in lists of ``batch_size`` (the last may be shorter)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     batch: list[str] = []
-    for text in iter_texts(corpus, limit):
+    for text in iter_texts(corpus, limit, max_chars):
         batch.append(text)
         if len(batch) == batch_size:
             yield batch
@@ -111,13 +141,27 @@ def iter_batches(corpus: Corpus, batch_size: int, limit: int | None = None) -> I
         yield batch
 
 
-def _raw_texts(corpus: Corpus) -> Iterator[str | None]:
+def _bounded_lines(fh, max_chars: int | None) -> Iterator[str]:
+    """The lines of ``fh`` without their end, each cut to ``max_chars`` (the rest of a longer line is read in
+    pieces of that size and dropped)."""
+    if max_chars is None:
+        for line in fh:
+            yield line.rstrip("\r\n")
+        return
+    size = max(1, max_chars) + 2
+    while line := fh.readline(size):
+        if not line.endswith("\n"):
+            while (rest := fh.readline(size)) and not rest.endswith("\n"):
+                pass
+        yield line.rstrip("\r\n")[:max_chars]
+
+
+def _raw_texts(corpus: Corpus, max_chars: int | None = None) -> Iterator[str | None]:
     p, column = corpus.path, corpus.column
     try:
         if corpus.kind == "text":
             with open(p, encoding="utf-8") as fh:
-                for line in fh:
-                    yield line.rstrip("\r\n")
+                yield from _bounded_lines(fh, max_chars)
             return
         if corpus.kind == "parquet":
             import pyarrow.parquet as pq
@@ -196,7 +240,11 @@ def ray_dataset(corpus: Corpus, limit: int | None = None):
     ds = ds.select_columns([column])
     if column != "text":
         ds = ds.rename_columns({column: "text"})
-    ds = ds.filter(lambda row: row["text"] is not None and bool(str(row["text"]).strip()))
+    import warnings
+
+    with warnings.catch_warnings():  # Ray Data suggests its expression API for a row function; this one is plain Python
+        warnings.filterwarnings("ignore", message=".*instead of 'fn'.*", category=UserWarning)
+        ds = ds.filter(lambda row: row["text"] is not None and bool(str(row["text"]).strip()))
     if limit is not None:
         ds = ds.limit(limit)
     return ds

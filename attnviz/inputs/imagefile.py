@@ -46,7 +46,7 @@ def load_image(source) -> "Image.Image":
 
     Raises:
         InputError: missing, empty, unreadable, truncated, corrupt or non-image
-        file; an image over Pillow's decompression-bomb limit; an image with no pixels.
+        file; a pipe or device (not read); an image over Pillow's decompression-bomb limit; an image with no pixels.
     """
     from PIL import Image
 
@@ -62,9 +62,14 @@ def load_image(source) -> "Image.Image":
     if path.is_dir():
         raise InputError(f"'{name}' is a folder, not an image file")
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise InputError(f"cannot read image file '{name}': {exc.strerror or exc}") from exc
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"'{name}' is not a regular file (a pipe or device?); give an image file")
+    size = st.st_size
     if size == 0:
         raise InputError(f"image file '{name}' is empty")
     with _bomb_guard(name):

@@ -271,10 +271,15 @@ def figure_text(fig: Figure) -> str:
 def add_colorbar(frame: Frame, mappable, left_in: float, top_in: float, height_in: float, label: str, width_in: float = 0.18,
                  fontsize: float = 9.0, ticks=None):
     """A vertical colour bar for ``mappable`` in the box at ``(left_in, top_in)`` inches, labelled ``label``
-    (``fontsize`` points; tick labels one point smaller, never under 6)."""
+    (``fontsize`` points, smaller on a short bar; tick labels one point smaller, never under 6)."""
     cax = frame.axes(left_in, top_in, width_in, height_in)
     cb = frame.figure.colorbar(mappable, cax=cax, ticks=ticks)
-    cb.set_label(wrap(label, max(height_in - 0.1, 0.8), fontsize), fontsize=fontsize, linespacing=1.0)
+    # a short bar (a wide, flat panel) gets a smaller label rather than one that runs past it: at most two
+    # lines along the bar, shrinking the font down to 6 pt
+    size = fontsize
+    while size > 6.0 and wrap(label, max(height_in - 0.05, 0.3), size).count("\n") > 1:
+        size = max(6.0, size - 0.5)
+    cb.set_label(wrap(label, max(height_in - 0.05, 0.3), size), fontsize=size, linespacing=1.0)
     cb.ax.tick_params(labelsize=max(6.0, fontsize - 1), length=2, pad=1.5)
     if ticks is None:
         from matplotlib.ticker import FuncFormatter, MaxNLocator

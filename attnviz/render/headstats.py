@@ -13,26 +13,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from attnviz.analysis.headstats import DEFINITIONS
+from attnviz.analysis.headstats import DEFINITIONS, LABELS
 from attnviz.render.common import (
     ATTENTION_CMAP, FOCUS_COLOR, Frame, add_colorbar, clamp, layer_head_axes, probability_norm, short_weight, text_color_on,
 )
 from attnviz.render.layout import DEFAULT_STYLE, Style
 from attnviz.render.text import _finish, _titles_for
 
-#: Display name and unit of each statistic; ``None`` unit = a probability or share in [0, 1].
-LABELS = {
-    "first": ("attention to the first token ([CLS]/BOS)", None),
-    "sep_eos": ("attention to [SEP]/EOS", None),
-    "punct": ("attention to punctuation", None),
-    "entropy": ("row entropy", "nats"),
-    "entropy_ratio": ("row entropy / uniform entropy", None),
-    "prev": ("share of queries attending most to the previous token", None),
-    "same": ("share of queries attending most to themselves", None),
-    "next": ("share of queries attending most to the next token", None),
-    "distance": ("mean attention distance", "tokens"),
-    "probe_accuracy": ("probe accuracy of the head's link", None),
-}
 #: Short colour bar labels for print sizes (the title names the statistic).
 SHORT = {
     "first": "probability", "sep_eos": "probability", "punct": "probability", "entropy_ratio": "ratio",
@@ -54,7 +41,7 @@ def statistic_view(result, name: str, style: Style | None = None) -> Figure:
     their rank 1-3 and the subtitle lists their values (every value: ``heads.json``).
 
     Args:
-        result: :class:`attnviz.heads.HeadsResult`.
+        result: :class:`attnviz.pipelines.headstats_engine.HeadsResult`.
         name: one of :data:`attnviz.analysis.headstats.STATISTICS`, or ``"probe_accuracy"`` (needs probes).
         style: size, dpi, fonts, colour map and display label (default: screen).
 
@@ -193,7 +180,7 @@ def head_map_view(result, style: Style | None = None) -> Figure:
     Data: ``result.coords`` float64 ``[layers * heads, 2]`` (head ``i`` is layer ``i // heads``).
 
     Args:
-        result: :class:`attnviz.heads.HeadsResult`.
+        result: :class:`attnviz.pipelines.headstats_engine.HeadsResult`.
         style: size, dpi, fonts, colour map (of the layers) and display label (default: screen).
     """
     style = style or DEFAULT_STYLE

@@ -67,9 +67,24 @@ def _region(result: ImageAttention) -> tuple[float, float, float, float]:
     return min(0.0, left), max(float(w), right), min(0.0, top), max(float(h), bottom)
 
 
-def _aspect(result: ImageAttention) -> float:
+#: Panels are drawn no wider than 4:1 (nor taller than 1:4); a longer photo is stretched to it and the
+#: caption says so, so a 3000x20 px strip still shows its cells and the colour bar has room.
+MAX_ASPECT = 4.0
+
+
+def _true_aspect(result: ImageAttention) -> float:
     x0, x1, y0, y1 = _region(result)
     return (x1 - x0) / max(1e-9, (y1 - y0))
+
+
+def _aspect(result: ImageAttention) -> float:
+    """Width / height of a panel: the photo's own, within [1 / MAX_ASPECT, MAX_ASPECT]."""
+    return min(MAX_ASPECT, max(1.0 / MAX_ASPECT, _true_aspect(result)))
+
+
+def _stretch(result: ImageAttention) -> float:
+    """How much a y unit is drawn longer than an x unit (1.0: the photo's own proportions)."""
+    return _true_aspect(result) / _aspect(result)
 
 
 _PHOTOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -133,7 +148,7 @@ def _frame_axes(ax, result: ImageAttention) -> None:
     x0, x1, y0, y1 = _region(result)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
-    ax.set_aspect("equal")
+    ax.set_aspect(_stretch(result))
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -208,8 +223,12 @@ def _settings_text(result: ImageAttention) -> str:
     rows, cols = result.grid
     h, w = result.input_size
     prefix = f"{result.prefix_tokens} prefix token{'s' if result.prefix_tokens != 1 else ''}"
+    stretched = _stretch(result)
+    shape = "" if abs(stretched - 1) < 1e-6 else (
+        f" (drawn stretched to {_aspect(result):.3g}:1, the photo is {_true_aspect(result):.3g}:1)"
+    )
     return (
-        f"photo {result.image.width}x{result.image.height} px -> model input {w}x{h} px, {rows}x{cols} patches "
+        f"photo {result.image.width}x{result.image.height} px{shape} -> model input {w}x{h} px, {rows}x{cols} patches "
         f"(+ {prefix}) · backend {result.backend}"
     )
 
@@ -375,7 +394,7 @@ def heads_view(
     attention row over all tokens, and the title says so. ``sinks`` (from
     :func:`attnviz.analysis.sinks.detect_sinks`) are outlined.
     """
-    from attnviz.inputs.patches import cls_attention, query_label
+    from attnviz.analysis.patches import cls_attention, query_label
 
     maps_obj = result.attention
     layer = maps_obj.check_layer(layer)
@@ -422,7 +441,7 @@ def patch_view(
     The query patch is outlined in green and ``point`` (photo pixels) marked with
     a cross. Colour scales as in :func:`heads_view` (shared by default).
     """
-    from attnviz.inputs.patches import query_attention
+    from attnviz.analysis.patches import query_attention
 
     maps_obj = result.attention
     layer = maps_obj.check_layer(layer)
@@ -611,7 +630,7 @@ def report_view(
     The attention panel's colour bar starts at 0; the rollout's runs from its
     minimum to its maximum, and its colour bar says so.
     """
-    from attnviz.inputs.patches import cls_attention, query_label
+    from attnviz.analysis.patches import cls_attention, query_label
 
     settings = dict(settings or {})
     fusion, discard = settings.get("head_fusion", "mean"), float(settings.get("discard_ratio", 0.0))
@@ -715,7 +734,8 @@ def report_view(
                      pad=2, color=color, linespacing=1.1)
         return ax, x, y
 
-    ax, _, _ = panel(0, f"photo {result.image.width}x{result.image.height}" + (" · dashed: what the model saw" if _crops(result) else ""))
+    ax, _, _ = panel(0, f"photo {result.image.width}x{result.image.height}" + (" · dashed: what the model saw" if _crops(result) else "")
+                     + ("" if abs(_stretch(result) - 1) < 1e-6 else f" · drawn stretched to {_aspect(result):.3g}:1"))
     _draw_photo(ax, result, photo)
     ax, x, y = panel(1, att_name)
     _draw_photo(ax, result, photo)

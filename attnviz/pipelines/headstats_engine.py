@@ -103,45 +103,86 @@ class BatchRunner:
 
     def encode(self, texts: Sequence[str]):
         """``(inputs, infos, truncated)``: right-padded ``input_ids``/``attention_mask`` ``[B, N]``, each example's TokenInfo."""
-        import torch
+        encoded, truncated = self._tokenize(texts)
+        inputs, infos = self._pad(encoded)
+        return inputs, infos, truncated
 
+    def _tokenize(self, texts: Sequence[str]):
+        """``([(TokenInfo, ids), ...], truncated)`` for the non-empty examples, cut to :attr:`limit` tokens."""
         from attnviz.inputs.tokens import _token_info
 
         tok = self.tm.tokenizer
-        infos, ids, truncated = [], [], 0
+        encoded, truncated = [], 0
         for text in texts:
             enc = tok(text, return_offsets_mapping=True, verbose=False)
             if len(enc["input_ids"]) > self.limit:
                 enc = tok(text, truncation=True, max_length=self.limit, return_offsets_mapping=True)
                 truncated += 1
-            if not enc["input_ids"]:
-                continue
-            infos.append(_token_info(text, enc, tok))
-            ids.append(enc["input_ids"])
-        n = max((len(x) for x in ids), default=0)
-        input_ids = torch.full((len(ids), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), n), dtype=torch.long)
-        for i, x in enumerate(ids):
+            if enc["input_ids"]:
+                encoded.append((_token_info(text, enc, tok), enc["input_ids"]))
+        return encoded, truncated
+
+    def _pad(self, encoded):
+        import torch
+
+        infos = [info for info, _ in encoded]
+        n = max((len(x) for _, x in encoded), default=0)
+        input_ids = torch.full((len(encoded), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), n), dtype=torch.long)
+        for i, (_, x) in enumerate(encoded):
             input_ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-        return inputs, infos, truncated
+        return inputs, infos
 
     def run(self, texts: Sequence[str]) -> HeadSums:
-        """Sums of every statistic over the non-padding units of ``texts`` (one forward)."""
+        """Sums of every statistic over the non-padding units of ``texts``.
+
+        One forward per group of examples whose padded attention maps hold at most
+        :data:`MAX_CELLS` query-key pairs per head (a single longer example is its own group), so a batch
+        with one example at the model's limit costs about what a batch of normal ones does. The sums
+        are per example, so the grouping does not change them.
+        """
+        encoded, truncated = self._tokenize(texts)
+        total = HeadSums(self.num_layers, self.num_heads)
+        for group in _groups(encoded, MAX_CELLS):
+            total.add(self._run(group))
+        total.truncated += truncated
+        return total
+
+    def _run(self, encoded) -> HeadSums:
         from attnviz.capture import CapturePlan, capture
 
-        inputs, infos, truncated = self.encode(texts)
-        if not infos:
-            return HeadSums(self.num_layers, self.num_heads)
+        inputs, infos = self._pad(encoded)
         layout = batch_layout(infos, inputs["input_ids"].shape[1], self.settings.words, self.causal,
                               self.settings.cluster_queries, self.settings.cluster_every)
         acc = BatchAccumulator(layout, self.num_layers, self.num_heads)
         plan = CapturePlan(batch=True, on_layer=acc.on_layer, need_outputs=False)
         capture(self.tm.model, inputs, plan, backend=self.capture_backend)
-        sums = acc.finish()
-        sums.truncated += truncated
-        return sums
+        return acc.finish()
+
+
+#: Query-key pairs per head in one forward of ``attnviz heads`` (32 examples of 128 tokens; one 512-token example
+#: takes half): batches with longer examples are split (:meth:`BatchRunner.run`).
+MAX_CELLS = 32 * 128 * 128
+
+
+def _groups(encoded: list, max_cells: int) -> list[list]:
+    """``encoded`` (``(info, ids)`` pairs) in groups, in file order, whose ``len(group) * longest**2 <= max_cells``
+    (a longer single example is a group of its own)."""
+    groups: list[list] = []
+    group: list = []
+    longest = 0
+    for item in encoded:
+        n = len(item[1])
+        if group and (len(group) + 1) * max(longest, n) ** 2 > max_cells:
+            groups.append(group)
+            group, longest = [], 0
+        group.append(item)
+        longest = max(longest, n)
+    if group:
+        groups.append(group)
+    return groups
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +206,7 @@ class RayWorker:
     def __init__(self, model: str, options, settings: HeadsSettings, threads: int = 1):
         import torch
 
-        from attnviz.cli.common import quiet_libraries
+        from attnviz.pipelines.common import quiet_libraries
         from attnviz.inputs.tokens import load_text_model
 
         torch.set_num_threads(max(1, threads))
@@ -177,16 +218,37 @@ class RayWorker:
         return {k: np.expand_dims(v, 0) for k, v in sums.to_arrays().items()}
 
 
+#: CPUs of the Ray cluster left for reading the corpus when the pool is sized: Ray Data's read tasks ask for one
+#: whole CPU each, so with less left they never start and the run waits for ever (seen with 2 x 0.75 on 2 CPUs).
+READER_CPUS = 1.0
+
+
+def pool_size(cpus: float, workers: int | None = None, cpus_per_worker: float | None = None) -> tuple[int, float]:
+    """``(workers, CPUs per worker)`` for a Ray cluster of ``cpus`` CPUs; given values are kept.
+
+    Unset: up to two workers (one per whole CPU), sharing what :data:`READER_CPUS` leaves, at most one
+    CPU each, in quarters: 2 CPUs -> 2 x 0.5; 8 CPUs -> 2 x 1; 1 CPU -> 1 x 0.25 (which :func:`run_ray`
+    refuses: nothing would be left for reading).
+    """
+    free = max(cpus - READER_CPUS, 0.0)
+    if workers is None:
+        workers = max(1, min(2, int(cpus)))
+    if cpus_per_worker is None:
+        cpus_per_worker = max(0.25, min(1.0, int(free / workers * 4) / 4))
+    return workers, cpus_per_worker
+
+
 def run_ray(
     model: str, options, corpus, settings: HeadsSettings, num_layers: int, num_heads: int, *, address: str | None = None,
-    workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
-    progress: Callable[[HeadSums], None] | None = None,
+    workers: int | None = None, gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None,
+    progress: Callable[[HeadSums], None] | None = None, notify: Callable[[str], None] | None = None,
 ) -> HeadSums:
     """Read ``corpus`` as a Ray Dataset and run :class:`BatchRunner` in a pool of ``workers`` actors; sum the parts.
 
     Joins the cluster at ``address`` (``"auto"``, ``"ray://host:10001"``...) or, without
     one, uses the running Ray instance or starts a local one. Each actor gets
-    ``cpus_per_worker`` CPUs (and as many torch threads) and ``gpus_per_worker`` GPUs.
+    ``cpus_per_worker`` CPUs (and as many torch threads, at least one) and ``gpus_per_worker`` GPUs.
+    Unset sizes are chosen from the cluster (:func:`pool_size`) and said through ``notify``.
 
     Raises:
         UsageError: Ray is not installed (``pip install 'attnviz[ray]'``) or bad pool sizes.
@@ -195,9 +257,9 @@ def run_ray(
         import ray
     except ImportError:
         raise UsageError("--engine ray needs Ray Data: pip install 'attnviz[ray]'") from None
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
-    if gpus_per_worker < 0 or cpus_per_worker <= 0:
+    if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
         raise UsageError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     from attnviz.inputs.corpus import ray_dataset
 
@@ -214,12 +276,21 @@ def run_ray(
         except ConnectionError as exc:
             raise UsageError(f"cannot join the Ray cluster at '{address}': {str(exc).splitlines()[0][:200]}") from None
     cpus = float(ray.cluster_resources().get("CPU", 0))
-    if workers * cpus_per_worker > cpus - 0.5:
+    chosen = workers is None or cpus_per_worker is None
+    workers, cpus_per_worker = pool_size(cpus, workers, cpus_per_worker)
+    if chosen and notify is not None:
+        notify(f"Ray pool: {workers} workers x {cpus_per_worker:g} CPUs each (the cluster has {cpus:g} CPUs; "
+               f"{READER_CPUS:g} left for reading the corpus)")
+    if workers * cpus_per_worker > cpus - READER_CPUS + 1e-9:
         raise UsageError(
-            f"{workers} workers x {cpus_per_worker:g} CPUs leave no CPU of the Ray cluster's {cpus:g} for reading the corpus; "
-            "use fewer --workers or a smaller --cpus-per-worker (e.g. 0.5)"
+            f"{workers} workers x {cpus_per_worker:g} CPUs leave less than the one CPU Ray Data needs to read the corpus "
+            f"on this Ray cluster of {cpus:g} CPUs; use fewer --workers, a smaller --cpus-per-worker (e.g. 0.5)"
+            + (" or --engine local" if cpus < READER_CPUS + 0.25 else "")
         )
     ctx = ray.data.DataContext.get_current()
+    for name in list(logging.root.manager.loggerDict):  # Ray Data configures its own loggers on import
+        if name == "ray" or name.startswith("ray."):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ds = ray_dataset(corpus, settings.limit)
@@ -228,7 +299,7 @@ def run_ray(
         fn_constructor_kwargs={"model": model, "options": options, "settings": settings, "threads": int(max(1, cpus_per_worker))},
         batch_size=settings.batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
     )

@@ -1,0 +1,255 @@
+"""``attnviz check`` as a library call: is attnviz's capture exact on this model?
+
+::
+
+    from attnviz.pipelines.check import CheckRequest, run
+    report = run(CheckRequest("../shared/models/deit-tiny-patch16-224"))
+    report.exact, report.max_abs_diff      # True, 0.0
+    report.to_json()                       # what `attnviz check ... --json` prints
+    report.exit_code                       # 0 exact, 6 not exact
+
+Every layer and head of every attention kind that attnviz's capture gives on a few built-in inputs
+is compared with the model's own eager ``output_attentions`` (:func:`attnviz.verify.compare`). Which
+inputs depends on the model's modality (:mod:`attnviz.inputs`): :data:`CHECK_INPUTS` holds one
+function per modality that ``check`` covers; a model of any other modality is refused in one line
+(exit 3) naming its modality. Before a map is compared, the capture checks that it is a ``[query,
+key]`` probability map of the input's length; a band or block layout (Longformer, BigBird) is
+refused, never called exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from attnviz.errors import ModelError
+from attnviz.pipelines.common import ModelRequest, quiet_libraries
+from attnviz.verify import PROVEN_TYPES, compare, dtype_name, tolerance_for
+
+#: Exit status when some attention map differs from eager by more than the tolerance.
+NOT_EXACT = 6
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """``attnviz check``'s options: the model and how to load it (``model.verify`` is not used: this is the check)."""
+
+    model: ModelRequest | str = ModelRequest()
+
+    def model_request(self) -> ModelRequest:
+        return self.model if isinstance(self.model, ModelRequest) else ModelRequest(self.model)
+
+
+#: Built-in texts of ``attnviz check``: a short sentence and a longer passage (beyond small sliding windows).
+CHECK_TEXTS = (
+    ("sentence", "The animal didn't cross the street because it was too tired."),
+    ("passage", "Attention maps show which tokens each head looks at. In a decoder every token sees only the tokens "
+                "before it; some models also limit each token to a sliding window of recent tokens, and "
+                "encoder-decoder models add cross-attention from the target to the source."),
+)
+#: Decoder-side text for encoder-decoder models.
+CHECK_TARGET = "Das Tier ging nicht über die Straße, weil es zu müde war."
+#: Built-in photos of ``attnviz check`` (synthetic, deterministic): name -> (width, height).
+CHECK_IMAGES = (("square", (256, 256)), ("wide", (320, 200)))
+
+
+@dataclass(frozen=True)
+class KindCheck:
+    """One attention kind on one built-in input: shape, masks seen and the max abs difference from eager.
+
+    ``causal``: nothing above the diagonal; ``sliding_layers``: layers in which
+    some key that the causal mask (or, without one, the full sequence) allows gets
+    exactly 0 probability in every head, i.e. a sliding-window or local mask.
+    ``grid``: the patch grid ``(rows, cols)`` for images; ``compared``: False where
+    attnviz's backend is eager ``output_attentions`` itself (then checked for rows
+    summing to 1 and causal masks, and the difference is 0 by construction).
+    """
+
+    input: str
+    kind: str
+    num_layers: int
+    num_heads: int
+    queries: int
+    keys: int
+    causal: bool
+    sliding_layers: int
+    max_abs_diff: float
+    grid: tuple[int, int] | None = None
+    compared: bool = True  # False: attnviz's backend is eager output_attentions itself (checked, nothing to compare)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["grid"] = list(self.grid) if self.grid else None
+        d["max_abs_diff"] = self.max_abs_diff if self.max_abs_diff != float("inf") else None
+        return d
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``attnviz check`` found: the model, the backend attnviz chooses, and one :class:`KindCheck` per input and kind.
+
+    ``exact``: every difference is within ``tolerance``. ``prefix`` names the
+    prefix tokens of a vision model (``None`` for text).
+    """
+
+    model_id: str
+    model_type: str
+    modality: str
+    backend: str
+    dtype: str
+    tolerance: float
+    proven: bool
+    rows: tuple[KindCheck, ...]
+    prefix: tuple[str, ...] | None = None
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.rows) and all(r.max_abs_diff <= self.tolerance for r in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when exact, :data:`NOT_EXACT` (6) otherwise."""
+        return 0 if self.exact else NOT_EXACT
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((r.max_abs_diff for r in self.rows), default=0.0)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model_id,
+            "model_type": self.model_type,
+            "modality": self.modality,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "tolerance": self.tolerance,
+            "proven": self.proven,
+            "prefix_tokens": len(self.prefix) if self.prefix is not None else None,
+            "prefix": list(self.prefix) if self.prefix is not None else None,
+            "exact": self.exact,
+            "max_abs_diff": self.max_abs_diff if self.max_abs_diff != float("inf") else None,
+            "checks": [r.to_json() for r in self.rows],
+        }
+
+
+def masked_layers(full, causal: bool) -> int:
+    """Layers of ``full`` (float32 ``[L, H, Q, K]``) in which an allowed key gets exactly 0 in every head.
+
+    Allowed: below the diagonal for causal maps, anywhere off the diagonal
+    otherwise. Softmax of finite scores is never exactly 0 at these sizes, so such
+    zeros come from a mask (a sliding window, local attention).
+    """
+    import torch
+
+    L, H, Q, K = full.shape
+    if Q != K or Q < 2:
+        return 0
+    zero = (full == 0).all(dim=1)  # [L, Q, K]
+    region = torch.ones(Q, K, dtype=torch.bool).tril(-1) if causal else ~torch.eye(Q, dtype=torch.bool)
+    return int((zero & region).flatten(1).any(dim=1).sum())
+
+
+def _rows_for(name: str, ours, ref, diffs: Mapping[str, float], grid=None) -> list[KindCheck]:
+    rows = []
+    for kind, diff in diffs.items():
+        maps = ours.attention.get(kind) or ref.attention[kind]
+        reference = ref.attention.get(kind) or maps
+        causal = bool(maps.causal)
+        rows.append(KindCheck(
+            name, kind, maps.num_layers, maps.num_heads, maps.num_queries, maps.num_keys, causal,
+            masked_layers(reference.full, causal), diff, grid, ours is not ref,
+        ))
+    return rows
+
+
+def _report(model_id, model_type, modality, model, rows, backends, prefix=None) -> CheckReport:
+    backend = "eager" if "eager" in backends else (backends[0] if backends else "?")
+    return CheckReport(
+        model_id, model_type, modality, backend, dtype_name(model), tolerance_for(model),
+        model_type in PROVEN_TYPES, tuple(rows), prefix,
+    )
+
+
+def _check_text(name: str, options) -> CheckReport:
+    from attnviz.inputs.tokens import load_text_model, prepare_text
+
+    tm = load_text_model(name, options)
+    rows, backends = [], []
+    for label, content in CHECK_TEXTS:
+        prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
+        ours, ref, diffs = compare(tm.model, prepared.inputs)
+        backends.append(ours.backend)
+        rows += _rows_for(label, ours, ref, diffs)
+    return _report(tm.source.model_id, tm.model_type, "text", tm.model, rows, backends)
+
+
+def check_photo(size: tuple[int, int], seed: int = 0):
+    """A deterministic synthetic RGB photo (smooth gradients, a bright disc, noise) of ``size`` (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    disc = ((x - 0.6 * w) ** 2 + (y - 0.4 * h) ** 2 < (0.2 * min(w, h)) ** 2) * 120.0
+    img = np.stack([x * 255 / max(1, w - 1), y * 255 / max(1, h - 1), (x + y) * 127 / max(1, w + h - 2) + disc], -1)
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(img, "RGB")
+
+
+def _check_image(name: str, options) -> CheckReport:
+    from attnviz.errors import ModelError
+    from attnviz.inputs.patches import load_image_model, preprocess
+
+    im = load_image_model(name, options)
+    param = next(im.model.parameters())
+    rows, backends = [], []
+    for i, (label, size) in enumerate(CHECK_IMAGES):
+        pixel_values, _box, grid, _input = preprocess(im, check_photo(size, seed=i))
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+        ours, ref, diffs = compare(im.model, {"pixel_values": pixel_values})
+        backends.append(ours.backend)
+        maps = ours.attention.get("self")
+        expected = im.info.prefix_tokens + grid[0] * grid[1]
+        if maps is None or maps.num_keys != expected:
+            raise ModelError(
+                f"'{name}' ({im.model_type}) has {maps.num_keys if maps else 0} tokens on a {size[0]}x{size[1]} photo, but "
+                f"{im.info.prefix_tokens} prefix tokens + a {grid[0]}x{grid[1]} patch grid make {expected}"
+            )
+        rows += _rows_for(f"{size[0]}×{size[1]}", ours, ref, diffs, grid)
+    return _report(im.source.model_id, im.model_type, "image", im.model, rows, backends, im.info.prefix)
+
+
+#: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
+#: ``(name, LoadOptions) -> CheckReport``. Audio and detection add their row here when they learn ``check``.
+CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image}
+
+
+def run(request: CheckRequest) -> "CheckReport":
+    """Compare attnviz's capture with eager ``output_attentions`` on the built-in inputs (``attnviz check``).
+
+    Text models run :data:`CHECK_TEXTS` (plus :data:`CHECK_TARGET` on the decoder side of
+    encoder-decoder models); vision models run :data:`CHECK_IMAGES` through their image processor.
+
+    Returns:
+        :class:`CheckReport`: ``exact``, ``exit_code`` (0 or :data:`NOT_EXACT`), ``to_json()``.
+
+    Raises:
+        ModelError: (exit 3) the model cannot be loaded, is of a modality ``check`` does not cover, uses a
+            sparse layout, or cannot run eager attention.
+    """
+    from attnviz.inputs import TEXT, modality_of, require_modality
+    from attnviz.models import load_config, resolve_model
+
+    quiet_libraries()
+    model = request.model_request()
+    options = model.load_options()
+    config = load_config(resolve_model(model.name), options)
+    modality = modality_of(config)
+    check = CHECK_INPUTS.get(modality.name)
+    if check is None:
+        covered = ", ".join(CHECK_INPUTS)
+        raise ModelError(f"'{model.name}' is a {modality.noun}; attnviz check covers {covered} models only")
+    if modality is TEXT:
+        require_modality(config, model.name, TEXT, command="check")  # sparse layouts: refused, never "exact"
+    return check(model.name, options)
