@@ -1219,3 +1219,15 @@ def _probe_inputs(inputs: Mapping[str, torch.Tensor], positions: int = 2):
         else:
             probe[name] = value
     return probe, lengths
+
+
+def eager_attention(model) -> _eager:
+    """Context manager: ``model`` runs eager attention inside and its implementation is restored after.
+
+    For checks that read the model's own ``output_attentions`` where :func:`capture_eager` cannot (deformable
+    attention returns ``[Q, H, levels, points]`` weights, not ``[query, key]`` maps).
+
+    Raises:
+        ModelError: its attention modules were built for another implementation and cannot be switched.
+    """
+    return _eager(model)

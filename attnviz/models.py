@@ -384,7 +384,8 @@ def weight_coverage(model, loading_info: dict) -> WeightCoverage:
     return WeightCoverage(tuple(path), tuple(head))
 
 
-def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions(), attn_implementation: str | None = None):
+def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptions(), attn_implementation: str | None = None,
+               finite_check: bool = True):
     """Load weights with ``auto_class.from_pretrained`` in eval mode, refusing incomplete checkpoints.
 
     After loading, transformers' loading info is checked (:func:`weight_coverage`):
@@ -394,7 +395,11 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
     (callers then show no predictions).
 
     ``attn_implementation`` (e.g. ``"eager"``) is passed on to ``from_pretrained``
-    when given (see :func:`load_model_for_capture`).
+    when given (see :func:`load_model_for_capture`). ``finite_check=False`` leaves
+    :func:`check_finite` to the caller, who must run it before showing anything: done
+    after the forward pass it reads weights that pass already paged in, instead of
+    paging in the whole checkpoint before it (``attnviz detect``: 1.6 s and 150 MB of
+    peak memory on DETR-R50, benchmarks/DETECT.md).
 
     Raises:
         ModelError: not found/offline, pickle weights without ``allow_pickle``,
@@ -436,7 +441,8 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
             raise ModelError(f"cannot load '{source.model_id}': the checkpoint's tensors do not fit its config ({_first_line(exc)})") from exc
         raise
     check_shapes(source, model, info)
-    check_finite(source, model)
+    if finite_check:
+        check_finite(source, model)
     coverage = weight_coverage(model, info)
     if coverage.attention_path and not options.random_weights_ok:
         n = len(coverage.attention_path)
@@ -515,7 +521,7 @@ def random_weights_note(model) -> str | None:
     if not names:
         return None
     return f"random weights: {len(names)} tensor{'s' if len(names) != 1 else ''} missing from the checkpoint were randomly initialised (first: {names[0]})"
-def load_model_for_capture(source: ModelSource, auto_class, options: LoadOptions = LoadOptions()):
+def load_model_for_capture(source: ModelSource, auto_class, options: LoadOptions = LoadOptions(), finite_check: bool = True):
     """:func:`load_model`, reloaded with ``attn_implementation="eager"`` where attnviz needs it.
 
     Architectures that neither take attnviz's attention function nor can switch
@@ -528,8 +534,8 @@ def load_model_for_capture(source: ModelSource, auto_class, options: LoadOptions
     """
     from attnviz.capture import needs_eager_load
 
-    model = load_model(source, auto_class, options)
+    model = load_model(source, auto_class, options, finite_check=finite_check)
     if needs_eager_load(model):
         del model
-        model = load_model(source, auto_class, options, attn_implementation="eager")
+        model = load_model(source, auto_class, options, attn_implementation="eager", finite_check=finite_check)
     return model

@@ -39,6 +39,8 @@ PROVEN_TYPES: frozenset[str] = frozenset({
     # vision (tests/vision_tiny.py KINDS)
     "vit", "deit", "dinov2", "dinov2_with_registers", "siglip_vision_model", "beit", "clip_vision_model",
     "data2vec-vision", "ijepa",
+    # object detection (tests/detect_tiny.py KINDS, tests/test_detect.py)
+    "detr", "conditional_detr", "yolos", "deformable_detr", "rt_detr",
 })
 #: Query positions of the run-time check's probe (a prefix of the text).
 PROBE_TOKENS = 32

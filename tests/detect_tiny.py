@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 KINDS = ("detr", "conditional_detr", "yolos", "deformable_detr", "rt_detr")
+#: Checked against eager at run time (not on attnviz.verify.PROVEN_TYPES); RT-DETRv2 is refused.
+OTHER_KINDS = ("dab-detr", "table-transformer", "rt_detr_v2")
 #: resize small: the tiny models run in well under a second on one core
 SIZE = {"shortest_edge": 64, "longest_edge": 96}
 
@@ -27,6 +29,10 @@ def build(kind: str):
         return T.DetrConfig(d_model=16, **detr), T.DetrImageProcessor(size=SIZE)
     if kind == "conditional_detr":
         return T.ConditionalDetrConfig(d_model=16, **detr), T.ConditionalDetrImageProcessor(size=SIZE)
+    if kind == "table-transformer":
+        return T.TableTransformerConfig(d_model=16, **detr), T.DetrImageProcessor(size=SIZE)
+    if kind == "dab-detr":
+        return T.DabDetrConfig(hidden_size=16, **detr), T.ConditionalDetrImageProcessor(size=SIZE)
     if kind == "deformable_detr":
         return (T.DeformableDetrConfig(d_model=32, num_feature_levels=3, encoder_n_points=2, decoder_n_points=2, **detr),
                 T.DeformableDetrImageProcessor(size=SIZE))
@@ -34,8 +40,9 @@ def build(kind: str):
         return (T.YolosConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
                               image_size=[64, 96], patch_size=16, num_detection_tokens=5, **common),
                 T.YolosImageProcessor(size=SIZE))
-    if kind == "rt_detr":
-        return (T.RTDetrConfig(backbone_config=_resnet(T.RTDetrResNetConfig), use_pretrained_backbone=False,
+    if kind in ("rt_detr", "rt_detr_v2"):
+        cls = T.RTDetrConfig if kind == "rt_detr" else T.RTDetrV2Config
+        return (cls(backbone_config=_resnet(T.RTDetrResNetConfig), use_pretrained_backbone=False,
                                use_timm_backbone=False, d_model=16, encoder_hidden_dim=16, encoder_in_channels=[8, 16, 16],
                                encoder_ffn_dim=16, encoder_attention_heads=2, decoder_layers=2, decoder_attention_heads=2,
                                decoder_ffn_dim=16, num_queries=5, decoder_n_points=2, decoder_in_channels=[16, 16, 16],

@@ -74,7 +74,10 @@ def test_proven_types_are_the_tested_architectures():
 
     text = {text_config(kind, 100).model_type for kind in TEXT_KINDS} | {"bloom", "mpt"}  # + test_alibi_models_fall_back_to_eager
     vision = {vision_info(build(kind)[0].config).model_type for kind in KINDS}
-    assert verify.PROVEN_TYPES == text | vision
+    from detect_tiny import KINDS as DETECT_KINDS, build as build_detector
+
+    detection = {build_detector(kind)[0].model_type for kind in DETECT_KINDS}  # tests/test_detect.py
+    assert verify.PROVEN_TYPES == text | vision | detection
     assert {"bert", "vit", "deit", "dinov2", "falcon", "data2vec-vision", "ijepa"} <= verify.PROVEN_TYPES
     from transformers import AutoConfig
 

@@ -10,7 +10,7 @@ Two kinds of attention, told apart by the model's modules (never by its name):
   ``[L, H, Q, Q]`` between the ``Q`` object queries and cross-attention ``[L, H, Q, S]``. YOLOS is one ViT stack:
   ``[CLS]``, the ``rows * cols`` patches, then ``Q`` detection tokens (Fang et al. 2021); a detection token's row
   over the patches is its "cross-attention".
-- *deformable* (Deformable DETR, RT-DETR / RT-DETRv2; Zhu et al. 2021, Zhao et al. 2024): each query samples
+- *deformable* (Deformable DETR, RT-DETR; Zhu et al. 2021, Zhao et al. 2024): each query samples
   ``points`` locations per head on each feature level around a reference point and mixes them with softmax
   weights. A forward pre-hook on every ``MultiScaleDeformableAttention`` kernel module records the very
   ``sampling_locations`` ``[Q, H, levels, points, 2]`` (normalised x, y in [0, 1] over the level's map) and
@@ -31,13 +31,18 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnviz.errors import InputError, ModelError, UsageError
-from attnviz.models import LoadOptions, ModelSource, check_weight_files, load_config, load_model_for_capture, resolve_model
+from attnviz.errors import ModelError, UsageError
+from attnviz.models import (
+    LoadOptions, ModelSource, check_finite, check_weight_files, load_config, load_model_for_capture, resolve_model,
+)
 
 DENSE = "dense"
 DEFORMABLE = "deformable"
 #: The kernel module every multi-scale deformable attention of transformers calls (Deformable DETR, RT-DETR, ...).
 DEFORMABLE_KERNEL = "MultiScaleDeformableAttention"
+#: Detector model types ``attnviz detect`` shows (RT-DETRv2 and D-FINE call a kernel function with per-level point
+#: counts instead of the module; Grounding DINO, OWL-ViT and the segmenters are not query -> image detectors).
+SUPPORTED = frozenset({"detr", "conditional_detr", "dab-detr", "table-transformer", "yolos", "deformable_detr", "rt_detr"})
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,9 @@ class Detector:
     def with_weights(self) -> "Detector":
         """This detector with its weights loaded (``AutoModelForObjectDetection``, else the base ``AutoModel``).
 
+        The weights' NaN/infinity screen (:func:`attnviz.models.check_finite`) runs in :func:`attend_detector`,
+        after the forward pass has paged the checkpoint in, and before anything is shown.
+
         Raises:
             ModelError: weights missing, incomplete or unloadable (:func:`attnviz.models.load_model`).
         """
@@ -127,7 +135,7 @@ class Detector:
         from transformers import AutoModel, AutoModelForObjectDetection
 
         auto = AutoModelForObjectDetection if self.head else AutoModel
-        model = load_model_for_capture(self.source, auto, self.options)
+        model = load_model_for_capture(self.source, auto, self.options, finite_check=False)  # after the forward
         head = self.head and not getattr(model, "attnviz_new_head", ())
         return Detector(self.source, self.config, self.processor, self.attention, self.yolos, self.num_queries, head,
                         model, self.options)
@@ -157,11 +165,12 @@ def load_detector(name: str, options: LoadOptions = LoadOptions(), *, weights: b
     source = resolve_model(name)
     config = load_config(source, options)
     require_modality(config, name, DETECTION)
-    if str(config.model_type) not in ("detr", "conditional_detr", "dab-detr", "table-transformer", "yolos",
-                                      "deformable_detr", "rt_detr", "rt_detr_v2", "d_fine"):
-        raise ModelError(f"'{name}' ({config.model_type}) is a detector attnviz detect cannot show yet: its attention "
-                         "is not a DETR-style query -> image map (supported: DETR, Conditional DETR, DAB-DETR, "
-                         "YOLOS, Deformable DETR, RT-DETR, D-FINE)")
+    if str(config.model_type) not in SUPPORTED:
+        why = ("it samples a different number of points per feature level through a kernel function attnviz does "
+               "not hook yet" if config.model_type in ("rt_detr_v2", "d_fine") else
+               "its attention is not a DETR-style query -> image map")
+        raise ModelError(f"'{name}' ({config.model_type}) is a detector attnviz detect cannot show yet: {why} "
+                         f"(supported: DETR, Conditional DETR, DAB-DETR, Table Transformer, YOLOS, Deformable DETR, RT-DETR)")
     try:
         processor = AutoImageProcessor.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -182,13 +191,10 @@ def preprocess(det: Detector, image) -> tuple[dict, Geometry]:
     Raises:
         ModelError: the processor fails or returns an unexpected shape.
     """
-    try:
-        batch = det.processor(images=image, return_tensors="pt")
-    except (ValueError, TypeError, OSError) as exc:
-        raise ModelError(f"the image processor of '{det.source.model_id}' failed: {str(exc).strip().splitlines()[0][:200]}") from exc
+    from attnviz.inputs.imagefile import run_processor
+
+    batch = run_processor(det.processor, image, det.source.model_id)
     pv = batch["pixel_values"]
-    if pv.ndim != 4 or pv.shape[0] != 1:
-        raise ModelError(f"the image processor returned pixel_values of shape {tuple(pv.shape)}, not [1, C, H, W]")
     ih, iw = int(pv.shape[-2]), int(pv.shape[-1])
     mask = batch.get("pixel_mask")
     if mask is not None:
@@ -277,16 +283,21 @@ def record_deformable(model, inputs: dict, run) -> tuple[Any, DeformableCalls]:
 # the capture
 
 
+#: What :func:`attend_detector` keeps of the dense encoder self-attention (the one map that grows as ``S^2``).
+ENCODER_ALL, ENCODER_LAST, ENCODER_NONE = "all", "last", "none"
+
+
 @dataclass
 class DetectionAttention:
     """Everything captured from one forward pass of a detector on one photo.
 
-    Dense maps (float32, CPU): ``encoder`` ``[L, H, S, S]``, ``decoder`` ``[L, H, Q, Q]``, ``cross`` ``[L, H, Q, S]``
-    (YOLOS: ``encoder`` is None; ``cross`` is the detection tokens' rows over the patches, ``decoder`` their rows over
-    the detection tokens; ``self_full`` the whole ``[L, H, T, T]``). Deformable models: ``deformable``
-    (:class:`DeformableCalls`), ``decoder`` dense, ``encoder`` dense only for RT-DETR's AIFI layer (over
-    ``encoder_grid``). ``levels``: (rows, cols) of each feature level the queries look at; ``outputs``: the model
-    output (logits, pred_boxes).
+    Dense maps (float32, CPU): ``encoder`` ``[E, H, S, S]`` holds the encoder layers ``encoder_layers`` (0-based; all,
+    the last, or none, as asked), ``decoder`` ``[L, H, Q, Q]``, ``cross`` ``[L, H, Q, S]``. YOLOS (``yolos``): one
+    stack; ``encoder`` is its patches' rows over the patches, ``cross`` the detection tokens' rows over the patches,
+    ``decoder`` their rows over the detection tokens, and ``self_full`` the whole ``[L, H, T, T]`` when every layer
+    was kept. Deformable models: ``deformable`` (:class:`DeformableCalls`), ``decoder`` dense, ``encoder`` dense only
+    for RT-DETR's AIFI layer (over ``encoder_grid``). ``levels``: (rows, cols) of each feature level the queries look
+    at; ``outputs``: the model output (logits, pred_boxes).
     """
 
     attention: str
@@ -299,6 +310,8 @@ class DetectionAttention:
     outputs: Any
     backend: str
     self_full: Any = None
+    encoder_layers: tuple[int, ...] = ()
+    yolos: bool = False
 
 
 def _level_grids(model, inputs: dict, run) -> tuple[Any, list[tuple[int, int]]]:
@@ -316,58 +329,224 @@ def _level_grids(model, inputs: dict, run) -> tuple[Any, list[tuple[int, int]]]:
     return out, grids
 
 
-def attend_detector(det: Detector, inputs: dict) -> DetectionAttention:
-    """One forward pass of ``det.model`` capturing every attention map (see :class:`DetectionAttention`).
+class _Keep:
+    """The capture's ``on_layer`` callback: keeps every decoder and cross-attention layer, the encoder layers asked
+    for, and for YOLOS the detection tokens' rows (``queries``) of every layer (float32, CPU)."""
 
-    Dense maps come from :func:`attnviz.capture.capture` (equal to eager ``output_attentions``, 1e-5 fp32); deformable
-    sampling locations and weights are the kernel's own inputs (:func:`record_deformable`).
+    def __init__(self, encoder: str, queries: int | None = None):
+        self.encoder, self.queries = encoder, queries
+        self.maps: dict[str, list] = {}
+        self.layers: dict[str, list[int]] = {}
+        self.rows: list = []
+
+    def __call__(self, kind: str, layer: int, probs) -> None:
+        from attnviz.types import ENCODER, SELF
+
+        if kind == SELF and self.queries is not None:
+            self.rows.append(probs[:, -self.queries:, :].float().cpu())
+        big = kind == ENCODER or (kind == SELF and self.queries is not None)
+        if big and self.encoder == ENCODER_NONE:
+            return
+        if big and self.encoder == ENCODER_LAST:
+            self.maps[kind], self.layers[kind] = [], []
+        self.maps.setdefault(kind, []).append(probs.float().cpu())
+        self.layers.setdefault(kind, []).append(layer)
+
+    def stacked(self, kind: str):
+        import torch
+
+        maps = self.maps.get(kind)
+        return torch.stack(maps) if maps else None
+
+
+def attend_detector(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> DetectionAttention:
+    """One forward pass of ``det.model`` capturing its attention (see :class:`DetectionAttention` and
+    :func:`_attend`), then the weights' NaN/infinity screen (:func:`attnviz.models.check_finite`; also when the
+    capture fails, so that broken weights are named rather than the non-finite attention they give).
+
+    Raises:
+        ModelError: weights holding NaN or infinity (naming the tensor); as :func:`_attend`.
+    """
+    try:
+        captured = _attend(det, inputs, encoder)
+    except Exception:
+        check_finite(det.source, det.model)
+        raise
+    check_finite(det.source, det.model)
+    return captured
+
+
+def _attend(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> DetectionAttention:
+    """One forward pass of ``det.model`` capturing its attention (see :class:`DetectionAttention`).
+
+    Dense maps come from :func:`attnviz.capture.capture` (equal to eager ``output_attentions``, 1e-5 fp32), streamed
+    layer by layer: ``encoder`` says which encoder self-attention layers to keep (:data:`ENCODER_ALL` for
+    ``--save-attn`` and ``check``, :data:`ENCODER_LAST` for ``--point``, :data:`ENCODER_NONE`), the only maps whose
+    size grows as the square of the feature map. Deformable sampling locations and weights are the kernel's own
+    inputs (:func:`record_deformable`).
 
     Raises:
         ModelError: the model produced no attention, or maps whose shapes do not fit the feature map.
     """
-    from attnviz.capture import capture
-    from attnviz.types import CROSS, DECODER, ENCODER, SELF
+    from attnviz.capture import CapturePlan, capture
+    from attnviz.types import DECODER, ENCODER, SELF
 
     model = det.model
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+    keep = _Keep(encoder, det.num_queries if det.yolos else None)
+    plan = CapturePlan(on_layer=keep)
     if det.attention == DEFORMABLE:
-        cap, calls = record_deformable(model, inputs, lambda: capture(model, inputs))
+        cap, calls = record_deformable(model, inputs, lambda: capture(model, inputs, plan))
         levels = calls.shapes.get("cross") or calls.shapes.get("encoder") or []
-        enc = cap.attention.get(ENCODER)
-        dec = cap.attention.get(DECODER) or cap.attention.get(SELF)
+        enc = keep.stacked(ENCODER)
+        dec = keep.stacked(DECODER) if DECODER in keep.maps else keep.stacked(SELF)
         enc_grid = None
-        if enc is not None:
-            s = enc.num_keys
+        if ENCODER in cap.attention:
+            s = cap.attention[ENCODER].num_keys
             enc_grid = next((g for g in reversed(levels) if g[0] * g[1] == s), None)
             if enc_grid is None:
                 raise ModelError(f"the encoder's dense attention covers {s} positions, which fits no feature level {levels}")
-        return DetectionAttention(DEFORMABLE, levels, enc_grid, enc.full if enc is not None else None,
-                                  dec.full if dec is not None else None, None, calls, cap.outputs, cap.backend)
+        return DetectionAttention(DEFORMABLE, levels, enc_grid, enc, dec, None, calls, cap.outputs, cap.backend,
+                                  encoder_layers=tuple(keep.layers.get(ENCODER, ())))
     if det.yolos:
-        cap = capture(model, inputs)
-        full = cap.attention[SELF].full
+        cap = capture(model, inputs, plan)
         ph, pw = _patch(det.config)
         rows, cols = inputs["pixel_values"].shape[-2] // ph, inputs["pixel_values"].shape[-1] // pw
         q = det.num_queries
-        t = full.shape[-1]
+        t = cap.attention[SELF].num_keys
         if t != 1 + rows * cols + q:
             raise ModelError(f"YOLOS sequence of {t} tokens is not [CLS] + {rows}x{cols} patches + {q} detection tokens")
+        import torch
+
+        det_rows = torch.stack(keep.rows)  # [L, H, Q, T]
+        full = keep.stacked(SELF)
         patches = slice(1, 1 + rows * cols)
-        return DetectionAttention(DENSE, [(rows, cols)], (rows, cols), full[:, :, patches, patches],
-                                  full[:, :, t - q:, t - q:], full[:, :, t - q:, patches], None, cap.outputs,
-                                  cap.backend, self_full=full)
-    cap, grids = _level_grids(model, inputs, lambda: capture(model, inputs))
+        return DetectionAttention(DENSE, [(rows, cols)], (rows, cols), full[:, :, patches, patches] if full is not None else None,
+                                  det_rows[:, :, :, t - q:], det_rows[:, :, :, patches], None, cap.outputs, cap.backend,
+                                  self_full=full if encoder == ENCODER_ALL else None,
+                                  encoder_layers=tuple(keep.layers.get(SELF, ())), yolos=True)
+    cap, grids = _level_grids(model, inputs, lambda: capture(model, inputs, plan))
     if not grids:
         raise ModelError(f"{type(model).__name__}: cannot find the feature map its decoder attends to")
     grid = grids[-1]
-    att = cap.attention
-    enc, dec, cross = att.get(ENCODER), att.get(DECODER), att.get(CROSS)
-    if cross is None or cross.num_keys != grid[0] * grid[1]:
+    from attnviz.types import CROSS
+
+    cross = keep.stacked(CROSS)
+    if cross is None or cross.shape[-1] != grid[0] * grid[1]:
         raise ModelError(f"{type(model).__name__}: no cross-attention over the {grid[0]}x{grid[1]} feature map was captured")
-    return DetectionAttention(DENSE, [grid], grid, enc.full if enc is not None else None,
-                              dec.full if dec is not None else None, cross.full, None, cap.outputs, cap.backend)
+    return DetectionAttention(DENSE, [grid], grid, keep.stacked(ENCODER), keep.stacked(DECODER), cross, None,
+                              cap.outputs, cap.backend, encoder_layers=tuple(keep.layers.get(ENCODER, ())))
+
+
+def attention_tensors(captured: DetectionAttention) -> dict:
+    """Every captured tensor by its ``--save-attn`` name (float32, CPU).
+
+    Dense: ``encoder_attentions [L,H,S,S]``, ``decoder_attentions [L,H,Q,Q]``, ``cross_attentions [L,H,Q,S]``
+    (YOLOS also ``attentions [L,H,T,T]``, of which the others are slices). Deformable: ``encoder_attention_weights
+    [L,S,H,levels,points]``, ``encoder_sampling_locations [L,S,H,levels,points,2]`` (normalised x, y),
+    ``cross_attention_weights [L,Q,H,levels,points]``, ``cross_sampling_locations [L,Q,H,levels,points,2]`` and
+    the dense maps it has (decoder self-attention; RT-DETR's AIFI layer as ``encoder_attentions``).
+    """
+    import torch
+
+    out = {}
+    for name, t in (("encoder_attentions", captured.encoder), ("decoder_attentions", captured.decoder),
+                    ("cross_attentions", captured.cross), ("attentions", captured.self_full)):
+        if t is not None:
+            out[name] = t.float().contiguous()
+    calls = captured.deformable
+    if calls is not None:
+        for kind in ("encoder", "cross"):
+            if calls.weights.get(kind):
+                out[f"{kind}_attention_weights"] = torch.stack(calls.weights[kind])
+                out[f"{kind}_sampling_locations"] = torch.stack(calls.locations[kind])
+    return out
+
+
+def eager_tensors(det: Detector, inputs: dict) -> dict:
+    """The model's own eager ``output_attentions`` under the names of :func:`attention_tensors` (no sampling
+    locations: eager does not return them). The model is switched to eager attention for the call and back.
+
+    Raises:
+        ModelError: the model cannot run eager attention.
+    """
+    import torch
+
+    from attnviz.capture import eager_attention
+
+    model = det.model
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    with eager_attention(model), torch.inference_mode():
+        out = model(**inputs, output_attentions=True)
+
+    def stack(maps):
+        if not maps or any(m is None for m in maps):
+            return None
+        return torch.stack([m[0].detach().float().cpu() for m in maps])
+
+    if det.yolos:
+        return {"attentions": stack(out.attentions)}
+    ref = {"decoder_attentions": stack(out.decoder_attentions)}
+    enc, cross = stack(out.encoder_attentions), stack(out.cross_attentions)
+    if det.attention == DEFORMABLE:
+        if enc is not None:
+            ref["encoder_attention_weights" if enc.ndim == 5 else "encoder_attentions"] = enc
+        ref["cross_attention_weights"] = cross
+    else:
+        ref["encoder_attentions"], ref["cross_attentions"] = enc, cross
+    return {k: v for k, v in ref.items() if v is not None}
+
+
+def compare_detector(det: Detector, inputs: dict) -> tuple[DetectionAttention, dict[str, tuple[tuple[int, ...], float]]]:
+    """:func:`attend_detector` against the model's eager ``output_attentions`` (:func:`eager_tensors`).
+
+    Returns:
+        ``(captured, {name: (shape, max abs difference)})`` for every tensor eager returns; a tensor missing on
+        either side or of another shape counts as ``inf``.
+    """
+    captured = attend_detector(det, inputs)
+    ours = attention_tensors(captured)
+    diffs = {}
+    for name, ref in eager_tensors(det, inputs).items():
+        mine = ours.get(name)
+        if mine is None or tuple(mine.shape) != tuple(ref.shape):
+            diffs[name] = (tuple(ref.shape), float("inf"))
+        else:
+            diffs[name] = (tuple(ref.shape), float((mine - ref).abs().max()) if ref.numel() else 0.0)
+    return captured, diffs
+
+
+def attend_verified(det: Detector, inputs: dict, enabled: bool = True, encoder: str = ENCODER_ALL):
+    """:func:`attend_detector`, trusted as far as :mod:`attnviz.verify` allows.
+
+    A model type on :data:`attnviz.verify.PROVEN_TYPES` (the tests compare it with eager) is captured directly;
+    another (DAB-DETR, Table Transformer...) is first compared with its own eager ``output_attentions`` on this
+    very photo (:func:`compare_detector`, one extra forward, every encoder layer kept) unless ``enabled`` is False
+    (``--no-verify``). ``encoder``: see :func:`attend_detector`.
+
+    Returns:
+        ``(DetectionAttention, attnviz.verify.Verification)``.
+
+    Raises:
+        ModelError: the capture differs from eager beyond the tolerance (a detector has no eager fallback here).
+    """
+    from attnviz.verify import PROVEN, PROVEN_TYPES, SKIPPED, VERIFIED, Verification, tolerance_for
+
+    if det.model_type in PROVEN_TYPES:
+        return attend_detector(det, inputs, encoder), Verification(PROVEN, det.model_type)
+    if not enabled:
+        return attend_detector(det, inputs, encoder), Verification(SKIPPED, det.model_type)
+    captured, diffs = compare_detector(det, inputs)
+    tolerance = tolerance_for(det.model)
+    worst = max((d for _, d in diffs.values()), default=float("inf"))
+    if not worst <= tolerance:
+        raise ModelError(f"{type(det.model).__name__} ({det.model_type}): attnviz's capture differs from eager "
+                         f"output_attentions by {worst:.2g} (tolerance {tolerance:g}) on this photo; attnviz detect "
+                         "cannot show it exactly")
+    return captured, Verification(VERIFIED, det.model_type, {k: d for k, (_, d) in diffs.items()}, tolerance, "this photo")
 
 
 def _patch(config) -> tuple[int, int]:

@@ -29,7 +29,7 @@ import struct
 import warnings
 from pathlib import Path
 
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.errors import AttnvizWarning, InputError, ModelError
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _GREY_WIDE = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -108,6 +108,25 @@ class _bomb_guard:
                 f"image file '{self.name}' is too large to decode safely ({_first_line(exc)})"
             ) from None
         return False
+
+
+def run_processor(processor, image, model_id: str):
+    """``processor(images=image, return_tensors="pt")`` for one RGB photo, checked.
+
+    Returns:
+        The processor's batch; its ``pixel_values`` is float ``[1, C, H, W]`` (model input pixels).
+
+    Raises:
+        ModelError: the processor fails, or returns pixel values of another shape.
+    """
+    try:
+        batch = processor(images=image, return_tensors="pt")
+    except (ValueError, TypeError, OSError) as exc:
+        raise ModelError(f"the image processor of '{model_id}' failed: {_first_line(exc)[:200]}") from exc
+    pv = batch["pixel_values"]
+    if pv.ndim != 4 or pv.shape[0] != 1:
+        raise ModelError(f"the image processor returned pixel_values of shape {tuple(pv.shape)}, not [1, C, H, W]")
+    return batch
 
 
 def _first_line(exc: BaseException) -> str:

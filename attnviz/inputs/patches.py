@@ -319,13 +319,9 @@ def preprocess(im: ImageModel, image) -> tuple[Any, tuple[float, float, float, f
         covered by the ``rows x cols`` patch grid: the processor's crop, less any
         remainder rows/columns of pixels that do not fill a whole patch.
     """
-    try:
-        batch = im.processor(images=image, return_tensors="pt")
-    except (ValueError, TypeError, OSError) as exc:
-        raise ModelError(f"the image processor of '{im.source.model_id}' failed: {str(exc).strip().splitlines()[0][:200]}") from exc
-    pixel_values = batch["pixel_values"]
-    if pixel_values.ndim != 4 or pixel_values.shape[0] != 1:
-        raise ModelError(f"the image processor returned pixel_values of shape {tuple(pixel_values.shape)}, not [1, C, H, W]")
+    from attnviz.inputs.imagefile import run_processor
+
+    pixel_values = run_processor(im.processor, image, im.source.model_id)["pixel_values"]
     h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
     ph, pw = im.info.patch_size
     rows, cols = h // ph, w // pw

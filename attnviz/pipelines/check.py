@@ -220,9 +220,43 @@ def _check_image(name: str, options) -> CheckReport:
     return _report(im.source.model_id, im.model_type, "image", im.model, rows, backends, im.info.prefix)
 
 
+#: Row names of the detection tensors (their ``--save-attn`` names) in ``attnviz check``.
+CHECK_DETECTION_KINDS = {
+    "encoder_attentions": "encoder", "decoder_attentions": "decoder", "cross_attentions": "cross",
+    "attentions": "self", "encoder_attention_weights": "encoder weights", "cross_attention_weights": "cross weights",
+}
+
+
+def _check_detection(name: str, options) -> CheckReport:
+    """Object detectors (``attnviz detect``): every tensor attnviz captures on :data:`CHECK_IMAGES` against the
+    model's own eager ``output_attentions`` -- dense maps, and for deformable attention the ``[Q, H, levels,
+    points]`` weights (``keys`` counts levels x points)."""
+    from attnviz.inputs.detection import DEFORMABLE, compare_detector, load_detector, preprocess
+
+    det = load_detector(name, options)
+    rows, backends = [], []
+    for i, (label, size) in enumerate(CHECK_IMAGES):
+        inputs, _geometry = preprocess(det, check_photo(size, seed=i))
+        captured, diffs = compare_detector(det, inputs)
+        backends.append(captured.backend)
+        for name, (shape, diff) in diffs.items():
+            kind = CHECK_DETECTION_KINDS.get(name, name)
+            if len(shape) == 5:  # deformable weights [L, Q, H, levels, points]
+                L, Q, H, levels, points = shape
+                keys, grid = levels * points, None
+            else:
+                L, H, Q, keys = shape
+                grid = captured.encoder_grid if name.startswith("encoder") else None
+            rows.append(KindCheck(f"{size[0]}×{size[1]}", kind, L, H, Q, keys, False, 0, diff, grid))
+    if not rows:
+        raise ModelError(f"'{name}' ({det.model_type}) returned no eager attention to compare with")
+    kind = "deformable" if det.attention == DEFORMABLE else "dense"
+    return _report(det.source.model_id, det.model_type, f"detection ({kind})", det.model, rows, backends)
+
+
 #: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
-#: ``(name, LoadOptions) -> CheckReport``. Audio and detection add their row here when they learn ``check``.
-CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image}
+#: ``(name, LoadOptions) -> CheckReport``. Audio adds its row here when it learns ``check``.
+CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image, "detection": _check_detection}
 
 
 def run(request: CheckRequest) -> "CheckReport":

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import UsageError
 from attnviz.pipelines.common import (
     ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
+    verification_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +39,8 @@ class DetectRequest:
 
     ``image``: the photo; ``threshold``: the score a detection needs (0..1); ``object``: draw only this detection
     (0-based index in score order; None: every one); ``point``: ``"X,Y"`` photo pixels whose encoder attention to
-    draw; ``layer``: decoder layer of the object views (0-based, negative from the end; default the last).
+    draw; ``layer``: decoder layer of the object views (0-based, negative from the end; default the last);
+    ``max_objects``: draw the figures of at most this many top-scoring detections (0: every one; ``object`` wins).
     """
 
     image: Path
@@ -46,6 +48,7 @@ class DetectRequest:
     object: int | None = None
     point: str | None = None
     layer: int | None = None
+    max_objects: int = 10
     model: ModelRequest = ModelRequest(DEFAULT_DETECT_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -72,6 +75,7 @@ class DetectRun:
     save_attn: Path | None
     random_weights: str | None
     style: "Style"
+    verification: Any = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
@@ -84,6 +88,7 @@ class DetectRun:
             "model_type": self.model_type,
             "backend": self.backend,
             "random_weights": self.random_weights,
+            **verification_json(self.verification),
             "attention": self.attention,
             "image": {"width": self.geometry.photo[0], "height": self.geometry.photo[1]},
             "geometry": self.geometry.to_json(),
@@ -119,10 +124,10 @@ def _check_request(request: DetectRequest):
         raise UsageError(f"--threshold must be between 0 and 1, not {request.threshold:g}")
     if request.object is not None and request.object < 0:
         raise UsageError(f"--object must be 0 or more, not {request.object}")
+    if request.max_objects < 0:
+        raise UsageError(f"--max-objects must be 0 (every detection) or more, not {request.max_objects}")
     figure_formats, html = request.output.formats()
-    if html:
-        raise UsageError("--format html is not available for attnviz detect yet; use png, svg or pdf")
-    return figure_formats, parse_point(request.point), request.style.style()
+    return figure_formats, html, parse_point(request.point), request.style.style()
 
 
 def run(request: DetectRequest) -> DetectRun:
@@ -135,68 +140,107 @@ def run(request: DetectRequest) -> DetectRun:
     """
     import numpy as np
 
-    from attnviz.inputs.detection import attend_detector, detections, feature_strides, load_detector, preprocess
+    from attnviz.inputs.detection import attend_verified, detections, feature_strides, load_detector, preprocess
     from attnviz.inputs.imagefile import load_image
     from attnviz.report import RunOutput, check_tensor_path, model_files
 
     quiet_libraries()
-    figure_formats, point, style = _check_request(request)
+    figure_formats, html, point, style = _check_request(request)
     photo = load_image(request.image)
     if point is not None and not (0 <= point[0] < photo.width and 0 <= point[1] < photo.height):
         raise UsageError(f"--point {request.point} is outside the photo ({photo.width}x{photo.height} pixels)")
     out = request.output
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
     det = load_detector(request.model.name, request.model.load_options(), weights=False)
+    _check_layer(request.layer, _config_layers(det), "model" if det.yolos else "decoder")
     output = RunOutput(out.out, command="detect", force=out.force, protect=model_files(det.source.location),
                        settings={"model": det.source.model_id, "image": str(request.image), "threshold": request.threshold,
-                                 "object": request.object, "point": request.point, "layer": request.layer,
+                                 "object": request.object, "max_objects": request.max_objects,
+                                 "point": request.point, "layer": request.layer,
                                  "format": out.format, "size": request.style.size,
                                  "save_attn": str(tensor_path) if tensor_path else None})
-    output.check([f"detections.{f}" for f in figure_formats], tensor=tensor_path)
+    stems = ["detections"] + ([f"object-{request.object}"] if request.object is not None else [])
+    stems += [f"point-{int(point[0])}-{int(point[1])}"] if point is not None else []
+    output.check([f"{stem}.{f}" for stem in stems for f in figure_formats] + (["report.html"] if html else []),
+                 tensor=tensor_path)
     det = det.with_weights()
     note = mark_random_weights(output, det.model)
     inputs, geometry = preprocess(det, photo)
-    captured = attend_detector(det, inputs)
+    from attnviz.inputs.detection import ENCODER_ALL, ENCODER_LAST, ENCODER_NONE
+
+    keep = ENCODER_ALL if tensor_path is not None else ENCODER_LAST if point is not None else ENCODER_NONE
+    captured, verification = attend_verified(det, inputs, request.model.verify, keep)
     found_list, found = detections(det, captured.outputs, geometry, request.threshold)
-    notes = []
-    if det.head and not found:
-        notes.append(f"no detection scored {request.threshold:g} or more; showing the {len(found_list)} top-scoring queries")
-        notify(notes[-1])
     if request.object is not None and request.object >= len(found_list):
         raise UsageError(f"--object {request.object} is out of range: there are {len(found_list)} detections "
                          f"(0..{len(found_list) - 1})" if found_list else f"--object {request.object}: there are no detections")
     num_layers = _num_layers(captured)
-    layer = -1 if request.layer is None else request.layer
-    if not -num_layers <= layer < num_layers:
-        raise UsageError(f"--layer {layer} is out of range: the decoder has {num_layers} layers (0..{num_layers - 1})")
-    layer %= num_layers
+    layer = _check_layer(request.layer, num_layers, "model" if det.yolos else "decoder")
+    notes = []
+    if det.head and not found:
+        notes.append(f"no detection scored {request.threshold:g} or more; showing the {len(found_list)} top-scoring queries")
+        notify(notes[-1])
     strides = feature_strides(captured.levels, geometry)
     levels_json = [{"stride": s, "grid": list(g)} for s, g in zip(strides, captured.levels)]
     picked = [d for d in found_list if request.object is None or d.index == request.object]
+    if request.object is None and 0 < request.max_objects < len(picked):
+        notes.append(f"drew the figures of the {request.max_objects} top-scoring of {len(picked)} detections "
+                     "(--max-objects N, 0 for all; --object I for one)")
+        notify(notes[-1])
+        picked = picked[:request.max_objects]
     pixels = np.asarray(photo)
     label = style.model_label(det.source.model_id)
     from attnviz.pipelines import detect_views as views
 
+    views_to_draw = [(d.index, *views.object_data(captured, d, layer, geometry, strides, pixels, label, style)) for d in picked]
+    objects = [data for _, data, _ in views_to_draw]
+    point_json = point_figure = None
+    if point is not None:
+        point_json, point_figure = views.point_data(captured, point, geometry, strides, pixels, label, style)
     with output:
-        objects = []
         for fmt in figure_formats:
             output.figure(views.detections_figure(pixels, found_list, label, det, found, request.threshold, style), "detections", fmt)
-        for d in picked:
-            data, fig_for = views.object_data(captured, d, layer, geometry, strides, pixels, label, style)
-            objects.append(data)
+        for index, _data, fig_for in views_to_draw:
             for fmt in figure_formats:
-                output.figure(fig_for(), f"object-{d.index}", fmt)
-        point_json = None
-        if point is not None:
-            point_json, fig_for = views.point_data(captured, point, geometry, strides, pixels, label, style)
+                output.figure(fig_for(), f"object-{index}", fmt)
+        if point_figure is not None:
             for fmt in figure_formats:
-                output.figure(fig_for(), f"point-{int(point[0])}-{int(point[1])}", fmt)
+                output.figure(point_figure(), f"point-{int(point[0])}-{int(point[1])}", fmt)
         if tensor_path is not None:
             views.save_attention(captured, output.tensor_target(tensor_path), det, geometry, levels_json)
+        if html:
+            from attnviz.html.detect import detect_page
+
+            figures = {f"object-{index}": fig_for() for index, _data, fig_for in views_to_draw}
+            if point_figure is not None:
+                figures["point"] = point_figure()
+            document = {"model": det.source.model_id, "label": label, "model_type": det.model_type,
+                        "attention": captured.attention, "random_weights": note, "num_queries": det.num_queries,
+                        "feature_levels": levels_json, "threshold": request.threshold, "found": found, "layer": layer,
+                        "image": {"width": photo.width, "height": photo.height},
+                        "detections": [d.to_json() for d in found_list], "objects": objects, "point": point_json,
+                        "notes": notes}
+            output.page(detect_page(document, photo, figures, label), "report")
     notify_left_alone(output)
     return DetectRun(det.source.model_id, det.model_type, captured.attention, captured.backend, geometry, det.num_queries,
                      levels_json, found_list, found, request.threshold, layer, objects, point_json, tuple(output.files),
-                     output.tensor, note, style, tuple(notes))
+                     output.tensor, note, style, verification, tuple(notes))
+
+
+def _check_layer(layer: int | None, num_layers: int | None, what: str = "decoder") -> int:
+    """``--layer`` (None: the last; negative from the end) -> a 0-based layer. Raises UsageError out of range."""
+    layer = -1 if layer is None else layer
+    if num_layers is None:
+        return layer
+    if not -num_layers <= layer < num_layers:
+        raise UsageError(f"--layer {layer} is out of range: the {what} has {num_layers} layers (0..{num_layers - 1})")
+    return layer % num_layers
+
+
+def _config_layers(det) -> int | None:
+    """Decoder layers (YOLOS: layers) the config declares, before the weights load; None when it says nothing."""
+    n = getattr(det.config, "num_hidden_layers" if det.yolos else "decoder_layers", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def _num_layers(captured) -> int:

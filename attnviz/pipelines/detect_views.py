@@ -69,7 +69,7 @@ def object_data(captured, d, layer: int, geometry, strides, pixels, label: str, 
                                         box=d.box, strides=strides, style=style, model=label)
     grid = captured.levels[0]
     maps, spreads = _dense_maps(captured.cross[layer, :, d.query, :], grid, geometry)
-    what = "detection token's attention over the patches" if captured.self_full is not None else "cross-attention"
+    what = "detection token's attention over the patches" if captured.yolos else "cross-attention"
     doc.update(_head_json(spreads), grid=list(grid), heads=_r(maps[:-1]), mean=_r(maps[-1]))
     names = [f"head {h}" for h in range(len(maps) - 1)] + ["mean"]
     sub = f"layer {layer} {what} over the {grid[0]}x{grid[1]} feature map"
@@ -86,8 +86,8 @@ def point_data(captured, point, geometry, strides, pixels, label: str, style) ->
     if captured.encoder is not None:
         grid = captured.encoder_grid
         r, c = geometry.cell_at(grid, x, y)
-        layer = captured.encoder.shape[0] - 1
-        maps, spreads = _dense_maps(captured.encoder[layer, :, r * grid[1] + c, :], grid, geometry)
+        layer = captured.encoder_layers[-1]
+        maps, spreads = _dense_maps(captured.encoder[-1, :, r * grid[1] + c, :], grid, geometry)
         doc = {"x": x, "y": y, "cell": [r, c], "grid": list(grid), "layer": layer, **_head_json(spreads),
                "heads": _r(maps[:-1]), "mean": _r(maps[-1])}
         names = [f"head {h}" for h in range(len(maps) - 1)] + ["mean"]
@@ -112,30 +112,11 @@ def point_data(captured, point, geometry, strides, pixels, label: str, style) ->
                                     strides=strides, style=style, model=label, view="point")
 
 
-def attention_tensors(captured) -> dict:
-    """The ``--save-attn`` tensors (float32): dense ``encoder_attentions [L,H,S,S]``, ``decoder_attentions [L,H,Q,Q]``,
-    ``cross_attentions [L,H,Q,S]`` (YOLOS also ``attentions [L,H,T,T]``); deformable ``encoder_attention_weights
-    [L,S,H,levels,points]``, ``encoder_sampling_locations [L,S,H,levels,points,2]``, ``cross_attention_weights
-    [L,Q,H,levels,points]``, ``cross_sampling_locations [L,Q,H,levels,points,2]`` and the dense ones it has."""
-    import torch
-
-    out = {}
-    for name, t in (("encoder_attentions", captured.encoder), ("decoder_attentions", captured.decoder),
-                    ("cross_attentions", captured.cross), ("attentions", captured.self_full)):
-        if t is not None:
-            out[name] = t.float().contiguous()
-    calls = captured.deformable
-    if calls is not None:
-        for kind in ("encoder", "cross"):
-            if calls.weights.get(kind):
-                out[f"{kind}_attention_weights"] = torch.stack(calls.weights[kind])
-                out[f"{kind}_sampling_locations"] = torch.stack(calls.locations[kind])
-    return out
-
-
 def save_attention(captured, path, det, geometry, levels_json) -> None:
     """Write :func:`attention_tensors` with metadata ``model``, ``image``, ``geometry`` and ``feature_levels``."""
     from attnviz.report import save_tensors
+
+    from attnviz.inputs.detection import attention_tensors
 
     save_tensors(path, attention_tensors(captured), {
         "model": det.source.model_id, "image": list(geometry.photo), "geometry": geometry.to_json(),
