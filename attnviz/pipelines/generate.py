@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from attnviz.errors import UsageError
+from attnviz.models import DEFAULT_GENERATE_MODEL
 from attnviz.pipelines.common import (
-    RANDOM_STAMP, ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
+    RANDOM_STAMP, ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone,
+    notify_provenance, provenance, quiet_libraries,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +58,7 @@ class GenerateRequest:
     head: int | None = None
     fusion: str = "mean"
     top: int = 3
-    model: ModelRequest = ModelRequest()
+    model: ModelRequest = ModelRequest(DEFAULT_GENERATE_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
 
@@ -78,6 +80,7 @@ class GenerateRun:
     save_attn: Path | None = None
     random_weights: str | None = None
     style: "Style | None" = None
+    provenance: dict | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -127,6 +130,8 @@ class GenerateRun:
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["notice"] = r.notice
         doc["random_weights"] = self.random_weights
+        doc["quantization"] = (self.provenance or {}).get("quantization")
+        doc["tokenizer_fixes"] = (self.provenance or {}).get("tokenizer_fixes", [])
         return doc
 
 
@@ -191,6 +196,7 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = mark_random_weights(output, tm.model)
+    notify_provenance(tm.model, tm.tokenizer)
     new_head = getattr(tm.model, "attnviz_new_head", ())
     if new_head and not note:  # --random-weights-ok: the LM head was initialised at random, so is every token
         note = (f"random weights: the checkpoint has no trained language-model head ({new_head[0]} was initialised "
@@ -216,7 +222,7 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
             _save(result, output.tensor_target(tensor_path))
     notify_left_alone(output)
     return GenerateRun(result, tuple(links), tuple(source_links) if source_links is not None else None, layer, head, fusion,
-                       chosen, focus, tuple(files), output.tensor, note, style)
+                       chosen, focus, tuple(files), output.tensor, note, style, provenance(tm.model, tm.tokenizer))
 
 
 def _write_views(result, layer, head, fusion, step, output, fmt: str, style=None) -> list[Path]:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from attnviz.errors import UsageError
 from attnviz.models import DEFAULT_TEXT_MODEL
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, notify_provenance,
+    provenance, quiet_libraries,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,9 +78,10 @@ class HeadsRun:
     files: tuple[Path, ...]
     style: "Style"
     top: int = 3
+    provenance: dict | None = None
 
     def to_json(self) -> dict:
-        return self.result.to_json(self.files, self.style)
+        return {**self.result.to_json(self.files, self.style), **(self.provenance or {})}
 
 
 def _check(request: HeadsRequest):
@@ -150,6 +152,8 @@ def run(request: HeadsRequest, progress: Callable[[Any], None] | None = None) ->
                  + (["report.html"] if html else []))
     tm = tm.with_weights()
     mark_random_weights(output, tm.model)
+    notify_provenance(tm.model, tm.tokenizer)
+    prov = provenance(tm.model, tm.tokenizer)
     runner = BatchRunner(tm, settings)
     if small:
         notify(small)
@@ -167,9 +171,9 @@ def run(request: HeadsRequest, progress: Callable[[Any], None] | None = None) ->
     probe_result = run_probes(tm, probe_list, request.words) if probe_list else None
     result = HeadsResult.build(runner, sums, str(request.corpus), request.engine, probe_result)
     with output:
-        files = _write(result, output, formats, style, html)
+        files = _write(result, output, formats, style, html, prov)
     notify_left_alone(output)
-    return HeadsRun(result, tuple(files), style, request.top)
+    return HeadsRun(result, tuple(files), style, request.top, prov)
 
 
 def _figure_stems(probes: bool) -> dict[str, str]:
@@ -180,7 +184,7 @@ def _figure_stems(probes: bool) -> dict[str, str]:
     return {**{n: f"heads-{n.replace('_', '-')}" for n in names}, "head_map": "head-map"}
 
 
-def _write(result, output, formats: list[str], style, html: bool = False) -> list[Path]:
+def _write(result, output, formats: list[str], style, html: bool = False, prov: dict | None = None) -> list[Path]:
     """Stage every figure, the HTML page, ``heads.parquet`` and ``heads.json``; return their final paths."""
     from attnviz.render.headstats import head_map_view, statistic_view
     from attnviz.report import write_json, write_parquet
@@ -200,5 +204,5 @@ def _write(result, output, formats: list[str], style, html: bool = False) -> lis
     files.append(output.out_dir / "heads.parquet")
     files.append(output.out_dir / "heads.json")
     staged = output.path("heads.json")
-    write_json(staged.parent, staged.name, result.to_json(files, style))
+    write_json(staged.parent, staged.name, {**result.to_json(files, style), **(prov or {})})
     return files

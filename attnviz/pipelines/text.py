@@ -20,13 +20,14 @@ together at the end (:class:`attnviz.report.RunOutput`), or none.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from attnviz.errors import UsageError
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, parse_views, quiet_libraries,
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, notify_provenance, parse_views,
+    provenance, quiet_libraries,
     verification_json,
 )
 
@@ -92,6 +93,7 @@ class TextRun:
     style: "Style"
     views: tuple[str, ...]
     removed: str | None = None
+    provenance: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -105,6 +107,8 @@ class TextRun:
             "model_type": r.model_type,
             "backend": r.backend,
             "random_weights": self.random_weights,
+            "quantization": self.provenance.get("quantization"),
+            "tokenizer_fixes": self.provenance.get("tokenizer_fixes", []),
             "num_layers": r.num_layers,
             "num_heads": r.num_heads,
             "tokens": list(r.tokens.tokens),
@@ -388,6 +392,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
 
     tm = tm.with_weights()
     note = mark_random_weights(output, tm.model)
+    notify_provenance(tm.model, tm.tokenizer)
     layers: frozenset[int] = frozenset()
     head_maps: frozenset = frozenset()
     follow = None
@@ -448,7 +453,8 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
         if tensor_path is not None and writer is None:
             _save_full(result, output.tensor_target(tensor_path), request.half)
     notify_left_alone(output)
-    return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views)
+    return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views,
+                   provenance=provenance(tm.model, tm.tokenizer))
 
 
 def _capture_missing(tm, prepared, result, layer: int, head: int | None, draws_head: bool, progress, verify: bool):
