@@ -578,6 +578,8 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         if "size mismatch" in str(exc) or "shape" in str(exc).lower():
             raise ModelError(f"cannot load '{source.model_id}': the checkpoint's tensors do not fit its config ({_first_line(exc)})") from exc
         raise
+    except ImportError as exc:  # e.g. a DETR whose config asks for a timm backbone, without timm installed
+        raise ModelError(f"cannot load '{source.model_id}': {' '.join(str(exc).split())[:300]}") from exc
     check_shapes(source, model, info)
     if finite_check:
         check_finite(source, model)

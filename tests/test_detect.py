@@ -512,3 +512,20 @@ def test_weights_holding_nan_are_refused_naming_the_tensor(kind, photo, tmp_path
     line = one_error_line(invoke(photo, "-m", folder, "--out", tmp_path / "o"), 3)
     assert "decoder.layers.0.self_attn.q_proj.weight holds NaN values" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_timm_backbone_without_timm_is_one_line(detector, photo, tmp_path):
+    """facebook/detr-resnet-50's config asks for a timm backbone (use_timm_backbone): without timm installed the
+    load fails in one line naming it (exit 3), not with a traceback."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("timm") is not None:
+        pytest.skip("timm is installed here")
+    folder = tmp_path / "timm-detr"
+    shutil.copytree(detector("detr"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(use_timm_backbone=True, backbone="resnet50", backbone_config=None, use_pretrained_backbone=False)
+    (folder / "config.json").write_text(json.dumps(config))
+    line = one_error_line(invoke(photo, "-m", folder, "--out", tmp_path / "o"), 3)
+    assert "timm" in line

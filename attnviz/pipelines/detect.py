@@ -17,7 +17,7 @@ the end (:class:`attnviz.report.RunOutput`), or none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,9 @@ def run(request: DetectRequest) -> DetectRun:
     """
     import numpy as np
 
-    from attnviz.inputs.detection import attend_verified, detections, feature_strides, load_detector, preprocess
+    from attnviz.inputs.detection import (
+        ENCODER_ALL, ENCODER_LAST, ENCODER_NONE, attend_verified, detections, feature_strides, load_detector, preprocess,
+    )
     from attnviz.inputs.imagefile import load_image
     from attnviz.report import RunOutput, check_tensor_path, model_files
 
@@ -166,8 +168,6 @@ def run(request: DetectRequest) -> DetectRun:
     det = det.with_weights()
     note = mark_random_weights(output, det.model)
     inputs, geometry = preprocess(det, photo)
-    from attnviz.inputs.detection import ENCODER_ALL, ENCODER_LAST, ENCODER_NONE
-
     keep = ENCODER_ALL if tensor_path is not None else ENCODER_LAST if point is not None else ENCODER_NONE
     captured, verification = attend_verified(det, inputs, request.model.verify, keep)
     found_list, found = detections(det, captured.outputs, geometry, request.threshold)
@@ -197,6 +197,9 @@ def run(request: DetectRequest) -> DetectRun:
     point_json = point_figure = None
     if point is not None:
         point_json, point_figure = views.point_data(captured, point, geometry, strides, pixels, label, style)
+    result = DetectRun(det.source.model_id, det.model_type, captured.attention, captured.backend, geometry,
+                       det.num_queries, levels_json, found_list, found, request.threshold, layer, objects, point_json, (),
+                       None, note, style, verification, tuple(notes))
     with output:
         for fmt in figure_formats:
             output.figure(views.detections_figure(pixels, found_list, label, det, found, request.threshold, style), "detections", fmt)
@@ -214,17 +217,9 @@ def run(request: DetectRequest) -> DetectRun:
             figures = {f"object-{index}": fig_for() for index, _data, fig_for in views_to_draw}
             if point_figure is not None:
                 figures["point"] = point_figure()
-            document = {"model": det.source.model_id, "label": label, "model_type": det.model_type,
-                        "attention": captured.attention, "random_weights": note, "num_queries": det.num_queries,
-                        "feature_levels": levels_json, "threshold": request.threshold, "found": found, "layer": layer,
-                        "image": {"width": photo.width, "height": photo.height},
-                        "detections": [d.to_json() for d in found_list], "objects": objects, "point": point_json,
-                        "notes": notes}
-            output.page(detect_page(document, photo, figures, label), "report")
+            output.page(detect_page(result.to_json(), photo, figures, label), "report")
     notify_left_alone(output)
-    return DetectRun(det.source.model_id, det.model_type, captured.attention, captured.backend, geometry, det.num_queries,
-                     levels_json, found_list, found, request.threshold, layer, objects, point_json, tuple(output.files),
-                     output.tensor, note, style, verification, tuple(notes))
+    return replace(result, files=tuple(output.files), save_attn=output.tensor)
 
 
 def _check_layer(layer: int | None, num_layers: int | None, what: str = "decoder") -> int:
