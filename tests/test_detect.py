@@ -529,3 +529,11 @@ def test_a_timm_backbone_without_timm_is_one_line(detector, photo, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     line = one_error_line(invoke(photo, "-m", folder, "--out", tmp_path / "o"), 3)
     assert "timm" in line
+
+
+@pytest.mark.parametrize("kind", ["detr", "rt_detr"])
+def test_bfloat16_runs_and_matches_boxes_to_queries(kind, detector, photo, tmp_path):
+    """Half precision: boxes are post-processed from the outputs widened to float32, so each still matches its query."""
+    doc = run_json(photo, "-m", detector(kind), "--dtype", "bfloat16", "--threshold", "0", "--out", tmp_path / "o")
+    assert doc["detections"] and all(0 <= d["query"] < doc["num_queries"] for d in doc["detections"])
+    assert (tmp_path / "o" / "object-0.png").exists()

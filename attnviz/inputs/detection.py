@@ -329,6 +329,12 @@ def _level_grids(model, inputs: dict, run) -> tuple[Any, list[tuple[int, int]]]:
     return out, grids
 
 
+def _on_model(model, inputs: dict) -> dict:
+    """``inputs`` on the model's device, floating-point ones in its dtype (``pixel_values`` for a float16 model)."""
+    param = next(model.parameters())
+    return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)) for k, v in inputs.items()}
+
+
 class _Keep:
     """The capture's ``on_layer`` callback: keeps every decoder and cross-attention layer, the encoder layers asked
     for, and for YOLOS the detection tokens' rows (``queries``) of every layer (float32, CPU)."""
@@ -369,8 +375,12 @@ def attend_detector(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> 
     """
     try:
         captured = _attend(det, inputs, encoder)
-    except Exception:
+    except Exception as exc:
         check_finite(det.source, det.model)
+        if isinstance(exc, RuntimeError) and not isinstance(exc, ModelError):
+            dtype = str(next(det.model.parameters()).dtype).replace("torch.", "")
+            first = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{type(det.model).__name__} failed in its own forward pass in {dtype}: {first}") from exc
         raise
     check_finite(det.source, det.model)
     return captured
@@ -392,9 +402,7 @@ def _attend(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> Detectio
     from attnviz.types import DECODER, ENCODER, SELF
 
     model = det.model
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+    inputs = _on_model(model, inputs)
     keep = _Keep(encoder, det.num_queries if det.yolos else None)
     plan = CapturePlan(on_layer=keep)
     if det.attention == DEFORMABLE:
@@ -477,8 +485,7 @@ def eager_tensors(det: Detector, inputs: dict) -> dict:
     from attnviz.capture import eager_attention
 
     model = det.model
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = _on_model(model, inputs)
     with eager_attention(model), torch.inference_mode():
         out = model(**inputs, output_attentions=True)
 
@@ -601,6 +608,11 @@ def detections(det: Detector, outputs, geometry: Geometry, threshold: float, fal
 
     if not det.head or getattr(outputs, "pred_boxes", None) is None:
         return [], False
+    import copy
+
+    outputs = copy.copy(outputs)  # post-processed in float32: a half-precision model's boxes and scores, widened
+    for name in ("logits", "pred_boxes"):
+        outputs[name] = getattr(outputs, name).detach().float().cpu()
     w, h = geometry.photo
     sizes = torch.tensor([[h, w]])
     found = True
