@@ -15,6 +15,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from attnviz.cli import app
+from attnviz.errors import ModelError
 from detect_tiny import KINDS, make_detector
 
 pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
@@ -148,7 +149,7 @@ def _recompute_locations(model, inputs):
     ``sampling_offsets(hidden + position)`` normalised by the level's size (2-d references) or scaled by the
     reference box (4-d), as Zhu et al. 2021 eq. 3 / Zhao et al. 2024 define them. ``{"encoder"|"cross": [L, Q, H,
     levels, points, 2]}``."""
-    found = {"encoder": [], "cross": []}
+    found = {"encoder": [], "cross": [], "encoder_reference": [], "cross_reference": []}
     handles = []
 
     def hook_for(path):
@@ -167,6 +168,7 @@ def _recompute_locations(model, inputs):
             else:
                 loc = ref[:, :, None, :, None, :2] + off / mod.n_points * ref[:, :, None, :, None, 2:] * 0.5
             found[kind].append(loc[0].detach().float())
+            found[f"{kind}_reference"].append(ref[0, :, 0, :2].detach().float())  # [Q, (x, y)] at the finest level
 
         return hook
 
@@ -185,11 +187,19 @@ def _recompute_locations(model, inputs):
 @pytest.mark.parametrize("kind", ["deformable_detr", "rt_detr"])
 def test_sampling_locations_equal_a_recomputation(kind, detector, photo, tmp_path):
     folder = detector(kind)
-    run_json(photo, "-m", folder, "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors", "--point", "10,10")
+    doc = run_json(photo, "-m", folder, "--threshold", "0", "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors",
+                   "--point", "10,10")
     saved, _ = load_saved(tmp_path / "a.safetensors")
     model, _, _, inputs, _ = eager(folder, photo)
     recomputed = _recompute_locations(model, inputs)
     close(saved["cross_sampling_locations"], recomputed["cross"])
+    # the star drawn on each object's figure is its query's reference point (normalised -> photo pixels)
+    g = doc["geometry"]
+    to_px = torch.tensor([g["input"][0] * g["photo"][0] / g["resized"][0], g["input"][1] * g["photo"][1] / g["resized"][1]])
+    assert doc["objects"]
+    for obj in doc["objects"]:
+        want = recomputed["cross_reference"][obj["layer"]][obj["query"]] * to_px
+        np.testing.assert_allclose(obj["reference"], want.tolist(), atol=1e-3)
     if kind == "deformable_detr":
         close(saved["encoder_sampling_locations"], recomputed["encoder"])
     else:
@@ -537,3 +547,28 @@ def test_bfloat16_runs_and_matches_boxes_to_queries(kind, detector, photo, tmp_p
     doc = run_json(photo, "-m", detector(kind), "--dtype", "bfloat16", "--threshold", "0", "--out", tmp_path / "o")
     assert doc["detections"] and all(0 <= d["query"] < doc["num_queries"] for d in doc["detections"])
     assert (tmp_path / "o" / "object-0.png").exists()
+
+
+def test_maps_that_are_not_maps_of_the_photo_are_refused():
+    """A capture whose shapes do not fit the queries and feature map, or whose rows are not probabilities, is refused
+    before anything is drawn or saved (attnviz.inputs.detection._check_maps)."""
+    from types import SimpleNamespace
+
+    from attnviz.inputs.detection import DENSE, DEFORMABLE, DeformableCalls, DetectionAttention, _check_maps
+
+    det = SimpleNamespace(model=torch.nn.Linear(1, 1), num_queries=5)
+    probs = lambda *shape: torch.full(shape, 1.0 / shape[-1])  # noqa: E731
+    good = DetectionAttention(DENSE, [(2, 3)], (2, 3), probs(1, 2, 6, 6), probs(2, 2, 5, 5), probs(2, 2, 5, 6), None, None, "x")
+    _check_maps(det, good)
+    band = DetectionAttention(DENSE, [(2, 3)], (2, 3), probs(1, 2, 6, 3), probs(2, 2, 5, 5), probs(2, 2, 5, 6), None, None, "x")
+    with pytest.raises(ModelError, match=r"encoder attention is \[6, 3\] per head, not the \[6, 6\] map"):
+        _check_maps(det, band)
+    halved = DetectionAttention(DENSE, [(2, 3)], (2, 3), None, probs(2, 2, 5, 5), probs(2, 2, 5, 6) / 2, None, None, "x")
+    with pytest.raises(ModelError, match="cross attention rows sum to 1 within 0.5 only"):
+        _check_maps(det, halved)
+    calls = DeformableCalls({"cross": [torch.full((5, 2, 3, 2), 1 / 6)]}, {"cross": [torch.zeros(5, 2, 3, 2, 2)]},
+                            {"cross": [(8, 12), (4, 6), (2, 3)]})
+    _check_maps(det, DetectionAttention(DEFORMABLE, [(8, 12), (4, 6), (2, 3)], None, None, None, None, calls, None, "x"))
+    calls.weights["cross"][0] = calls.weights["cross"][0] * 2
+    with pytest.raises(ModelError, match="deformable cross weights sum to 1 within 1 only"):
+        _check_maps(det, DetectionAttention(DEFORMABLE, [(8, 12), (4, 6), (2, 3)], None, None, None, None, calls, None, "x"))

@@ -375,6 +375,7 @@ def attend_detector(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> 
     """
     try:
         captured = _attend(det, inputs, encoder)
+        _check_maps(det, captured)
     except Exception as exc:
         check_finite(det.source, det.model)
         if isinstance(exc, RuntimeError) and not isinstance(exc, ModelError):
@@ -384,6 +385,53 @@ def attend_detector(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> 
         raise
     check_finite(det.source, det.model)
     return captured
+
+
+#: How far a probability row may sum from 1 in :func:`_check_maps` (half-precision models round every weight).
+ROW_SUM_TOLERANCE = 2e-2
+
+
+def _check_maps(det: Detector, captured: DetectionAttention) -> None:
+    """Refuse what is not a map of the photo's positions before it is drawn, saved or called exact: dense encoder
+    maps must be ``[S, S]`` over the ``rows x cols`` feature map, decoder maps ``[Q, Q]`` and cross-attention
+    ``[Q, S]`` over the ``Q`` object queries; every row (dense) and every head's weights over levels x points
+    (deformable) must sum to 1, with ``[Q, H, levels, points]`` weights (encoder: one query per cell of every
+    level) and ``[..., 2]`` sampling locations.
+
+    Raises:
+        ModelError: naming the tensor, its shape and the one expected.
+    """
+    arch = type(det.model).__name__
+    q = det.num_queries
+    grid = captured.encoder_grid or (captured.levels[0] if captured.levels else None)
+    s = grid[0] * grid[1] if grid else None
+    expected = {"encoder": (s, s), "decoder": (q, q), "cross": (q, s)}
+    for name in ("encoder", "decoder", "cross"):
+        t = getattr(captured, name)
+        if t is None:
+            continue
+        want = expected[name]
+        if tuple(t.shape[-2:]) != want:
+            raise ModelError(f"{arch}: its {name} attention is {list(t.shape[-2:])} per head, not the {list(want)} map "
+                             f"of {q} object queries over a {grid[0]}x{grid[1]} feature map; attnviz detect cannot show it")
+    # YOLOS's three maps are slices of longer rows: their sums are checked on the whole rows, when kept
+    rows = {"attentions": captured.self_full} if captured.yolos else {
+        n: getattr(captured, n) for n in ("encoder", "decoder", "cross")}
+    for name, t in rows.items():
+        worst = float((t.sum(-1) - 1).abs().max()) if t is not None and t.numel() else 0.0
+        if not worst <= ROW_SUM_TOLERANCE:
+            raise ModelError(f"{arch}: its {name} attention rows sum to 1 within {worst:.2g} only: not probabilities")
+    calls = captured.deformable
+    for kind in (calls.weights if calls is not None else {}):
+        for w, loc in zip(calls.weights[kind], calls.locations[kind]):
+            levels = len(calls.shapes[kind])
+            queries = sum(r * c for r, c in calls.shapes[kind]) if kind == "encoder" else q
+            if w.ndim != 4 or tuple(w.shape[::2]) != (queries, levels) or tuple(loc.shape) != (*w.shape, 2):
+                raise ModelError(f"{arch}: deformable {kind} weights {list(w.shape)} and locations {list(loc.shape)} "
+                                 f"are not [{queries} queries, H, {levels} levels, points] and [..., 2]")
+            worst = float((w.sum((-1, -2)) - 1).abs().max()) if w.numel() else 0.0
+            if not worst <= ROW_SUM_TOLERANCE:
+                raise ModelError(f"{arch}: deformable {kind} weights sum to 1 within {worst:.2g} only: not a softmax")
 
 
 def _attend(det: Detector, inputs: dict, encoder: str = ENCODER_ALL) -> DetectionAttention:
