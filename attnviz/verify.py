@@ -41,6 +41,8 @@ PROVEN_TYPES: frozenset[str] = frozenset({
     "data2vec-vision", "ijepa",
     # object detection (tests/detect_tiny.py KINDS, tests/test_detect.py)
     "detr", "conditional_detr", "yolos", "deformable_detr", "rt_detr",
+    # speech (tests/audio_tiny.py, tests/test_audio.py; WavLM is recomputed and checked on every call instead)
+    "whisper", "wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat",
 })
 #: Query positions of the run-time check's probe (a prefix of the text).
 PROBE_TOKENS = 32

@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _process import one_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PHOTO = ROOT / "samples" / "rocket.jpg"
 TIME_TARGET, MEMORY_TARGET = 1.3, 1.2
 
-WRAPPER = """
-import resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-wall = time.perf_counter() - t
-print(rc, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
 
 PLAIN = """
 import sys, torch
@@ -72,13 +67,6 @@ def build(folder: Path, kind: str) -> Path:
     return path
 
 
-def one_run(cmd: list[str]) -> tuple[float, float]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    rc, wall, rss_kib = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, *cmd], capture_output=True, text=True, env=env,
-                                       check=True).stdout.split()
-    if rc != "0":
-        raise SystemExit(f"exited {rc}: {' '.join(cmd)}")
-    return float(wall), int(rss_kib) / 1024
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from typer.testing import CliRunner
 
 from attnviz.cli import app
+from cli_checks import load_saved, one_error_line
 from attnviz.errors import ModelError
 from detect_tiny import KINDS, make_detector
 
@@ -63,9 +63,6 @@ def run_json(*args):
     return json.loads(result.stdout)
 
 
-def load_saved(path):
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
 def eager(folder, photo_path):
@@ -324,11 +321,6 @@ def test_human_output_has_the_table(detector, photo, tmp_path):
     assert str(tmp_path / "o" / "detections.png") in out
 
 
-def one_error_line(result, code):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("attnviz: error:"), result.stderr
-    return lines[0]
 
 
 def test_bad_input_is_one_line_and_writes_nothing(detector, photo, tmp_path):

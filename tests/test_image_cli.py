@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from typer.testing import CliRunner
 
 from attnviz.cli import app
+from cli_checks import load_saved
 from vision_tiny import DEIT, DINOV2, ROOT, SAMPLES, needs_deit, needs_dinov2, eager_attentions, make_photo, make_vision_model, reference_rollout
 
 pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
@@ -36,9 +36,6 @@ def run_json(*args):
     return json.loads(result.stdout)
 
 
-def load_saved(path):
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
 def one_error_line(result, code=None):

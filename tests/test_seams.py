@@ -136,7 +136,7 @@ def configs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind,words", [
-    ("whisper", ["speech model", "whisper", "no attnviz command shows speech models yet"]),
+    ("whisper", ["speech model", "whisper", "use 'attnviz audio'"]),
     ("wav2vec2", ["speech model", "wav2vec2"]),
     ("perceiver", ["Perceiver", "no attnviz command"]),
     ("vit", ["vision model", "use 'attnviz image'"]),

@@ -4,6 +4,8 @@
 - :mod:`attnviz.inputs.patches` -- images: image processor, patch grid, prefix tokens (``attnviz image``)
 - :mod:`attnviz.inputs.imagefile` -- image files in, RGB pictures out
 - :mod:`attnviz.inputs.detection` -- object detectors: image processor, feature levels, boxes, deformable sampling (``attnviz detect``)
+- :mod:`attnviz.inputs.audiofile` -- audio files in, mono float32 at the model's rate out
+- :mod:`attnviz.inputs.speech` -- speech models: feature extractor, frames in seconds, transcription, capture (``attnviz audio``)
 - :mod:`attnviz.inputs.corpus` -- text corpora streamed from .txt/.jsonl/.csv/.parquet (``attnviz heads``)
 
 :data:`MODALITIES` is the table every command, ``attnviz check`` and the run-time check consult
@@ -42,7 +44,7 @@ IMAGE = Modality("image", "image", "vision model", frozenset({
     "hiera", "focalnet", "dinat", "nat", "cvt", "bit", "van", "mobilenet_v1", "mobilenet_v2", "efficientformer",
     "clip", "siglip",  # attnviz image shows their vision towers
 }))
-AUDIO = Modality("audio", None, "speech model", frozenset({
+AUDIO = Modality("audio", "audio", "speech model", frozenset({
     "whisper", "wav2vec2", "wav2vec2-conformer", "wav2vec2-bert", "hubert", "wavlm", "data2vec-audio", "sew", "sew-d",
     "unispeech", "unispeech-sat", "speech_to_text", "speecht5", "seamless_m4t", "seamless_m4t_v2", "audio-spectrogram-transformer",
     "clap", "encodec", "mimi", "moonshine", "musicgen", "pop2piano", "univnet", "clvp", "mctct", "qwen2_audio", "dac",

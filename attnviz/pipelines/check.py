@@ -256,9 +256,49 @@ def _check_detection(name: str, options) -> CheckReport:
     return _report(det.source.model_id, det.model_type, f"detection ({kind})", det.model, rows, backends)
 
 
+#: Built-in clips of ``attnviz check`` (synthetic chirps with noise): name -> seconds.
+CHECK_CLIPS = (("1 s", 1.0), ("3.5 s", 3.5))
+
+
+def check_clip(seconds: float, rate: int, seed: int = 0):
+    """A deterministic synthetic clip: a rising chirp, a 440 Hz tone and a little noise, float32 ``[n]`` at ``rate`` Hz."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.1 * np.sin(2 * np.pi * 440 * t)
+            + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _check_audio(name: str, options) -> CheckReport:
+    """Speech models (``attnviz audio``): on :data:`CHECK_CLIPS`, every layer of the encoder's self-attention (and
+    Whisper's decoder and cross-attention over its own greedy transcript) against the model's eager
+    ``output_attentions``; WavLM's eager maps are head means, so their head mean is compared."""
+    from attnviz.inputs.speech import compare_speech, features, load_speech_model, transcribe
+
+    sm = load_speech_model(name, options)
+    rows, backends = [], []
+    for i, (label, seconds) in enumerate(CHECK_CLIPS):
+        feats = features(sm, check_clip(min(seconds, sm.max_seconds), sm.rate, seed=i))
+        transcript = transcribe(sm, feats, max_new_tokens=24) if sm.seq2seq else None
+        att, diffs = compare_speech(sm, feats, transcript)
+        if i == 0:
+            from attnviz.models import check_finite
+
+            check_finite(sm.source, sm.model)  # after the first forward pass (SpeechModel.with_weights)
+        backends.append(att.backend)
+        for tensor, (shape, diff) in diffs.items():
+            L, H, Q, K = shape
+            kind = CHECK_DETECTION_KINDS.get(tensor, tensor) + (" mean" if sm.model_type == "wavlm" else "")
+            rows.append(KindCheck(label, kind, L, H, Q, K, tensor == "decoder_attentions", 0, diff))
+    what = "encoder-decoder" if sm.seq2seq else "encoder"
+    return _report(sm.source.model_id, sm.model_type, f"audio ({what})", sm.model, rows, backends)
+
+
 #: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
-#: ``(name, LoadOptions) -> CheckReport``. Audio adds its row here when it learns ``check``.
-CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image, "detection": _check_detection}
+#: ``(name, LoadOptions) -> CheckReport``.
+CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image, "detection": _check_detection,
+                                     "audio": _check_audio}
 
 
 def run(request: CheckRequest) -> "CheckReport":
