@@ -389,7 +389,8 @@ def test_figures_have_no_overlapping_or_clipped_text():
 
     samples = A.tone(1.5)[:, 0]
     words = [type("W", (), {"text": t, "start_s": s, "end_s": e})() for t, s, e in
-             (("Hello", 0.0, 0.4), ("world!", 0.4, 1.2))]
+             (("Hello", 0.0, 0.4), ("world!", 0.4, 1.2), ("and", 1.2, 1.25), ("more", 1.25, 1.3), ("words", 1.3, 1.35),
+              ("crowded", 1.35, 1.4), ("together", 1.4, 1.45), ("here", 1.45, 1.5))]
     for size in ("column", "page", "screen"):
         style = Style.from_options(size=size)
         figs = [views.spectrogram_view(samples, 16000, words=words, title="t: clip", subtitle="1.50 s", style=style),

@@ -58,11 +58,13 @@ def spectrogram_view(samples: np.ndarray, rate: int, *, mel: np.ndarray | None =
     width = style.width(9.0)
     fonts = style.fonts(width)
     top, text = _title(None, title, subtitle, width, fonts)
-    wave_h, word_h = 0.8, (0.35 if words else 0.0)
-    spec_h = 1.9 if style.height_in is None else max(0.8, style.height_in - top - wave_h - word_h - 0.75)
-    height = style.height_in or top + wave_h + word_h + spec_h + 0.75
-    fig = _figure(width, height, style)
     left, right = 0.75, 0.25
+    lanes = _word_lanes(words, duration, width - left - right, fonts.small)
+    n_lanes = max(lanes, default=-1) + 1
+    wave_h, word_h = 0.8, (0.06 + 0.17 * n_lanes if words else 0.0)
+    spec_h = 1.9 if style.height_in is None else max(0.8, style.height_in - top - wave_h - word_h - 0.55)
+    height = style.height_in or top + wave_h + word_h + spec_h + 0.55
+    fig = _figure(width, height, style)
     pw = width - left - right
     y = height - top - wave_h
     ax_w = _axes(fig, left, y, pw, wave_h - 0.08)
@@ -100,12 +102,34 @@ def spectrogram_view(samples: np.ndarray, rate: int, *, mel: np.ndarray | None =
             ax.axvspan(w.start_s, max(w.end_s, w.start_s + 0.005), color=colour, alpha=0.12 if ax is ax_w else 0.0,
                        linewidth=0)
         ax_s.axvline(w.start_s, color="white", linewidth=0.6, alpha=0.7)
+        if lanes[k] < 0:  # no room for its label: the span is still shaded and marked
+            continue
         mid = (w.start_s + w.end_s) / 2
-        ax_t.text(mid, 0.75 if k % 2 == 0 else 0.25, safe_label(w.text, 16), ha="center", va="center",
+        ax_t.text(mid, 1 - (lanes[k] + 0.5) / n_lanes, safe_label(w.text, 16), ha="center", va="center",
                   fontsize=fonts.small, color=colour, clip_on=False)
     _put(fig, text, fonts)
     attach_metadata(fig, title, model, style, view)
     return fig
+
+
+#: Most rows of word labels under the waveform; a word whose label fits in none of them is left unlabelled.
+MAX_WORD_LANES = 4
+
+
+def _word_lanes(words: Sequence, duration: float, width_in: float, font_pt: float) -> list[int]:
+    """A row (0..MAX_WORD_LANES-1) for each word's label, centred on its span, so that no two labels in a row
+    overlap (label width estimated at 0.6 em a character); -1 where no row has room."""
+    ends = [-math.inf] * MAX_WORD_LANES
+    out = []
+    per_s = width_in / max(duration, 1e-9)  # inches per second
+    for w in words:
+        half = (len(safe_label(w.text, 16)) * 0.6 * font_pt / 72 + 0.06) / 2 / per_s
+        mid = (w.start_s + w.end_s) / 2
+        lane = next((i for i, e in enumerate(ends) if mid - half >= e), -1)
+        if lane >= 0:
+            ends[lane] = mid + half
+        out.append(lane)
+    return out
 
 
 def alignment_view(matrix: np.ndarray, frame_s: float, tokens: Sequence[str], *, ends: Sequence[float] = (),
