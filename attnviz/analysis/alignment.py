@@ -106,7 +106,7 @@ def words(tokenizer, ids: Sequence[int], timestamps: np.ndarray, prompt_length: 
     for text, group in zip(texts, groups):
         seq = [positions[g] for g in group]
         start = float(timestamps[seq[0] - 1]) if seq[0] > 0 else 0.0
-        out.append(Word(text.strip() or text, tuple(seq), start, float(timestamps[seq[-1]])))
+        out.append(Word(text.strip() or text, tuple(seq), round(start, 6), round(float(timestamps[seq[-1]]), 6)))
     return out
 
 
