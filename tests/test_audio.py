@@ -477,3 +477,21 @@ def test_check_learns_speech_models(kind, models):
     assert kinds == expected
     assert report.proven == (kind != "wavlm")
     assert all(r.max_abs_diff <= TOL for r in report.rows)
+
+
+def test_missing_attention_weights_are_refused_or_labelled(models, clip, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "partial"
+    shutil.copytree(models("hubert"), folder)
+    state = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if "layers.0.attention.q_proj" not in k}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    line = one_error_line(invoke(clip, "-m", folder, "--out", tmp_path / "o"), 3)
+    assert "lacks 2 tensors the attention depends on" in line and not (tmp_path / "o").exists()
+    result = invoke(clip, "-m", folder, "--out", tmp_path / "o", "--random-weights-ok", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["random_weights"].startswith("random weights: 2 tensors")
+    assert "random weights" in result.stderr
