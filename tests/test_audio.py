@@ -135,6 +135,8 @@ def test_wavlm_heads_equal_torch_multi_head_attention(models, clip, tmp_path):
     folder = models("wavlm")
     doc = run_json(clip, "-m", folder, "--out", tmp_path / "o", "--save-attn", tmp_path / "a.safetensors")
     assert doc["backend"] == "wavlm-recomputed" and doc["verification"]["status"] == "verified"
+    diffs = doc["verification"]["max_abs_diff"]
+    assert set(diffs) == {"head mean", "output"} and 0 <= max(diffs.values()) <= 1e-5
     saved, _ = load_saved(tmp_path / "a.safetensors")
     model, batch = model_inputs(folder, clip)
     got = []

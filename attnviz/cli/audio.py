@@ -79,6 +79,8 @@ def _print_human(run) -> None:
     )
     if run.random_weights:
         console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
+    if run.verification is not None and run.verification.verified:
+        console.print(run.verification.describe(), soft_wrap=True)
     if len(run.clips) == 1 and c.text is not None:
         console.print(f"Transcript: {c.text.strip()}", soft_wrap=True)
     if c.words and len(run.clips) == 1:

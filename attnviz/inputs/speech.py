@@ -293,6 +293,9 @@ class SpeechAttention:
     backend: str
     logits: Any = None
     notes: list[str] = field(default_factory=list)
+    #: WavLM: the largest differences its run-time check measured over every call (``"head mean"``: attnviz's head
+    #: mean vs the module's returned weights; ``"output"``: ``out_proj(P @ V)`` vs the module's output); else empty.
+    checked: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -405,7 +408,8 @@ def _capture_wavlm(sm: SpeechModel, feats: Features, encoder_layers: set[int], e
     modules = [m for name, m in model.named_modules() if type(m).__name__ == "WavLMAttention"]
     keep = set(range(len(modules))) if everything else set(encoder_layers)
     found: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_hook(_wavlm_hook(i, i in keep, found, sm.source.model_id), with_kwargs=True)
+    errors: dict[str, float] = {"head mean": 0.0, "output": 0.0}
+    handles = [m.register_forward_hook(_wavlm_hook(i, i in keep, found, sm.source.model_id, errors), with_kwargs=True)
                for i, m in enumerate(modules)]
     try:
         with torch.no_grad():
@@ -416,7 +420,7 @@ def _capture_wavlm(sm: SpeechModel, feats: Features, encoder_layers: set[int], e
     heads = int(modules[0].num_heads) if modules else 0
     logits = out.logits[0].float().cpu() if sm.ctc and getattr(out, "logits", None) is not None else None
     result = SpeechAttention({l: found[l] for l in sorted(keep) if l in found}, None, None, len(modules), heads,
-                             "wavlm-recomputed", logits)
+                             "wavlm-recomputed", logits, checked=errors)
     _check_maps(sm, result, feats)
     return result
 
@@ -457,7 +461,7 @@ def wavlm_probabilities(module, hidden_states, attention_mask, position_bias):
     return probs, out
 
 
-def _wavlm_hook(index: int, keep: bool, found: dict, model_id: str):
+def _wavlm_hook(index: int, keep: bool, found: dict, model_id: str, errors: dict):
     def hook(module, args, kwargs, output):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
@@ -465,6 +469,8 @@ def _wavlm_hook(index: int, keep: bool, found: dict, model_id: str):
         tol = WAVLM_TOL if hidden.dtype.is_floating_point and hidden.dtype.itemsize >= 4 else 5e-2
         out_err = float((recomputed - output[0].float()).abs().max())
         mean_err = float((probs.mean(1) - output[1][:, 0].float()).abs().max()) if output[1] is not None else 0.0
+        errors["output"] = max(errors["output"], out_err)
+        errors["head mean"] = max(errors["head mean"], mean_err)
         if out_err > tol or mean_err > tol:
             raise AttentionRefused(
                 f"'{model_id}': WavLM layer {index}'s attention recomputed from its projections and gated position "

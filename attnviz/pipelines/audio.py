@@ -287,8 +287,11 @@ def run(request: AudioRequest) -> AudioRun:
     a, feats, transcript, att = first
     notes.extend(att.notes)
     if sm.model_type == "wavlm":
-        verification = Verification(VERIFIED, sm.model_type, {"encoder": 0.0}, 1e-4,
-                                    "every layer: head mean and out_proj(P @ V) equal the module's own")
+        from attnviz.inputs.speech import WAVLM_TOL
+
+        verification = Verification(VERIFIED, sm.model_type, dict(att.checked), WAVLM_TOL,
+                                    "every layer on this clip: the heads' mean vs the module's own weights, and "
+                                    "out_proj(P @ V) vs its output")
     else:
         verification = Verification(PROVEN, sm.model_type)
     result = AudioRun(sm.source.model_id, sm.model_type, att.backend, sm.rate, feats.frames, feats.audio_frames,
