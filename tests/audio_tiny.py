@@ -74,12 +74,13 @@ def whisper_tokenizer(folder: Path):
     return tok
 
 
-def make_whisper(root: Path, seed: int = 0, alignment_heads=True) -> Path:
-    """Save a tiny random English-only Whisper (2+2 layers x 4 heads, d_model 32, 16 mel bins, 4 s window) with its
-    feature extractor, tokenizer and a generation config naming :data:`ALIGNMENT_HEADS`."""
+def make_whisper(root: Path, seed: int = 0, alignment_heads=True, multilingual: bool = False) -> Path:
+    """Save a tiny random Whisper (2+2 layers x 4 heads, d_model 32, 16 mel bins, 4 s window) with its feature
+    extractor, tokenizer and a generation config naming :data:`ALIGNMENT_HEADS`; English-only, or ``multilingual``
+    (it knows ``<|en|>``, detects the language when none is given and takes ``--task``)."""
     import transformers as T
 
-    folder = Path(root) / ("whisper" if alignment_heads else "whisper-noheads")
+    folder = Path(root) / ("whisper" + ("" if alignment_heads else "-noheads") + ("-multilingual" if multilingual else ""))
     if (folder / "config.json").exists():
         return folder
     folder.mkdir(parents=True)
@@ -97,7 +98,10 @@ def make_whisper(root: Path, seed: int = 0, alignment_heads=True) -> Path:
     gc = model.generation_config
     gc.decoder_start_token_id, gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = sot, eos, eos, eos
     gc.no_timestamps_token_id = notimestamps
-    gc.is_multilingual = False
+    gc.is_multilingual = multilingual
+    if multilingual:
+        gc.lang_to_id = {"<|en|>": ids[2]}
+        gc.task_to_id = {"translate": ids[3], "transcribe": ids[4]}
     gc.max_length = 24
     gc.suppress_tokens, gc.begin_suppress_tokens = ids[1:], []  # the random model writes byte tokens, not specials
     gc._from_model_config = False  # else from_pretrained rebuilds the generation config from config.json

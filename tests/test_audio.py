@@ -193,6 +193,26 @@ def test_word_timestamps_equal_generate(models, clip, tmp_path):
     assert np.abs(ends2 - ref2["token_timestamps"][0].numpy()).max() <= 0.02 + 1e-6
 
 
+def test_multilingual_whisper_prompt_and_timestamps(tmp_path, clip):
+    """A multilingual model detects the language in a first decoder call of its own: the prompt is still
+    <|startoftranscript|><|en|>...<|notimestamps|>, and the token times are still generate's."""
+    folder = A.make_whisper(tmp_path, multilingual=True)
+    model, batch = model_inputs(folder, clip)
+    for extra in ([], ["--language", "en"]):
+        kwargs = {"language": "en"} if extra else {}
+        with torch.no_grad():
+            ref = model.generate(batch["input_features"], attention_mask=batch["attention_mask"],
+                                 return_token_timestamps=True, return_dict_in_generate=True, **kwargs)
+        doc = run_json(clip, "-m", folder, *extra, "--out", tmp_path / "o")
+        ids = ref["sequences"][0].tolist()
+        assert [t["id"] for t in doc["tokens"]] == ids
+        prompt = ids.index(A.whisper_tokenizer(tmp_path).convert_tokens_to_ids("<|notimestamps|>")) + 1
+        assert [t["prompt"] for t in doc["tokens"]] == [i < prompt for i in range(len(ids))]
+        assert all(t["special"] for t in doc["tokens"][:prompt])
+        ends = np.array([t["end_s"] for t in doc["tokens"]])
+        assert np.abs(ends - ref["token_timestamps"][0].numpy()).max() <= 0.02 + 1e-6
+
+
 def test_alignment_heads_ranking(models, tmp_path):
     folder = models("whisper")
     clips = tmp_path / "clips"
@@ -276,6 +296,27 @@ def test_long_clip_is_cut_to_the_window_with_a_notice(models, tmp_path):
     assert "2.00 s cut from the end" in result.stderr
 
 
+def test_channels_that_cancel_out_are_warned_about(models, tmp_path):
+    import soundfile as sf
+
+    left = A.tone(1.0)[:, 0]
+    path = tmp_path / "anti.wav"
+    sf.write(str(path), np.stack([left, -left], 1), 16000)
+    result = invoke(path, "-m", models("hubert"), "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "channels cancel out when mixed to mono" in result.stderr
+
+
+def test_only_the_window_is_decoded(tmp_path):
+    from attnviz.inputs.audiofile import prepare_audio, read_audio
+
+    path = A.write_clip(tmp_path / "long.flac", 12.0, fmt="FLAC")
+    raw = read_audio(path, max_seconds=4.0)
+    assert raw.samples.shape[0] == 5 * 16000 and raw.duration_s == pytest.approx(12.0)
+    audio = prepare_audio(raw, 16000, 4.0)
+    assert audio.duration_s == pytest.approx(4.0) and audio.cut_s == pytest.approx(8.0)
+
+
 def test_standard_input(models, clip, tmp_path):
     result = invoke("-", "-m", models("hubert"), "--out", tmp_path / "o", "--json", input=clip.read_bytes())
     assert result.exit_code == 0, result.output
@@ -301,8 +342,11 @@ def test_bad_input_is_one_line_and_writes_nothing(models, clip, tmp_path):
     assert "--layer 5 is out of range: the encoder has 2 layers" in one_error_line(invoke(clip, "-m", w, "--layer", "5", "--out", out), 2)
     assert "--heads 9:0 is out of range" in one_error_line(invoke(clip, "-m", w, "--heads", "9:0", "--out", out), 2)
     assert "--heads must be LAYER:HEAD" in one_error_line(invoke(clip, "-m", w, "--heads", "x", "--out", out), 2)
-    line = one_error_line(invoke(clip, "-m", models("wav2vec2"), "--language", "en", "--out", out), 2)
-    assert "is for Whisper's decoder" in line
+    for option in (["--language", "en"], ["--max-new-tokens", "5"], ["--views", "spectrogram,words"], ["--find-heads"]):
+        line = one_error_line(invoke(clip, "-m", models("wav2vec2"), *option, "--out", out), 2)
+        assert "is for Whisper's decoder" in line and option[0] in line
+    line = one_error_line(invoke(clip, "-m", w, "--size", "2x1.5", "--views", "encoder", "--out", out), 2)
+    assert "too small for the encoder view's 5 panels" in line
     one_error_line(invoke(clip, "-m", w, "--language", "fr", "--out", out), 2)  # an English-only model
     text = make_text_model(tmp_path / "text", "bert")
     assert "attnviz text" in one_error_line(invoke(clip, "-m", text, "--out", out), 3)
@@ -372,7 +416,14 @@ def test_views_and_page(models, clip, tmp_path):
     assert "data:audio/wav;base64," in page and "media-src data:" in page
     data = json.loads(page.split('id="attnviz-data">', 1)[1].split("</script>", 1)[0])
     assert [w["text"] for w in data["words"]] == [w["text"] for w in doc["words"]]
-    assert all(len(w["curve"]) == doc["frames"] for w in data["words"] if "curve" in w)
+    # each word's curve: the rows that write its tokens (position t - 1), alignment heads and tokens averaged
+    run_json(clip, "-m", models("whisper"), "--out", tmp_path / "o2", "--format", "html", "--save-attn", tmp_path / "a.safetensors")
+    saved, _ = load_saved(tmp_path / "a.safetensors")
+    cross = saved["cross_attentions"]
+    for w in data["words"]:
+        rows = [t - 1 for t in w["tokens"]]
+        expect = torch.stack([cross[l, h, rows, :doc["frames"]] for l, h in doc["alignment_heads"]]).mean((0, 1))
+        assert np.allclose(w["curve"], expect.numpy(), atol=1e-5)
 
 
 def test_views_option_picks_the_figures_and_skips_the_encoder_map(models, clip, tmp_path):
@@ -381,7 +432,7 @@ def test_views_option_picks_the_figures_and_skips_the_encoder_map(models, clip, 
     doc = run_json(clip, "-m", models("hubert"), "--views", "encoder", "--layer", "0", "--out", tmp_path / "o2")
     assert [Path(f).name for f in doc["files"]] == ["encoder-layer0.png"]
     line = one_error_line(invoke(clip, "-m", models("hubert"), "--views", "words", "--out", tmp_path / "o3"), 2)
-    assert "has no decoder" in line
+    assert "is for Whisper's decoder" in line
     assert "unknown view 'nope'" in one_error_line(invoke(clip, "-m", models("hubert"), "--views", "nope", "--out", tmp_path / "o3"), 2)
 
 
@@ -393,15 +444,26 @@ def test_figures_have_no_overlapping_or_clipped_text():
     words = [type("W", (), {"text": t, "start_s": s, "end_s": e})() for t, s, e in
              (("Hello", 0.0, 0.4), ("world!", 0.4, 1.2), ("and", 1.2, 1.25), ("more", 1.25, 1.3), ("words", 1.3, 1.35),
               ("crowded", 1.35, 1.4), ("together", 1.4, 1.45), ("here", 1.45, 1.5))]
-    for size in ("column", "page", "screen"):
+    from attnviz.errors import UsageError
+
+    def draw_all(style):
+        yield lambda: views.spectrogram_view(samples, 16000, words=words, title="t: clip", subtitle="1.50 s", style=style)
+        yield lambda: views.alignment_view(np.random.default_rng(0).random((6, 75)) / 75, 0.02, list("abcdef"),
+                                           ends=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], title="t", subtitle="s", style=style)
+        yield lambda: views.encoder_view(np.random.default_rng(0).random((5, 75, 75)) / 75, 0.02,
+                                         names=["head 0", "head 1", "head 2", "head 3", "mean"], title="t", subtitle="s",
+                                         style=style)
+        yield lambda: views.heads_view(np.random.default_rng(0).random((4, 6)), [(3, 0)], title="t", subtitle="s",
+                                       style=style)
+
+    for size in ("column", "page", "screen", "5x4", "4x3", "7x2"):
         style = Style.from_options(size=size)
-        figs = [views.spectrogram_view(samples, 16000, words=words, title="t: clip", subtitle="1.50 s", style=style),
-                views.alignment_view(np.random.default_rng(0).random((6, 75)) / 75, 0.02, list("abcdef"),
-                                     ends=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], title="t", subtitle="s", style=style),
-                views.encoder_view(np.random.default_rng(0).random((5, 75, 75)) / 75, 0.02,
-                                   names=["head 0", "head 1", "head 2", "head 3", "mean"], title="t", subtitle="s", style=style),
-                views.heads_view(np.random.default_rng(0).random((4, 6)), [(3, 0)], title="t", subtitle="s", style=style)]
-        for fig in figs:
+        for draw in draw_all(style):
+            try:
+                fig = draw()
+            except UsageError as exc:  # a fixed size too short for a view is refused in one line, never clipped
+                assert size in ("4x3", "7x2") and "too s" in str(exc), (size, exc)
+                continue
             assert not overlapping_texts(fig), (size, overlapping_texts(fig))
             assert not texts_outside(fig), (size, texts_outside(fig))
 
@@ -432,6 +494,24 @@ def test_real_whisper_words_and_timestamps(tmp_path):
         out = model(input_features=batch["input_features"], decoder_input_ids=ids, output_attentions=True)
     close(saved["cross_attentions"], torch.stack(out.cross_attentions)[:, 0])
     close(saved["encoder_attentions"], torch.stack(out.encoder_attentions)[:, 0])
+
+
+@needs_shared
+def test_special_tokens_and_languages_of_the_real_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from attnviz.analysis.alignment import words
+    from attnviz.pipelines.audio import spoken_language
+
+    doc = run_json(SPEECH / "hello-world.wav", "-m", WHISPER_EN, "--views", "words", "--out", tmp_path / "o")
+    assert [t["special"] for t in doc["tokens"]] == [True, True, False, False, False, True]  # sot, notimestamps ... eot
+    assert spoken_language("zh", []) == "chinese" and spoken_language("Chinese", []) == "chinese"
+    assert spoken_language(None, ["<|startoftranscript|>", "<|ja|>", "<|transcribe|>"]) == "japanese"
+    assert spoken_language(None, ["<|startoftranscript|>", "<|notimestamps|>"]) is None
+    tok = AutoTokenizer.from_pretrained(WHISPER_EN)
+    ids = tok("你好世界，我们走吧。", add_special_tokens=False).input_ids
+    times = np.linspace(0, 1, len(ids) + 1)
+    assert len(words(tok, [0] + ids, times, 1, "chinese")) > len(words(tok, [0] + ids, times, 1, None)) == 1
 
 
 @needs_shared

@@ -140,29 +140,32 @@ class HeadScore:
 def head_scores(cross, prompt_length: int, audio_frames: int) -> np.ndarray:
     """``[L, H, 4]`` float64 (monotonic, focus, on_audio, rows) of every head on one clip; see :class:`HeadScore`.
 
-    ``cross``: ``[L, H, T, F]`` probabilities; the rows of the generated tokens but the last (those DTW uses) are scored.
+    ``cross``: ``[L, H, T, F]`` probabilities (a torch tensor or an array); the rows of the generated tokens but the
+    last (those DTW uses) are scored, one layer at a time (memory: a few copies of one layer's ``[H, T, F]``).
     """
-    c = np.asarray(cross, dtype=np.float64)[:, :, prompt_length:int(cross.shape[2]) - 1]
-    L, H, R, _F = c.shape
+    L, H, T = int(cross.shape[0]), int(cross.shape[1]), int(cross.shape[2])
     out = np.zeros((L, H, 4))
-    if R == 0:
+    R = T - 1 - prompt_length
+    if R <= 0:
         return out
-    audio = c[..., :audio_frames]
-    mass = audio.sum(-1)  # [L, H, R]
-    rows = audio / np.maximum(mass[..., None], 1e-12)
-    centre = (rows * np.arange(audio_frames)).sum(-1)  # frames
-    if R > 1:
-        idx = np.arange(R) - (R - 1) / 2
-        dc = centre - centre.mean(-1, keepdims=True)
-        denom = np.sqrt((dc ** 2).sum(-1) * (idx ** 2).sum())
-        mono = np.where(denom > 0, (dc * idx).sum(-1) / np.maximum(denom, 1e-300), 0.0).clip(0, 1)
-    else:
-        mono = np.ones((L, H))
-    cum = np.concatenate([np.zeros((L, H, R, 1)), np.cumsum(rows, -1)], -1)
-    peak = rows.argmax(-1)
-    lo, hi = np.clip(peak - NEAR_FRAMES, 0, audio_frames), np.clip(peak + NEAR_FRAMES + 1, 0, audio_frames)
-    focus = (np.take_along_axis(cum, hi[..., None], -1) - np.take_along_axis(cum, lo[..., None], -1))[..., 0].mean(-1)
-    out[..., 0], out[..., 1], out[..., 2], out[..., 3] = mono, focus, mass.mean(-1), R
+    frames = np.arange(audio_frames, dtype=np.float64)
+    for l in range(L):
+        layer = np.asarray(cross[l, :, prompt_length:T - 1, :audio_frames], dtype=np.float64)  # [H, R, F']
+        mass = layer.sum(-1)  # [H, R]
+        rows = layer / np.maximum(mass[..., None], 1e-12)
+        centre = rows @ frames  # [H, R] frames
+        if R > 1:
+            idx = np.arange(R) - (R - 1) / 2
+            dc = centre - centre.mean(-1, keepdims=True)
+            denom = np.sqrt((dc ** 2).sum(-1) * (idx ** 2).sum())
+            mono = np.where(denom > 0, (dc * idx).sum(-1) / np.maximum(denom, 1e-300), 0.0).clip(0, 1)
+        else:
+            mono = np.ones(H)
+        cum = np.concatenate([np.zeros((H, R, 1)), np.cumsum(rows, -1)], -1)
+        peak = rows.argmax(-1)
+        lo, hi = np.clip(peak - NEAR_FRAMES, 0, audio_frames), np.clip(peak + NEAR_FRAMES + 1, 0, audio_frames)
+        focus = (np.take_along_axis(cum, hi[..., None], -1) - np.take_along_axis(cum, lo[..., None], -1))[..., 0].mean(-1)
+        out[l, :, 0], out[l, :, 1], out[l, :, 2], out[l, :, 3] = mono, focus, mass.mean(-1), R
     return out
 
 

@@ -90,7 +90,7 @@ def _print_human(run) -> None:
         for w in c.words:
             table.add_row(w.text, f"{w.start_s:.2f}", f"{w.end_s:.2f}", ",".join(str(t) for t in w.tokens))
         console.print(table)
-    if run.ranking and (len(run.clips) > 1 or any(f.stem == "heads" for f in run.files)):
+    if run.ranking and run.find_heads:
         official = {tuple(h) for h in run.alignment_heads} if run.alignment_source != "--heads" else set()
         table = Table(title=f"Cross-attention heads ranked as alignment heads ({len(run.clips)} clip"
                             f"{'s' if len(run.clips) != 1 else ''})", title_justify="left")

@@ -56,7 +56,7 @@ def _print_human(report) -> None:
 
 @app.command("check")
 def check_command(
-    model: str = typer.Argument(..., help="Hub id, local folder or .gguf file of a text, vision or detection model."),
+    model: str = typer.Argument(..., help="Hub id, local folder or .gguf file of a text, vision, detection or speech model."),
     as_json: bool = JSON,
     device: str = DEVICE,
     dtype: str = DTYPE,

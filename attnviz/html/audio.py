@@ -28,10 +28,11 @@ def wav_data_uri(samples: np.ndarray, rate: int) -> str:
 
 def audio_payload(document: Mapping, audio, att, transcript, feats, heads) -> dict:
     """The data ``audio.js`` draws: the run's ``--json`` document, the clip, and per word its attention curve
-    (``words[i].curve``: the mean over the word's tokens and the alignment heads of the cross-attention rows over the
-    clip's frames, rounded to 5 decimals)."""
+    (``words[i].curve``: the mean, over the alignment heads and the word's tokens, of the cross-attention row that
+    *writes* each token -- the row at the position before it, as in ``alignment.png`` and the DTW -- over the clip's
+    frames, rounded to 5 decimals)."""
     doc = {k: v for k, v in document.items() if k not in ("files", "save_attn", "head_ranking")}
-    doc["head_ranking"] = document.get("head_ranking", [])[:10]
+    doc["head_ranking"] = document.get("head_ranking", [])[:12]
     doc["type"] = "audio"
     doc["clip"] = wav_data_uri(audio.samples, audio.rate)
     words = []
@@ -39,7 +40,7 @@ def audio_payload(document: Mapping, audio, att, transcript, feats, heads) -> di
     for w in document.get("words", []):
         w = dict(w)
         if att.cross is not None and transcript is not None:
-            rows = [t for t in w["tokens"] if t < att.cross.shape[2] - 1]
+            rows = [t - 1 for t in w["tokens"] if t >= 1]
             if rows:
                 curve = np.stack([att.cross[l, h, rows, :af].numpy() for l, h in heads]).mean((0, 1))
                 w["curve"] = np.round(curve.astype(np.float64), 5).tolist()

@@ -28,11 +28,13 @@ FORMATS = "WAV, FLAC, OGG/Vorbis, Opus, MP3"
 
 @dataclass(frozen=True)
 class RawAudio:
-    """A decoded file: ``samples`` float32 ``[n, channels]`` in -1..1 at ``rate`` Hz; ``name``: what the user gave."""
+    """A decoded file: ``samples`` float32 ``[n, channels]`` in -1..1 at ``rate`` Hz; ``name``: what the user gave;
+    ``total_frames``: the file's length in samples per channel (more than ``n`` when only its start was decoded)."""
 
     samples: np.ndarray
     rate: int
     name: str
+    total_frames: int | None = None
 
     @property
     def channels(self) -> int:
@@ -40,7 +42,8 @@ class RawAudio:
 
     @property
     def duration_s(self) -> float:
-        return self.samples.shape[0] / self.rate
+        """The file's length in seconds (all of it, decoded or not)."""
+        return (self.total_frames if self.total_frames is not None else self.samples.shape[0]) / self.rate
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,9 @@ class Audio:
         return ", ".join(parts)
 
 
-def read_audio(source: str | os.PathLike) -> RawAudio:
-    """Decode an audio file (``"-"``: standard input) with ``soundfile``.
+def read_audio(source: str | os.PathLike, max_seconds: float | None = None) -> RawAudio:
+    """Decode an audio file (``"-"``: standard input) with ``soundfile``; with ``max_seconds``, only its first
+    ``max_seconds`` (plus one second, for the resampler's edge) are decoded.
 
     Returns:
         :class:`RawAudio` with float32 samples ``[n, channels]`` in -1..1 at the file's rate (Hz).
@@ -114,15 +118,20 @@ def read_audio(source: str | os.PathLike) -> RawAudio:
                              f"{MAX_FILE_BYTES >> 30} GiB (cut the part you want first)")
         handle = path
     try:
-        samples, rate = sf.read(handle, dtype="float32", always_2d=True)
+        with sf.SoundFile(handle) as f:
+            rate, total = int(f.samplerate), int(f.frames)
+            n = total if max_seconds is None or total <= 0 else min(total, int(np.ceil((max_seconds + 1) * rate)))
+            samples = f.read(n if total > 0 else -1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         why = " ".join(str(exc).split())[:160]
+        if isinstance(handle, io.BytesIO):
+            why = why.replace(repr(handle), "standard input").replace(str(handle), "standard input")
         raise InputError(f"'{name}' is not an audio file libsndfile can read ({FORMATS}): {why}") from None
     if samples.size == 0:
         raise InputError(f"'{name}' holds no audio samples")
     if not np.isfinite(samples).all():
         raise InputError(f"'{name}' holds samples that are NaN or infinite")
-    return RawAudio(samples, int(rate), name)
+    return RawAudio(samples, rate, name, max(total, samples.shape[0]))
 
 
 def prepare_audio(raw: RawAudio, rate: int, max_seconds: float | None) -> Audio:
@@ -135,6 +144,16 @@ def prepare_audio(raw: RawAudio, rate: int, max_seconds: float | None) -> Audio:
         InputError: the clip is shorter than one sample at ``rate``.
     """
     mono = raw.samples.mean(axis=1, dtype=np.float64).astype(np.float32) if raw.channels > 1 else raw.samples[:, 0]
+    if raw.channels > 1:
+        loud = float(np.abs(raw.samples).max())
+        if loud > 1e-3 and float(np.abs(mono).max()) < 0.01 * loud:
+            import warnings
+
+            from attnviz.errors import AttnvizWarning
+
+            warnings.warn(f"'{raw.name}': its {raw.channels} channels cancel out when mixed to mono (the mix peaks at "
+                          f"{float(np.abs(mono).max()):.2g}, the channels at {loud:.2g}); the model hears near silence",
+                          AttnvizWarning, stacklevel=2)
     if raw.rate != rate:
         import soxr
 
@@ -142,8 +161,8 @@ def prepare_audio(raw: RawAudio, rate: int, max_seconds: float | None) -> Audio:
     if mono.size == 0:
         raise InputError(f"'{raw.name}' is too short to resample to {rate} Hz")
     cut = 0.0
-    if max_seconds is not None and mono.size > int(round(max_seconds * rate)):
-        keep = int(round(max_seconds * rate))
-        cut = (mono.size - keep) / rate
+    if max_seconds is not None and raw.duration_s > max_seconds:
+        keep = min(mono.size, int(round(max_seconds * rate)))
         mono = mono[:keep]
+        cut = raw.duration_s - keep / rate
     return Audio(np.ascontiguousarray(mono), rate, raw.rate, raw.channels, raw.duration_s, cut, raw.name)

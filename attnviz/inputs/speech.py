@@ -29,8 +29,14 @@ ENCODER_TYPES = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec-audio", "uni
 SUPPORTED = ENCODER_TYPES | {WHISPER}
 #: Longest clip an encoder-only model is shown on (seconds): 3,000 frames, one layer's [H, F, F] = H x 36 MB.
 MAX_ENCODER_SECONDS = 60.0
-#: Tolerance of the WavLM run-time check (float32; half precision: see attnviz.verify.tolerance_for).
+#: Tolerance of the WavLM run-time check in float32; half precision: :data:`WAVLM_HALF_TOL`.
 WAVLM_TOL = 1e-4
+WAVLM_HALF_TOL = 5e-2
+
+
+def wavlm_tolerance(dtype) -> float:
+    """The WavLM run-time check's tolerance for a model of ``dtype`` (a torch dtype)."""
+    return WAVLM_TOL if dtype.is_floating_point and dtype.itemsize >= 4 else WAVLM_HALF_TOL
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,12 @@ class SpeechModel:
 
     @property
     def receptive_samples(self) -> int:
-        """Samples one frame of the convolutional feature encoder sees (400 = 25 ms for wav2vec2); Whisper: 2 hops."""
+        """Samples one encoder frame sees: wav2vec2-style, through the convolutional feature encoder (400 = 25 ms);
+        Whisper, through its two kernel-3 convolutions (strides 1 and 2) over mel frames (5 mel frames: 4 hops plus
+        one ``n_fft`` window, 1,040 samples = 65 ms)."""
         if self.seq2seq:
-            return self.frame_samples
+            fe = self.feature_extractor
+            return 4 * int(fe.hop_length) + int(getattr(fe, "n_fft", 2 * fe.hop_length))
         r, jump = 1, 1
         for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
             r += (int(k) - 1) * jump
@@ -208,8 +217,8 @@ def features(sm: SpeechModel, samples: np.ndarray) -> Features:
     if n < sm.receptive_samples:
         from attnviz.errors import InputError
 
-        raise InputError(f"the clip is {n / sm.rate * 1000:.0f} ms long; {sm.source.model_id} needs at least "
-                         f"{sm.receptive_samples / sm.rate * 1000:.0f} ms for one frame")
+        raise InputError(f"the clip is {n / sm.rate * 1000:.2g} ms long ({n} samples); {sm.source.model_id} needs at least "
+                         f"{sm.receptive_samples / sm.rate * 1000:.3g} ms for one frame")
     frames = int(sm.model._get_feat_extract_output_lengths(torch.tensor(n))) if sm.model is not None else n // sm.frame_samples
     return Features({"input_values": values}, frames, frames, sm.frame_s, None, 0)
 
@@ -262,12 +271,23 @@ def transcribe(sm: SpeechModel, feats: Features, language: str | None = None, ta
             else:
                 out = model.generate(feats.inputs["input_features"].to(model.device), **kwargs)
     except ValueError as exc:
-        raise UsageError(" ".join(str(exc).split())[:300]) from None
+        raise UsageError(" ".join(str(exc).split())) from None
     finally:
         handle.remove()
     ids = out["sequences"][0] if isinstance(out, dict) or hasattr(out, "sequences") else out[0]
-    prompt = seen[0] if seen else 1
-    return Transcript(ids.detach().cpu(), prompt)
+    ids = ids.detach().cpu()
+    return Transcript(ids, prompt_length(ids.tolist(), model.generation_config, seen[0] if seen else 1))
+
+
+def prompt_length(ids: list[int], generation_config, first_call: int) -> int:
+    """The decoder prompt's length in ``ids``: up to and including ``<|notimestamps|>`` (attnviz never asks for
+    timestamp tokens, so Whisper's prompt -- start of transcript, language, task -- always ends with it). The first
+    decoder call's length (``first_call``) is not enough: a multilingual model's first call detects the language from
+    ``<|startoftranscript|>`` alone."""
+    nt = getattr(generation_config, "no_timestamps_token_id", None)
+    if nt is not None and int(nt) in ids[:6]:
+        return ids.index(int(nt)) + 1
+    return first_call
 
 
 # ---------------------------------------------------------------------------
@@ -466,7 +486,7 @@ def _wavlm_hook(index: int, keep: bool, found: dict, model_id: str, errors: dict
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         probs, recomputed = wavlm_probabilities(module, hidden, mask, output[2])
-        tol = WAVLM_TOL if hidden.dtype.is_floating_point and hidden.dtype.itemsize >= 4 else 5e-2
+        tol = wavlm_tolerance(hidden.dtype)
         out_err = float((recomputed - output[0].float()).abs().max())
         mean_err = float((probs.mean(1) - output[1][:, 0].float()).abs().max()) if output[1] is not None else 0.0
         errors["output"] = max(errors["output"], out_err)

@@ -7,7 +7,7 @@ cross-attention, and the attention over the clip's frames out.
     from attnviz.pipelines.common import ModelRequest, OutputRequest
 
     r = run(AudioRequest("speech.wav", model=ModelRequest("openai/whisper-tiny"), output=OutputRequest(out="figures")))
-    r.text, r.words[0]   # ' Hello world!', Word(text='Hello', tokens=(2,), start_s=0.0, end_s=0.44)
+    r.text, r.words[1]   # ' Hello world!', Word(text='world!', tokens=(3, 4), start_s=0.0, end_s=1.4)
     r.to_json()          # what `attnviz audio ... --json` prints
 
 The clip, the options and the output paths are checked before the weights load; every file is written together at the
@@ -101,6 +101,7 @@ class AudioRun:
     style: "Style"
     verification: Any = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    find_heads: bool = False
 
     @property
     def clip(self) -> Clip:
@@ -212,20 +213,25 @@ def run(request: AudioRequest) -> AudioRun:
     wanted_heads = parse_heads(request.heads)
     views = parse_views(request.views, AUDIO_VIEWS)
     paths = _clip_paths(request)
-    raws = [read_audio(p) for p in paths]
     out = request.output
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
-    if tensor_path is not None and len(raws) > 1:
+    if tensor_path is not None and len(paths) > 1:
         raise UsageError("--save-attn takes one clip, not a folder")
     sm = load_speech_model(request.model.name, request.model.load_options(), weights=False)
+    raws = [read_audio(p, sm.max_seconds) for p in paths]
     n_enc = int(getattr(sm.config, "encoder_layers", None) or sm.config.num_hidden_layers)
     layer = _check_layer(request.layer, n_enc)
-    if not sm.seq2seq and (request.find_heads or wanted_heads or request.language or request.task):
-        what = "--find-heads" if request.find_heads else "--heads" if wanted_heads else "--language/--task"
-        raise UsageError(f"{what} is for Whisper's decoder; '{request.model.name}' ({sm.model_type}) is an encoder "
-                         "without one")
+    decoder_views = [v for v in views if v in ("alignment", "words")] if request.views is not None else []
+    whisper_only = [name for name, given in (("--find-heads", request.find_heads), ("--heads", wanted_heads),
+                                             ("--language", request.language), ("--task", request.task),
+                                             ("--max-new-tokens", request.max_new_tokens is not None),
+                                             (f"--views {','.join(decoder_views)}", decoder_views)) if given]
+    if not sm.seq2seq and whisper_only:
+        raise UsageError(f"{whisper_only[0]} is for Whisper's decoder; '{request.model.name}' ({sm.model_type}) is an "
+                         "encoder without one")
     if wanted_heads:
         _check_heads(wanted_heads, int(sm.config.decoder_layers), int(sm.config.decoder_attention_heads))
+        wanted_heads = list(dict.fromkeys(wanted_heads))  # a head named twice counts once
     audios = [prepare_audio(r, sm.rate, sm.max_seconds) for r in raws]
     notes: list[str] = []
     for a in audios:
@@ -240,8 +246,6 @@ def run(request: AudioRequest) -> AudioRun:
                                  "save_attn": str(tensor_path) if tensor_path else None})
     if not sm.seq2seq:
         views = tuple(v for v in views if v not in ("alignment", "words"))
-        if not views:
-            raise UsageError(f"--views {request.views}: {sm.model_type} has no decoder; its views are spectrogram,encoder")
     stems = _stems(sm, layer, request.find_heads, len(audios), views)
     output.check([f"{s}.{f}" for s in stems for f in figure_formats] + (["report.html"] if html else []), tensor=tensor_path)
     sm = sm.with_weights()
@@ -253,9 +257,9 @@ def run(request: AudioRequest) -> AudioRun:
     source = "--heads" if wanted_heads else "generation_config.alignment_heads" if official else None
     if sm.seq2seq and not heads:
         n_dec = int(sm.config.decoder_layers)
-        heads = [(n_dec - 1 - l, h) for l in range(max(1, n_dec // 2)) for h in range(int(sm.config.decoder_attention_heads))]
-        source = "every head of the decoder's upper half (the checkpoint names no alignment heads; OpenAI's default)"
-        notes.append(f"{sm.source.model_id} names no alignment heads: word timestamps use {source}")
+        heads = [(l, h) for l in range(n_dec // 2, n_dec) for h in range(int(sm.config.decoder_attention_heads))]
+        source = f"every head of decoder layers {n_dec // 2}..{n_dec - 1} (OpenAI's default: the upper half)"
+        notes.append(f"{sm.source.model_id} names no alignment heads in its generation config: word timestamps use {source}")
         notify(notes[-1])
 
     from attnviz.analysis import alignment as align
@@ -273,8 +277,8 @@ def run(request: AudioRequest) -> AudioRun:
                 encoded = encode(sm, feats, keep, everything)
                 transcript = transcribe(sm, feats, request.language, request.task, request.max_new_tokens, encoded)
             att = capture_speech(sm, feats, transcript, keep, everything, encoded)
-            clip = _clip_result(sm, a, feats, transcript, att, heads, align)
-            if sm.seq2seq:
+            clip = _clip_result(sm, a, feats, transcript, att, heads, align, request.language)
+            if sm.seq2seq and (request.find_heads or len(audios) > 1):
                 per_clip.append(align.head_scores(att.cross.numpy(), transcript.prompt_length, feats.audio_frames))
             if first is None:
                 first = (a, feats, transcript, att)
@@ -287,16 +291,18 @@ def run(request: AudioRequest) -> AudioRun:
     a, feats, transcript, att = first
     notes.extend(att.notes)
     if sm.model_type == "wavlm":
-        from attnviz.inputs.speech import WAVLM_TOL
+        from attnviz.inputs.speech import wavlm_tolerance
 
-        verification = Verification(VERIFIED, sm.model_type, dict(att.checked), WAVLM_TOL,
+        tol = wavlm_tolerance(next(sm.model.parameters()).dtype)
+        verification = Verification(VERIFIED, sm.model_type, dict(att.checked), tol,
                                     "every layer on this clip: the heads' mean vs the module's own weights, and "
                                     "out_proj(P @ V) vs its output")
     else:
         verification = Verification(PROVEN, sm.model_type)
     result = AudioRun(sm.source.model_id, sm.model_type, att.backend, sm.rate, feats.frames, feats.audio_frames,
                       sm.frame_s, sm.receptive_samples / sm.rate, att.encoder_layers, att.heads, layer, clips, heads,
-                      source, ranking, (), None, note, style, verification, tuple(notes))
+                      source, ranking, (), None, note, style, verification, tuple(notes),
+                      request.find_heads or len(audios) > 1)
     from attnviz.pipelines import audio_views as views_mod
 
     drawers = views_mod.figures(result, sm, a, feats, transcript, att, request.find_heads, official, label, style, views)
@@ -320,7 +326,7 @@ def _stems(sm, layer: int, find_heads: bool, n: int, views: tuple[str, ...]) -> 
     return [f"encoder-layer{layer}" if v == "encoder" else v for v in views]
 
 
-def _clip_result(sm, a, feats, transcript, att, heads, align) -> Clip:
+def _clip_result(sm, a, feats, transcript, att, heads, align, language: str | None = None) -> Clip:
     if not sm.seq2seq:
         text = None
         if att.logits is not None and sm.tokenizer is not None:
@@ -332,16 +338,33 @@ def _clip_result(sm, a, feats, transcript, att, heads, align) -> Clip:
                                 int(getattr(sm.config, "median_filter_width", 7) or 7))
     tok = sm.tokenizer
     texts = tok.convert_ids_to_tokens(ids)
-    special = set(tok.all_special_ids)
+    special = set(tok.all_special_ids) | {i for i, t in getattr(tok, "added_tokens_decoder", {}).items()
+                                          if getattr(t, "special", False)}
     tokens = []
     for i, (tid, t) in enumerate(zip(ids, texts)):
         start = float(al.timestamps[i - 1]) if i > 0 else 0.0
         tokens.append({"index": i, "id": int(tid), "token": t, "text": tok.decode([tid]),
                        "prompt": i < transcript.prompt_length, "special": tid in special,
                        "start_s": round(start, 3), "end_s": round(float(al.timestamps[i]), 3)})
-    words = align.words(tok, ids, al.timestamps, transcript.prompt_length)
+    words = align.words(tok, ids, al.timestamps, transcript.prompt_length,
+                        spoken_language(language, tok.convert_ids_to_tokens(ids[:transcript.prompt_length])))
     text = tok.decode(ids[transcript.prompt_length:], skip_special_tokens=True)
     return Clip(a.name, a, text, tokens, words, al)
+
+
+def spoken_language(option: str | None, prompt_tokens: list[str]) -> str | None:
+    """The language name Whisper's word grouping needs (``"chinese"``...): from ``--language`` (a code such as
+    ``zh`` or a name), else from the prompt's language token (``<|zh|>``); None when neither says (English rules)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    if option:
+        o = option.strip().lower()
+        return LANGUAGES.get(o) or (o if o in TO_LANGUAGE_CODE else None)
+    for t in prompt_tokens:
+        code = t[2:-2] if t.startswith("<|") and t.endswith("|>") else None
+        if code in LANGUAGES:
+            return LANGUAGES[code]
+    return None
 
 
 def _check_layer(layer: int | None, n: int) -> int:

@@ -53,7 +53,7 @@ def _encoder_figure(run, att, af, feats, layer, label, style):
     names = [f"head {h}" for h in range(len(maps) - 1)] + ["mean"]
     sub = f"encoder layer {layer} self-attention over the clip's {af} frames ({run.frame_s * 1000:g} ms each)"
     if af < feats.frames:
-        sub += f"; {share:.0%} of each row stays on the clip, the rest goes to the {feats.frames - af} frames of padding"
+        sub += f"; on average {share:.0%} of a row stays on the clip, the rest goes to the {feats.frames - af} frames of padding"
     return (f"encoder-layer{layer}", lambda sub=sub: render.encoder_view(
         maps, run.frame_s, names=names, title=f"{label}: encoder layer {layer}", subtitle=sub, style=style, model=run.model_id))
 

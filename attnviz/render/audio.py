@@ -61,9 +61,8 @@ def spectrogram_view(samples: np.ndarray, rate: int, *, mel: np.ndarray | None =
     left, right = 0.75, 0.25
     lanes = _word_lanes(words, duration, width - left - right, fonts.small)
     n_lanes = max(lanes, default=-1) + 1
-    wave_h, word_h = 0.8, (0.06 + 0.17 * n_lanes if words else 0.0)
-    spec_h = 1.9 if style.height_in is None else max(0.8, style.height_in - top - wave_h - word_h - 0.55)
-    height = style.height_in or top + wave_h + word_h + spec_h + 0.55
+    wave_h, word_h = (0.8 if style.height_in is None else 0.45), (0.06 + 0.17 * n_lanes if words else 0.0)
+    height, spec_h = style.height(top + wave_h + word_h + 0.55, 1.9, min_plot=0.6)  # UsageError when too short
     fig = _figure(width, height, style)
     pw = width - left - right
     y = height - top - wave_h
@@ -90,7 +89,8 @@ def spectrogram_view(samples: np.ndarray, rate: int, *, mel: np.ndarray | None =
                     extent=(0, mel.shape[1] * mel_hop_s, 0, mel.shape[0]), interpolation="nearest")
         ax_s.set_ylabel("mel bin", fontsize=fonts.text)
     else:
-        nfft, hop = int(0.025 * rate), int(0.01 * rate)
+        nfft = max(2, min(int(0.025 * rate), len(samples)))
+        hop = max(1, min(int(0.01 * rate), nfft - 1))
         ax_s.specgram(samples, NFFT=nfft, Fs=rate, noverlap=nfft - hop, cmap=style.colormap("magma"), scale="dB")
         ax_s.set_ylabel("Hz", fontsize=fonts.text)
     ax_s.set_xlim(0, duration)
@@ -149,8 +149,7 @@ def alignment_view(matrix: np.ndarray, frame_s: float, tokens: Sequence[str], *,
     fonts = style.fonts(width)
     top, text = _title(None, title, subtitle, width, fonts)
     row_h = 0.16 if T <= 40 else max(0.05, 6.5 / T)
-    plot_h = max(1.2, T * row_h) if style.height_in is None else max(0.8, style.height_in - top - 0.7)
-    height = style.height_in or top + plot_h + 0.7
+    height, plot_h = style.height(top + 0.7, max(1.2, T * row_h), min_plot=0.6)  # UsageError when too short
     fig = _figure(width, height, style)
     left = 0.25 + min(1.2, fonts.small * 0.6 * max((len(t) for t in tokens), default=4) / 72)
     bar = 1.15
@@ -208,8 +207,18 @@ def encoder_view(maps: np.ndarray, frame_s: float, *, names: Sequence[str], titl
         subtitle = (subtitle + "; " if subtitle else "") + f"one pixel per {factor}x{factor} frames (their maximum)"
     top, text = _title(None, title, subtitle, width, fonts)
     height = style.height_in or top + rows * (panel + label + 0.2) + 0.05
-    if style.height_in is not None:
-        panel = min(panel, max(0.5, (height - top - 0.35) / rows - label - 0.2))
+    if style.height_in is not None:  # a fixed size: the number of columns that gives the largest panels
+        def fit(c: int) -> float:
+            r = math.ceil(n / c)
+            return min((width - side - bar - (c - 1) * gap) / c, (height - top - 0.05) / r - label - 0.2)
+
+        cols = max(range(1, n + 1), key=fit)
+        rows, panel = math.ceil(n / cols), fit(cols)
+        if panel < 0.3:
+            from attnviz.errors import UsageError
+
+            raise UsageError(f"--size {style.width_in:g}x{style.height_in:g} is too small for the encoder view's {n} "
+                             "panels (each would be under 0.3 in); use a larger size")
     fig = _figure(width, height, style)
     vmax = shared_vmax(tops)
     cmap = style.colormap(IMAGE_CMAP)
@@ -248,6 +257,13 @@ def heads_view(scores: np.ndarray, official: Sequence[tuple[int, int]], *, title
     fonts = style.fonts(width)
     top, text = _title(None, title, subtitle, width, fonts)
     cell = min(0.45, (width - 1.8) / H)
+    if style.height_in is not None:
+        cell = min(cell, (style.height_in - top - 0.65) / L)
+        if cell < 0.15:
+            from attnviz.errors import UsageError
+
+            raise UsageError(f"--size {style.width_in:g}x{style.height_in:g} is too short for the heads view's {L} "
+                             "layers; use a taller size")
     height = style.height_in or top + L * cell + 0.65
     fig = _figure(width, height, style)
     ax = _axes(fig, 0.7, 0.55, H * cell, L * cell)

@@ -59,6 +59,20 @@
       " s: the alignment heads' mean cross-attention of its tokens over the clip (peak " +
       (w.curve ? Math.max.apply(null, w.curve).toFixed(3) : "–") + ")"]);
   }
+  if (D.head_ranking && D.head_ranking.length) {
+    root.appendChild(el("h2", { text: "Cross-attention heads ranked as alignment heads" }));
+    root.appendChild(el("p", { cls: "note", text: "score = monotonic × focus × on_audio (README, Audio); marked: the heads the word times used" }));
+    var used = {};
+    (D.alignment_heads || []).forEach(function (h) { used[h[0] + ":" + h[1]] = true; });
+    var table = el("table", { cls: "dets", id: "ranking" });
+    table.appendChild(el("tr", {}, ["rank", "layer:head", "score", "monotonic", "focus", "on audio", ""].map(function (h) { return el("th", { text: h }); })));
+    D.head_ranking.forEach(function (r, k) {
+      var key = r.layer + ":" + r.head;
+      table.appendChild(el("tr", {}, [String(k + 1), key, r.score.toFixed(3), r.monotonic.toFixed(3), r.focus.toFixed(3),
+        r.on_audio.toFixed(3), used[key] ? "used" : ""].map(function (t) { return el("td", { text: t }); })));
+    });
+    root.appendChild(table);
+  }
   if (D.words.length) select(0);
   window.attnviz = { select: select, state: function () { return { selected: state.selected, words: D.words.length }; } };
 })();
