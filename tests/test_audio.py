@@ -16,7 +16,7 @@ import audio_tiny as A
 from attnviz.cli import app
 from cli_checks import load_saved, one_error_line
 
-pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # slow: the fast tier is pytest -m 'not slow'; one_thread: conftest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -42,14 +42,6 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return A.write_clip(tmp_path_factory.mktemp("clips") / "tone.wav", 1.5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def invoke(*args, input=None):
@@ -577,3 +569,29 @@ def test_missing_attention_weights_are_refused_or_labelled(models, clip, tmp_pat
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["random_weights"].startswith("random weights: 2 tensors")
     assert "random weights" in result.stderr
+
+
+def test_maps_that_are_not_probabilities_of_the_input_are_refused(models, clip):
+    """The check every capture passes before anything is drawn, saved or called exact: a band of keys, a
+    cross-attention of another length, rows that do not sum to 1 and a wrong decoder map are each refused."""
+    from attnviz.errors import AttentionRefused
+    from attnviz.inputs.audiofile import prepare_audio, read_audio
+    from attnviz.inputs.speech import _check_maps, capture_speech, features, load_speech_model, transcribe
+
+    sm = load_speech_model(str(models("whisper")))
+    feats = features(sm, prepare_audio(read_audio(clip), sm.rate, sm.max_seconds).samples)
+    tr = transcribe(sm, feats)
+    att = capture_speech(sm, feats, tr, {1}, everything=True)
+    T = int(tr.ids.shape[-1])
+    _check_maps(sm, att, feats, T)  # the real capture passes
+    from dataclasses import replace
+
+    bad = [
+        ("encoder layer 1", replace(att, encoder={1: att.encoder[1][..., :9]})),  # a band of 9 keys, not [F, F]
+        ("cross-attention", replace(att, cross=att.cross[:, :, :-1])),  # another number of decoder positions
+        ("cross-attention", replace(att, cross=att.cross * 0.5)),  # rows summing to 0.5
+        ("decoder self-attention", replace(att, decoder=att.decoder[..., :-1])),
+    ]
+    for what, broken in bad:
+        with pytest.raises(AttentionRefused, match=what):
+            _check_maps(sm, broken, feats, T)

@@ -18,7 +18,7 @@ from cli_checks import load_saved, one_error_line
 from attnviz.errors import ModelError
 from detect_tiny import KINDS, make_detector
 
-pytestmark = pytest.mark.slow  # the fast tier is pytest -m 'not slow' (README, Tests)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # slow: the fast tier is pytest -m 'not slow'; one_thread: conftest
 
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "samples" / "rocket.jpg"  # 640x427, committed with its licence (samples/ATTRIBUTION.md)
@@ -43,14 +43,6 @@ def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("photo") / "p.png"
     Image.fromarray(img).save(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def invoke(*args):

@@ -60,15 +60,6 @@ def photo(tmp_path_factory):
     return make_photo(tmp_path_factory.mktemp("photo") / "p.png", (48, 40))
 
 
-@pytest.fixture
-def one_thread():
-    """One CPU thread for exactness checks (see test_image_models.one_thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_help_lists_the_options_and_does_not_import_torch():
     code = (
         "import sys\n"

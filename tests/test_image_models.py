@@ -202,22 +202,6 @@ def test_exif_rotated_photo_gives_crop_box_in_rotated_coordinates(tiny, tmp_path
 # real weights
 
 
-@pytest.fixture
-def one_thread():
-    """Run both sides of an exactness check on one CPU thread.
-
-    DINOv2-S without registers is numerically touchy: a 1e-7 relative change of
-    one weight tensor moves some attention probabilities by 2e-5. With several
-    threads on a busy machine, BLAS may split a matrix product differently from
-    one forward pass to the next, which is enough to break a 1e-5 comparison that
-    has nothing to do with the capture; one thread makes both passes identical.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def deit():
     return load_image_model(str(DEIT))

@@ -137,8 +137,6 @@ def load_speech_model(name: str, options: LoadOptions = LoadOptions(), *, weight
     if mt not in SUPPORTED:
         raise ModelError(f"'{name}' ({mt}) is a speech model attnviz audio cannot show yet (supported: Whisper, "
                          "wav2vec2, HuBERT, WavLM, Data2VecAudio, UniSpeech, UniSpeech-SAT)")
-    if mt in ENCODER_TYPES and getattr(config, "feat_extract_norm", "group") not in ("group", "layer"):
-        raise ModelError(f"'{name}': unknown feature encoder ({config.feat_extract_norm})")
     try:
         fe = AutoFeatureExtractor.from_pretrained(source.location, trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -397,23 +395,34 @@ def capture_speech(sm: SpeechModel, feats: Features, transcript: Transcript | No
     kept = range(enc.num_layers) if everything else sorted(encoder_layers)
     encoder = {l: (enc.full[l] if enc.full is not None else enc.layers[l]) for l in kept}
     result = SpeechAttention(encoder, cross, decoder, enc.num_layers, enc.num_heads, backend, logits, notes)
-    _check_maps(sm, result, feats)
+    _check_maps(sm, result, feats, int(transcript.ids.shape[-1]) if transcript is not None else None)
     return result
 
 
-def _check_maps(sm: SpeechModel, att: SpeechAttention, feats: Features) -> None:
-    """Refuse anything that is not rows of probabilities over the ``frames`` encoder frames."""
+def _check_maps(sm: SpeechModel, att: SpeechAttention, feats: Features, tokens: int | None = None) -> None:
+    """Refuse anything that is not ``[query, key]`` probabilities of this input: encoder maps ``[H, F, F]`` over the
+    ``F`` encoder frames, Whisper's cross-attention ``[L, H, T, F]`` and decoder self-attention ``[L, H, T, T]`` over
+    the ``T = tokens`` decoder positions; finite, rows summing to 1 (1e-4; 1e-2 for a half-precision model).
+
+    Raises:
+        AttentionRefused: naming the map and what is wrong with it.
+    """
     import torch
 
     F = feats.frames
-    tol = 1e-3 if any(t.dtype != torch.float32 for t in att.encoder.values()) else 1e-4
+    dtype = next(sm.model.parameters()).dtype
+    tol = 1e-4 if dtype.itemsize >= 4 else 1e-2
     checks = [(f"encoder layer {l}", t, (att.heads, F, F)) for l, t in att.encoder.items()]
     if att.cross is not None:
-        checks.append(("cross-attention", att.cross, (None, None, None, F)))
+        L, H = int(sm.config.decoder_layers), int(sm.config.decoder_attention_heads)
+        checks.append(("cross-attention", att.cross, (L, H, tokens, F)))
+        if att.decoder is not None:
+            checks.append(("decoder self-attention", att.decoder, (L, H, tokens, tokens)))
     for what, t, shape in checks:
         if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
             raise AttentionRefused(f"'{sm.source.model_id}': {what} has shape {list(t.shape)}, not "
-                                   f"[..., {F}] over the {F} encoder frames; refusing to show it")
+                                   f"{[s if s is not None else '?' for s in shape]} (keys: the {F} encoder frames or the "
+                                   "decoder's tokens); refusing to show it")
         if not bool(torch.isfinite(t).all()):
             raise AttentionRefused(f"'{sm.source.model_id}': {what} holds NaN or infinite values")
         err = float((t.sum(-1) - 1).abs().max()) if t.numel() else 0.0
