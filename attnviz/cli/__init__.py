@@ -93,6 +93,7 @@ from attnviz.cli import check as _check  # noqa: E402,F401
 from attnviz.cli import generate as _generate  # noqa: E402,F401  (registers the command)
 from attnviz.cli import detect as _detect  # noqa: E402,F401  (registers the command)
 from attnviz.cli import audio as _audio  # noqa: E402,F401  (registers the command)
+from attnviz.cli import faithfulness as _faithfulness  # noqa: E402,F401  (registers the command)
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ def image_command(
     cmap: Optional[str] = CMAP,
     scale: str = SCALE,
     views: str = typer.Option(",".join(IMAGE_VIEWS), "--views", help="Views to write: any of report,heads,rollout,patch,predictions."),
+    method: Optional[str] = typer.Option(None, "--method", help="Also draw these methods (comma-separated, or 'all'): attention, rollout, grad-attention, relevance (Chefer et al. 2021), value-norm (Kobayashi et al. 2020)."),
+    target_class: Optional[int] = typer.Option(None, "--target-class", help="Class (0-based) the gradient methods explain (default: the top class)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -56,6 +58,7 @@ def image_command(
 
         return run(ImageRequest(
             path, layer=layer, head=head, head_fusion=head_fusion, discard_ratio=discard_ratio, patch=patch, views=views,
+            method=method or (), target_class=target_class,
             model=model_request(**options), output=output_request(**options), style=style_request(**options),
         ))
 

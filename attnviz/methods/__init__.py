@@ -2,10 +2,13 @@
 
 A :class:`Method` is a pure function over captured *signals* -- the attention probabilities of each
 layer (``"probabilities"``, float32 ``[heads, query, key]`` per layer, as :mod:`attnviz.capture` keeps
-them), and, for the methods planned next (issue "Beyond raw attention"), the value states and output
-projection (``"values"``) or the gradient of a target with respect to the probabilities
-(``"gradients"``). It declares the signals it needs, so a capture plan can ask for exactly those, and
-returns one result type, :class:`MethodResult`.
+them), the value states through the output projection (``"values"``) or the gradient of a target with
+respect to the probabilities (``"gradients"``), both from :mod:`attnviz.signals`. It declares the signals
+it needs, so a capture plan can ask for exactly those, and what its ``compute`` reads per layer
+(``reads``): ``"probabilities"`` (``[heads, query, key]``), ``"grad-weighted"`` (float32 ``[query, key]``
+``mean_h (dy/dA ⊙ A)^+``, reduced while the gradient arrives so no per-head gradient is kept) or
+``"value-weighted"`` (float32 ``[query, key]`` ``mean_h alpha_ij ||f_h(x_j)||``). It returns one result
+type, :class:`MethodResult`.
 
 Registered here (``attnviz.methods.names()``):
 
@@ -13,6 +16,12 @@ Registered here (``attnviz.methods.names()``):
 - ``head-fusion`` -- one layer's heads fused by mean, max or min (the rollout's per-layer step).
 - ``rollout`` -- attention rollout, Abnar & Zuidema (2020), "Quantifying Attention Flow in
   Transformers": ``R = A'_L ... A'_1`` with ``A' = norm(0.5 A + 0.5 I)`` (:mod:`attnviz.methods.rollout`).
+- ``grad-attention`` -- one layer's ``mean_h (dy/dA ⊙ A)^+`` for a target ``y`` (attention x gradient,
+  as in Chefer et al. 2021's per-layer step).
+- ``relevance`` -- Chefer et al. 2021 (ICCV), generic attention-model explainability: ``R = I``,
+  ``R += Ā R`` per layer with ``Ā = mean_h (∇A ⊙ A)^+`` (:mod:`attnviz.methods.gradients`).
+- ``value-norm`` -- Kobayashi et al. 2020 (EMNLP): one layer's ``mean_h ||alpha_ij f_h(x_j)||``, the
+  attention weight times the norm of the key's value vector through the head's output projection.
 
 New methods register with :func:`register`; pipelines and views look them up with :func:`get`.
 Nothing here imports torch at module level.
@@ -50,7 +59,8 @@ class Method:
     """A registered method: ``name`` (as on the command line), a ``title`` for figures, the ``source``
     (paper) it follows, the ``signals`` it needs (subset of :data:`SIGNALS`), whether it ``aggregates``
     every layer (rollout) or reads one, and ``compute(layers, **settings) -> MethodResult`` where
-    ``layers`` is a sequence of per-layer float32 ``[heads, query, key]`` probability tensors."""
+    ``layers`` is a sequence of per-layer tensors of what the method ``reads`` (see the module docstring);
+    ``unit`` names its values for colour bars."""
 
     name: str
     title: str
@@ -58,6 +68,8 @@ class Method:
     signals: frozenset[str]
     aggregates: bool
     compute: Callable[..., MethodResult]
+    reads: str = "probabilities"
+    unit: str = "attention probability"
 
     def __call__(self, layers: Sequence["torch.Tensor"], **settings) -> MethodResult:
         return self.compute(layers, **settings)
@@ -129,3 +141,30 @@ register(Method("head-fusion", "heads fused", "mean/max/min over a layer's heads
                 frozenset({"probabilities"}), False, _head_fusion))
 register(Method("rollout", "attention rollout", "Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers",
                 frozenset({"probabilities"}), True, _rollout))
+
+
+def _grad_attention(layers, layer: int = -1) -> MethodResult:
+    layer = layer % len(layers)
+    return MethodResult("grad-attention", layers[layer].float(), layer, None, {"head_fusion": "mean of positive part"})
+
+
+def _relevance(layers) -> MethodResult:
+    from attnviz.methods.gradients import relevance
+
+    return MethodResult("relevance", relevance(layers), None, None, {"rule": "R = I; R += mean_h((dA*A)^+) R"})
+
+
+def _value_norm(layers, layer: int = -1) -> MethodResult:
+    layer = layer % len(layers)
+    return MethodResult("value-norm", layers[layer].float(), layer, None, {"head_fusion": "mean"})
+
+
+register(Method("grad-attention", "attention x gradient",
+                "Chefer et al. 2021 (ICCV), per layer: mean_h (dy/dA * A)^+",
+                frozenset({"probabilities", "gradients"}), False, _grad_attention, "grad-weighted", "mean_h (dy/dA·A)⁺"))
+register(Method("relevance", "relevance (Chefer et al. 2021)",
+                "Chefer, Gur & Wolf 2021, Generic Attention-model Explainability (ICCV): R = I; R += mean_h((dy/dA*A)^+) R",
+                frozenset({"probabilities", "gradients"}), True, _relevance, "grad-weighted", "relevance"))
+register(Method("value-norm", "value-norm attention",
+                "Kobayashi et al. 2020, Attention is Not Only a Weight (EMNLP): mean_h ||alpha_ij f_h(x_j)||",
+                frozenset({"probabilities", "values"}), False, _value_norm, "value-weighted", "‖α f(x)‖"))

@@ -181,12 +181,9 @@ def _clip_paths(request: AudioRequest) -> list[str]:
     if src != "-" and p.is_dir():
         if not request.find_heads:
             raise InputError(f"'{src}' is a folder; give one audio file (a folder of clips goes with --find-heads)")
-        clips = sorted(str(q) for q in p.iterdir() if q.is_file() and q.suffix.lower() in AUDIO_SUFFIXES)
-        if not clips:
-            raise InputError(f"'{src}' holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
-        if len(clips) > MAX_CLIPS:
-            notify(f"--find-heads reads the first {MAX_CLIPS} of the {len(clips)} clips in '{src}'")
-            clips = clips[:MAX_CLIPS]
+        from attnviz.inputs.folder import files_in
+
+        clips = files_in(src, AUDIO_SUFFIXES, MAX_CLIPS, "audio files")
         return clips
     return [src]
 

@@ -44,7 +44,10 @@ class ImageRequest:
     ``path``: the photo; ``layer``/``head`` (0-based, negative from the end): the per-head view (default:
     the last layer, the head mean); ``head_fusion`` (mean, max, min) and ``discard_ratio`` (0..1): the
     rollout settings; ``patch``: ``"X,Y"`` photo pixels (after EXIF rotation) whose patch's attention to
-    show; ``views``: any of :data:`IMAGE_VIEWS` (comma-separated string or tuple).
+    show; ``views``: any of :data:`IMAGE_VIEWS` (comma-separated string or tuple); ``method``: registered
+    methods to draw besides the views (``"relevance"``, ``"relevance,grad-attention"``, ``"all"``; see
+    :data:`attnviz.analysis.explain.IMAGE_METHODS`), each as ``method-NAME`` and, for several, side by side
+    as ``methods``; ``target_class``: the class the gradient methods explain (default: the top class).
     """
 
     path: str
@@ -54,6 +57,8 @@ class ImageRequest:
     discard_ratio: float = 0.0
     patch: str | None = None
     views: str | tuple[str, ...] = IMAGE_VIEWS
+    method: str | tuple[str, ...] = ()
+    target_class: int | None = None
     model: ModelRequest = ModelRequest(DEFAULT_IMAGE_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -78,6 +83,7 @@ class ImageRun:
     style: "Style | None" = None
     views: tuple[str, ...] = ()
     rollout: Any = None  # float32 [rows, cols] tensor
+    explanation: Any = None  # attnviz.analysis.explain.Explanation (with --method)
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -111,6 +117,8 @@ class ImageRun:
         doc["style"] = style.describe()
         doc["views"] = list(self.views)
         doc.update(_maps_json(self))
+        if self.explanation is not None:
+            doc.update(_methods_json(self.explanation))
         if self.patch is not None:
             x, y, row, col = self.patch
             doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
@@ -172,6 +180,12 @@ def run(request: ImageRequest) -> ImageRun:
     style = request.style.style({"head_fusion": head_fusion, "discard_ratio": discard_ratio})
 
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
+    from attnviz.analysis.explain import TARGETED, parse_methods
+
+    chosen_methods = parse_methods(request.method)
+    if request.target_class is not None and not any(m in TARGETED for m in chosen_methods):
+        raise UsageError("--target-class is the class the gradient methods explain: add --method relevance "
+                         "(or grad-attention)")
 
     quiet_libraries()
     from attnviz.inputs.patches import attend_image, load_image_model, patch_at, preprocess
@@ -199,13 +213,17 @@ def run(request: ImageRequest) -> ImageRun:
         row, col = patch_at(box, grid, (photo.width, photo.height), *point)
         patch_info = (point[0], point[1], row, col)
         names += [f"{_patch_stem(point[0], point[1], layer)}.{f}" for f in figure_formats if "patch" in chosen_views]
+    names += [f"method-{m}.{f}" for f in figure_formats for m in chosen_methods]
+    if len(chosen_methods) > 1:
+        names += [f"methods.{f}" for f in figure_formats]
     if html:
         names.append("report.html")
     output = RunOutput(
         out.out, command="image", force=out.force, protect=model_files(im.source.location),
         settings={"model": im.source.model_id, "image": str(path), "layer": layer, "head": head, "head_fusion": head_fusion,
                   "discard_ratio": discard_ratio, "patch": request.patch, "format": out.format, "size": request.style.size,
-                  "views": list(chosen_views), "save_attn": str(tensor_path) if tensor_path else None},
+                  "views": list(chosen_views), "save_attn": str(tensor_path) if tensor_path else None,
+                  "method": list(chosen_methods), "target_class": request.target_class},
     )
     output.check(names, tensor=tensor_path)
 
@@ -222,8 +240,13 @@ def run(request: ImageRequest) -> ImageRun:
     rollout = rollout_map(result, head_fusion, discard_ratio)
     sinks = image_sinks(result, rollout)
 
+    explanation = None
+    if chosen_methods:
+        from attnviz.analysis.explain import explain_image
+
+        explanation = explain_image(im, result, chosen_methods, layer=layer, target_class=request.target_class, rollout=rollout)
     run_ = ImageRun(result, str(path), layer, head, head_fusion, discard_ratio, tuple(sinks), patch_info, random_weights=note,
-                    style=style, views=chosen_views, rollout=rollout)
+                    style=style, views=chosen_views, rollout=rollout, explanation=explanation)
     with output:
         files = [p for f in figure_formats for p in _write_views(run_, rollout, output, f)]
         if html:
@@ -233,7 +256,7 @@ def run(request: ImageRequest) -> ImageRun:
             page = image_page(result, rollout, settings, sinks, layer, head, label=style.model_label(result.model_id))
             files.append(output.page(page, "report"))
         if tensor_path is not None:
-            _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio)
+            _save_attention(result, rollout, output.tensor_target(tensor_path), head_fusion, discard_ratio, explanation)
     notify_left_alone(output)
     return replace(run_, files=tuple(files), save_attn=output.tensor)
 
@@ -264,6 +287,7 @@ def _write_views(run: ImageRun, rollout, output, fmt: str) -> list[Path]:
         files.append(output.figure(fig, _patch_stem(x, y, run.layer), fmt))
     if r.predictions and "predictions" in views:
         files.append(output.figure(predictions_view(r, style=style), "predictions", fmt))
+    files += _write_methods(run, output, fmt)
     if "report" not in views:
         return files
     fig = report_view(
@@ -274,8 +298,36 @@ def _write_views(run: ImageRun, rollout, output, fmt: str) -> list[Path]:
     return [report] + files
 
 
-def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio: float) -> Path:
-    """``attentions`` [L, H, T, T] and ``rollout`` [rows, cols] (raw), float32, with metadata."""
+def _write_methods(run: ImageRun, output, fmt: str) -> list[Path]:
+    """``method-NAME`` per method and, for several, ``methods`` side by side."""
+    from attnviz.render.image import method_view, methods_view
+
+    e = run.explanation
+    if e is None:
+        return []
+    files = [output.figure(method_view(run.result, m, e.target, style=run.style), f"method-{m.method}", fmt) for m in e.maps]
+    if len(e.maps) > 1:
+        files.append(output.figure(methods_view(run.result, e.maps, e.target, style=run.style), "methods", fmt))
+    return files
+
+
+def _methods_json(e) -> dict:
+    """``method``/``target``/``method_map`` (the first method asked) and every method under ``methods``."""
+    first = e.maps[0]
+    return {
+        "method": first.method,
+        "target": e.target.to_dict() if e.target is not None else None,
+        "method_map": first.to_list(),
+        "methods": [{"name": m.method, "source": m.source, "layer": m.layer, "row": m.row, "unit": m.unit,
+                     "target": m.needs_target, "map": m.to_list()} for m in e.maps],
+        "method_checks": {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in e.checks.items()},
+                          "forward_passes": e.forward_passes, "backward_passes": e.backward_passes},
+    }
+
+
+def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio: float, explanation=None) -> Path:
+    """``attentions`` [L, H, T, T] and ``rollout`` [rows, cols] (raw), float32, with metadata; with methods,
+    ``method/NAME`` [rows, cols] each."""
     from attnviz.report import save_tensors
 
     meta = {
@@ -291,6 +343,10 @@ def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio
         "crop_box": [float(v) for v in result.crop_box],
     }
     tensors = {"attentions": result.attention.full.float(), "rollout": rollout.float()}
+    if explanation is not None:
+        tensors.update({f"method/{m.method}": m.values.float().contiguous() for m in explanation.maps})
+        meta["methods"] = [m.method for m in explanation.maps]
+        meta["target"] = explanation.target.to_dict() if explanation.target is not None else None
     return save_tensors(path, tensors, meta)
 
 

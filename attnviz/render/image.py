@@ -522,12 +522,6 @@ def rollout_view(
     the scale spans the other patches only; without it they are outlined in cyan.
     """
     settings = dict(settings or {})
-    width = style.width(width_in)
-    fonts = _style_fonts(style, width)
-    cb_room = 1.3 if not style.print_size else (0.75 if width < 5 else 0.95)
-    pw, ph = _panel_size(result, width - cb_room - 0.1, max_height_in=8.0 if not style.print_size else width)
-    if not style.print_size:
-        width = max(width, pw + 1.3)
     what = "attention rollout" + (" without sink patches" if masked and sinks else "")
     notes = [_rollout_subtitle(result, settings), _settings_text(result)]
     if sinks and masked:
@@ -535,6 +529,21 @@ def rollout_view(
         notes.append(f"Sink patch{'es' if len(sinks) > 1 else ''} {cells} left out (hatched); the colour scale spans the other patches.")
     elif sinks:
         notes.append(sinks_note(sinks, result.grid) + " Cyan square: that patch; see the view without it.")
+    short = style.print_size and style.width(width_in) < 5
+    label = "rollout weight (" + ("min to max" if short else ROLLOUT_SCALE) + (", sinks left out)" if masked and sinks and not short else ")")
+    return _map_figure(result, what, notes, label, settings, width_in, style,
+                       lambda ax, cmap: _draw_rollout(ax, result, rollout, sinks, masked, cmap))
+
+
+def _map_figure(result: ImageAttention, what: str, notes: list[str], label: str, settings: dict, width_in: float,
+                style: Style, draw) -> Figure:
+    """One map over the photo with titles and a colour bar; ``draw(ax, cmap)`` draws the overlay and returns it."""
+    width = style.width(width_in)
+    fonts = _style_fonts(style, width)
+    cb_room = 1.3 if not style.print_size else (0.75 if width < 5 else 0.95)
+    pw, ph = _panel_size(result, width - cb_room - 0.1, max_height_in=8.0 if not style.print_size else width)
+    if not style.print_size:
+        width = max(width, pw + 1.3)
     titles = _titles_in(style, f"{what} · {style.model_label(result.model_id)}", "\n".join(notes), width)
     top = titles.height_in() + 0.1
     height, plot_h = style.height(top + 0.15, ph)
@@ -545,13 +554,77 @@ def rollout_view(
     x0 = 0.3 if not style.print_size else 0.1
     ax = frame.axes(x0, top, pw, ph)
     _draw_photo(ax, result)
-    img = _draw_rollout(ax, result, rollout, sinks, masked, style.cmap or IMAGE_CMAP)
-    short = style.print_size and width < 5
-    _colorbar(frame, img, x0 + pw + 0.1, top, ph, "rollout weight (" + ("min to max" if short else ROLLOUT_SCALE)
-              + (", sinks left out)" if masked and sinks and not short else ")"),
+    img = draw(ax, style.cmap or IMAGE_CMAP)
+    _colorbar(frame, img, x0 + pw + 0.1, top, ph, label,
               width_in=0.15 if not style.print_size else 0.1, fontsize=fonts.small if style.print_size else 9.0)
     attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, what, settings)
     return frame.figure
+
+
+def method_view(result: ImageAttention, method, target=None, *, width_in: float = 7.0, style: Style = DEFAULT_STYLE) -> Figure:
+    """One method's map over the photo: ``method`` is an :class:`attnviz.analysis.explain.MethodMap` (raw
+    ``[rows, cols]`` values of the [CLS] or mean row over the patches); ``target`` the explained
+    :class:`attnviz.signals.Target` (None for methods without one). The colour scale runs from the smallest
+    to the largest value shown, and the colour bar says so in the method's own unit.
+    """
+    what = method.title + (f" · target {target.label}" if target is not None and method.needs_target else "")
+    notes = [method.describe(target), _settings_text(result)]
+    short = style.print_size and style.width(width_in) < 5
+    label = f"{method.unit} (" + ("min to max" if short else ROLLOUT_SCALE) + ")"
+    settings = {"method": method.method, "layer": method.layer,
+                "target": target.to_dict() if target is not None and method.needs_target else None}
+    return _map_figure(result, what, notes, label, settings, width_in, style,
+                       lambda ax, cmap: _overlay(ax, result, np.asarray(method.values, dtype=np.float64), cmap=cmap))
+
+
+def methods_view(result: ImageAttention, methods, target=None, *, width_in: float = 10.0, style: Style = DEFAULT_STYLE) -> Figure:
+    """The photo once per method, side by side (one column each, its own min-to-max colour scale and bar).
+
+    ``methods``: :class:`attnviz.analysis.explain.MethodMap` s; ``target``: the gradient methods' target.
+    """
+    n = len(methods)
+    width = style.width(width_in)
+    fonts = _style_fonts(style, width)
+    gap = 0.25
+    cb_h = 0.12
+    pw, ph = _panel_size(result, (width - 0.4 - gap * (n - 1)) / n)
+    names = ", ".join(m.method for m in methods)
+    target_text = f"Gradient methods explain {target.describe()}. " if target is not None and any(m.needs_target for m in methods) else ""
+    subtitle = (f"{target_text}Each panel: the {methods[0].row} row over the patches, its own colour scale "
+                f"({ROLLOUT_SCALE}). {_settings_text(result)}")
+    titles = _titles_in(style, f"methods side by side · {style.model_label(result.model_id)}", subtitle, width)
+    top = titles.height_in() + 0.1
+    label_h = 0.45
+    height = top + label_h + ph + 0.25 + cb_h + 0.55
+    frame = Frame(width, height, style.resolution)
+    frame.titles(titles)
+    for i, m in enumerate(methods):
+        x = 0.2 + i * (pw + gap)
+        head = wrap(m.title + ("" if m.layer is None else f" · layer {m.layer}"), pw, fonts.text)
+        t = frame.figure.text(x / frame.width, 1 - (top + 0.05) / frame.height, head, ha="left", va="top",
+                              fontsize=fonts.text, fontweight="bold")
+        t.set_gid(f"method-{m.method}")
+        ax = frame.axes(x, top + label_h, pw, ph)
+        _draw_photo(ax, result)
+        img = _overlay(ax, result, np.asarray(m.values, dtype=np.float64), cmap=style.cmap or IMAGE_CMAP)
+        cax = frame.axes(x, top + label_h + ph + 0.2, pw, cb_h)
+        cb = frame.figure.colorbar(_mappable(img), cax=cax, orientation="horizontal")
+        cb.set_label(m.unit, fontsize=fonts.small)
+        cb.ax.tick_params(labelsize=max(6.0, fonts.small - 1), length=2, pad=1.5)
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        cb.locator = MaxNLocator(nbins=3)
+        cb.formatter = FuncFormatter(lambda v, _pos: f"{v:.2g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.0e}")
+        cb.update_ticks()
+        cax.set_gid("colorbar")
+    attach_metadata(frame.figure, titles.title, style.model_label(result.model_id), style, "methods", {"methods": names})
+    return frame.figure
+
+
+def _mappable(img):
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=img.norm, cmap=img.cmap)
 
 
 # ---------------------------------------------------------------------------

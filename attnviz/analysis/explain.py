@@ -1,0 +1,183 @@
+"""Explanations of one prediction by registered methods: the [CLS] (or mean) row of each method's map.
+
+:func:`explain_image` runs what the requested methods need -- the probabilities already captured (for
+``attention`` and ``rollout``), plus one forward (and backward) pass of :func:`attnviz.signals.capture_signals`
+for ``grad-attention``, ``relevance`` and ``value-norm`` -- and returns one :class:`MethodMap` per method,
+each the raw ``[rows, cols]`` row over the patch grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from attnviz.errors import ModelError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from attnviz.signals import Target
+    from attnviz.types import ImageAttention
+
+#: Methods whose maps depend on a target (a class or a token).
+TARGETED = ("grad-attention", "relevance")
+
+
+@dataclass(frozen=True)
+class MethodMap:
+    """One method's map over the input units: ``values`` float32 (``[rows, cols]`` patches, ``[N]`` tokens), raw
+    (the unit is ``unit``); ``layer`` the layer it reads (None: every layer); ``row`` which query row it is
+    (``"[CLS]"``, ``"mean of all tokens"``, a token)."""
+
+    method: str
+    title: str
+    source: str
+    unit: str
+    layer: int | None
+    row: str
+    values: "torch.Tensor"
+
+    @property
+    def needs_target(self) -> bool:
+        return self.method in TARGETED
+
+    def describe(self, target: "Target | None" = None) -> str:
+        """One sentence for a subtitle: the method, its source, what row is shown, the target."""
+        where = f"layer {self.layer}" if self.layer is not None else "all layers"
+        text = f"{self.source}. Shown: the {self.row} row over the patches, {where}"
+        if target is not None and self.needs_target:
+            text += f"; target: {target.describe()}"
+        return text + "."
+
+    def to_list(self, digits: int = 8) -> list:
+        return [[round(float(v), digits) for v in row] for row in self.values.tolist()] if self.values.dim() == 2 \
+            else [round(float(v), digits) for v in self.values.tolist()]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain_image` returns: the ``target`` (None when no method needs one), one map per method in
+    the order asked, and the run-time ``checks`` of the signal pass (see :class:`attnviz.signals.Signals`)."""
+
+    target: "Target | None"
+    maps: tuple[MethodMap, ...]
+    checks: dict = field(default_factory=dict)
+    forward_passes: int = 0
+    backward_passes: int = 0
+
+    def get(self, name: str) -> MethodMap:
+        return next(m for m in self.maps if m.method == name)
+
+
+def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"relevance,grad-attention"`` -> registered names, in order, without repeats.
+
+    Raises:
+        UsageError: an unknown name (the message lists the registered ones).
+    """
+    from attnviz import methods
+
+    if not text:
+        return ()
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for p in (p.strip() for p in parts):
+        if not p:
+            continue
+        if p == "all":
+            out += [m for m in IMAGE_METHODS if m not in out]
+            continue
+        methods.get(p)
+        if p not in IMAGE_METHODS:
+            raise UsageError(f"--method {p} has no patch map; use one of {', '.join(IMAGE_METHODS)}")
+        if p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+#: Methods with a map over the patches of a photo (``head-fusion`` is ``attention`` with the heads fused).
+IMAGE_METHODS = ("attention", "rollout", "grad-attention", "relevance", "value-norm")
+
+
+def image_row(result: "ImageAttention", matrix: "torch.Tensor") -> "torch.Tensor":
+    """The [CLS] row (mean row for a model without [CLS]) of a ``[T, T]`` map over the patches: ``[rows, cols]``."""
+    from attnviz.analysis.patches import _grid
+
+    row = matrix[result.cls_index] if result.cls_index is not None else matrix.mean(dim=0)
+    return _grid(result, row).float().contiguous()
+
+
+def explain_image(
+    im,
+    result: "ImageAttention",
+    names: Sequence[str],
+    *,
+    layer: int = -1,
+    target_class: int | None = None,
+    rollout: "torch.Tensor | None" = None,
+) -> Explanation:
+    """Each method's [CLS] row over the patches for the photo of ``result`` (an :class:`ImageAttention` of ``im``).
+
+    Args:
+        im: the :class:`attnviz.inputs.patches.ImageModel` that produced ``result`` (weights loaded).
+        names: method names (:data:`IMAGE_METHODS`).
+        layer: the layer of the one-layer methods (attention, grad-attention, value-norm); 0-based.
+        target_class: the class the gradient methods explain (default: the top class).
+        rollout: the run's rollout row ``[rows, cols]`` (else computed from ``result``).
+
+    Returns:
+        :class:`Explanation`.
+
+    Raises:
+        UsageError: a gradient method on a model without a classification head. ModelError: the signal pass
+        failed or its run-time checks differ from the model's own output by more than 1e-4 (float32).
+    """
+    import torch
+
+    from attnviz import methods
+    from attnviz.analysis.patches import cls_attention, rollout_map
+    from attnviz.inputs.patches import preprocess
+    from attnviz.signals import capture_signals, class_target
+
+    n_layers = result.attention.num_layers
+    layer %= n_layers
+    row = "[CLS]" if result.cls_index is not None else "mean of all tokens"
+    targeted = [n for n in names if n in TARGETED]
+    if (targeted or target_class is not None) and not im.info.classifier:
+        raise UsageError(f"--method {targeted[0] if targeted else 'with --target-class'}: '{im.source.model_id}' has no "
+                         "classification head, so there is no class to explain; use attention, rollout or value-norm")
+    signals = None
+    if targeted or "value-norm" in names:
+        pixel_values = preprocess(im, result.image)[0]
+        param = next(im.model.parameters())
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+        inputs = {"pixel_values": pixel_values}
+        reference = None
+        if im.info.classifier:
+            with torch.inference_mode():
+                reference = im.model(**inputs).logits.float()
+        id2label = getattr(im.model.config, "id2label", None)
+        target = (lambda out: class_target(out.logits.detach(), target_class, id2label)) if targeted else None
+        signals = capture_signals(im.model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
+                                  reference=reference)
+        tol = 1e-4 if param.dtype == torch.float32 else 5e-2
+        bad = {k: v for k, v in signals.checks.items() if v > tol * max(1.0, float(reference.abs().max()) if reference is not None else 1.0)}
+        if bad:
+            raise ModelError(f"the gradient/value pass of '{im.source.model_id}' differs from its own forward "
+                             f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
+    maps = []
+    for name in names:
+        m = methods.get(name)
+        if name == "attention":
+            values, at = cls_attention(result, layer).mean(dim=0), layer
+        elif name == "rollout":
+            values, at = (rollout if rollout is not None else rollout_map(result)), None
+        else:
+            per_layer = signals.grad_weighted if m.reads == "grad-weighted" else signals.value_weighted
+            out = m(per_layer, layer=layer) if not m.aggregates else m(per_layer)
+            values, at = image_row(result, out.values), out.layer
+        unit = "probability (head mean)" if name == "attention" else ("rollout weight" if name == "rollout" else m.unit)
+        maps.append(MethodMap(name, m.title, m.source, unit, at, row, values.float()))
+    return Explanation(signals.target if signals is not None else None, tuple(maps), dict(signals.checks) if signals else {},
+                       signals.forward_passes + (1 if signals and im.info.classifier else 0) if signals else 0,
+                       signals.backward_passes if signals else 0)

@@ -1,0 +1,338 @@
+"""``attnviz faithfulness`` as a library call: how faithful is each method's ranking of the input units?
+
+::
+
+    from attnviz.pipelines.faithfulness import FaithfulnessRequest, run
+    from attnviz.pipelines.common import ModelRequest, OutputRequest
+
+    run_ = run(FaithfulnessRequest("samples/", model=ModelRequest("../shared/models/deit-tiny-patch16-224"),
+                                   output=OutputRequest(out="faith")))
+    run_.scores            # (MethodScore(name='relevance', positive_auc=..., negative_auc=...), ...)
+    run_.to_json()         # what `attnviz faithfulness ... --json` prints (= faithfulness.json)
+
+For each photo (one file, or every image in a folder) and each method (:data:`attnviz.analysis.explain.IMAGE_METHODS`),
+the patches are ranked by the method's [CLS] row and removed (replaced by ``baseline``) in ``steps`` slices,
+most relevant first and least relevant first; the target class's probability (softmax) is recorded after each
+slice (:mod:`attnviz.analysis.faithfulness`). ``seeds`` random orders give the baseline a method must beat.
+The target is the top class of the unperturbed photo (or ``target_class``). Perturbed photos go through the
+model in batches of ``batch_size``; identical perturbations (every order ends with every patch removed) are
+forwarded once. All files are written together at the end, or none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attnviz.errors import UsageError
+from attnviz.models import DEFAULT_IMAGE_MODEL
+from attnviz.pipelines.common import (
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify_left_alone, quiet_libraries,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.render.layout import Style
+
+#: Baselines a removed patch is replaced by.
+BASELINES = ("mean", "blur")
+#: Image files a folder is read for.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: At most this many photos from a folder.
+MAX_INPUTS = 1000
+
+
+@dataclass(frozen=True)
+class FaithfulnessRequest:
+    """Everything ``attnviz faithfulness`` takes (see ``attnviz faithfulness --help`` and README "Methods and
+    their faithfulness").
+
+    ``path``: a photo or a folder of photos; ``methods``: comma-separated names (default: all with a patch map);
+    ``steps``: slices of the perturbation curve; ``baseline``: ``mean`` (the photo's mean colour over the model
+    input) or ``blur`` (the photo blurred by one patch width, Pillow's Gaussian blur); ``seeds``: random orders;
+    ``batch_size``: perturbed photos per forward pass; ``layer``: the one-layer methods' layer (default: the
+    last); ``target_class``: the class to follow (default: each photo's top class); ``limit``: photos at most.
+    """
+
+    path: str
+    methods: str | tuple[str, ...] = "all"
+    steps: int = 10
+    baseline: str = "mean"
+    seeds: int = 5
+    batch_size: int = 16
+    layer: int | None = None
+    target_class: int | None = None
+    limit: int | None = None
+    model: ModelRequest = ModelRequest(DEFAULT_IMAGE_MODEL)
+    output: OutputRequest = OutputRequest()
+    style: StyleRequest = StyleRequest()
+
+
+@dataclass(frozen=True)
+class MethodScore:
+    """A method's areas under the perturbation curves, averaged over the inputs: ``positive_auc`` (most relevant
+    removed first: lower is more faithful), ``negative_auc`` (least relevant first: higher is more faithful)."""
+
+    name: str
+    positive_auc: float
+    negative_auc: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "positive_auc": round(self.positive_auc, 6), "negative_auc": round(self.negative_auc, 6)}
+
+
+@dataclass(frozen=True)
+class InputCurves:
+    """One photo's curves: its ``target`` (:class:`attnviz.signals.Target`), the unperturbed probability ``base``."""
+
+    path: str
+    target: Any
+    base: float
+    curves: tuple  # attnviz.analysis.faithfulness.Curve
+
+
+@dataclass(frozen=True)
+class FaithfulnessRun:
+    """What one ``attnviz faithfulness`` run produced; ``to_json()`` is ``--json`` (and faithfulness.json)."""
+
+    model_id: str
+    model_type: str
+    methods: tuple[str, ...]
+    inputs: tuple[InputCurves, ...]
+    steps: int
+    baseline: str
+    seeds: int
+    layer: int
+    units: int
+    forward_passes: int
+    signal_passes: dict
+    random_weights: str | None = None
+    style: "Style | None" = None
+    files: tuple[Path, ...] = ()
+    target_fixed: bool = False
+
+    @property
+    def scores(self) -> tuple[MethodScore, ...]:
+        out = []
+        for name in self.methods:
+            pos = [c.auc for i in self.inputs for c in i.curves if c.method == name and c.order == "positive"]
+            neg = [c.auc for i in self.inputs for c in i.curves if c.method == name and c.order == "negative"]
+            out.append(MethodScore(name, sum(pos) / len(pos), sum(neg) / len(neg)))
+        return tuple(out)
+
+    def random_summary(self) -> dict:
+        """The random orders: ``auc`` (mean over seeds and inputs; positive and negative orders are the same
+        distribution), ``std`` (spread of the per-seed mean over inputs across seeds) and ``seeds``."""
+        per_seed = []
+        for s in range(self.seeds):
+            aucs = [c.auc for i in self.inputs for c in i.curves if c.order == "random" and c.seed == s]
+            per_seed.append(sum(aucs) / len(aucs))
+        mean = sum(per_seed) / len(per_seed)
+        std = math.sqrt(sum((a - mean) ** 2 for a in per_seed) / (len(per_seed) - 1)) if len(per_seed) > 1 else 0.0
+        return {"positive_auc": round(mean, 6), "negative_auc": round(mean, 6), "std": round(std, 6), "seeds": self.seeds,
+                "min": round(min(per_seed), 6), "max": round(max(per_seed), 6)}
+
+    def mean_curve(self, method: str, order: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(fractions, probabilities)`` averaged over inputs (and seeds for ``random``)."""
+        curves = [c for i in self.inputs for c in i.curves if c.method == method and c.order == order]
+        fractions = curves[0].fractions
+        probs = tuple(sum(c.probabilities[k] for c in curves) / len(curves) for k in range(len(fractions)))
+        return fractions, probs
+
+    def to_json(self) -> dict:
+        from attnviz.render.layout import DEFAULT_STYLE, model_reference
+
+        style = self.style or DEFAULT_STYLE
+        return {
+            "model": model_reference(self.model_id),
+            "label": style.model_label(self.model_id),
+            "model_type": self.model_type,
+            "random_weights": self.random_weights,
+            "unit": "patch",
+            "units": self.units,
+            "target": "the class given by --target-class (softmax probability)" if self.target_fixed
+            else "each input's top class (softmax probability)",
+            "layer": self.layer,
+            "steps": self.steps,
+            "baseline": self.baseline,
+            "auc": "trapezoid of the target probability over the fraction of patches removed (0..1); positive: most "
+                   "relevant first, lower is more faithful; negative: least relevant first, higher is more faithful",
+            "methods": [s.to_dict() for s in self.scores],
+            "random": self.random_summary(),
+            "forward_passes": self.forward_passes,
+            "signal_passes": self.signal_passes,
+            "inputs": [
+                {"path": i.path, "target": i.target.to_dict(), "probability": round(i.base, 6),
+                 "curves": [{"method": c.method, "order": c.order, "seed": c.seed, "auc": round(c.auc, 6),
+                             "probabilities": [round(p, 6) for p in c.probabilities]} for c in i.curves]}
+                for i in self.inputs
+            ],
+            "fractions": list(self.inputs[0].curves[0].fractions) if self.inputs else [],
+            "files": [str(p) for p in self.files],
+        }
+
+    def table(self) -> dict[str, list]:
+        """Per-input rows for faithfulness.parquet: one per curve."""
+        cols: dict[str, list] = {k: [] for k in ("input", "target_index", "target_label", "probability", "method", "order",
+                                                  "seed", "auc", "fractions", "probabilities")}
+        for i in self.inputs:
+            for c in i.curves:
+                cols["input"].append(i.path)
+                cols["target_index"].append(i.target.index)
+                cols["target_label"].append(i.target.label)
+                cols["probability"].append(i.base)
+                cols["method"].append(c.method)
+                cols["order"].append(c.order)
+                cols["seed"].append(c.seed)
+                cols["auc"].append(c.auc)
+                cols["fractions"].append(list(c.fractions))
+                cols["probabilities"].append(list(c.probabilities))
+        return cols
+
+
+def _photo_paths(path: str, limit: int | None) -> list[str]:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        from attnviz.inputs.folder import files_in
+
+        photos = files_in(p, IMAGE_SUFFIXES, min(limit or MAX_INPUTS, MAX_INPUTS), "photos")
+        return photos
+    return [path]
+
+
+def run(request: FaithfulnessRequest) -> FaithfulnessRun:
+    """Do the work of ``attnviz faithfulness`` and return what was produced (nothing is printed).
+
+    Raises:
+        UsageError (2): bad settings, a model without a classification head. ModelError (3). InputError (4): a
+        photo cannot be read, a folder without photos. OutputError (5). Nothing is written when any is raised.
+    """
+    import torch
+
+    from attnviz.analysis.explain import IMAGE_METHODS, explain_image, parse_methods
+    from attnviz.analysis.faithfulness import NEGATIVE, POSITIVE, RANDOM, apply_patch_mask, perturbation_curves, ranking
+    from attnviz.inputs.imagefile import load_image
+    from attnviz.report import RunOutput, model_files
+
+    methods = parse_methods(request.methods) or IMAGE_METHODS
+    if not 1 <= request.steps <= 1000:
+        raise UsageError(f"--steps must be between 1 and 1000, not {request.steps}")
+    if request.baseline not in BASELINES:
+        raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, not '{request.baseline}'")
+    if not 0 <= request.seeds <= 1000:
+        raise UsageError(f"--seeds must be between 0 and 1000, not {request.seeds}")
+    if request.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {request.batch_size}")
+    if request.limit is not None and request.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {request.limit}")
+    figure_formats, html = request.output.formats()
+    if html:
+        raise UsageError("attnviz faithfulness writes figures, faithfulness.json and faithfulness.parquet; --format html is not one of them")
+    photos = _photo_paths(request.path, request.limit)
+    loaded = [(p, load_image(p)) for p in photos]  # a bad file fails before any model is loaded
+    style = request.style.style({"steps": request.steps, "baseline": request.baseline})
+
+    quiet_libraries()
+    from attnviz.analysis.patches import image_plan, rollout_map
+    from attnviz.inputs.patches import attend_image, load_image_model, preprocess
+    from attnviz.signals import class_target
+
+    im = load_image_model(request.model.name, request.model.load_options(), weights=False)
+    if not im.info.classifier:
+        raise UsageError(f"'{im.source.model_id}' has no classification head: attnviz faithfulness follows a class's "
+                         "probability, so it needs an image classifier (e.g. a DeiT or ViT fine-tuned on ImageNet)")
+    n_layers = im.info.num_layers
+    layer = -1 if request.layer is None else request.layer
+    if not -n_layers <= layer < n_layers:
+        raise UsageError(f"--layer {layer} is out of range: this model has {n_layers} layers (0..{n_layers - 1})")
+    layer %= n_layers
+    names = [f"faithfulness.{f}" for f in figure_formats] + ["faithfulness.json", "faithfulness.parquet"]
+    output = RunOutput(
+        request.output.out, command="faithfulness", force=request.output.force, protect=model_files(im.source.location),
+        settings={"model": im.source.model_id, "path": str(request.path), "methods": list(methods), "steps": request.steps,
+                  "baseline": request.baseline, "seeds": request.seeds, "layer": layer, "target_class": request.target_class},
+    )
+    output.check(names)
+    im = im.with_weights()
+    note = mark_random_weights(output, im.model)
+    if getattr(im.model, "attnviz_new_head", ()):
+        raise UsageError(f"'{im.source.model_id}' has no trained classification head in its checkpoint: there is no "
+                         "prediction to test explanations of")
+    param = next(im.model.parameters())
+    inputs: list[InputCurves] = []
+    forward = 0
+    signal = {"forward": 0, "backward": 0}
+    units = 0
+    for path, photo in loaded:
+        pixel_values, box, grid, _ = preprocess(im, photo)
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+        rows, cols = grid
+        if pixel_values.shape[-2] % rows or pixel_values.shape[-1] % cols:
+            raise UsageError(f"'{im.source.model_id}': its {pixel_values.shape[-2]}x{pixel_values.shape[-1]} input does "
+                             f"not split into the {rows}x{cols} patch grid evenly; attnviz cannot remove patches exactly")
+        units = rows * cols
+        with torch.inference_mode():
+            logits = im.model(pixel_values=pixel_values).logits.float()
+        forward += 1
+        target = class_target(logits, request.target_class, getattr(im.model.config, "id2label", None))
+        base = float(torch.softmax(logits[0], -1)[target.index])
+        plan = image_plan(im, (layer,), rollout="rollout" in methods)
+        result = attend_image(photo, im, plan=plan, verify=request.model.verify)
+        rollout = rollout_map(result) if "rollout" in methods else None
+        explanation = explain_image(im, result, methods, layer=layer, target_class=target.index, rollout=rollout)
+        signal["forward"] += 1 + explanation.forward_passes
+        signal["backward"] += explanation.backward_passes
+        baseline = _baseline(im, photo, pixel_values, request.baseline, box, cols)
+        orders = []
+        for m in explanation.maps:
+            order = ranking(m.values)
+            orders += [(m.method, POSITIVE, None, order), (m.method, NEGATIVE, None, order.flip(0))]
+        gen = torch.Generator().manual_seed(0)
+        for s in range(request.seeds):
+            orders.append((RANDOM, RANDOM, s, torch.randperm(units, generator=gen)))
+
+        def predict(masks, pixel_values=pixel_values, baseline=baseline, grid=grid, index=target.index):
+            batch = apply_patch_mask(pixel_values, baseline, masks, grid)
+            with torch.inference_mode():
+                out = im.model(pixel_values=batch).logits.float()
+            return torch.softmax(out, dim=-1)[:, index].tolist()
+
+        curves, n = perturbation_curves(orders, units, request.steps, predict, base, request.batch_size)
+        forward += n
+        inputs.append(InputCurves(str(path), target, base, tuple(curves)))
+    run_ = FaithfulnessRun(im.source.model_id, im.model_type, methods, tuple(inputs), request.steps, request.baseline,
+                           request.seeds, layer, units, forward, signal, note, style,
+                           target_fixed=request.target_class is not None)
+    with output:
+        files = _write(run_, output, figure_formats, style)
+    notify_left_alone(output)
+    return replace(run_, files=tuple(files))
+
+
+def _baseline(im, photo, pixel_values, kind: str, box, cols: int):
+    """The model input every removed patch takes its pixels from: ``[1, C, H, W]``."""
+    if kind == "mean":
+        return pixel_values.mean(dim=(2, 3), keepdim=True).expand_as(pixel_values).contiguous()
+    from PIL import ImageFilter
+
+    from attnviz.inputs.patches import preprocess
+
+    radius = (box[2] - box[0]) / cols  # one patch width in photo pixels
+    blurred = photo.filter(ImageFilter.GaussianBlur(radius=radius))
+    return preprocess(im, blurred)[0].to(device=pixel_values.device, dtype=pixel_values.dtype)
+
+
+def _write(run: FaithfulnessRun, output, formats, style) -> list[Path]:
+    from attnviz.render.faithfulness import faithfulness_view
+    from attnviz.report import write_json, write_parquet
+
+    files = [output.figure(faithfulness_view(run, style=style), "faithfulness", fmt) for fmt in formats]
+    staged = output.path("faithfulness.parquet")
+    write_parquet(staged.parent, staged.name, run.table(), {"model": run.model_id, "baseline": run.baseline,
+                                                            "steps": run.steps})
+    files.append(output.out_dir / "faithfulness.parquet")
+    files.append(output.out_dir / "faithfulness.json")
+    staged = output.path("faithfulness.json")
+    write_json(staged.parent, staged.name, replace(run, files=tuple(files)).to_json())
+    return files

@@ -1,0 +1,350 @@
+"""Signals beyond the attention probabilities: gradients of a target with respect to them, and value norms.
+
+The gradient methods (``grad-attention``, ``relevance``; Chefer et al. 2021) need ``dy/dA`` for every
+layer's attention probabilities ``A`` and a target ``y`` (a class logit, a token's log-probability);
+``value-norm`` (Kobayashi et al. 2020) needs ``||f_h(x_j)||``, the norm of each key position's value
+vector after the head's slice of the output projection. Both come from one forward pass (plus one
+backward pass for gradients) with a differentiable attention function registered in transformers'
+``AttentionInterface`` as ``"attnviz-grad"``. It computes what transformers' eager attention computes --
+``A = softmax(q k^T * scaling [softcap] + mask)`` in float32, cast to the query dtype, output ``A @ v``
+-- on an eager (fully built) mask, so ``A`` is the very tensor that produces the model's output and its
+gradient is the gradient of the model's own computation.
+
+Memory: gradients are never kept per head. A hook on each layer's ``A`` reduces ``(dy/dA ⊙ A)`` to the
+head mean of its positive part, float32 ``[N, N]``, as the gradient arrives during the backward pass
+(:func:`attnviz.methods.gradients.grad_weighted`); so the result holds one ``[N, N]`` per layer, besides
+what autograd itself keeps for the backward pass (the floor of any gradient method). Value norms reduce
+in the forward pass in the same way. Parameters do not require gradients during the call (no weight
+gradients are computed); the first layer's ``A`` is the leaf the backward pass runs to.
+
+Faithful by check, at run time: the model output of this forward is compared with the model's own
+(e.g. SDPA) output when the caller passes it (``reference``), and each output projection's input is
+compared with ``A @ v`` (proof that the projection found for value-norm is the one the attention output
+goes through). Both differences are returned (:attr:`Signals.checks`).
+
+Single-stack models only (encoders such as BERT/ViT/DeiT and decoder-only language models);
+encoder-decoder models are refused in one line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from attnviz.errors import ModelError
+
+GRAD_IMPLEMENTATION = "attnviz-grad"
+_ACTIVE: contextvars.ContextVar["_SignalSession | None"] = contextvars.ContextVar("attnviz_signals", default=None)
+_UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias")
+_PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "o", "dense", "proj", "wo")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a gradient method explains: ``kind`` ``"class"`` (the logit of class ``index``, Chefer et al.'s
+    choice) or ``"token"`` (the log-probability of vocabulary id ``index`` at the prediction made at
+    position ``position``); ``label`` names it for people (class label or token text)."""
+
+    kind: str
+    index: int
+    label: str
+    position: int | None = None
+
+    def to_dict(self) -> dict:
+        doc = {"kind": self.kind, "index": self.index, "label": self.label,
+               "quantity": "logit" if self.kind == "class" else "log-probability"}
+        if self.position is not None:
+            doc["position"] = self.position
+        return doc
+
+    def describe(self) -> str:
+        if self.kind == "class":
+            return f"class {self.index} '{self.label}' (its logit)"
+        return f"token '{self.label}' (log-probability, predicted at position {self.position})"
+
+
+def class_target(logits: torch.Tensor, index: int | None, id2label: Mapping[int, str] | None) -> Target:
+    """The class target: ``index`` (0-based; negative from the end), or the top class of ``logits`` ``[1, C]``.
+
+    Raises:
+        UsageError: ``index`` outside ``[-C, C)``.
+    """
+    from attnviz.errors import UsageError
+
+    n = logits.shape[-1]
+    if index is None:
+        index = int(logits[0].argmax())
+    elif not -n <= index < n:
+        raise UsageError(f"--target-class {index} is out of range: this model has {n} classes (0..{n - 1})")
+    index %= n
+    label = (id2label or {}).get(index, f"LABEL_{index}")
+    return Target("class", index, str(label))
+
+
+def target_value(outputs, target: Target) -> torch.Tensor:
+    """The scalar ``y`` of ``target`` from a model output with ``logits`` (``[1, C]`` or ``[1, N, V]``)."""
+    logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+    if target.kind == "class":
+        return logits[0, target.index]
+    return torch.log_softmax(logits[0, target.position].float(), dim=-1)[target.index]
+
+
+@dataclass
+class Signals:
+    """What :func:`capture_signals` returns.
+
+    - ``grad_weighted``: per layer, float32 ``[N, N]`` ``mean_h (dy/dA_h ⊙ A_h)^+`` (None when gradients were not asked).
+    - ``value_weighted``: per layer, float32 ``[N, N]`` ``mean_h A_h[i, j] * ||f_h(x_j)||`` (None unless asked).
+    - ``value_heads``: float32 ``[H, N, N]`` ``A_h[i, j] * ||f_h(x_j)||`` of the layers asked in ``value_head_layers``.
+    - ``target``, ``value``: the target and ``y`` (float); ``logits``: float32 model output of this forward.
+    - ``checks``: measured max abs differences (``"logits"`` vs the reference output, ``"projection_input"`` of
+      the output projection vs ``A @ v``); ``forward_passes``, ``backward_passes``.
+    """
+
+    target: Target | None
+    value: float | None
+    logits: torch.Tensor
+    grad_weighted: tuple[torch.Tensor, ...] | None = None
+    value_weighted: tuple[torch.Tensor, ...] | None = None
+    value_heads: dict[int, torch.Tensor] = field(default_factory=dict)
+    checks: dict[str, float] = field(default_factory=dict)
+    forward_passes: int = 1
+    backward_passes: int = 0
+
+
+class _SignalSession:
+    def __init__(self, gradients: bool, values: bool, value_head_layers: frozenset[int], projections: Mapping[int, Any]):
+        self.gradients = gradients
+        self.values = values
+        self.value_head_layers = value_head_layers
+        self.projections = projections  # id(attention module) -> output projection module
+        self.layer = 0
+        self.leaf: torch.Tensor | None = None
+        self.grad_maps: dict[int, torch.Tensor] = {}
+        self.value_maps: dict[int, torch.Tensor] = {}
+        self.value_heads: dict[int, torch.Tensor] = {}
+        self.pending: dict[int, tuple[Any, torch.Tensor]] = {}  # projection id -> (layer, expected input [Q, H*dv])
+        self.projection_diff = 0.0
+        self.problem: str | None = None
+
+    def attend(self, module, query, key, value, attention_mask, scaling, softcap):
+        from attnviz.methods.gradients import grad_weighted, value_weighted
+
+        layer = self.layer
+        self.layer += 1
+        heads, kv_heads = query.shape[1], key.shape[1]
+        if heads != kv_heads:  # grouped-query attention: query head h reads kv head h // (heads // kv_heads)
+            key = key.repeat_interleave(heads // kv_heads, dim=1)
+            value = value.repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [1, H, Q, K]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask[..., : key.shape[-2]]
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # [1, H, Q, K]
+        if self.gradients:
+            if not probs.requires_grad:
+                probs.requires_grad_(True)  # the first layer: the leaf the backward pass runs to
+                self.leaf = probs
+            if self.leaf is None:
+                self.problem = "its first attention layer's probabilities already required a gradient"
+            held = probs.detach()
+
+            def hook(grad, layer=layer, held=held):
+                self.grad_maps[layer] = grad_weighted(held[0], grad[0])
+                return grad
+
+            probs.register_hook(hook)
+        out = torch.matmul(probs, value)  # [1, H, Q, dv]
+        if self.values:
+            with torch.no_grad():
+                proj = self.projections.get(id(module))
+                if proj is None:
+                    self.problem = f"no output projection found for {type(module).__name__}"
+                else:
+                    norms = projected_value_norms(value[0].detach(), proj)  # [H, K]
+                    p = probs.detach()[0].float()
+                    self.value_maps[layer] = value_weighted(p, norms)
+                    if layer in self.value_head_layers:
+                        self.value_heads[layer] = p * norms[:, None, :]
+                    self.pending[id(proj)] = (layer, out.detach()[0].transpose(0, 1).reshape(out.shape[2], -1))
+        return out.transpose(1, 2).contiguous(), probs
+
+
+def projected_value_norms(value: torch.Tensor, projection) -> torch.Tensor:
+    """``||f_h(x_j)||`` for every head and key: float32 ``[H, K]`` from value states ``[H, K, dv]``.
+
+    ``f_h(x_j) = v_j^h W_O^h``: the key's value vector through head ``h``'s slice of the output projection
+    (Kobayashi et al. 2020, without the output bias, which every position shares). ``projection`` is the
+    output projection module (``nn.Linear``, or GPT-2's ``Conv1D`` whose weight is ``[in, out]``).
+    """
+    heads, keys, dv = value.shape
+    weight = projection.weight
+    matrix = weight if type(projection).__name__ == "Conv1D" else weight.t()  # [H*dv, D]
+    matrix = matrix.float().reshape(heads, dv, -1)  # [H, dv, D]
+    projected = torch.bmm(value.float(), matrix)  # [H, K, D]
+    return projected.norm(dim=-1)
+
+
+def find_projections(model) -> dict[int, Any]:
+    """For every attention module, the output projection its attention output goes through (by name:
+    ``o_proj``/``out_proj``/``c_proj``/``o``/``dense`` inside it, or its parent's ``output.dense``).
+
+    The guess is proved at run time: :func:`capture_signals` compares each projection's input with ``A @ v``.
+    """
+    found: dict[int, Any] = {}
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not any(n in ("q_proj", "query", "c_attn", "q", "qkv", "in_proj", "Wqkv", "query_key_value")
+                   for n, _ in module.named_children()) and not hasattr(module, "in_proj_weight"):
+            continue
+        own = dict(module.named_children())
+        candidates = [own.get(n) for n in _PROJECTION_NAMES]
+        parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+        if parent is not None:
+            output = getattr(parent, "output", None)
+            candidates.append(getattr(output, "dense", None))
+            candidates += [getattr(parent, n, None) for n in _PROJECTION_NAMES if n != "dense"]
+        for c in candidates:
+            if c is not None and hasattr(c, "weight") and getattr(c, "weight").dim() == 2:
+                found[id(module)] = c
+                break
+    return found
+
+
+def _grad_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """Registered as ``"attnviz-grad"``: eager attention whose probabilities carry hooks (see module docstring)."""
+    session = _ACTIVE.get()
+    if session is None:  # not inside capture_signals (the implementation is restored there): the fast path
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            session.problem = f"attention with '{name}'"
+    if query.shape[0] != 1:
+        session.problem = f"a batch of {query.shape[0]} sequences"
+    if attention_mask is None and query.shape[2] > 1 and bool(is_causal if is_causal is not None else getattr(module, "is_causal", False)):
+        session.problem = "a causal attention call without a mask"
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    return session.attend(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"))
+
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(GRAD_IMPLEMENTATION, _grad_attention)
+    AttentionMaskInterface.register(GRAD_IMPLEMENTATION, eager_mask)
+    _REGISTERED = True
+
+
+def capture_signals(
+    model,
+    inputs: Mapping[str, torch.Tensor],
+    target: Callable[[Any], Target] | Target | None,
+    *,
+    gradients: bool = True,
+    values: bool = False,
+    value_head_layers: frozenset[int] = frozenset(),
+    reference: torch.Tensor | None = None,
+) -> Signals:
+    """One forward pass (and one backward pass for ``gradients``) that yields the per-layer signals.
+
+    Args:
+        model: a loaded single-stack transformers model (eval mode) that dispatches attention through the
+            ``AttentionInterface``.
+        inputs: model inputs of one sequence (``pixel_values`` ``[1, 3, H, W]``, ``input_ids`` ``[1, N]``...).
+        target: the :class:`Target` or a function ``outputs -> Target`` (e.g. the top class); needed for ``gradients``.
+        gradients: compute ``Signals.grad_weighted``.
+        values: compute ``Signals.value_weighted`` (and ``value_heads`` for ``value_head_layers``).
+        reference: the model's own output logits on the same inputs (e.g. from the SDPA capture), float; the
+            maximum absolute difference to this forward's logits is ``Signals.checks["logits"]``.
+
+    Returns:
+        :class:`Signals`, float32 on the CPU. The model's attention implementation and its parameters'
+        ``requires_grad`` are restored afterwards, also when the call raises.
+
+    Raises:
+        ModelError: an encoder-decoder model, a model that does not take the attention function, or an
+            attention call this function cannot reproduce exactly (sinks, T5 position bias, a batch).
+    """
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ModelError(f"gradient and value-norm methods cover single-stack models; {model.config.model_type} is an "
+                         "encoder-decoder model (not supported yet)")
+    _register()
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(GRAD_IMPLEMENTATION)
+        ok = model.config._attn_implementation == GRAD_IMPLEMENTATION
+    except (ValueError, KeyError, ImportError, NotImplementedError):
+        ok = False
+    if not ok:
+        raise ModelError(f"{model.config.model_type} does not dispatch attention through transformers' AttentionInterface, "
+                         "so attnviz cannot take gradients of its attention probabilities")
+    session = _SignalSession(gradients, values, value_head_layers, find_projections(model) if values else {})
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    handles = []
+    if values:
+        for proj in {id(p): p for p in session.projections.values()}.values():
+            def check_input(mod, args, session=session):
+                pending = session.pending.pop(id(mod), None)
+                if pending is not None:
+                    x = args[0][0].detach().float()  # [Q, H*dv]
+                    session.projection_diff = max(session.projection_diff, float((x - pending[1].float()).abs().max()))
+            handles.append(proj.register_forward_pre_hook(check_input))
+    token = _ACTIVE.set(session)
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.set_grad_enabled(gradients):
+            outputs = model(**inputs)
+            if session.problem is not None:
+                raise ModelError(f"attnviz cannot reproduce {model.config.model_type}'s attention exactly: {session.problem}")
+            if session.layer == 0:
+                raise ModelError(f"no attention call of {model.config.model_type} went through transformers' AttentionInterface")
+            tgt = target(outputs) if callable(target) else target
+            y = target_value(outputs, tgt) if tgt is not None else None
+            backward = 0
+            if gradients:
+                if y is None or session.leaf is None:
+                    raise ModelError("no target or no attention probabilities to take gradients for")
+                torch.autograd.grad(y, [session.leaf], allow_unused=True)
+                backward = 1
+            logits = (outputs.logits if hasattr(outputs, "logits") else outputs[0]).detach().float().cpu()
+    finally:
+        _ACTIVE.reset(token)
+        for h in handles:
+            h.remove()
+        for p, flag in params:
+            p.requires_grad_(flag)
+        model.set_attn_implementation(previous)
+    layers = session.layer
+    checks: dict[str, float] = {}
+    if reference is not None:
+        checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())
+    if values:
+        if session.pending:
+            raise ModelError("the output projection found for value-norm was not called after its attention")
+        checks["projection_input"] = session.projection_diff
+    grad_maps = None
+    if gradients:
+        n = session.leaf.shape[-1]
+        grad_maps = tuple(session.grad_maps.get(l, torch.zeros(n, n)) for l in range(layers))
+    value_maps = tuple(session.value_maps[l] for l in range(layers)) if values else None
+    return Signals(tgt, float(y.detach()) if y is not None else None, logits, grad_maps, value_maps, dict(session.value_heads),
+                   checks, 1, backward)
