@@ -99,14 +99,15 @@ class Signals:
     - ``grad_weighted``: per layer, float32 ``[N, N]`` ``mean_h (dy/dA_h ⊙ A_h)^+`` (None when gradients were not asked).
     - ``value_weighted``: per layer, float32 ``[N, N]`` ``mean_h A_h[i, j] * ||f_h(x_j)||`` (None unless asked).
     - ``value_heads``: float32 ``[H, N, N]`` ``A_h[i, j] * ||f_h(x_j)||`` of the layers asked in ``value_head_layers``.
-    - ``target``, ``value``: the target and ``y`` (float); ``logits``: float32 model output of this forward.
+    - ``target``, ``value``: the target and ``y`` (float); ``logits``: float32 model output of this forward (None
+      for a model without a task head).
     - ``checks``: measured max abs differences (``"logits"`` vs the reference output, ``"projection_input"`` of
       the output projection vs ``A @ v``); ``forward_passes``, ``backward_passes``.
     """
 
     target: Target | None
     value: float | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     grad_weighted: tuple[torch.Tensor, ...] | None = None
     value_weighted: tuple[torch.Tensor, ...] | None = None
     value_heads: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -325,7 +326,7 @@ def capture_signals(
                     raise ModelError("no target or no attention probabilities to take gradients for")
                 torch.autograd.grad(y, [session.leaf], allow_unused=True)
                 backward = 1
-            logits = (outputs.logits if hasattr(outputs, "logits") else outputs[0]).detach().float().cpu()
+            logits = outputs.logits.detach().float().cpu() if getattr(outputs, "logits", None) is not None else None
     finally:
         _ACTIVE.reset(token)
         for h in handles:
@@ -335,7 +336,7 @@ def capture_signals(
         model.set_attn_implementation(previous)
     layers = session.layer
     checks: dict[str, float] = {}
-    if reference is not None:
+    if reference is not None and logits is not None:
         checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())
     if values:
         if session.pending:

@@ -36,6 +36,7 @@ class MethodMap:
     layer: int | None
     row: str
     values: "torch.Tensor"
+    positions: tuple[int, ...] = ()  # text: the token positions of the rows
 
     @property
     def needs_target(self) -> bool:
@@ -44,7 +45,8 @@ class MethodMap:
     def describe(self, target: "Target | None" = None) -> str:
         """One sentence for a subtitle: the method, its source, what row is shown, the target."""
         where = f"layer {self.layer}" if self.layer is not None else "all layers"
-        text = f"{self.source}. Shown: the {self.row} row over the patches, {where}"
+        over = "the tokens" if self.positions else "the patches"
+        text = f"{self.source}. Shown: the {self.row} row over {over}, {where}"
         if target is not None and self.needs_target:
             text += f"; target: {target.describe()}"
         return text + "."
@@ -181,3 +183,126 @@ def explain_image(
     return Explanation(signals.target if signals is not None else None, tuple(maps), dict(signals.checks) if signals else {},
                        signals.forward_passes + (1 if signals and im.info.classifier else 0) if signals else 0,
                        signals.backward_passes if signals else 0)
+
+
+#: Methods with a row over the tokens of a text.
+TEXT_METHODS = IMAGE_METHODS
+
+
+def default_text_row(tm, prepared) -> int:
+    """The query row a text method explains when no ``--token`` is given: the [CLS] token where the tokenizer has one
+    in the input (BERT-style classifiers pool it), else the last token (GPT-style classifiers and language models
+    predict from it). A position, never assumed to be 0."""
+    ids = prepared.inputs["input_ids"][0].tolist()
+    cls = getattr(tm.tokenizer, "cls_token_id", None)
+    if cls is not None and cls in ids and tm.head_kind != "causal-lm":
+        return ids.index(cls)
+    return len(ids) - 1
+
+
+def text_target(tm, prepared, logits, row: int, target_class: int | None) -> "Target":
+    """What the gradient methods explain for a text (see README "Methods"):
+
+    - a sequence classifier: the logit of ``target_class`` (default: the top class);
+    - a causal language model: the log-probability of the token after ``row`` (the prediction made at ``row``), or
+      of the top predicted token when ``row`` is the last position;
+    - a masked language model: the log-probability of the token at ``row`` itself, read at ``row``.
+
+    Raises:
+        UsageError: ``target_class`` for a model that is not a classifier.
+    """
+    from attnviz.signals import Target, class_target
+
+    kind = tm.head_kind
+    if kind == "classifier":
+        return class_target(logits, target_class, getattr(tm.model.config, "id2label", None))
+    if target_class is not None:
+        raise UsageError(f"--target-class is for classifiers; '{tm.source.model_id}' is a {kind or 'base'} model")
+    ids = prepared.inputs["input_ids"][0].tolist()
+    if kind == "causal-lm":
+        nxt = ids[row + 1] if row + 1 < len(ids) else int(logits[0, row].argmax())
+    else:
+        nxt = ids[row]
+    label = tm.tokenizer.decode([nxt])
+    return Target("token", int(nxt), label, position=row)
+
+
+def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], layer: int = -1,
+                 target_class: int | None = None) -> Explanation:
+    """Each method's rows over the tokens of one text: ``MethodMap.values`` float32 ``[len(rows), N]``.
+
+    Args:
+        tm: a :class:`attnviz.inputs.tokens.TextModel` with weights (with its task head for the gradient methods).
+        prepared: the text (:func:`attnviz.inputs.tokens.prepare_text`).
+        names: method names (:data:`TEXT_METHODS`).
+        rows: the query positions to show (the focus token's, or :func:`default_text_row`); the gradient methods'
+            target is read at ``rows[-1]`` (:func:`text_target`).
+        layer: the layer of the one-layer methods (0-based, negative from the end).
+
+    Raises:
+        UsageError: a gradient method on a model without a task head, an encoder-decoder model.
+        ModelError: the signal pass differs from the model's own output (see :func:`explain_image`).
+    """
+    import torch
+
+    from attnviz import methods
+    from attnviz.capture import CapturePlan, capture
+    from attnviz.inputs.tokens import model_inputs
+    from attnviz.signals import capture_signals
+    from attnviz.types import SELF
+
+    if tm.encoder_decoder:
+        raise UsageError(f"--method covers encoders and decoder-only models; '{tm.source.model_id}' is an encoder-decoder "
+                         f"({tm.model_type}) model, whose cross-attention rules are not implemented yet")
+    model = tm.model
+    inputs = model_inputs(tm, prepared)
+    n_layers = tm.num_layers
+    layer %= n_layers
+    targeted = [n for n in names if n in TARGETED]
+    has_head = tm.head_kind is not None and not getattr(model, "attnviz_new_head", ()) and type(model).__name__.endswith(
+        ("ForSequenceClassification", "ForCausalLM", "LMHeadModel", "ForMaskedLM"))
+    if targeted and not has_head:
+        raise UsageError(f"--method {targeted[0]} explains a prediction, but '{tm.source.model_id}' has no trained task head "
+                         "(a classifier or language-model head) in its checkpoint; use attention, rollout or value-norm")
+    labels = tuple(prepared.tokens.tokens[r] for r in rows)
+    per_row = torch.tensor(list(rows))
+    maps_by_name: dict[str, tuple] = {}
+    if "attention" in names or "rollout" in names:
+        cap = capture(model, inputs, CapturePlan(layers=frozenset({layer}), rollout="rollout" in names, need_outputs=False))
+        maps = cap.attention[SELF]
+        if "attention" in names:
+            maps_by_name["attention"] = (maps.layer(layer).mean(dim=0)[per_row], layer)
+        if "rollout" in names:
+            maps_by_name["rollout"] = (maps.rollout[per_row], None)
+    signals = None
+    forward = 1 if maps_by_name else 0
+    if targeted or "value-norm" in names:
+        reference = None
+        if has_head:
+            with torch.inference_mode():
+                reference = model(**inputs).logits.float()
+            forward += 1
+        target = text_target(tm, prepared, reference, rows[-1], target_class) if targeted else None
+        signals = capture_signals(model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
+                                  reference=reference)
+        forward += signals.forward_passes
+        param = next(model.parameters())
+        tol = 1e-4 if param.dtype == torch.float32 else 5e-2
+        scale = max(1.0, float(reference.abs().max())) if reference is not None else 1.0
+        bad = {k: v for k, v in signals.checks.items() if v > tol * scale}
+        if bad:
+            raise ModelError(f"the gradient/value pass of '{tm.source.model_id}' differs from its own forward "
+                             f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
+    out = []
+    for name in names:
+        m = methods.get(name)
+        if name in maps_by_name:
+            values, at = maps_by_name[name]
+        else:
+            per_layer = signals.grad_weighted if m.reads == "grad-weighted" else signals.value_weighted
+            res = m(per_layer, layer=layer) if not m.aggregates else m(per_layer)
+            values, at = res.values[per_row], res.layer
+        unit = "probability (head mean)" if name == "attention" else ("rollout weight" if name == "rollout" else m.unit)
+        out.append(MethodMap(name, m.title, m.source, unit, at, ", ".join(labels), values.float().cpu(), tuple(rows)))
+    return Explanation(signals.target if signals is not None else None, tuple(out),
+                       dict(signals.checks) if signals else {}, forward, signals.backward_passes if signals else 0)

@@ -47,6 +47,8 @@ def text_command(
     cmap: Optional[str] = CMAP,
     scale: str = SCALE,
     views: str = typer.Option(",".join(TEXT_VIEWS), "--views", help="Views to write: any of head,model,focus,matrix (comma-separated)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Also draw these methods for the --token's row (or [CLS]/the last token): attention, rollout, grad-attention, relevance (Chefer et al. 2021), value-norm (Kobayashi et al. 2020); comma-separated or 'all'."),
+    target_class: Optional[int] = typer.Option(None, "--target-class", help="Class (0-based) a classifier's gradient methods explain (default: the top class)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -66,7 +68,7 @@ def text_command(
         request = TextRequest(
             text=text, token=token, token_index=token_index, layer=layer, head=head, words=words, hide_special=hide_special,
             target=target, text_file=text_file, max_length=max_length, half=half, top=top, direction=direction,
-            adjacent=adjacent, views=views, model=model_request(**options), output=output_request(**options),
+            adjacent=adjacent, views=views, method=method or (), target_class=target_class, model=model_request(**options), output=output_request(**options),
             style=style_request(**options),
         )
         with _progress() as progress:

@@ -36,18 +36,36 @@ class TextModel:
         if self.config is None and self.model is not None:
             object.__setattr__(self, "config", self.model.config)
 
-    def with_weights(self) -> "TextModel":
-        """This model with its weights loaded (``AutoModel``, the base model, no task head).
+    def with_weights(self, head: bool = False) -> "TextModel":
+        """This model with its weights loaded: ``AutoModel`` (the base model, no task head), or with ``head`` the
+        checkpoint's own task head where it has one (:attr:`head_kind`; the gradient methods need its output).
 
         Raises:
             ModelError: weights missing, incomplete (see :func:`attnviz.models.load_model`) or unloadable.
         """
         if self.model is not None:
             return self
-        from transformers import AutoModel
+        import transformers
 
-        model = load_model_for_capture(self.source, AutoModel, self.options)
+        auto = getattr(transformers, HEAD_CLASSES[self.head_kind]) if head and self.head_kind else transformers.AutoModel
+        model = load_model_for_capture(self.source, auto, self.options)
         return TextModel(self.source, model, self.tokenizer, _max_positions(model.config, self.tokenizer), model.config, self.options)
+
+    @property
+    def head_kind(self) -> str | None:
+        """The task head the checkpoint's ``architectures`` name: ``"classifier"`` (…ForSequenceClassification),
+        ``"causal-lm"`` (…ForCausalLM, …LMHeadModel; a GGUF file, which always holds its output layer),
+        ``"masked-lm"`` (…ForMaskedLM), or None."""
+        if self.source.gguf_path is not None:
+            return "causal-lm"
+        for arch in getattr(self.config, "architectures", None) or ():
+            if arch.endswith("ForSequenceClassification"):
+                return "classifier"
+            if arch.endswith(("ForCausalLM", "LMHeadModel")) and not self.encoder_decoder:
+                return "causal-lm"
+            if arch.endswith("ForMaskedLM"):
+                return "masked-lm"
+        return None
 
     @property
     def model_type(self) -> str:
@@ -81,6 +99,11 @@ class TextModel:
         if found is None:
             raise ModelError(f"'{self.source.model_id}' ({self.model_type}) has no attention heads: it is not an attention model")
         return found
+
+
+#: The transformers auto class of each :attr:`TextModel.head_kind`.
+HEAD_CLASSES = {"classifier": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
+                "masked-lm": "AutoModelForMaskedLM"}
 
 
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True,

@@ -163,7 +163,7 @@ register(Method("grad-attention", "attention x gradient",
                 "Chefer et al. 2021 (ICCV), per layer: mean_h (dy/dA * A)^+",
                 frozenset({"probabilities", "gradients"}), False, _grad_attention, "grad-weighted", "mean_h (dy/dA·A)⁺"))
 register(Method("relevance", "relevance (Chefer et al. 2021)",
-                "Chefer, Gur & Wolf 2021, Generic Attention-model Explainability (ICCV): R = I; R += mean_h((dy/dA*A)^+) R",
+                "Chefer, Gur & Wolf 2021 (ICCV): R = I; R += mean_h((dy/dA*A)^+) R",
                 frozenset({"probabilities", "gradients"}), True, _relevance, "grad-weighted", "relevance"))
 register(Method("value-norm", "value-norm attention",
                 "Kobayashi et al. 2020, Attention is Not Only a Weight (EMNLP): mean_h ||alpha_ij f_h(x_j)||",

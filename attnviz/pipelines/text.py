@@ -54,7 +54,10 @@ class TextRequest:
     ``text`` or ``text_file`` (``-``: standard input) gives the input; ``token``/``token_index`` the focus
     (0-based occurrence); ``layer``/``head`` (0-based, negative from the end) the head view and matrix;
     ``views``: any of :data:`TEXT_VIEWS` (comma-separated string or tuple); ``half``: store ``--save-attn``
-    as float16; ``top``: heads listed for the focus; ``direction``/``adjacent``: the focus link rules.
+    as float16; ``top``: heads listed for the focus; ``direction``/``adjacent``: the focus link rules;
+    ``method``: registered methods to draw for the focus token's row (or the [CLS]/last token's), as
+    ``method-NAME`` and, for several, ``methods`` (:func:`attnviz.analysis.explain.explain_text`);
+    ``target_class``: the class a classifier's gradient methods explain (default: the top class).
     """
 
     text: str | None = None
@@ -72,6 +75,8 @@ class TextRequest:
     direction: str = "back"
     adjacent: bool = False
     views: str | tuple[str, ...] = TEXT_VIEWS
+    method: str | tuple[str, ...] = ()
+    target_class: int | None = None
     model: ModelRequest = ModelRequest()
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -94,6 +99,7 @@ class TextRun:
     views: tuple[str, ...]
     removed: str | None = None
     provenance: dict = field(default_factory=dict)
+    explanation: object = None  # attnviz.analysis.explain.Explanation (with --method)
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -147,6 +153,8 @@ class TextRun:
         links = _head_view_json(self)
         if links is not None:
             doc["head_view"] = links
+        if self.explanation is not None:
+            doc.update(_methods_json(self.explanation))
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["skipped_views"] = list(self.skipped)
@@ -243,6 +251,10 @@ def check_request(request: TextRequest) -> tuple[list[str], bool, tuple[str, ...
         raise UsageError(f"--token-index must be 0 or more, not {request.token_index}")
     if request.max_length is not None and request.max_length < 2:
         raise UsageError(f"--max-length must be at least 2, not {request.max_length}")
+    from attnviz.analysis.explain import TARGETED, parse_methods
+
+    if request.target_class is not None and not any(m in TARGETED for m in parse_methods(request.method)):
+        raise UsageError("--target-class is the class the gradient methods explain: add --method relevance (or grad-attention)")
     return figure_formats, html, views, style
 
 
@@ -387,10 +399,24 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
     focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
     planned = _planned_files(kinds, keep_full, focus_kind, figure_formats, views)
-    output.check([f"{stem}.{fmt}" for fmt in figure_formats for _, _, stem in planned] + (["report.html"] if html else []),
+    from attnviz.analysis.explain import TARGETED, parse_methods
+
+    chosen_methods = parse_methods(request.method)
+    method_stems = [f"method-{m}" for m in chosen_methods] + (["methods"] if len(chosen_methods) > 1 else [])
+    output.check([f"{stem}.{fmt}" for fmt in figure_formats for _, _, stem in planned]
+                 + [f"{stem}.{fmt}" for fmt in figure_formats for stem in method_stems] + (["report.html"] if html else []),
                  tensor=tensor_path)
 
-    tm = tm.with_weights()
+    targeted = [m for m in chosen_methods if m in TARGETED]
+    if chosen_methods and tm.encoder_decoder:
+        raise UsageError(f"--method covers encoders and decoder-only models; '{tm.source.model_id}' is an encoder-decoder "
+                         f"({tm.model_type}) model, whose cross-attention rules are not implemented yet")
+    if targeted and tm.head_kind is None:
+        raise UsageError(f"--method {targeted[0]} explains a prediction, but '{tm.source.model_id}' names no task head (a "
+                         "classifier or language-model head) in its config; use attention, rollout or value-norm")
+    if request.target_class is not None and tm.head_kind != "classifier":
+        raise UsageError(f"--target-class is for classifiers; '{tm.source.model_id}' is a {tm.head_kind or 'base'} model")
+    tm = tm.with_weights(head=bool(targeted))
     note = mark_random_weights(output, tm.model)
     notify_provenance(tm.model, tm.tokenizer)
     layers: frozenset[int] = frozenset()
@@ -452,9 +478,49 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
             output.page(text_page(result, focus, spec, layer, head, collector, label=style.model_label(result.model_id)), "report")
         if tensor_path is not None and writer is None:
             _save_full(result, output.tensor_target(tensor_path), request.half)
+        explanation = None
+        if chosen_methods:
+            from attnviz.analysis.explain import default_text_row, explain_text
+
+            if on_target:
+                raise UsageError("--method explains the input text's tokens; with --target the focus token is on the decoder side")
+            explained = rows if rows else (default_text_row(tm, prepared),)
+            explanation = explain_text(tm, prepared, chosen_methods, rows=explained,
+                                       layer=request.layer if request.layer is not None else -1,
+                                       target_class=request.target_class)
+            _write_methods(result, explanation, output, figure_formats, style)
     notify_left_alone(output)
     return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views,
-                   provenance=provenance(tm.model, tm.tokenizer))
+                   provenance=provenance(tm.model, tm.tokenizer), explanation=explanation)
+
+
+def _write_methods(result, explanation, output, formats, style) -> None:
+    """``method-NAME`` per method and, for several, ``methods`` (all blocks in one figure)."""
+    from attnviz.render.text import token_scores_view
+
+    for fmt in formats:
+        for m in explanation.maps:
+            output.figure(token_scores_view(result, explanation, methods=[m], style=style), f"method-{m.method}", fmt)
+        if len(explanation.maps) > 1:
+            output.figure(token_scores_view(result, explanation, style=style), "methods", fmt)
+
+
+def _methods_json(e) -> dict:
+    """``method``/``target``/``method_rows`` (the first method asked: one row over the tokens per explained position)
+    and every method under ``methods``."""
+    def rows(m):
+        return [{"position": p, "values": [round(float(v), 8) for v in row]} for p, row in zip(m.positions, m.values.tolist())]
+
+    first = e.maps[0]
+    return {
+        "method": first.method,
+        "target": e.target.to_dict() if e.target is not None else None,
+        "method_rows": rows(first),
+        "methods": [{"name": m.method, "source": m.source, "layer": m.layer, "unit": m.unit, "target": m.needs_target,
+                     "rows": rows(m)} for m in e.maps],
+        "method_checks": {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in e.checks.items()},
+                          "forward_passes": e.forward_passes, "backward_passes": e.backward_passes},
+    }
 
 
 def _capture_missing(tm, prepared, result, layer: int, head: int | None, draws_head: bool, progress, verify: bool):

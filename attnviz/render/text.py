@@ -54,6 +54,7 @@ from attnviz.render.common import (
     spread_positions,
     scale_label,
     text_color_on,
+    wrap,
 )
 from attnviz.render.layout import (
     DEFAULT_STYLE, MIN_FONT_PT, Style, attach_metadata, max_chars, scale_note, thin_step, thinned, with_fonts,
@@ -850,3 +851,93 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style
                  width_in=0.12 if style.print_size else 0.18, fontsize=fonts.small if style.print_size else 9.0)
     return _finish(frame, style, "focus view", result, titles, {"token": focus_label, "kind": kind, "words": spec.words,
                                                                  "hide_special": spec.hide_special, "direction": focus.direction})
+
+
+# ---------------------------------------------------------------------------
+# methods over the tokens (grad-attention, relevance, value-norm...)
+
+
+def token_scores_view(result: TextAttention, explanation, *, methods=None, width_in: float = 9.0,
+                      style: Style = DEFAULT_STYLE) -> Figure:
+    """The text once per method, each token shaded by the method's value for the explained row (``attnviz text
+    --method``): ``method-NAME`` (one method) and ``methods`` (several, one block each, top to bottom).
+
+    ``explanation``: an :class:`attnviz.analysis.explain.Explanation` whose maps hold ``[rows, N]`` values; each
+    block shows the last row (the token whose prediction the gradient methods explain), coloured from 0 to that
+    row's maximum (every method's values are >= 0), with its own colour bar; the explained token is outlined.
+    """
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    maps = list(methods if methods is not None else explanation.maps)
+    tokens = [safe_label(t, 18) for t in result.tokens.tokens]
+    width = style.width(width_in)
+    fonts = style.fonts(width)
+    font = clamp(fonts.text, MIN_FONT_PT, 10.0)
+    char_in = font * 0.62 / 72
+    pad_in = 0.06
+    line_h = font * 2.1 / 72
+    left, right = 0.3, width - 2.1  # the colour bars sit to the right of the tokens
+    # one layout for every block: token boxes wrapped into lines
+    boxes = []
+    x, line = left, 0
+    for t in tokens:
+        w = len(t) * char_in + 2 * pad_in
+        if x + w > right and x > left:
+            x, line = left, line + 1
+        boxes.append((x, line, w))
+        x += w + 0.04
+    lines = line + 1
+    target = explanation.target
+    first = maps[0]
+    row_label = first.row.split(", ")[-1] if first.row else ""
+    notes = [f"Explained row: the token '{safe_label(row_label, 30)}' (outlined)"
+             + (f"; gradient methods explain {target.describe()}" if target is not None and any(m.needs_target for m in maps) else "")
+             + ". Each block: its own colour scale from 0 to the largest value over the other tokens (the explained "
+             "token's own value, e.g. relevance's 1 from R = I, would swamp it: it is written in the heading)."]
+    notes += [f"{m.title}: {m.source}" + ("" if m.layer is None else f" (layer {m.layer})") for m in maps]
+    what = maps[0].title if len(maps) == 1 else "methods side by side"
+    titles = _titles_for(style, width, what, result, "", "", notes)
+    top = titles.height_in() + 0.15
+    heading_h = 2 * font * 1.3 / 72 + 0.08
+    block_h = heading_h + lines * line_h + 0.35
+    height = top + block_h * len(maps) + 0.1
+    frame = Frame(width, height, style.resolution)
+    frame.titles(titles)
+    cmap = matplotlib.colormaps[style.cmap or ATTENTION_CMAP]
+    fig = frame.figure
+    for b, m in enumerate(maps):
+        y0 = top + b * block_h
+        values = m.values[-1] if m.values.dim() == 2 else m.values
+        values = values.double().numpy()
+        own = m.positions[-1] if m.positions else None
+        others = np.delete(values, own) if own is not None and values.size > 1 else values
+        vmax = float(others.max()) if others.size and float(others.max()) > 0 else 1.0
+        heading = (f"{m.title}" + ("" if m.layer is None else f" · layer {m.layer}") + f" · {m.unit}: max {vmax:.3g}"
+                   + (f", the explained token itself {values[own]:.3g}" if own is not None else ""))
+        t = fig.text(left / width, 1 - y0 / height, wrap(heading, right - left, font, bold=True), ha="left", va="top",
+                     fontsize=font, fontweight="bold")
+        t.set_gid(f"method-{m.method}")
+        ax = frame.axes(0, y0 + heading_h, width, lines * line_h)
+        ax.set_xlim(0, width)
+        ax.set_ylim(lines * line_h, 0)
+        ax.axis("off")
+        rows_pos = set(m.positions[-1:])
+        norm = Normalize(0, vmax)
+        for i, (bx, bl, bw) in enumerate(boxes):
+            color = cmap(norm(values[i]))
+            rect = Rectangle((bx, bl * line_h + 0.02), bw, line_h - 0.06, facecolor=color, edgecolor=FOCUS_COLOR if i in rows_pos else "none",
+                             linewidth=1.8 if i in rows_pos else 0)
+            rect.set_gid(f"token-{i}")
+            ax.add_patch(rect)
+            ax.text(bx + bw / 2, bl * line_h + line_h / 2 - 0.01, tokens[i], ha="center", va="center", fontsize=font,
+                    color=text_color_on(cmap, norm, values[i]))
+        cax = frame.axes(width - 1.85, y0 + heading_h + 0.08, 1.5, 0.1)
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
+        cb.ax.tick_params(labelsize=max(MIN_FONT_PT, font - 2), length=2, pad=1)
+        cb.set_ticks([0, vmax], labels=["0", f"{vmax:.3g}"])
+        cax.set_gid("colorbar")
+    return _finish(frame, style, "methods" if len(maps) > 1 else f"method-{maps[0].method}", result, titles,
+                   {"methods": [m.method for m in maps], "target": target.to_dict() if target is not None else None})
+
