@@ -452,3 +452,180 @@ def test_perturbation_curves_share_identical_perturbations_and_batch_them():
     assert curves[0].probabilities == curves[1].probabilities == pytest.approx((1.0, 0.8, 0.6, 0.4, 0.2, 0.0))
     assert curves[0].auc == pytest.approx(0.5) and area((0, 1), (1, 1)) == 1
     assert removed_counts(196, 10)[:3] == [0, 20, 39]
+
+
+# ---------------------------------------------------------------------------
+# attnviz text --method and text faithfulness
+
+
+SENTENCE = "The animal didn't cross the street because it was too tired."
+
+
+@pytest.fixture(scope="module")
+def text_folders(tmp_path_factory):
+    """A tiny GPT-2 with its LM head, a tiny BERT classifier (3 labels) and a base BERT, saved with tokenizers."""
+    import transformers as tf
+
+    from tiny import make_lm_model, make_text_model, wordpiece_tokenizer
+
+    root = tmp_path_factory.mktemp("methods-text")
+    lm = make_lm_model(root, "gpt2")
+    tok = wordpiece_tokenizer()
+    torch.manual_seed(0)
+    cls = tf.BertForSequenceClassification(tf.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=4, intermediate_size=40, num_labels=3,
+                                                         initializer_range=0.3)).eval()
+    cls.save_pretrained(root / "bert-cls")
+    tok.save_pretrained(root / "bert-cls")
+    return {"lm": lm, "cls": root / "bert-cls", "base": make_text_model(root, "bert"), "t5": make_lm_model(root, "t5")}
+
+
+def _text_json(*args):
+    r = runner.invoke(app, ["text", *[str(a) for a in args], "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_text_methods_on_a_causal_lm_equal_autograd_through_eager(text_folders, tmp_path, one_thread):
+    import transformers as tf
+
+    folder = text_folders["lm"]
+    doc = _text_json(SENTENCE, "-m", folder, "--token", "it", "--method", "relevance,grad-attention,value-norm,attention",
+                     "-o", tmp_path / "o")
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    ids = tok(SENTENCE, return_tensors="pt")["input_ids"]
+    row = doc["focus"]["token_indices"][-1]
+    assert doc["tokens"][row].lstrip("Ġ") == "it"
+    assert doc["target"] == {"kind": "token", "index": int(ids[0, row + 1]), "label": tok.decode([int(ids[0, row + 1])]),
+                             "quantity": "log-probability", "position": row}
+    assert [r["position"] for r in doc["method_rows"]] == [row]
+    model = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+    from attnviz.signals import Target
+
+    _, pairs = eager_grads(model, {"input_ids": ids}, Target("token", int(ids[0, row + 1]), "", position=row))
+    R = chefer_reference(pairs)
+    maps = {m["name"]: np.asarray(m["rows"][0]["values"]) for m in doc["methods"]}
+    assert np.allclose(maps["relevance"], R[row].numpy(), atol=1e-5)
+    a, g = pairs[-1]
+    assert np.allclose(maps["grad-attention"], (g * a).clamp(min=0).mean(0)[row].numpy(), atol=1e-5)
+    assert np.allclose(maps["attention"], a.mean(0)[row].numpy(), atol=1e-6)
+    assert np.all(maps["relevance"][row + 1:] == 0)  # a causal model: nothing from later tokens
+    names = {Path(f).name for f in doc["files"]}
+    assert {"method-relevance.png", "method-value-norm.png", "methods.png"} <= names
+
+
+def test_text_methods_on_a_classifier_explain_the_cls_row_and_the_class(text_folders, tmp_path, one_thread):
+    import transformers as tf
+
+    folder = text_folders["cls"]
+    doc = _text_json(SENTENCE, "-m", folder, "--method", "relevance", "--target-class", "2", "-o", tmp_path / "o")
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    enc = tok(SENTENCE, return_tensors="pt")
+    cls_pos = enc["input_ids"][0].tolist().index(tok.cls_token_id)
+    assert doc["method_rows"][0]["position"] == cls_pos
+    assert doc["target"]["kind"] == "class" and doc["target"]["index"] == 2 and doc["target"]["quantity"] == "logit"
+    model = tf.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    from attnviz.signals import Target
+
+    _, pairs = eager_grads(model, dict(enc), Target("class", 2, "LABEL_2"))
+    assert np.allclose(doc["method_rows"][0]["values"], chefer_reference(pairs)[cls_pos].numpy(), atol=1e-5)
+
+
+def test_text_method_refusals(text_folders, tmp_path):
+    base = text_folders["base"]
+    line = one_error_line(runner.invoke(app, ["text", SENTENCE, "-m", str(base), "--method", "relevance", "-o", str(tmp_path / "a")]), 2)
+    assert "names no task head" in line
+    line = one_error_line(runner.invoke(app, ["text", SENTENCE, "-m", str(text_folders["lm"]), "--method", "relevance",
+                                              "--target-class", "1", "-o", str(tmp_path / "b")]), 2)
+    assert "--target-class is for classifiers" in line
+    line = one_error_line(runner.invoke(app, ["text", SENTENCE, "-m", str(text_folders["t5"]), "--method", "value-norm",
+                                              "-o", str(tmp_path / "c")]), 2)
+    assert "encoder-decoder" in line
+    assert not any((tmp_path / d).exists() for d in "abc")
+    # value-norm needs no head: served on the base model, its rows equal the explicit products
+    doc = _text_json(SENTENCE, "-m", base, "--method", "value-norm", "--token", "it", "-o", tmp_path / "d")
+    assert doc["target"] is None and doc["method"] == "value-norm"
+    import transformers as tf
+
+    model = tf.AutoModel.from_pretrained(base).eval()
+    enc = dict(tf.AutoTokenizer.from_pretrained(base)(SENTENCE, return_tensors="pt"))
+    layers = model.encoder.layer
+    explicit = explicit_value_norm(model, enc, [l.attention.self.value for l in layers], [l.attention.output.dense for l in layers],
+                                   "linear")
+    row = doc["method_rows"][0]["position"]
+    assert np.allclose(doc["method_rows"][0]["values"], explicit[-1][row].numpy(), atol=1e-5)
+
+
+def one_token_classifier(root: Path) -> tuple[Path, str]:
+    """A 1-layer BERT classifier built by hand whose "yes" logit moves only with the token "cat" (uniform attention,
+    near-linear layer norms, only that token's embedding non-zero). Returns the folder and the token."""
+    import transformers as tf
+
+    from tiny import wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    cfg = tf.BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+                        num_labels=2, layer_norm_eps=1e6, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1})
+    model = tf.BertForSequenceClassification(cfg).eval()
+    cat = tok.convert_tokens_to_ids("cat")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.bert.embeddings.word_embeddings.weight[cat, 0] = 100.0
+        layer = model.bert.encoder.layer[0]
+        for ln in (model.bert.embeddings.LayerNorm, layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            ln.weight.fill_(1000.0)
+        layer.attention.self.value.weight.copy_(torch.eye(8))
+        layer.attention.output.dense.weight.copy_(torch.eye(8))
+        model.bert.pooler.dense.weight.copy_(torch.eye(8))
+        model.classifier.weight[1, 0] = 1.0
+    folder = root / "one-token"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, "cat"
+
+
+def test_a_decision_that_depends_on_one_token_ranks_it_first(tmp_path, one_thread):
+    from attnviz.analysis.faithfulness import ranking
+
+    folder, word = one_token_classifier(tmp_path)
+    text = "the dog saw a cat near the old red barn"
+    doc = _text_json(text, "-m", folder, "--method", "relevance,grad-attention", "--target-class", "1", "-o", tmp_path / "o")
+    cat = doc["tokens"].index(word)
+    for m in doc["methods"]:
+        values = torch.tensor(m["rows"][0]["values"])
+        values[doc["method_rows"][0]["position"]] = -1  # the explained [CLS] row itself is not a candidate
+        assert int(ranking(values)[0]) == cat, m["name"]
+    r = runner.invoke(app, ["faithfulness", "--text", text, "-m", str(folder), "-o", str(tmp_path / "f"), "--target-class", "1",
+                            "--methods", "relevance,grad-attention,attention", "--steps", "10", "--seeds", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["unit"] == "token" and doc["baseline"] == "[MASK]"
+    assert doc["inputs"][0]["units"] == 10  # the words; [CLS] and [SEP] are never removed
+    start = doc["inputs"][0]["probability"]
+    curves = {(c["method"], c["order"]): c for c in doc["inputs"][0]["curves"]}
+    for name in ("relevance", "grad-attention"):
+        assert curves[(name, "positive")]["probabilities"][1] < start - 0.1  # "cat" goes first
+    scores = {m["name"]: m for m in doc["methods"]}
+    assert scores["relevance"]["positive_auc"] < doc["random"]["positive_auc"]
+
+
+def test_text_faithfulness_on_a_corpus_and_its_refusals(text_folders, tmp_path, one_thread):
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n\nthe dog ran home fast today\n")
+    out = tmp_path / "f"
+    r = runner.invoke(app, ["faithfulness", str(corpus), "-m", str(text_folders["lm"]), "-o", str(out), "--steps", "3",
+                            "--seeds", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert len(doc["inputs"]) == 2 and doc["unit"] == "token"
+    assert all(i["target"]["kind"] == "token" for i in doc["inputs"])
+    assert len(pq.read_table(out / "faithfulness.parquet").to_pydict()["auc"]) == 2 * (2 * 5 + 2)
+    line = one_error_line(runner.invoke(app, ["faithfulness", "--text", "a cat", "-m", str(text_folders["base"]), "-o",
+                                              str(tmp_path / "g")]), 2)
+    assert "no classification or causal language-model head" in line
+    line = one_error_line(runner.invoke(app, ["faithfulness", "--text", "a cat", "-m", str(text_folders["lm"]), "-o",
+                                              str(tmp_path / "h"), "--baseline", "mean"]), 2)
+    assert "--baseline for texts" in line
