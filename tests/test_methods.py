@@ -629,3 +629,33 @@ def test_text_faithfulness_on_a_corpus_and_its_refusals(text_folders, tmp_path, 
     line = one_error_line(runner.invoke(app, ["faithfulness", "--text", "a cat", "-m", str(text_folders["lm"]), "-o",
                                               str(tmp_path / "h"), "--baseline", "mean"]), 2)
     assert "--baseline for texts" in line
+
+
+def test_generate_method_explains_a_generated_token(lm_models, tmp_path, one_thread):
+    import transformers as tf
+
+    from attnviz.signals import Target
+
+    folder = lm_models("llama")
+    r = runner.invoke(app, ["generate", "The capital of France is", "-m", str(folder), "-n", "4", "--step", "1",
+                            "--method", "relevance,grad-attention,value-norm", "-o", str(tmp_path / "g"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    ids = doc["prompt"]["ids"] + doc["generated"]["ids"][:2]
+    p = doc["prompt_length"]
+    assert doc["method_step"] == 1
+    assert doc["target"]["index"] == doc["generated"]["ids"][1] and doc["target"]["position"] == p
+    assert [m["rows"][0]["position"] for m in doc["methods"]] == [p, p, p]
+    assert all(len(m["rows"][0]["values"]) == len(ids) for m in doc["methods"])
+    model = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+    _, pairs = eager_grads(model, {"input_ids": torch.tensor([ids])}, Target("token", ids[-1], "", position=p))
+    maps = {m["name"]: np.asarray(m["rows"][0]["values"]) for m in doc["methods"]}
+    assert np.allclose(maps["relevance"], chefer_reference(pairs)[p].numpy(), atol=1e-5)
+    names = {Path(f).name for f in doc["files"]}
+    assert {"method-relevance.png", "methods.png"} <= names
+    # without --token/--step the last generated token is explained
+    r = runner.invoke(app, ["generate", "The capital of France is", "-m", str(folder), "-n", "3", "--method", "value-norm",
+                            "-o", str(tmp_path / "h"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["method_step"] == len(doc["generated"]["ids"]) - 1

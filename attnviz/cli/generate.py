@@ -34,6 +34,7 @@ def generate_command(
     head: Optional[int] = typer.Option(None, "--head", help="Head (0-based; default: all heads, combined with --fusion in the maps)."),
     fusion: str = typer.Option("mean", "--fusion", help="mean or max over heads in the generation map (without --head)."),
     top: int = typer.Option(3, "--top", help="Top attended tokens per step in --json."),
+    method: Optional[str] = typer.Option(None, "--method", help="Explain the --token/--step token (default: the last) with these methods: attention, rollout, grad-attention, relevance, value-norm (comma-separated or 'all')."),
     out: Path = OUT,
     fmt: str = FORMAT,
     as_json: bool = JSON,
@@ -61,7 +62,7 @@ def generate_command(
 
         request = GenerateRequest(
             prompt, max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat,
-            token=token, token_index=token_index, step=step, layer=layer, head=head, fusion=fusion, top=top,
+            token=token, token_index=token_index, step=step, layer=layer, head=head, fusion=fusion, top=top, method=method or (),
             model=model_request(**options), output=output_request(**options), style=style_request(**options),
         )
         with _progress(max_new_tokens) as progress:

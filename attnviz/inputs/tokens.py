@@ -53,11 +53,16 @@ class TextModel:
 
     @property
     def head_kind(self) -> str | None:
-        """The task head the checkpoint's ``architectures`` name: ``"classifier"`` (…ForSequenceClassification),
+        """The task head of the loaded model, else the one the checkpoint's ``architectures`` name: ``"classifier"`` (…ForSequenceClassification),
         ``"causal-lm"`` (…ForCausalLM, …LMHeadModel; a GGUF file, which always holds its output layer),
         ``"masked-lm"`` (…ForMaskedLM), or None."""
-        if self.source.gguf_path is not None:
+        loaded = type(self.model).__name__ if self.model is not None else ""
+        if loaded.endswith("ForSequenceClassification"):
+            return "classifier"
+        if loaded.endswith(("ForCausalLM", "LMHeadModel")) or self.source.gguf_path is not None:
             return "causal-lm"
+        if loaded.endswith("ForMaskedLM"):
+            return "masked-lm"
         for arch in getattr(self.config, "architectures", None) or ():
             if arch.endswith("ForSequenceClassification"):
                 return "classifier"

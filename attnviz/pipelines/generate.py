@@ -41,7 +41,9 @@ class GenerateRequest:
     ``temperature``/``top_p``/``seed`` (else greedy); ``chat``: wrap the prompt in the tokenizer's chat
     template; ``token``/``token_index`` or ``step`` (0-based): the generated token whose focus and head view
     to draw; ``layer``/``head`` (0-based) and ``fusion`` (mean, max over heads): the maps; ``top``: attended
-    tokens per step in the JSON.
+    tokens per step in the JSON; ``method``: registered methods that explain one generated token -- the
+    ``token``/``step`` chosen, else the last -- (its log-probability, read at the position that predicted it;
+    :func:`explain_step`), written as ``method-NAME`` and, for several, ``methods``.
     """
 
     prompt: str
@@ -58,6 +60,7 @@ class GenerateRequest:
     head: int | None = None
     fusion: str = "mean"
     top: int = 3
+    method: str | tuple[str, ...] = ()
     model: ModelRequest = ModelRequest(DEFAULT_GENERATE_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -81,6 +84,8 @@ class GenerateRun:
     random_weights: str | None = None
     style: "Style | None" = None
     provenance: dict | None = None
+    explanation: object = None  # attnviz.analysis.explain.Explanation (with --method)
+    method_step: int | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -126,6 +131,11 @@ class GenerateRun:
                 "top": [{"layer": l.layer, "head": l.head, "target": l.target_label, "target_index": l.target, "weight": l.weight}
                         for l in f.top],
             }
+        if self.explanation is not None:
+            from attnviz.pipelines.text import _methods_json
+
+            doc.update(_methods_json(self.explanation))
+            doc["method_step"] = self.method_step
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["notice"] = r.notice
@@ -193,6 +203,13 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
         names.append("cross-map")
     if token is not None or step is not None:
         names += ["focus-view", "head-view"]
+    from attnviz.analysis.explain import parse_methods
+
+    chosen_methods = parse_methods(q.method)
+    names += [f"method-{m}" for m in chosen_methods] + (["methods"] if len(chosen_methods) > 1 else [])
+    if chosen_methods and getattr(load_config(resolve_model(model), options), "is_encoder_decoder", False):
+        raise UsageError(f"--method covers decoder-only models; '{model}' is an encoder-decoder model, whose "
+                         "cross-attention rules are not implemented yet")
     output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = mark_random_weights(output, tm.model)
@@ -212,8 +229,22 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     source_links = strongest_links(result, layer, head, top, cross=True) if result.cross_attentions is not None else None
     chosen = find_step(result, token, token_index) if token is not None else (result.check_step(step) if step is not None else None)
     focus = analyse_step_focus(result, chosen)[1] if chosen is not None else None
+    explanation, method_step = None, None
+    if chosen_methods:
+        method_step = chosen if chosen is not None else result.num_generated - 1
+        explanation = explain_step(tm, result, method_step, chosen_methods, layer=layer if layer is not None else -1)
     with output:
         files = [p for f in formats for p in _write_views(result, layer, head, fusion, chosen, output, f, style)]
+        if explanation is not None:
+            from attnviz.generate import as_text_attention
+            from attnviz.render.text import token_scores_view
+
+            text = as_text_attention(result)
+            for f in formats:
+                files += [output.figure(token_scores_view(text, explanation, methods=[m], style=style), f"method-{m.method}", f)
+                          for m in explanation.maps]
+                if len(explanation.maps) > 1:
+                    files.append(output.figure(token_scores_view(text, explanation, style=style), "methods", f))
         if html:
             from attnviz.html import generation_page
 
@@ -222,7 +253,32 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
             _save(result, output.tensor_target(tensor_path))
     notify_left_alone(output)
     return GenerateRun(result, tuple(links), tuple(source_links) if source_links is not None else None, layer, head, fusion,
-                       chosen, focus, tuple(files), output.tensor, note, style, provenance(tm.model, tm.tokenizer))
+                       chosen, focus, tuple(files), output.tensor, note, style, provenance(tm.model, tm.tokenizer),
+                       explanation, method_step)
+
+
+def explain_step(tm, result, step: int, names, layer: int = -1):
+    """The methods' explanation of generated token ``step``: its log-probability, read at the position that predicted
+    it (the token before it), over prompt + generated tokens up to it (:func:`attnviz.analysis.explain.explain_text`).
+
+    Returns:
+        :class:`attnviz.analysis.explain.Explanation` whose rows are that one position.
+    """
+    import torch
+
+    from attnviz.analysis.explain import explain_text
+    from attnviz.generate import full_sequence
+    from attnviz.inputs.tokens import PreparedText
+    from attnviz.types import TokenInfo
+
+    ids = list(full_sequence(result))[: result.prompt_length + step + 1]
+    labels = result.key_labels[: len(ids)]
+    special = result.key_special[: len(ids)]
+    device = next(tm.model.parameters()).device
+    inputs = {"input_ids": torch.tensor([ids], device=device), "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device)}
+    tokens = TokenInfo(result.text, tuple(labels), tuple(None for _ in labels), tuple((0, 0) for _ in labels), tuple(special))
+    prepared = PreparedText(inputs, tokens, None, 0)
+    return explain_text(tm, prepared, names, rows=(len(ids) - 2,), layer=layer)
 
 
 def _write_views(result, layer, head, fusion, step, output, fmt: str, style=None) -> list[Path]:

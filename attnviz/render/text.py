@@ -758,7 +758,7 @@ def focus_view(result: TextAttention, focus: Focus, spec: ViewSpec, style: Style
     kind = focus.kind
     maps, _, _ = maps_for(result, kind)
     fu = focus.unit
-    focus_label = focus.text
+    focus_label = safe_label(focus.text, 40)
     weights, targets = focus.weights, focus.targets
     ranked = list(focus.top[:3])
     L, H = weights.shape
@@ -871,7 +871,8 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
     from matplotlib.colors import Normalize
 
     maps = list(methods if methods is not None else explanation.maps)
-    tokens = [safe_label(t, 18) for t in result.tokens.tokens]
+    n = int(maps[0].values.shape[-1])  # a generated token's explanation covers the tokens up to it
+    tokens = [safe_label(t, 18) for t in result.tokens.tokens[:n]]
     width = style.width(width_in)
     fonts = style.fonts(width)
     font = clamp(fonts.text, MIN_FONT_PT, 10.0)
@@ -893,7 +894,7 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
     first = maps[0]
     row_label = first.row.split(", ")[-1] if first.row else ""
     notes = [f"Explained row: the token '{safe_label(row_label, 30)}' (outlined)"
-             + (f"; gradient methods explain {target.describe()}" if target is not None and any(m.needs_target for m in maps) else "")
+             + (f"; gradient methods explain {safe_label(target.describe(), 200)}" if target is not None and any(m.needs_target for m in maps) else "")
              + ". Each block: its own colour scale from 0 to the largest value over the other tokens (the explained "
              "token's own value, e.g. relevance's 1 from R = I, would swamp it: it is written in the heading)."]
     notes += [f"{m.title}: {m.source}" + ("" if m.layer is None else f" (layer {m.layer})") for m in maps]
