@@ -15,15 +15,16 @@ head mean of its positive part, float32 ``[N, N]``, as the gradient arrives duri
 (:func:`attnviz.methods.gradients.grad_weighted`); so the result holds one ``[N, N]`` per layer, besides
 what autograd itself keeps for the backward pass (the floor of any gradient method). Value norms reduce
 in the forward pass in the same way. Parameters do not require gradients during the call (no weight
-gradients are computed); the first layer's ``A`` is the leaf the backward pass runs to.
+gradients are computed); the first layer's ``A`` of each stack is a leaf the backward pass runs to.
 
 Faithful by check, at run time: the model output of this forward is compared with the model's own
 (e.g. SDPA) output when the caller passes it (``reference``), and each output projection's input is
 compared with ``A @ v`` (proof that the projection found for value-norm is the one the attention output
 goes through). Both differences are returned (:attr:`Signals.checks`).
 
-Single-stack models only (encoders such as BERT/ViT/DeiT and decoder-only language models);
-encoder-decoder models are refused in one line.
+Single-stack models (encoders such as BERT/ViT/DeiT, decoder-only language models) and encoder-decoder
+models (T5 with its relative position bias, BART...): each attention kind (encoder, decoder, cross) is kept
+per layer.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from attnviz.errors import ModelError
 
 GRAD_IMPLEMENTATION = "attnviz-grad"
 _ACTIVE: contextvars.ContextVar["_SignalSession | None"] = contextvars.ContextVar("attnviz_signals", default=None)
-_UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias")
+_UNSUPPORTED_KWARGS = ("s_aux", "sinks")
 _PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "o", "dense", "proj", "wo")
 
 
@@ -96,9 +97,12 @@ def target_value(outputs, target: Target) -> torch.Tensor:
 class Signals:
     """What :func:`capture_signals` returns.
 
-    - ``grad_weighted``: per layer, float32 ``[N, N]`` ``mean_h (dy/dA_h ⊙ A_h)^+`` (None when gradients were not asked).
-    - ``value_weighted``: per layer, float32 ``[N, N]`` ``mean_h A_h[i, j] * ||f_h(x_j)||`` (None unless asked).
-    - ``value_heads``: float32 ``[H, N, N]`` ``A_h[i, j] * ||f_h(x_j)||`` of the layers asked in ``value_head_layers``.
+    - ``grad_kinds``: per attention kind (``"self"``; ``"encoder"``, ``"decoder"``, ``"cross"`` for encoder-decoder
+      models), per layer, float32 ``[Q, K]`` ``mean_h (dy/dA_h ⊙ A_h)^+`` (empty when gradients were not asked);
+      ``grad_weighted`` is the ``"self"`` entry (single-stack models).
+    - ``value_kinds`` / ``value_weighted``: the same for ``mean_h A_h[i, j] * ||f_h(x_j)||`` (empty unless asked).
+    - ``value_heads``: float32 ``[H, Q, K]`` ``A_h[i, j] * ||f_h(x_j)||`` of the self-attention layers asked in
+      ``value_head_layers``.
     - ``target``, ``value``: the target and ``y`` (float); ``logits``: float32 model output of this forward (None
       for a model without a task head).
     - ``checks``: measured max abs differences (``"logits"`` vs the reference output, ``"projection_input"`` of
@@ -108,34 +112,54 @@ class Signals:
     target: Target | None
     value: float | None
     logits: torch.Tensor | None
-    grad_weighted: tuple[torch.Tensor, ...] | None = None
-    value_weighted: tuple[torch.Tensor, ...] | None = None
+    grad_kinds: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    value_kinds: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     value_heads: dict[int, torch.Tensor] = field(default_factory=dict)
     checks: dict[str, float] = field(default_factory=dict)
     forward_passes: int = 1
     backward_passes: int = 0
 
+    @property
+    def grad_weighted(self) -> tuple[torch.Tensor, ...] | None:
+        return self.grad_kinds.get("self")
+
+    @property
+    def value_weighted(self) -> tuple[torch.Tensor, ...] | None:
+        return self.value_kinds.get("self")
+
 
 class _SignalSession:
-    def __init__(self, gradients: bool, values: bool, value_head_layers: frozenset[int], projections: Mapping[int, Any]):
+    def __init__(self, gradients: bool, values: bool, value_head_layers: frozenset[int], projections: Mapping[int, Any],
+                 names: Mapping[int, str], encoder_decoder: bool):
         self.gradients = gradients
         self.values = values
         self.value_head_layers = value_head_layers
         self.projections = projections  # id(attention module) -> output projection module
-        self.layer = 0
-        self.leaf: torch.Tensor | None = None
-        self.grad_maps: dict[int, torch.Tensor] = {}
-        self.value_maps: dict[int, torch.Tensor] = {}
+        self.names = names
+        self.encoder_decoder = encoder_decoder
+        self.counts: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.leaves: list[torch.Tensor] = []
+        self.grad_maps: dict[tuple[str, int], torch.Tensor] = {}
+        self.value_maps: dict[tuple[str, int], torch.Tensor] = {}
         self.value_heads: dict[int, torch.Tensor] = {}
         self.pending: dict[int, tuple[Any, torch.Tensor]] = {}  # projection id -> (layer, expected input [Q, H*dv])
         self.projection_diff = 0.0
         self.problem: str | None = None
 
-    def attend(self, module, query, key, value, attention_mask, scaling, softcap):
+    @property
+    def calls(self) -> int:
+        return sum(self.counts.values())
+
+    def attend(self, module, query, key, value, attention_mask, scaling, softcap, bias=None):
+        from attnviz.capture import attention_kind
         from attnviz.methods.gradients import grad_weighted, value_weighted
 
-        layer = self.layer
-        self.layer += 1
+        path = self.names.get(id(module), "")
+        kind = attention_kind(path, self.encoder_decoder)
+        layer = self.counts.get(kind, 0)
+        self.counts[kind] = layer + 1
+        self.shapes[kind] = (query.shape[2], key.shape[2])
         heads, kv_heads = query.shape[1], key.shape[1]
         if heads != kv_heads:  # grouped-query attention: query head h reads kv head h // (heads // kv_heads)
             key = key.repeat_interleave(heads // kv_heads, dim=1)
@@ -143,6 +167,8 @@ class _SignalSession:
         scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [1, H, Q, K]
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
+        if bias is not None:  # T5's relative position bias, added before the mask as its eager attention does
+            scores = scores + bias
         if attention_mask is not None:
             if attention_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -151,14 +177,13 @@ class _SignalSession:
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # [1, H, Q, K]
         if self.gradients:
             if not probs.requires_grad:
-                probs.requires_grad_(True)  # the first layer: the leaf the backward pass runs to
-                self.leaf = probs
-            if self.leaf is None:
-                self.problem = "its first attention layer's probabilities already required a gradient"
+                # the first layer of a stack (no parameter requires a gradient here): a leaf the backward pass runs to
+                probs.requires_grad_(True)
+                self.leaves.append(probs)
             held = probs.detach()
 
-            def hook(grad, layer=layer, held=held):
-                self.grad_maps[layer] = grad_weighted(held[0], grad[0])
+            def hook(grad, key=(kind, layer), held=held):
+                self.grad_maps[key] = grad_weighted(held[0], grad[0])
                 return grad
 
             probs.register_hook(hook)
@@ -171,8 +196,8 @@ class _SignalSession:
                 else:
                     norms = projected_value_norms(value[0].detach(), proj)  # [H, K]
                     p = probs.detach()[0].float()
-                    self.value_maps[layer] = value_weighted(p, norms)
-                    if layer in self.value_head_layers:
+                    self.value_maps[(kind, layer)] = value_weighted(p, norms)
+                    if layer in self.value_head_layers and kind == "self":
                         self.value_heads[layer] = p * norms[:, None, :]
                     self.pending[id(proj)] = (layer, out.detach()[0].transpose(0, 1).reshape(out.shape[2], -1))
         return out.transpose(1, 2).contiguous(), probs
@@ -236,7 +261,7 @@ def _grad_attention(module, query, key, value, attention_mask, dropout=0.0, scal
         session.problem = "a causal attention call without a mask"
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    return session.attend(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"))
+    return session.attend(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("position_bias"))
 
 
 _REGISTERED = False
@@ -267,8 +292,9 @@ def capture_signals(
     """One forward pass (and one backward pass for ``gradients``) that yields the per-layer signals.
 
     Args:
-        model: a loaded single-stack transformers model (eval mode) that dispatches attention through the
-            ``AttentionInterface``.
+        model: a loaded transformers model (eval mode) that dispatches attention through the ``AttentionInterface``:
+            single-stack, or encoder-decoder (T5, BART...: the kinds are told apart by module path, as in
+            :func:`attnviz.capture.attention_kind`).
         inputs: model inputs of one sequence (``pixel_values`` ``[1, 3, H, W]``, ``input_ids`` ``[1, N]``...).
         target: the :class:`Target` or a function ``outputs -> Target`` (e.g. the top class); needed for ``gradients``.
         gradients: compute ``Signals.grad_weighted``.
@@ -281,12 +307,9 @@ def capture_signals(
         ``requires_grad`` are restored afterwards, also when the call raises.
 
     Raises:
-        ModelError: an encoder-decoder model, a model that does not take the attention function, or an
-            attention call this function cannot reproduce exactly (sinks, T5 position bias, a batch).
+        ModelError: a model that does not take the attention function, or an attention call this function cannot
+            reproduce exactly (attention sinks, a batch, a causal call without a mask).
     """
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ModelError(f"gradient and value-norm methods cover single-stack models; {model.config.model_type} is an "
-                         "encoder-decoder model (not supported yet)")
     _register()
     previous = model.config._attn_implementation
     try:
@@ -297,7 +320,9 @@ def capture_signals(
     if not ok:
         raise ModelError(f"{model.config.model_type} does not dispatch attention through transformers' AttentionInterface, "
                          "so attnviz cannot take gradients of its attention probabilities")
-    session = _SignalSession(gradients, values, value_head_layers, find_projections(model) if values else {})
+    names = {id(m): name for name, m in model.named_modules()}
+    session = _SignalSession(gradients, values, value_head_layers, find_projections(model) if values else {}, names,
+                             bool(getattr(model.config, "is_encoder_decoder", False)))
     params = [(p, p.requires_grad) for p in model.parameters()]
     handles = []
     if values:
@@ -316,15 +341,15 @@ def capture_signals(
             outputs = model(**inputs)
             if session.problem is not None:
                 raise ModelError(f"attnviz cannot reproduce {model.config.model_type}'s attention exactly: {session.problem}")
-            if session.layer == 0:
+            if session.calls == 0:
                 raise ModelError(f"no attention call of {model.config.model_type} went through transformers' AttentionInterface")
             tgt = target(outputs) if callable(target) else target
             y = target_value(outputs, tgt) if tgt is not None else None
             backward = 0
             if gradients:
-                if y is None or session.leaf is None:
+                if y is None or not session.leaves:
                     raise ModelError("no target or no attention probabilities to take gradients for")
-                torch.autograd.grad(y, [session.leaf], allow_unused=True)
+                torch.autograd.grad(y, session.leaves, allow_unused=True)
                 backward = 1
             logits = outputs.logits.detach().float().cpu() if getattr(outputs, "logits", None) is not None else None
     finally:
@@ -334,7 +359,6 @@ def capture_signals(
         for p, flag in params:
             p.requires_grad_(flag)
         model.set_attn_implementation(previous)
-    layers = session.layer
     checks: dict[str, float] = {}
     if reference is not None and logits is not None:
         checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())
@@ -342,10 +366,12 @@ def capture_signals(
         if session.pending:
             raise ModelError("the output projection found for value-norm was not called after its attention")
         checks["projection_input"] = session.projection_diff
-    grad_maps = None
-    if gradients:
-        n = session.leaf.shape[-1]
-        grad_maps = tuple(session.grad_maps.get(l, torch.zeros(n, n)) for l in range(layers))
-    value_maps = tuple(session.value_maps[l] for l in range(layers)) if values else None
-    return Signals(tgt, float(y.detach()) if y is not None else None, logits, grad_maps, value_maps, dict(session.value_heads),
-                   checks, 1, backward)
+    grad_kinds: dict[str, tuple[torch.Tensor, ...]] = {}
+    value_kinds: dict[str, tuple[torch.Tensor, ...]] = {}
+    for kind, count in session.counts.items():
+        if gradients:  # a layer whose probabilities do not reach the target has gradient 0
+            grad_kinds[kind] = tuple(session.grad_maps.get((kind, l), torch.zeros(session.shapes[kind])) for l in range(count))
+        if values:
+            value_kinds[kind] = tuple(session.value_maps[(kind, l)] for l in range(count))
+    return Signals(tgt, float(y.detach()) if y is not None else None, logits, grad_kinds, value_kinds,
+                   dict(session.value_heads), checks, 1, backward)

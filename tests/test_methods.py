@@ -538,7 +538,7 @@ def test_text_method_refusals(text_folders, tmp_path):
     line = one_error_line(runner.invoke(app, ["text", SENTENCE, "-m", str(text_folders["lm"]), "--method", "relevance",
                                               "--target-class", "1", "-o", str(tmp_path / "b")]), 2)
     assert "--target-class is for classifiers" in line
-    line = one_error_line(runner.invoke(app, ["text", SENTENCE, "-m", str(text_folders["t5"]), "--method", "value-norm",
+    line = one_error_line(runner.invoke(app, ["generate", SENTENCE, "-m", str(text_folders["t5"]), "--method", "value-norm",
                                               "-o", str(tmp_path / "c")]), 2)
     assert "encoder-decoder" in line
     assert not any((tmp_path / d).exists() for d in "abc")
@@ -659,3 +659,72 @@ def test_generate_method_explains_a_generated_token(lm_models, tmp_path, one_thr
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["method_step"] == len(doc["generated"]["ids"]) - 1
+
+
+def mm_reference(enc, dec, cross):
+    """Chefer et al.'s encoder-decoder rules as their code runs them (Transformer-MM-Explainability,
+    DETR/modules/ExplanationGenerator.py: generate_ours with use_lrp=False, normalize_self_attention=True,
+    apply_self_in_rule_10=True); each argument is a list of (cam [H, Q, K], grad [H, Q, K])."""
+    def avg_heads(cam, grad):
+        return (grad * cam).clamp(min=0).mean(dim=0)
+
+    def handle_residual(orig):
+        a = orig.clone()
+        a -= torch.eye(a.shape[-1])
+        a = a / a.sum(dim=-1, keepdim=True)
+        return a + torch.eye(a.shape[-1])
+
+    s, q = enc[0][0].shape[-1], dec[0][0].shape[-1]
+    R_ii, R_qq, R_qi = torch.eye(s), torch.eye(q), torch.zeros(q, s)
+    for cam, grad in enc:
+        R_ii += torch.matmul(avg_heads(cam, grad), R_ii)
+    for (cam, grad), (ccam, cgrad) in zip(dec, cross):
+        a = avg_heads(cam, grad)
+        add_qq, add_qi = torch.matmul(a, R_qq), torch.matmul(a, R_qi)
+        R_qq += add_qq
+        R_qi += add_qi
+        add = torch.matmul(handle_residual(R_qq).t(), torch.matmul(avg_heads(ccam, cgrad), handle_residual(R_ii)))
+        add[torch.isnan(add)] = 0
+        R_qi += add
+    return R_qi
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_encoder_decoder_relevance_equals_the_reference_rules(kind, text_folders, tmp_path, one_thread):
+    """T5 (relative position bias) and BART: relevance = the authors' encoder-decoder rules on autograd through eager."""
+    import transformers as tf
+
+    from tiny import make_lm_model
+
+    folder = text_folders["t5"] if kind == "t5" else make_lm_model(tmp_path, "bart")
+    source, target = "The animal didn't cross the street", "Das Tier ging nicht"
+    doc = _text_json(source, "-m", folder, "--target", target, "--method", "relevance,grad-attention,value-norm,attention",
+                     "-o", tmp_path / "o")
+    assert doc["method_checks"]["max_abs_diff"]["logits"] <= 1e-5
+    row = doc["method_rows"][0]["position"]
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    model = tf.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager").eval()
+    enc = tok(source, return_tensors="pt")
+    start = model.config.decoder_start_token_id
+    dec_ids = torch.tensor([[start] + tok(text_target=target)["input_ids"]])
+    assert row == dec_ids.shape[1] - 1 and len(doc["tokens"]) == enc["input_ids"].shape[1]
+    with torch.enable_grad():
+        out = model(**enc, decoder_input_ids=dec_ids, output_attentions=True)
+        atts = [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
+        for a in atts:
+            a.retain_grad()
+        logits = out.logits[0, row].argmax()
+        torch.log_softmax(out.logits[0, row], -1)[logits].backward()
+    assert doc["target"]["index"] == int(logits)
+    pairs = lambda seq: [(a.detach()[0], a.grad[0]) for a in seq]  # noqa: E731
+    R = mm_reference(pairs(out.encoder_attentions), pairs(out.decoder_attentions), pairs(out.cross_attentions))
+    maps = {m["name"]: np.asarray(m["rows"][0]["values"]) for m in doc["methods"]}
+    scale = float(np.abs(R[row].numpy()).max())
+    assert scale > 1e-6  # not all zero: the comparison means something
+    assert np.allclose(maps["relevance"], R[row].numpy(), atol=1e-5 * scale + 1e-8, rtol=0)  # + the JSON's 8 decimals
+    ca, cg = pairs(out.cross_attentions)[-1]
+    expected = (cg * ca).clamp(min=0).mean(0)[row].numpy()
+    assert np.allclose(maps["grad-attention"], expected, atol=1e-5 * float(np.abs(expected).max()) + 1e-8, rtol=0)
+    assert np.allclose(maps["attention"], ca.mean(0)[row].numpy(), atol=1e-6)
+    line = one_error_line(runner.invoke(app, ["text", source, "-m", str(folder), "--method", "rollout", "-o", str(tmp_path / "r")]), 2)
+    assert "rollout has no rule for cross-attention" in line

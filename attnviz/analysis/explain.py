@@ -37,6 +37,7 @@ class MethodMap:
     row: str
     values: "torch.Tensor"
     positions: tuple[int, ...] = ()  # text: the token positions of the rows
+    rows_in_keys: bool = True  # False: the rows are decoder positions and the values run over the source tokens
 
     @property
     def needs_target(self) -> bool:
@@ -162,11 +163,7 @@ def explain_image(
         target = (lambda out: class_target(out.logits.detach(), target_class, id2label)) if targeted else None
         signals = capture_signals(im.model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
                                   reference=reference)
-        tol = 1e-4 if param.dtype == torch.float32 else 5e-2
-        bad = {k: v for k, v in signals.checks.items() if v > tol * max(1.0, float(reference.abs().max()) if reference is not None else 1.0)}
-        if bad:
-            raise ModelError(f"the gradient/value pass of '{im.source.model_id}' differs from its own forward "
-                             f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
+        _check_signals(im, signals, reference)
     maps = []
     for name in names:
         m = methods.get(name)
@@ -214,6 +211,10 @@ def text_target(tm, prepared, logits, row: int, target_class: int | None) -> "Ta
     from attnviz.signals import Target, class_target
 
     kind = tm.head_kind
+    if kind == "seq2seq-lm":  # the decoder side: the next target token, read at decoder position ``row``
+        ids = prepared.inputs["decoder_input_ids"][0].tolist()
+        nxt = ids[row + 1] if row + 1 < len(ids) else int(logits[0, row].argmax())
+        return Target("token", int(nxt), tm.tokenizer.decode([nxt]), position=row)
     if kind == "classifier":
         return class_target(logits, target_class, getattr(tm.model.config, "id2label", None))
     if target_class is not None:
@@ -248,12 +249,10 @@ def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], lay
     from attnviz import methods
     from attnviz.capture import CapturePlan, capture
     from attnviz.inputs.tokens import model_inputs
-    from attnviz.signals import capture_signals
     from attnviz.types import SELF
 
     if tm.encoder_decoder:
-        raise UsageError(f"--method covers encoders and decoder-only models; '{tm.source.model_id}' is an encoder-decoder "
-                         f"({tm.model_type}) model, whose cross-attention rules are not implemented yet")
+        return _explain_seq2seq(tm, prepared, names, rows=rows, layer=layer)
     model = tm.model
     inputs = model_inputs(tm, prepared)
     n_layers = tm.num_layers
@@ -277,22 +276,9 @@ def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], lay
     signals = None
     forward = 1 if maps_by_name else 0
     if targeted or "value-norm" in names:
-        reference = None
-        if has_head:
-            with torch.inference_mode():
-                reference = model(**inputs).logits.float()
-            forward += 1
-        target = text_target(tm, prepared, reference, rows[-1], target_class) if targeted else None
-        signals = capture_signals(model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
-                                  reference=reference)
-        forward += signals.forward_passes
-        param = next(model.parameters())
-        tol = 1e-4 if param.dtype == torch.float32 else 5e-2
-        scale = max(1.0, float(reference.abs().max())) if reference is not None else 1.0
-        bad = {k: v for k, v in signals.checks.items() if v > tol * scale}
-        if bad:
-            raise ModelError(f"the gradient/value pass of '{tm.source.model_id}' differs from its own forward "
-                             f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
+        signals, passes = _text_signals(tm, prepared, inputs, has_head, bool(targeted), "value-norm" in names, rows[-1],
+                                        target_class)
+        forward += passes
     out = []
     for name in names:
         m = methods.get(name)
@@ -304,5 +290,90 @@ def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], lay
             values, at = res.values[per_row], res.layer
         unit = "probability (head mean)" if name == "attention" else ("rollout weight" if name == "rollout" else m.unit)
         out.append(MethodMap(name, m.title, m.source, unit, at, ", ".join(labels), values.float().cpu(), tuple(rows)))
+    return Explanation(signals.target if signals is not None else None, tuple(out),
+                       dict(signals.checks) if signals else {}, forward, signals.backward_passes if signals else 0)
+
+
+def _check_signals(loaded, signals, reference) -> None:
+    """Refuse a signal pass whose run-time checks (:attr:`attnviz.signals.Signals.checks`) exceed 1e-4 (float32; 5e-2
+    otherwise) relative to the logits' scale: ``loaded`` is the text or image model (``.model``, ``.source``)."""
+    import torch
+
+    tm = loaded
+    param = next(tm.model.parameters())
+    tol = 1e-4 if param.dtype == torch.float32 else 5e-2
+    scale = max(1.0, float(reference.abs().max())) if reference is not None else 1.0
+    bad = {k: v for k, v in signals.checks.items() if v > tol * scale}
+    if bad:
+        raise ModelError(f"the gradient/value pass of '{tm.source.model_id}' differs from its own forward "
+                         f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
+
+
+def _text_signals(tm, prepared, inputs, has_head: bool, gradients: bool, values: bool, row: int, target_class):
+    """The signal pass of a text model, checked against its own forward: ``(Signals, forward passes)``."""
+    import torch
+
+    from attnviz.signals import capture_signals
+
+    reference, forward = None, 0
+    if has_head:
+        with torch.inference_mode():
+            reference = tm.model(**inputs).logits.float()
+        forward += 1
+    target = text_target(tm, prepared, reference, row, target_class) if gradients else None
+    signals = capture_signals(tm.model, inputs, target, gradients=gradients, values=values, reference=reference)
+    _check_signals(tm, signals, reference)
+    return signals, forward + signals.forward_passes
+
+
+def _explain_seq2seq(tm, prepared, names: Sequence[str], *, rows: Sequence[int], layer: int) -> Explanation:
+    """:func:`explain_text` for an encoder-decoder model: ``rows`` are decoder positions (the target side), the values
+    run over the source tokens -- the cross-attention of decoder layer ``layer`` for attention, grad-attention and
+    value-norm, and ``R^qs`` of Chefer et al.'s encoder-decoder rules for relevance."""
+    import torch
+
+    from attnviz import methods
+    from attnviz.capture import CapturePlan, capture
+    from attnviz.inputs.tokens import model_inputs
+    from attnviz.types import CROSS
+
+    if "rollout" in names:
+        raise UsageError("--method rollout has no rule for cross-attention; for an encoder-decoder model use relevance "
+                         "(Chefer et al.'s encoder-decoder rules), attention, grad-attention or value-norm")
+    targeted = [n for n in names if n in TARGETED]
+    model = tm.model
+    has_head = tm.head_kind == "seq2seq-lm" and type(model).__name__.endswith("ForConditionalGeneration") \
+        and not getattr(model, "attnviz_new_head", ())
+    if targeted and not has_head:
+        raise UsageError(f"--method {targeted[0]} explains a prediction, but '{tm.source.model_id}' has no trained "
+                         "language-model head in its checkpoint; use attention or value-norm")
+    inputs = model_inputs(tm, prepared)
+    layer %= tm.num_decoder_layers
+    per_row = torch.tensor(list(rows))
+    labels = tuple(prepared.target_tokens.tokens[r] for r in rows)
+    found: dict[str, tuple] = {}
+    forward = 0
+    if "attention" in names:
+        cap = capture(model, inputs, CapturePlan(layers=frozenset({layer}), need_outputs=False))
+        found["attention"] = (cap.attention[CROSS].layer(layer).mean(dim=0)[per_row], layer)
+        forward += 1
+    signals = None
+    if targeted or "value-norm" in names:
+        signals, passes = _text_signals(tm, prepared, inputs, has_head, bool(targeted), "value-norm" in names, rows[-1], None)
+        forward += passes
+        if targeted:
+            cross = signals.grad_kinds[CROSS]
+            found["grad-attention"] = (cross[layer][per_row], layer)
+            rel = methods.get("relevance")(signals.grad_kinds["encoder"], decoder=signals.grad_kinds["decoder"], cross=cross)
+            found["relevance"] = (rel.values[per_row], None)
+        if "value-norm" in names:
+            found["value-norm"] = (signals.value_kinds[CROSS][layer][per_row], layer)
+    out = []
+    for name in names:
+        m = methods.get(name)
+        values, at = found[name]
+        unit = "probability (head mean)" if name == "attention" else m.unit
+        title = m.title + (" (cross-attention)" if name != "relevance" else "")
+        out.append(MethodMap(name, title, m.source, unit, at, ", ".join(labels), values.float().cpu(), tuple(rows), False))
     return Explanation(signals.target if signals is not None else None, tuple(out),
                        dict(signals.checks) if signals else {}, forward, signals.backward_passes if signals else 0)

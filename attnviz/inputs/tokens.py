@@ -55,7 +55,7 @@ class TextModel:
     def head_kind(self) -> str | None:
         """The task head of the loaded model, else the one the checkpoint's ``architectures`` name: ``"classifier"`` (…ForSequenceClassification),
         ``"causal-lm"`` (…ForCausalLM, …LMHeadModel; a GGUF file, which always holds its output layer),
-        ``"masked-lm"`` (…ForMaskedLM), or None."""
+        ``"masked-lm"`` (…ForMaskedLM), ``"seq2seq-lm"`` (an encoder-decoder …ForConditionalGeneration), or None."""
         loaded = type(self.model).__name__ if self.model is not None else ""
         if loaded.endswith("ForSequenceClassification"):
             return "classifier"
@@ -63,6 +63,8 @@ class TextModel:
             return "causal-lm"
         if loaded.endswith("ForMaskedLM"):
             return "masked-lm"
+        if loaded.endswith("ForConditionalGeneration") and self.encoder_decoder:
+            return "seq2seq-lm"
         for arch in getattr(self.config, "architectures", None) or ():
             if arch.endswith("ForSequenceClassification"):
                 return "classifier"
@@ -70,6 +72,8 @@ class TextModel:
                 return "causal-lm"
             if arch.endswith("ForMaskedLM"):
                 return "masked-lm"
+            if arch.endswith("ForConditionalGeneration") and self.encoder_decoder:
+                return "seq2seq-lm"
         return None
 
     @property
@@ -108,7 +112,7 @@ class TextModel:
 
 #: The transformers auto class of each :attr:`TextModel.head_kind`.
 HEAD_CLASSES = {"classifier": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
-                "masked-lm": "AutoModelForMaskedLM"}
+                "masked-lm": "AutoModelForMaskedLM", "seq2seq-lm": "AutoModelForSeq2SeqLM"}
 
 
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, options: LoadOptions = LoadOptions(), *, weights: bool = True,

@@ -148,9 +148,14 @@ def _grad_attention(layers, layer: int = -1) -> MethodResult:
     return MethodResult("grad-attention", layers[layer].float(), layer, None, {"head_fusion": "mean of positive part"})
 
 
-def _relevance(layers) -> MethodResult:
-    from attnviz.methods.gradients import relevance
+def _relevance(layers, decoder=None, cross=None) -> MethodResult:
+    """Single stack: ``R`` ``[N, N]``. With ``decoder`` and ``cross`` (per-layer ``Ā`` of an encoder-decoder model;
+    ``layers`` then are the encoder's): ``R^qs`` ``[T, S]``, the decoder positions' relevance over the source."""
+    from attnviz.methods.gradients import encoder_decoder_relevance, relevance
 
+    if decoder is not None:
+        return MethodResult("relevance", encoder_decoder_relevance(layers, decoder, cross)[2], None, None,
+                            {"rule": "encoder-decoder: R^qs += norm(R^qq)^T mean_h((dA*A)^+) norm(R^ss)"})
     return MethodResult("relevance", relevance(layers), None, None, {"rule": "R = I; R += mean_h((dA*A)^+) R"})
 
 

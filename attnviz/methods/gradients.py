@@ -7,6 +7,12 @@
   order ``R = R + Ā R`` (eq. 6), as in the authors' reference code (``Transformer-MM-Explainability``,
   ``R += torch.matmul(cam, R)``). Row ``i`` of ``R`` is token ``i``'s relevance over the input tokens;
   for a ViT the [CLS] row over the patches is the explanation.
+- :func:`encoder_decoder_relevance` -- their rules for encoder-decoder models (eqs. 6-11): self-attention
+  updates ``R^ss`` (encoder), ``R^qq`` and ``R^qs`` (decoder); each cross-attention adds
+  ``norm(R^qq)^T Ā norm(R^ss)`` to ``R^qs``, with ``norm(R) = rownorm(R - I) + I`` (eqs. 8-9), as the
+  authors' code does (``Transformer-MM-Explainability``, ``DETR/modules/ExplanationGenerator.py``,
+  ``generate_ours`` without LRP), including its handling of rows of ``R - I`` that sum to 0 (the NaNs
+  they give are set to 0).
 - :func:`value_weighted` -- Kobayashi et al. 2020, "Attention is Not Only a Weight: Analyzing Transformers
   with Vector Norms" (EMNLP): ``||alpha_ij f_h(x_j)|| = alpha_ij ||f_h(x_j)||`` per head (``alpha >= 0``),
   fused by the mean over heads.
@@ -41,3 +47,33 @@ def relevance(layers: Sequence[torch.Tensor]) -> torch.Tensor:
     for a in layers:
         r = r + a.float() @ r
     return r
+
+
+def _normalised_residual(r: torch.Tensor) -> torch.Tensor:
+    """Eqs. 8-9: ``R - I`` with rows normalised to sum to 1, plus ``I`` (rows summing to 0 give NaN, as in the reference)."""
+    eye = torch.eye(r.shape[-1], dtype=r.dtype)
+    s = r - eye
+    return s / s.sum(dim=-1, keepdim=True) + eye
+
+
+def encoder_decoder_relevance(encoder: Sequence[torch.Tensor], decoder: Sequence[torch.Tensor],
+                              cross: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chefer et al. 2021's relevance for an encoder-decoder model: ``(R^ss [S, S], R^qq [T, T], R^qs [T, S])``.
+
+    ``encoder``: per encoder layer ``Ā`` ``[S, S]``; ``decoder``/``cross``: per decoder layer the self-attention
+    ``Ā`` ``[T, T]`` and the cross-attention ``Ā`` ``[T, S]`` (each :func:`grad_weighted`). Row ``t`` of ``R^qs`` is
+    decoder position ``t``'s relevance over the source tokens.
+    """
+    s = encoder[0].shape[-1]
+    t = decoder[0].shape[-1]
+    r_ss = torch.eye(s)
+    for a in encoder:
+        r_ss = r_ss + a.float() @ r_ss
+    r_qq = torch.eye(t)
+    r_qs = torch.zeros(t, s)
+    for a_self, a_cross in zip(decoder, cross):
+        a_self = a_self.float()
+        r_qq, r_qs = r_qq + a_self @ r_qq, r_qs + a_self @ r_qs
+        add = _normalised_residual(r_qq).t() @ (a_cross.float() @ _normalised_residual(r_ss))
+        r_qs = r_qs + torch.nan_to_num(add, nan=0.0)
+    return r_ss, r_qq, r_qs

@@ -408,9 +408,9 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
                  tensor=tensor_path)
 
     targeted = [m for m in chosen_methods if m in TARGETED]
-    if chosen_methods and tm.encoder_decoder:
-        raise UsageError(f"--method covers encoders and decoder-only models; '{tm.source.model_id}' is an encoder-decoder "
-                         f"({tm.model_type}) model, whose cross-attention rules are not implemented yet")
+    if "rollout" in chosen_methods and tm.encoder_decoder:
+        raise UsageError("--method rollout has no rule for cross-attention; for an encoder-decoder model use relevance "
+                         "(Chefer et al.'s encoder-decoder rules), attention, grad-attention or value-norm")
     if targeted and tm.head_kind is None:
         raise UsageError(f"--method {targeted[0]} explains a prediction, but '{tm.source.model_id}' names no task head (a "
                          "classifier or language-model head) in its config; use attention, rollout or value-norm")
@@ -482,9 +482,10 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
         if chosen_methods:
             from attnviz.analysis.explain import default_text_row, explain_text
 
-            if on_target:
-                raise UsageError("--method explains the input text's tokens; with --target the focus token is on the decoder side")
-            explained = rows if rows else (default_text_row(tm, prepared),)
+            if tm.encoder_decoder:  # decoder positions: the focus token of --target, else the last one
+                explained = cross_rows if on_target and cross_rows else (len(prepared.target_tokens) - 1,)
+            else:
+                explained = rows if rows else (default_text_row(tm, prepared),)
             explanation = explain_text(tm, prepared, chosen_methods, rows=explained,
                                        layer=request.layer if request.layer is not None else -1,
                                        target_class=request.target_class)

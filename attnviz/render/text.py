@@ -893,7 +893,8 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
     target = explanation.target
     first = maps[0]
     row_label = first.row.split(", ")[-1] if first.row else ""
-    notes = [f"Explained row: the token '{safe_label(row_label, 30)}' (outlined)"
+    where = "(outlined)" if first.rows_in_keys else "(a decoder position; shown: its relevance over the source tokens)"
+    notes = [f"Explained row: the token '{safe_label(row_label, 30)}' {where}"
              + (f"; gradient methods explain {safe_label(target.describe(), 200)}" if target is not None and any(m.needs_target for m in maps) else "")
              + ". Each block: its own colour scale from 0 to the largest value over the other tokens (the explained "
              "token's own value, e.g. relevance's 1 from R = I, would swamp it: it is written in the heading)."]
@@ -912,7 +913,7 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
         y0 = top + b * block_h
         values = m.values[-1] if m.values.dim() == 2 else m.values
         values = values.double().numpy()
-        own = m.positions[-1] if m.positions else None
+        own = m.positions[-1] if m.positions and m.rows_in_keys else None
         others = np.delete(values, own) if own is not None and values.size > 1 else values
         vmax = float(others.max()) if others.size and float(others.max()) > 0 else 1.0
         heading = (f"{m.title}" + ("" if m.layer is None else f" · layer {m.layer}") + f" · {m.unit}: max {vmax:.3g}"
@@ -924,7 +925,7 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
         ax.set_xlim(0, width)
         ax.set_ylim(lines * line_h, 0)
         ax.axis("off")
-        rows_pos = set(m.positions[-1:])
+        rows_pos = set(m.positions[-1:]) if m.rows_in_keys else set()
         norm = Normalize(0, vmax)
         for i, (bx, bl, bw) in enumerate(boxes):
             color = cmap(norm(values[i]))
