@@ -46,8 +46,9 @@ _PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "o", "dense", "proj", "wo")
 @dataclass(frozen=True)
 class Target:
     """What a gradient method explains: ``kind`` ``"class"`` (the logit of class ``index``, Chefer et al.'s
-    choice) or ``"token"`` (the log-probability of vocabulary id ``index`` at the prediction made at
-    position ``position``); ``label`` names it for people (class label or token text)."""
+    choice), ``"token"`` (the log-probability of vocabulary id ``index`` at the prediction made at
+    position ``position``) or ``"object"`` (the logit of class ``index`` of object query ``position`` of a
+    detector, as Chefer et al. do for DETR); ``label`` names it for people (class label or token text)."""
 
     kind: str
     index: int
@@ -56,7 +57,7 @@ class Target:
 
     def to_dict(self) -> dict:
         doc = {"kind": self.kind, "index": self.index, "label": self.label,
-               "quantity": "logit" if self.kind == "class" else "log-probability"}
+               "quantity": "log-probability" if self.kind == "token" else "logit"}
         if self.position is not None:
             doc["position"] = self.position
         return doc
@@ -64,6 +65,8 @@ class Target:
     def describe(self) -> str:
         if self.kind == "class":
             return f"class {self.index} '{self.label}' (its logit)"
+        if self.kind == "object":
+            return f"object query {self.position}'s class {self.index} '{self.label}' (its logit)"
         return f"token '{self.label}' (log-probability, predicted at position {self.position})"
 
 
@@ -90,6 +93,8 @@ def target_value(outputs, target: Target) -> torch.Tensor:
     logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
     if target.kind == "class":
         return logits[0, target.index]
+    if target.kind == "object":
+        return logits[0, target.position, target.index]
     return torch.log_softmax(logits[0, target.position].float(), dim=-1)[target.index]
 
 
@@ -227,7 +232,7 @@ def find_projections(model) -> dict[int, Any]:
     found: dict[int, Any] = {}
     modules = dict(model.named_modules())
     for name, module in modules.items():
-        if not any(n in ("q_proj", "query", "c_attn", "q", "qkv", "in_proj", "Wqkv", "query_key_value")
+        if not any(n in ("q_proj", "query", "c_attn", "q", "qkv", "in_proj", "Wqkv", "query_key_value", "v_proj", "value", "v")
                    for n, _ in module.named_children()) and not hasattr(module, "in_proj_weight"):
             continue
         own = dict(module.named_children())
@@ -279,6 +284,19 @@ def _register() -> None:
     _REGISTERED = True
 
 
+def _switch(model, name: str) -> bool:
+    """Set the model's attention implementation; where a sub-model (DETR's ResNet backbone) takes none, only the
+    model's own (``{"": name}``). True if it took it."""
+    for value in (name, {"": name}):
+        try:
+            model.set_attn_implementation(value)
+        except (ValueError, KeyError, ImportError, NotImplementedError):
+            continue
+        if model.config._attn_implementation == name:
+            return True
+    return False
+
+
 def capture_signals(
     model,
     inputs: Mapping[str, torch.Tensor],
@@ -312,12 +330,7 @@ def capture_signals(
     """
     _register()
     previous = model.config._attn_implementation
-    try:
-        model.set_attn_implementation(GRAD_IMPLEMENTATION)
-        ok = model.config._attn_implementation == GRAD_IMPLEMENTATION
-    except (ValueError, KeyError, ImportError, NotImplementedError):
-        ok = False
-    if not ok:
+    if not _switch(model, GRAD_IMPLEMENTATION):
         raise ModelError(f"{model.config.model_type} does not dispatch attention through transformers' AttentionInterface, "
                          "so attnviz cannot take gradients of its attention probabilities")
     names = {id(m): name for name, m in model.named_modules()}
@@ -358,7 +371,7 @@ def capture_signals(
             h.remove()
         for p, flag in params:
             p.requires_grad_(flag)
-        model.set_attn_implementation(previous)
+        _switch(model, previous)
     checks: dict[str, float] = {}
     if reference is not None and logits is not None:
         checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())

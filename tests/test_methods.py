@@ -661,17 +661,20 @@ def test_generate_method_explains_a_generated_token(lm_models, tmp_path, one_thr
     assert doc["method_step"] == len(doc["generated"]["ids"]) - 1
 
 
-def mm_reference(enc, dec, cross):
+def mm_reference(enc, dec, cross, zero_rows: bool = False):
     """Chefer et al.'s encoder-decoder rules as their code runs them (Transformer-MM-Explainability,
     DETR/modules/ExplanationGenerator.py: generate_ours with use_lrp=False, normalize_self_attention=True,
-    apply_self_in_rule_10=True); each argument is a list of (cam [H, Q, K], grad [H, Q, K])."""
+    apply_self_in_rule_10=True); each argument is a list of (cam [H, Q, K], grad [H, Q, K]). With ``zero_rows``, the
+    one documented departure: a row of R - I that sums to 0 stays 0 (the authors' code divides by 0 there, and its
+    NaNs then drop the whole cross-attention update)."""
     def avg_heads(cam, grad):
         return (grad * cam).clamp(min=0).mean(dim=0)
 
     def handle_residual(orig):
         a = orig.clone()
         a -= torch.eye(a.shape[-1])
-        a = a / a.sum(dim=-1, keepdim=True)
+        sums = a.sum(dim=-1, keepdim=True)
+        a = torch.where(sums > 0, a / sums.clamp(min=1e-30), torch.zeros_like(a)) if zero_rows else a / sums
         return a + torch.eye(a.shape[-1])
 
     s, q = enc[0][0].shape[-1], dec[0][0].shape[-1]
@@ -728,3 +731,70 @@ def test_encoder_decoder_relevance_equals_the_reference_rules(kind, text_folders
     assert np.allclose(maps["attention"], ca.mean(0)[row].numpy(), atol=1e-6)
     line = one_error_line(runner.invoke(app, ["text", source, "-m", str(folder), "--method", "rollout", "-o", str(tmp_path / "r")]), 2)
     assert "rollout has no rule for cross-attention" in line
+
+
+# ---------------------------------------------------------------------------
+# attnviz detect --method
+
+
+@pytest.mark.parametrize("kind", ["detr", "yolos"])
+def test_detect_methods_explain_an_object_by_its_class_logit(kind, tmp_path, one_thread):
+    import transformers as T
+    from PIL import Image
+
+    from detect_tiny import make_detector
+
+    folder = make_detector(tmp_path, kind)
+    photo = make_photo(tmp_path / "p.png", size=(90, 70))
+    r = runner.invoke(app, ["detect", str(photo), "-m", str(folder), "--threshold", "0", "--object", "1",
+                            "--method", "all", "-o", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    d = doc["detections"][1]
+    assert doc["method_object"] == 1 and doc["target"]["kind"] == "object" and doc["target"]["position"] == d["query"]
+    assert [m["name"] for m in doc["methods"]] == ["attention", "grad-attention", "relevance", "value-norm"]
+    assert any(Path(f).name == "object-1-methods.png" for f in doc["files"])
+    model = T.AutoModelForObjectDetection.from_pretrained(folder, attn_implementation="eager").eval()
+    inputs = T.AutoImageProcessor.from_pretrained(folder)(images=Image.open(photo).convert("RGB"), return_tensors="pt")
+    if kind == "yolos":
+        inputs.pop("pixel_mask", None)
+    q, c = d["query"], doc["target"]["index"]
+    with torch.enable_grad():
+        out = model(**inputs, output_attentions=True)
+        atts = [*out.attentions] if kind == "yolos" else [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
+        for a in atts:
+            a.retain_grad()
+        assert int(out.logits[0, q, :-1].argmax()) == c
+        out.logits[0, q, c].backward()
+    pairs = lambda seq: [(a.detach()[0], a.grad[0]) for a in seq]  # noqa: E731
+    rows, cols = np.asarray(doc["methods"][0]["map"]).shape
+    maps = {m["name"]: np.asarray(m["map"]) for m in doc["methods"]}
+    if kind == "yolos":
+        t = out.attentions[0].shape[-1]
+        row, patches = t - model.config.num_detection_tokens + q, slice(1, 1 + rows * cols)
+        R = chefer_reference(pairs(out.attentions))[row, patches]
+        a, g = pairs(out.attentions)[-1]
+        grad_att = (g * a).clamp(min=0).mean(0)[row, patches]
+    else:
+        R = mm_reference(pairs(out.encoder_attentions), pairs(out.decoder_attentions), pairs(out.cross_attentions), zero_rows=True)[q]
+        a, g = pairs(out.cross_attentions)[-1]
+        grad_att = (g * a).clamp(min=0).mean(0)[q]
+    for name, expected in (("relevance", R), ("grad-attention", grad_att)):
+        expected = expected.reshape(rows, cols).numpy()
+        scale = float(np.abs(expected).max())
+        assert scale > 0, name
+        assert np.allclose(maps[name], expected, atol=1e-5 * scale + 1e-8, rtol=0), name
+    line = one_error_line(runner.invoke(app, ["detect", str(photo), "-m", str(folder), "--method", "rollout",
+                                              "-o", str(tmp_path / "x")]), 2)
+    assert "does not apply here" in line
+
+
+def test_detect_method_refuses_deformable_attention(tmp_path):
+    from detect_tiny import make_detector
+
+    folder = make_detector(tmp_path, "deformable_detr")
+    photo = make_photo(tmp_path / "p.png", size=(90, 70))
+    line = one_error_line(runner.invoke(app, ["detect", str(photo), "-m", str(folder), "--threshold", "0", "--method",
+                                              "relevance", "-o", str(tmp_path / "o")]), 2)
+    assert "deformable attention" in line
+    assert not (tmp_path / "o").exists()

@@ -71,15 +71,34 @@ class Explanation:
     def get(self, name: str) -> MethodMap:
         return next(m for m in self.maps if m.method == name)
 
+    def to_json(self) -> dict:
+        """``method``/``target``/``method_map`` (the first method asked: its ``[rows, cols]`` map), every method under
+        ``methods``, and the signal pass's ``method_checks`` (the ``--json`` of ``attnviz image`` and ``detect``)."""
+        first = self.maps[0]
+        return {
+            "method": first.method,
+            "target": self.target.to_dict() if self.target is not None else None,
+            "method_map": first.to_list(),
+            "methods": [{"name": m.method, "source": m.source, "layer": m.layer, "row": m.row, "unit": m.unit,
+                         "target": m.needs_target, "map": m.to_list()} for m in self.maps],
+            "method_checks": self.checks_json(),
+        }
 
-def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"relevance,grad-attention"`` -> registered names, in order, without repeats.
+    def checks_json(self) -> dict:
+        return {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in self.checks.items()},
+                "forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
+
+
+def parse_methods(text: str | Sequence[str] | None, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``"relevance,grad-attention"`` -> registered names, in order, without repeats; ``"all"`` is every name in
+    ``allowed`` (default: :data:`IMAGE_METHODS`, which text and generation share).
 
     Raises:
-        UsageError: an unknown name (the message lists the registered ones).
+        UsageError: an unknown name (the message lists the registered ones), or one outside ``allowed``.
     """
     from attnviz import methods
 
+    allowed = tuple(allowed or IMAGE_METHODS)
     if not text:
         return ()
     parts = text.split(",") if isinstance(text, str) else list(text)
@@ -88,11 +107,11 @@ def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
         if not p:
             continue
         if p == "all":
-            out += [m for m in IMAGE_METHODS if m not in out]
+            out += [m for m in allowed if m not in out]
             continue
         methods.get(p)
-        if p not in IMAGE_METHODS:
-            raise UsageError(f"--method {p} has no patch map; use one of {', '.join(IMAGE_METHODS)}")
+        if p not in allowed:
+            raise UsageError(f"--method {p} does not apply here; use one of {', '.join(allowed)}")
         if p not in out:
             out.append(p)
     return tuple(out)
@@ -377,3 +396,78 @@ def _explain_seq2seq(tm, prepared, names: Sequence[str], *, rows: Sequence[int],
         out.append(MethodMap(name, title, m.source, unit, at, ", ".join(labels), values.float().cpu(), tuple(rows), False))
     return Explanation(signals.target if signals is not None else None, tuple(out),
                        dict(signals.checks) if signals else {}, forward, signals.backward_passes if signals else 0)
+
+
+#: Methods with a map of a detected object over the photo (no rollout: it has no rule for cross-attention).
+DETECT_METHODS = ("attention", "grad-attention", "relevance", "value-norm")
+
+
+def explain_detection(det, inputs, captured, detection, names: Sequence[str], *, layer: int = -1) -> Explanation:
+    """Each method's map of one detected object over the feature map (DETR-style: the object query's row over the
+    encoder tokens) or the patch grid (YOLOS: the detection token's row over the patches): ``[rows, cols]`` each.
+
+    The target is the logit of the object's class at its query (Chefer et al. 2021 do the same for DETR).
+    DETR-style models use the encoder-decoder rules for relevance and decoder layer ``layer``'s cross-attention for the
+    one-layer methods; YOLOS is a single stack (the rules of a ViT, read at the detection token's row).
+
+    Raises:
+        UsageError: a deformable-attention model (sampling points, no attention matrix for these rules), rollout, a
+        model without a detection head. ModelError: the signal pass differs from the model's own output.
+    """
+    import torch
+
+    from attnviz import methods
+    from attnviz.signals import Target, capture_signals
+    from attnviz.types import CROSS
+
+    if captured.deformable is not None:
+        raise UsageError(f"--method: {det.model_type} uses deformable attention (sampling points), which has no "
+                         "attention matrix for these methods; DETR, Conditional DETR and YOLOS have one")
+    bad = [n for n in names if n not in DETECT_METHODS]
+    if bad:
+        raise UsageError(f"--method {bad[0]} has no rule for a detector's object queries; use one of {', '.join(DETECT_METHODS)}")
+    targeted = [n for n in names if n in TARGETED]
+    if targeted and not det.head:
+        raise UsageError(f"--method {targeted[0]}: '{det.source.model_id}' has no detection head, so no object to explain")
+    param = next(det.model.parameters())
+    inputs = {k: (v.to(param.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+    logits = captured.outputs.logits.detach().float()
+    q = detection.query
+    cls = int(logits[0, q, :-1].argmax())  # the last class is "no object"
+    target = Target("object", cls, detection.label, position=q)
+    rows_, cols_ = captured.levels[0]
+    num_layers = int(captured.cross.shape[0])
+    layer %= num_layers
+    found = {"attention": (captured.cross[layer, :, q, :].mean(dim=0), layer)}
+    signals = None
+    forward = 0
+    if targeted or "value-norm" in names:
+        signals = capture_signals(det.model, inputs, target if targeted else None, gradients=bool(targeted),
+                                  values="value-norm" in names, reference=logits)
+        forward += signals.forward_passes
+        _check_signals(det, signals, logits)
+        if captured.yolos:
+            t = signals.grad_kinds.get("self", signals.value_kinds.get("self"))[0].shape[-1]
+            row, patches = t - det.num_queries + q, slice(1, 1 + rows_ * cols_)
+            if targeted:
+                found["grad-attention"] = (signals.grad_kinds["self"][layer][row, patches], layer)
+                found["relevance"] = (methods.get("relevance")(signals.grad_kinds["self"]).values[row, patches], None)
+            if "value-norm" in names:
+                found["value-norm"] = (signals.value_kinds["self"][layer][row, patches], layer)
+        else:
+            if targeted:
+                cross = signals.grad_kinds[CROSS]
+                found["grad-attention"] = (cross[layer][q], layer)
+                rel = methods.get("relevance")(signals.grad_kinds["encoder"], decoder=signals.grad_kinds["decoder"], cross=cross)
+                found["relevance"] = (rel.values[q], None)
+            if "value-norm" in names:
+                found["value-norm"] = (signals.value_kinds[CROSS][layer][q], layer)
+    out = []
+    for name in names:
+        m = methods.get(name)
+        values, at = found[name]
+        unit = "probability (head mean)" if name == "attention" else m.unit
+        out.append(MethodMap(name, m.title, m.source, unit, at, f"object query {q}",
+                             torch.as_tensor(values).float().reshape(rows_, cols_).contiguous()))
+    return Explanation(target if targeted else None, tuple(out), dict(signals.checks) if signals else {}, forward,
+                       signals.backward_passes if signals else 0)

@@ -25,6 +25,7 @@ def detect_command(
     threshold: float = typer.Option(0.5, "--threshold", "-t", help="Score (0..1) a detection needs (the image processor's post_process_object_detection)."),
     obj: Optional[int] = typer.Option(None, "--object", help="Draw only this detection (0-based, in score order; default: every one)."),
     max_objects: int = typer.Option(10, "--max-objects", help="Draw the figures of at most N top-scoring detections (0: every one)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Explain --object (default: the top detection) by its class logit with these methods: attention, grad-attention, relevance (Chefer et al. 2021), value-norm; comma-separated or 'all'."),
     point: Optional[str] = typer.Option(None, "--point", help="X,Y: pixel of the photo whose encoder attention to draw (point-X-Y.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Decoder layer of the object views (0-based, negative from the end; default: the last)."),
     out: Path = OUT,
@@ -53,7 +54,7 @@ def detect_command(
         from attnviz.pipelines.detect import DetectRequest, run
 
         return run(DetectRequest(
-            Path(path), threshold=threshold, object=obj, point=point, layer=layer, max_objects=max_objects,
+            Path(path), threshold=threshold, object=obj, point=point, layer=layer, max_objects=max_objects, method=method or (),
             model=model_request(**options), output=output_request(**options), style=style_request(**options),
         ))
 

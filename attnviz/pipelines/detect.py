@@ -40,7 +40,9 @@ class DetectRequest:
     ``image``: the photo; ``threshold``: the score a detection needs (0..1); ``object``: draw only this detection
     (0-based index in score order; None: every one); ``point``: ``"X,Y"`` photo pixels whose encoder attention to
     draw; ``layer``: decoder layer of the object views (0-based, negative from the end; default the last);
-    ``max_objects``: draw the figures of at most this many top-scoring detections (0: every one; ``object`` wins).
+    ``max_objects``: draw the figures of at most this many top-scoring detections (0: every one; ``object`` wins);
+    ``method``: registered methods that explain one detection -- ``object``, else the top-scoring one -- by its class
+    logit (:func:`attnviz.analysis.explain.explain_detection`), drawn side by side as ``object-I-methods``.
     """
 
     image: Path
@@ -49,6 +51,7 @@ class DetectRequest:
     point: str | None = None
     layer: int | None = None
     max_objects: int = 10
+    method: str | tuple[str, ...] = ()
     model: ModelRequest = ModelRequest(DEFAULT_DETECT_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -77,6 +80,8 @@ class DetectRun:
     style: "Style"
     verification: Any = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    explanation: Any = None  # attnviz.analysis.explain.Explanation (with --method)
+    method_object: int | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -104,6 +109,7 @@ class DetectRun:
             "style": self.style.describe(),
             "files": [str(p) for p in self.files],
             "save_attn": str(self.save_attn) if self.save_attn else None,
+            **({"method_object": self.method_object, **self.explanation.to_json()} if self.explanation is not None else {}),
         }
 
 
@@ -161,7 +167,17 @@ def run(request: DetectRequest) -> DetectRun:
                                  "point": request.point, "layer": request.layer,
                                  "format": out.format, "size": request.style.size,
                                  "save_attn": str(tensor_path) if tensor_path else None})
+    from attnviz.analysis.explain import DETECT_METHODS, parse_methods
+
+    chosen_methods = parse_methods(request.method, DETECT_METHODS)
     stems = ["detections"] + ([f"object-{request.object}"] if request.object is not None else [])
+    if chosen_methods:
+        from attnviz.inputs.detection import DEFORMABLE
+
+        if det.attention == DEFORMABLE:
+            raise UsageError(f"--method: {det.model_type} uses deformable attention (sampling points), which has no "
+                             "attention matrix for these methods; DETR, Conditional DETR and YOLOS have one")
+        stems.append(f"object-{request.object if request.object is not None else 0}-methods")
     stems += [f"point-{int(point[0])}-{int(point[1])}"] if point is not None else []
     output.check([f"{stem}.{f}" for stem in stems for f in figure_formats] + (["report.html"] if html else []),
                  tensor=tensor_path)
@@ -197,9 +213,18 @@ def run(request: DetectRequest) -> DetectRun:
     point_json = point_figure = None
     if point is not None:
         point_json, point_figure = views.point_data(captured, point, geometry, strides, pixels, label, style)
+    explanation = method_object = None
+    if chosen_methods:
+        from attnviz.analysis.explain import explain_detection
+
+        if not found_list:
+            raise UsageError("--method explains a detection, but this model found none (it has no detection head)")
+        explained = found_list[request.object if request.object is not None else 0]
+        method_object = explained.index
+        explanation = explain_detection(det, inputs, captured, explained, chosen_methods, layer=layer)
     result = DetectRun(det.source.model_id, det.model_type, captured.attention, captured.backend, geometry,
                        det.num_queries, levels_json, found_list, found, request.threshold, layer, objects, point_json, (),
-                       None, note, style, verification, tuple(notes))
+                       None, note, style, verification, tuple(notes), explanation, method_object)
     with output:
         for fmt in figure_formats:
             output.figure(views.detections_figure(pixels, found_list, label, det, found, request.threshold, style), "detections", fmt)
@@ -209,6 +234,10 @@ def run(request: DetectRequest) -> DetectRun:
         if point_figure is not None:
             for fmt in figure_formats:
                 output.figure(point_figure(), f"point-{int(point[0])}-{int(point[1])}", fmt)
+        if explanation is not None:
+            for fmt in figure_formats:
+                output.figure(views.methods_figure(pixels, explanation, found_list[method_object], geometry, label, style),
+                              f"object-{method_object}-methods", fmt)
         if tensor_path is not None:
             views.save_attention(captured, output.tensor_target(tensor_path), det, geometry, levels_json)
         if html:

@@ -77,6 +77,24 @@ def object_data(captured, d, layer: int, geometry, strides, pixels, label: str, 
                                    style=style, model=label)
 
 
+def methods_figure(pixels, explanation, d, geometry, label: str, style):
+    """``object-I-methods``: one detection's map by each method side by side, each panel scaled to its own maximum
+    (the methods' units differ; the raw values are in the JSON)."""
+    from dataclasses import replace
+
+    from attnviz.render.detect import dense_view
+
+    maps = np.stack([m.values.numpy() for m in explanation.maps]).astype(np.float64)
+    names = [f"{m.method}" + ("" if m.layer is None else f" · layer {m.layer}") + f"\nmax {float(m.values.max()):.2g}"
+             for m in explanation.maps]
+    target = explanation.target
+    sub = ("each panel scaled from 0 to its own maximum (the methods' units differ); "
+           + (f"gradient methods explain {target.describe()}" if target is not None else "no gradient method"))
+    title = f"{label}: object {d.index} ({d.label} {d.score:.2f}), query {d.query}, by method"
+    return dense_view(pixels, maps, geometry.extent, names=names, title=title, subtitle=sub, box=d.box,
+                      style=replace(style, scale="per-head"), model=label, view="methods")
+
+
 def point_data(captured, point, geometry, strides, pixels, label: str, style) -> tuple[dict, Callable]:
     """The encoder's (last layer's) attention of the feature-map cell under photo pixel ``point``."""
     from attnviz.render.detect import dense_view, points_view

@@ -118,7 +118,7 @@ class ImageRun:
         doc["views"] = list(self.views)
         doc.update(_maps_json(self))
         if self.explanation is not None:
-            doc.update(_methods_json(self.explanation))
+            doc.update(self.explanation.to_json())
         if self.patch is not None:
             x, y, row, col = self.patch
             doc["patch"] = {"x": x, "y": y, "row": row, "col": col}
@@ -309,20 +309,6 @@ def _write_methods(run: ImageRun, output, fmt: str) -> list[Path]:
     if len(e.maps) > 1:
         files.append(output.figure(methods_view(run.result, e.maps, e.target, style=run.style), "methods", fmt))
     return files
-
-
-def _methods_json(e) -> dict:
-    """``method``/``target``/``method_map`` (the first method asked) and every method under ``methods``."""
-    first = e.maps[0]
-    return {
-        "method": first.method,
-        "target": e.target.to_dict() if e.target is not None else None,
-        "method_map": first.to_list(),
-        "methods": [{"name": m.method, "source": m.source, "layer": m.layer, "row": m.row, "unit": m.unit,
-                     "target": m.needs_target, "map": m.to_list()} for m in e.maps],
-        "method_checks": {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in e.checks.items()},
-                          "forward_passes": e.forward_passes, "backward_passes": e.backward_passes},
-    }
 
 
 def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio: float, explanation=None) -> Path:

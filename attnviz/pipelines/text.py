@@ -519,8 +519,7 @@ def _methods_json(e) -> dict:
         "method_rows": rows(first),
         "methods": [{"name": m.method, "source": m.source, "layer": m.layer, "unit": m.unit, "target": m.needs_target,
                      "rows": rows(m)} for m in e.maps],
-        "method_checks": {"max_abs_diff": {k: float(f"{v:.3g}") for k, v in e.checks.items()},
-                          "forward_passes": e.forward_passes, "backward_passes": e.backward_passes},
+        "method_checks": e.checks_json(),
     }
 
 
