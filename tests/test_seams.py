@@ -293,7 +293,8 @@ def test_method_registry():
     a = methods.get("attention")(layers, layer=-1, head=2)
     assert a.layer == 3 and torch.equal(a.values, layers[3][2])
     with pytest.raises(UsageError, match="rollout"):
-        methods.get("relevance")
+        methods.get("saliency")
+    assert {"grad-attention", "relevance", "value-norm"} <= set(methods.names())
 
 
 # ---------------------------------------------------------------------------
