@@ -72,8 +72,6 @@ def _inputs(which: str, n: int, model):
 
 
 def _target(which: str, logits):
-    import torch
-
     from attnviz.signals import Target
 
     if which == "deit":

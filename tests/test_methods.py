@@ -220,6 +220,29 @@ def test_relevance_on_the_real_deit_tiny_equals_the_reference(one_thread):
     expected = R[result.cls_index, result.prefix_tokens:].reshape(result.grid)
     scale = float(expected.abs().max())
     assert float((e.get("relevance").values - expected).abs().max()) <= 1e-5 * max(1.0, scale)
+    # grad-attention and value-norm of the last layer: autograd through eager, and explicit per-head products
+    e = explain_image(im, result, ("grad-attention", "value-norm"))
+    cls, prefix = result.cls_index, result.prefix_tokens
+    a, g = pairs[-1]
+    expected = (g * a).clamp(min=0).mean(0)[cls, prefix:].reshape(result.grid)
+    assert torch.allclose(e.get("grad-attention").values, expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+    attn = im.model.base_model.layers[-1].attention
+    values = []
+    hook = attn.v_proj.register_forward_hook(lambda m, args, out: values.append(out.detach()[0]))
+    try:
+        with torch.no_grad():
+            im.model(pixel_values=pixel_values)
+    finally:
+        hook.remove()
+    v, heads = values[0], a.shape[0]
+    d = v.shape[-1] // heads
+    explicit = torch.zeros(a.shape[-1])
+    with torch.no_grad():
+        for h in range(heads):
+            f = v[:, h * d:(h + 1) * d] @ attn.o_proj.weight[:, h * d:(h + 1) * d].t()  # f_h(x_j) [T, D]
+            explicit += a[h, cls] * torch.linalg.vector_norm(f, dim=-1)
+    explicit = (explicit / heads)[prefix:].reshape(result.grid)
+    assert torch.allclose(e.get("value-norm").values, explicit, atol=1e-5 * float(explicit.abs().max()), rtol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -263,6 +286,9 @@ def test_image_method_json_contract_views_and_saved_maps(vit_folder, tmp_path, o
     # another class, another map: the target is what the gradients follow
     other = explain_image(im, r, ("relevance",), target_class=0)
     assert not torch.allclose(other.get("relevance").values, e.get("relevance").values)
+    human = runner.invoke(app, ["image", str(photo), "-m", str(folder), "-o", str(tmp_path / "h"), "--method", "relevance"])
+    assert human.exit_code == 0, human.output
+    assert "methods: relevance · target: class" in human.stdout and "matches the model's logits" in human.stdout
 
 
 def test_image_method_refusals(vit_folder, tmp_path):
@@ -729,6 +755,20 @@ def test_encoder_decoder_relevance_equals_the_reference_rules(kind, text_folders
     expected = (cg * ca).clamp(min=0).mean(0)[row].numpy()
     assert np.allclose(maps["grad-attention"], expected, atol=1e-5 * float(np.abs(expected).max()) + 1e-8, rtol=0)
     assert np.allclose(maps["attention"], ca.mean(0)[row].numpy(), atol=1e-6)
+    # value-norm over the source: the last decoder layer's cross-attention, head by head
+    last = model.model.decoder.layers[-1].encoder_attn if kind == "bart" else model.decoder.block[-1].layer[1].EncDecAttention
+    v_mod, o_mod = (last.v_proj, last.out_proj) if kind == "bart" else (last.v, last.o)
+    with torch.no_grad():
+        v = v_mod(out.encoder_last_hidden_state)[0]  # [S, H*d]
+    heads = ca.shape[0]
+    d = v.shape[-1] // heads
+    explicit = torch.zeros(v.shape[0])
+    with torch.no_grad():
+        for h in range(heads):
+            f = v[:, h * d:(h + 1) * d] @ o_mod.weight[:, h * d:(h + 1) * d].t()  # f_h(x_j) [S, D]
+            explicit += ca[h, row] * torch.linalg.vector_norm(f, dim=-1)
+    explicit /= heads
+    assert np.allclose(maps["value-norm"], explicit.numpy(), atol=1e-5 * float(explicit.abs().max()) + 1e-8, rtol=0)
     line = one_error_line(runner.invoke(app, ["text", source, "-m", str(folder), "--method", "rollout", "-o", str(tmp_path / "r")]), 2)
     assert "rollout has no rule for cross-attention" in line
 

@@ -200,6 +200,19 @@ def style_request(size: str = "screen", dpi: int | None = None, label: str | Non
     return StyleRequest(size, dpi, label, cmap, scale)
 
 
+def print_methods(console, explanation) -> None:
+    """One line for ``--method``: the methods drawn, the target of the gradient methods, the run-time check."""
+    if explanation is None:
+        return
+    from rich.markup import escape
+
+    names = ", ".join(m.method for m in explanation.maps)
+    target = f" · target: {escape(explanation.target.describe())}" if explanation.target is not None else ""
+    diff = explanation.checks.get("logits")
+    check = f" · gradient pass matches the model's logits to {diff:.1e}" if diff is not None else ""
+    console.print(f"methods: {names}{target}{check}", soft_wrap=True)
+
+
 def print_files(console, files, save_attn=None) -> None:
     """The closing "wrote:" list of the human output."""
     paths = list(files) + ([save_attn] if save_attn else [])

@@ -10,7 +10,7 @@ import typer
 from attnviz.cli import app
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
-    model_request, output_request, print_files, run_command, style_request,
+    model_request, output_request, print_files, print_methods, run_command, style_request,
 )
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 
@@ -94,4 +94,5 @@ def _print_human(run) -> None:
         console.print(f"--point {p['x']:g},{p['y']:g} is cell (row {p['cell'][0]}, col {p['cell'][1]}) of the "
                       f"{p['grid'][0]}x{p['grid'][1]} map; tightest head {p['tightest_head']} "
                       f"({p['tightest_spread_px']:.0f} px spread)", soft_wrap=True)
+    print_methods(console, run.explanation)
     print_files(console, run.files, run.save_attn)

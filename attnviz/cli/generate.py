@@ -12,7 +12,7 @@ from attnviz.cli import app
 from attnviz.models import DEFAULT_GENERATE_MODEL
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
-    model_request, output_request, print_files, run_command, style_request,
+    model_request, output_request, print_files, print_methods, run_command, style_request,
 )
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 
@@ -132,4 +132,5 @@ def _print_human(run) -> None:
         for link in f.top:
             t.add_row(str(link.layer), str(link.head), escape(link.target_label), f"{link.weight:.3f}")
         console.print(t)
+    print_methods(console, run.explanation)
     print_files(console, run.files, run.save_attn)

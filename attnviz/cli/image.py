@@ -10,7 +10,7 @@ import typer
 from attnviz.cli import app
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
-    model_request, output_request, print_files, run_command, style_request,
+    model_request, output_request, print_files, print_methods, run_command, style_request,
 )
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 from attnviz.models import DEFAULT_IMAGE_MODEL
@@ -98,4 +98,5 @@ def _print_human(run) -> None:
     if run.patch is not None:
         x, y, row, col = run.patch
         console.print(f"--patch {x:g},{y:g} is patch (row {row}, col {col})")
+    print_methods(console, run.explanation)
     print_files(console, run.files, run.save_attn)

@@ -11,7 +11,7 @@ import typer
 from attnviz.cli import app
 from attnviz.cli.common import (
     ALLOW_PICKLE, DEBUG, DEVICE, DEVICE_MAP, DTYPE, FORCE, FORMAT, JSON, OUT, RANDOM_WEIGHTS_OK, TRUST_REMOTE_CODE, VERIFY,
-    model_request, output_request, print_files, run_command, style_request,
+    model_request, output_request, print_files, print_methods, run_command, style_request,
 )
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 from attnviz.models import DEFAULT_TEXT_MODEL
@@ -125,6 +125,7 @@ def _print_human(run) -> None:
         console.print(table)
     for note in run.skipped:
         console.print(f"[yellow]skipped:[/yellow] {escape(note)}")
+    print_methods(console, run.explanation)
     print_files(console, run.files, run.save_attn)
 
 

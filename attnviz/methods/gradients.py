@@ -30,8 +30,14 @@ import torch
 
 
 def grad_weighted(probs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """``mean_h (grads ⊙ probs)^+``: ``[H, Q, K]`` probabilities and their gradients -> float32 ``[Q, K]``."""
-    return (grads.float() * probs.float()).clamp_(min=0).mean(dim=0)
+    """``mean_h (grads ⊙ probs)^+``: ``[H, Q, K]`` probabilities and their gradients -> float32 ``[Q, K]``.
+
+    Accumulated head by head, so the scratch is one ``[Q, K]``, never another ``[H, Q, K]``.
+    """
+    out = torch.zeros(probs.shape[-2:], dtype=torch.float32, device=probs.device)
+    for h in range(probs.shape[0]):
+        out += (grads[h].float() * probs[h].float()).clamp_(min=0)
+    return out.div_(probs.shape[0])
 
 
 def value_weighted(probs: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
