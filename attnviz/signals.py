@@ -40,7 +40,7 @@ from attnviz.errors import ModelError
 GRAD_IMPLEMENTATION = "attnviz-grad"
 _ACTIVE: contextvars.ContextVar["_SignalSession | None"] = contextvars.ContextVar("attnviz_signals", default=None)
 _UNSUPPORTED_KWARGS = ("s_aux", "sinks")
-_PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "o", "dense", "proj", "wo")
+_PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "o", "dense", "proj", "wo", "out_lin")
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ class _SignalSession:
             with torch.no_grad():
                 proj = self.projections.get(id(module))
                 if proj is None:
-                    self.problem = f"no output projection found for {type(module).__name__}"
+                    self.problem = (f"value-norm needs the output projection after {type(module).__name__}, and attnviz "
+                                    "found none by name")
                 else:
                     norms = projected_value_norms(value[0].detach(), proj)  # [H, K]
                     p = probs.detach()[0].float()
@@ -232,7 +233,7 @@ def find_projections(model) -> dict[int, Any]:
     found: dict[int, Any] = {}
     modules = dict(model.named_modules())
     for name, module in modules.items():
-        if not any(n in ("q_proj", "query", "c_attn", "q", "qkv", "in_proj", "Wqkv", "query_key_value", "v_proj", "value", "v")
+        if not any(n in ("q_proj", "query", "c_attn", "q", "qkv", "in_proj", "Wqkv", "query_key_value", "v_proj", "value", "v", "q_lin", "v_lin")
                    for n, _ in module.named_children()) and not hasattr(module, "in_proj_weight"):
             continue
         own = dict(module.named_children())
@@ -317,8 +318,9 @@ def capture_signals(
         target: the :class:`Target` or a function ``outputs -> Target`` (e.g. the top class); needed for ``gradients``.
         gradients: compute ``Signals.grad_weighted``.
         values: compute ``Signals.value_weighted`` (and ``value_heads`` for ``value_head_layers``).
-        reference: the model's own output logits on the same inputs (e.g. from the SDPA capture), float; the
-            maximum absolute difference to this forward's logits is ``Signals.checks["logits"]``.
+        reference: the model's own output on the same inputs (e.g. from the SDPA capture), float: its ``logits``,
+            or for a model without a task head its ``last_hidden_state``; the maximum absolute difference to this
+            forward's is ``Signals.checks["logits"]`` (or ``["last_hidden_state"]``).
 
     Returns:
         :class:`Signals`, float32 on the CPU. The model's attention implementation and its parameters'
@@ -365,6 +367,8 @@ def capture_signals(
                 torch.autograd.grad(y, session.leaves, allow_unused=True)
                 backward = 1
             logits = outputs.logits.detach().float().cpu() if getattr(outputs, "logits", None) is not None else None
+            hidden = getattr(outputs, "last_hidden_state", None)
+            hidden = hidden.detach().float().cpu() if hidden is not None and logits is None else None
     finally:
         _ACTIVE.reset(token)
         for h in handles:
@@ -375,6 +379,8 @@ def capture_signals(
     checks: dict[str, float] = {}
     if reference is not None and logits is not None:
         checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())
+    elif reference is not None and hidden is not None:  # a model without a task head: its last hidden state
+        checks["last_hidden_state"] = float((hidden - reference.detach().float().cpu()).abs().max())
     if values:
         if session.pending:
             raise ModelError("the output projection found for value-norm was not called after its attention")

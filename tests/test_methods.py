@@ -720,41 +720,53 @@ def mm_reference(enc, dec, cross, zero_rows: bool = False):
 
 @pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_encoder_decoder_relevance_equals_the_reference_rules(kind, text_folders, tmp_path, one_thread):
-    """T5 (relative position bias) and BART: relevance = the authors' encoder-decoder rules on autograd through eager."""
+    """T5 (relative position bias) and BART: relevance = the authors' encoder-decoder rules on autograd through eager.
+
+    At the last decoder position (``--token </s>``) no row of R - I is all 0, and attnviz equals their code as it is;
+    at the default position (the one predicting the target's last word) the later, causally masked positions get no
+    gradient, so their rows are 0: the authors' code then drops every cross-attention update (all zeros), attnviz keeps
+    those rows at 0 (``mm_reference(zero_rows=True)``)."""
     import transformers as tf
 
     from tiny import make_lm_model
 
     folder = text_folders["t5"] if kind == "t5" else make_lm_model(tmp_path, "bart")
     source, target = "The animal didn't cross the street", "Das Tier ging nicht"
-    doc = _text_json(source, "-m", folder, "--target", target, "--method", "relevance,grad-attention,value-norm,attention",
-                     "-o", tmp_path / "o")
-    assert doc["method_checks"]["max_abs_diff"]["logits"] <= 1e-5
-    row = doc["method_rows"][0]["position"]
     tok = tf.AutoTokenizer.from_pretrained(folder)
     model = tf.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager").eval()
     enc = tok(source, return_tensors="pt")
     start = model.config.decoder_start_token_id
     dec_ids = torch.tensor([[start] + tok(text_target=target)["input_ids"]])
-    assert row == dec_ids.shape[1] - 1 and len(doc["tokens"]) == enc["input_ids"].shape[1]
-    with torch.enable_grad():
-        out = model(**enc, decoder_input_ids=dec_ids, output_attentions=True)
-        atts = [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
-        for a in atts:
-            a.retain_grad()
-        logits = out.logits[0, row].argmax()
-        torch.log_softmax(out.logits[0, row], -1)[logits].backward()
-    assert doc["target"]["index"] == int(logits)
-    pairs = lambda seq: [(a.detach()[0], a.grad[0]) for a in seq]  # noqa: E731
-    R = mm_reference(pairs(out.encoder_attentions), pairs(out.decoder_attentions), pairs(out.cross_attentions))
-    maps = {m["name"]: np.asarray(m["rows"][0]["values"]) for m in doc["methods"]}
-    scale = float(np.abs(R[row].numpy()).max())
-    assert scale > 1e-6  # not all zero: the comparison means something
-    assert np.allclose(maps["relevance"], R[row].numpy(), atol=1e-5 * scale + 1e-8, rtol=0)  # + the JSON's 8 decimals
-    ca, cg = pairs(out.cross_attentions)[-1]
-    expected = (cg * ca).clamp(min=0).mean(0)[row].numpy()
-    assert np.allclose(maps["grad-attention"], expected, atol=1e-5 * float(np.abs(expected).max()) + 1e-8, rtol=0)
-    assert np.allclose(maps["attention"], ca.mean(0)[row].numpy(), atol=1e-6)
+    for focus, zero_rows in ((None, True), ("</s>", False)):
+        occurrences = tok.convert_ids_to_tokens(dec_ids[0].tolist()).count("</s>")
+        extra = ["--token", focus, "--token-index", str(occurrences - 1)] if focus else []
+        doc = _text_json(source, "-m", folder, "--target", target, "--method", "relevance,grad-attention,value-norm,attention",
+                         *extra, "-o", tmp_path / f"o{zero_rows}")
+        assert doc["method_checks"]["max_abs_diff"]["logits"] <= 1e-5
+        row = doc["method_rows"][0]["position"]
+        last = dec_ids.shape[1] - 1
+        assert row == (last - 2 if focus is None else last) and len(doc["tokens"]) == enc["input_ids"].shape[1]
+        nxt = int(dec_ids[0, row + 1]) if row < last else None
+        with torch.enable_grad():
+            out = model(**enc, decoder_input_ids=dec_ids, output_attentions=True)
+            atts = [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
+            for a in atts:
+                a.retain_grad()
+            if nxt is None:
+                nxt = int(out.logits[0, row].argmax())
+            torch.log_softmax(out.logits[0, row], -1)[nxt].backward()
+        assert doc["target"]["index"] == nxt
+        pairs = lambda seq: [(a.detach()[0], a.grad[0]) for a in seq]  # noqa: E731
+        R = mm_reference(pairs(out.encoder_attentions), pairs(out.decoder_attentions), pairs(out.cross_attentions),
+                         zero_rows=zero_rows)
+        maps = {m["name"]: np.asarray(m["rows"][0]["values"]) for m in doc["methods"]}
+        scale = float(np.abs(R[row].numpy()).max())
+        assert scale > 1e-6  # not all zero: the comparison means something
+        assert np.allclose(maps["relevance"], R[row].numpy(), atol=1e-5 * scale + 1e-8, rtol=0)  # + the JSON's 8 decimals
+        ca, cg = pairs(out.cross_attentions)[-1]
+        expected = (cg * ca).clamp(min=0).mean(0)[row].numpy()
+        assert np.allclose(maps["grad-attention"], expected, atol=1e-5 * float(np.abs(expected).max()) + 1e-8, rtol=0)
+        assert np.allclose(maps["attention"], ca.mean(0)[row].numpy(), atol=1e-6)
     # value-norm over the source: the last decoder layer's cross-attention, head by head
     last = model.model.decoder.layers[-1].encoder_attn if kind == "bart" else model.decoder.block[-1].layer[1].EncDecAttention
     v_mod, o_mod = (last.v_proj, last.out_proj) if kind == "bart" else (last.v, last.o)
@@ -838,3 +850,58 @@ def test_detect_method_refuses_deformable_attention(tmp_path):
                                               "relevance", "-o", str(tmp_path / "o")]), 2)
     assert "deformable attention" in line
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------
+# red-team findings, kept fixed
+
+
+def test_faithfulness_without_random_orders_and_with_uneven_steps(text_folders, tmp_path, one_thread):
+    out = tmp_path / "f"
+    r = runner.invoke(app, ["faithfulness", "--text", "the cat sat on the mat today", "-m", str(text_folders["cls"]),
+                            "-o", str(out), "--steps", "4", "--seeds", "0", "--methods", "relevance", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["random"] is None and doc["unit"] == "token"
+    units = doc["inputs"][0]["units"]
+    assert units == 7  # the words; [CLS] (the explained row) and [SEP] stay
+    assert doc["inputs"][0]["fractions"] == [round(round(k * units / 4) / units, 6) for k in range(5)]
+    assert doc["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (out / "faithfulness.png").exists()
+    line = one_error_line(runner.invoke(app, ["faithfulness", "--text", "a cat", "-m", str(text_folders["cls"]), "-o",
+                                              str(tmp_path / "g"), "--methods", ",,"]), 2)
+    assert "--methods is empty" in line
+
+
+def test_value_norm_on_distilbert_and_the_base_model_check(tmp_path, one_thread):
+    import transformers as tf
+
+    from tiny import wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer()
+    torch.manual_seed(0)
+    model = tf.DistilBertModel(tf.DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=4, hidden_dim=40))
+    folder = tmp_path / "distilbert"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    doc = _text_json(SENTENCE, "-m", folder, "--method", "value-norm", "--token", "it", "-o", tmp_path / "o")
+    checks = doc["method_checks"]["max_abs_diff"]
+    assert checks["projection_input"] <= 1e-6 and checks["last_hidden_state"] <= 1e-4
+
+
+def test_encoder_decoder_default_row_predicts_the_last_word_of_the_target(text_folders, tmp_path, one_thread):
+    doc = _text_json("hello world", "--target", "hallo welt", "-m", text_folders["t5"], "--method", "relevance",
+                     "-o", tmp_path / "o")
+    target_tokens = doc["target_tokens"]
+    row = doc["method_rows"][0]["position"]
+    assert target_tokens[-1] == "</s>" and row == len(target_tokens) - 3  # predicts the token before </s>
+    assert doc["target"]["position"] == row
+
+
+def test_method_all_leaves_out_what_does_not_apply(tmp_path, one_thread):
+    photo = make_photo(tmp_path / "p.png")
+    dino = make_vision_model(tmp_path, "dinov2")
+    r = runner.invoke(app, ["image", str(photo), "-m", str(dino), "-o", str(tmp_path / "o"), "--method", "all", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [m["name"] for m in json.loads(r.stdout)["methods"]] == ["attention", "rollout", "value-norm"]
+    assert "grad-attention, relevance do not apply" in r.stderr

@@ -117,6 +117,24 @@ def parse_methods(text: str | Sequence[str] | None, allowed: Sequence[str] | Non
     return tuple(out)
 
 
+def applicable_methods(text, names: tuple[str, ...], *, rollout: bool = True, targeted: bool = True) -> tuple[str, ...]:
+    """``names`` less the methods that cannot apply to this model when the request said ``all`` (a notice names
+    them): rollout where there is cross-attention (``rollout`` False), the gradient methods without a task head
+    (``targeted`` False). Named explicitly, they stay, and are refused with a reason later."""
+    import warnings
+
+    from attnviz.errors import AttnvizWarning
+
+    said_all = "all" in ([p.strip() for p in text.split(",")] if isinstance(text, str) else list(text or ()))
+    if not said_all:
+        return names
+    dropped = [n for n in names if (n == "rollout" and not rollout) or (n in TARGETED and not targeted)]
+    if dropped:
+        warnings.warn(f"--method all: {', '.join(dropped)} do not apply to this model and are left out", AttnvizWarning,
+                      stacklevel=2)
+    return tuple(n for n in names if n not in dropped)
+
+
 #: Methods with a map over the patches of a photo (``head-fusion`` is ``attention`` with the heads fused).
 IMAGE_METHODS = ("attention", "rollout", "grad-attention", "relevance", "value-norm")
 
@@ -174,10 +192,8 @@ def explain_image(
         param = next(im.model.parameters())
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         inputs = {"pixel_values": pixel_values}
-        reference = None
-        if im.info.classifier:
-            with torch.inference_mode():
-                reference = im.model(**inputs).logits.float()
+        with torch.inference_mode():
+            reference = _reference(im.model(**inputs))
         id2label = getattr(im.model.config, "id2label", None)
         target = (lambda out: class_target(out.logits.detach(), target_class, id2label)) if targeted else None
         signals = capture_signals(im.model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
@@ -197,7 +213,7 @@ def explain_image(
         unit = "probability (head mean)" if name == "attention" else ("rollout weight" if name == "rollout" else m.unit)
         maps.append(MethodMap(name, m.title, m.source, unit, at, row, values.float()))
     return Explanation(signals.target if signals is not None else None, tuple(maps), dict(signals.checks) if signals else {},
-                       signals.forward_passes + (1 if signals and im.info.classifier else 0) if signals else 0,
+                       signals.forward_passes + 1 if signals else 0,
                        signals.backward_passes if signals else 0)
 
 
@@ -313,6 +329,14 @@ def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], lay
                        dict(signals.checks) if signals else {}, forward, signals.backward_passes if signals else 0)
 
 
+def _reference(outputs):
+    """The model's own output a signal pass is checked against: its ``logits``, else its ``last_hidden_state`` (float)."""
+    out = getattr(outputs, "logits", None)
+    if out is None:
+        out = outputs.last_hidden_state
+    return out.detach().float()
+
+
 def _check_signals(loaded, signals, reference) -> None:
     """Refuse a signal pass whose run-time checks (:attr:`attnviz.signals.Signals.checks`) exceed 1e-4 (float32; 5e-2
     otherwise) relative to the logits' scale: ``loaded`` is the text or image model (``.model``, ``.source``)."""
@@ -334,11 +358,9 @@ def _text_signals(tm, prepared, inputs, has_head: bool, gradients: bool, values:
 
     from attnviz.signals import capture_signals
 
-    reference, forward = None, 0
-    if has_head:
-        with torch.inference_mode():
-            reference = tm.model(**inputs).logits.float()
-        forward += 1
+    with torch.inference_mode():
+        reference = _reference(tm.model(**inputs))
+    forward = 1
     target = text_target(tm, prepared, reference, row, target_class) if gradients else None
     signals = capture_signals(tm.model, inputs, target, gradients=gradients, values=values, reference=reference)
     _check_signals(tm, signals, reference)

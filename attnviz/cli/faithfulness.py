@@ -76,7 +76,7 @@ def _print_human(run) -> None:
     units = sorted({i.units for i in run.inputs})
     count = f"{units[0]}" if len(units) == 1 else f"{units[0]}-{units[-1]}"
     console.print(f"[bold]{(run.style or DEFAULT_STYLE).model_label(run.model_id)}[/bold] · {n} {noun}{'s' if n != 1 else ''} · "
-                  f"{count} {run.unit}s in {run.steps} steps · baseline {run.baseline} · {run.forward_passes} forward "
+                  f"{count} {run.plural} in {run.steps} steps · baseline {run.baseline} · {run.forward_passes} forward "
                   f"passes", soft_wrap=True)
     if run.random_weights:
         console.print(f"[bold red]{run.random_weights.upper()}[/bold red]", soft_wrap=True)
@@ -92,6 +92,6 @@ def _print_human(run) -> None:
         table.add_row(f"random ({rnd['seeds']} orders)", f"{rnd['positive_auc']:.3f} ± {rnd['std']:.3f}",
                       f"{rnd['negative_auc']:.3f} ± {rnd['std']:.3f}", "0")
     console.print(table)
-    console.print(f"positive: most relevant {run.unit}s removed first (a faithful map makes the probability fall fast); "
+    console.print(f"positive: most relevant {run.plural} removed first (a faithful map makes the probability fall fast); "
                   "negative: least relevant first.", soft_wrap=True)
     print_files(console, run.files)

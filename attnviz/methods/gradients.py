@@ -12,9 +12,10 @@
   ``norm(R^qq)^T Ā norm(R^ss)`` to ``R^qs``, with ``norm(R) = rownorm(R - I) + I`` (eqs. 8-9), as the
   authors' code does (``Transformer-MM-Explainability``, ``DETR/modules/ExplanationGenerator.py``,
   ``generate_ours`` without LRP) -- except for a row of ``R - I`` that is all 0 (a token that received no
-  relevance yet, e.g. an object query the target does not read): it stays 0, where the authors' code divides
-  by 0 and its NaNs, spread through the product and then set to 0, drop the whole cross-attention update.
-  Without such rows the two agree (tests: T5 and BART).
+  relevance: in a causal decoder every position after the explained one, whose attention the target never
+  reads): it stays 0, where the authors' code divides by 0 and its NaNs, spread through the product and then
+  set to 0, drop the whole cross-attention update (so their code explains only a decoder's last position).
+  Without such rows the two agree (tests: T5 and BART at their last position, DETR).
 - :func:`value_weighted` -- Kobayashi et al. 2020, "Attention is Not Only a Weight: Analyzing Transformers
   with Vector Norms" (EMNLP): ``||alpha_ij f_h(x_j)|| = alpha_ij ||f_h(x_j)||`` per head (``alpha >= 0``),
   fused by the mean over heads.

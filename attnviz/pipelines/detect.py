@@ -170,6 +170,9 @@ def run(request: DetectRequest) -> DetectRun:
     from attnviz.analysis.explain import DETECT_METHODS, parse_methods
 
     chosen_methods = parse_methods(request.method, DETECT_METHODS)
+    from attnviz.analysis.explain import applicable_methods
+
+    chosen_methods = applicable_methods(request.method, chosen_methods, targeted=det.head)
     stems = ["detections"] + ([f"object-{request.object}"] if request.object is not None else [])
     if chosen_methods:
         from attnviz.inputs.detection import DEFORMABLE

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import UsageError
 from attnviz.models import DEFAULT_IMAGE_MODEL
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify_left_alone, quiet_libraries,
+    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, quiet_libraries,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,9 +131,17 @@ class FaithfulnessRun:
             out.append(MethodScore(name, sum(pos) / len(pos), sum(neg) / len(neg)))
         return tuple(out)
 
-    def random_summary(self) -> dict:
-        """The random orders: ``auc`` (mean over seeds and inputs; positive and negative orders are the same
-        distribution), ``std`` (spread of the per-seed mean over inputs across seeds) and ``seeds``."""
+    @property
+    def plural(self) -> str:
+        """The unit in the plural: ``patches`` or ``tokens``."""
+        return {"patch": "patches"}.get(self.unit, f"{self.unit}s")
+
+    def random_summary(self) -> dict | None:
+        """The random orders (None without ``seeds``): ``positive_auc`` = ``negative_auc`` (the mean over seeds and
+        inputs; both orders are the same distribution), ``std`` (standard deviation over seeds of the mean over the
+        inputs), ``min``/``max`` (of those per-seed means) and ``seeds``."""
+        if not self.seeds:
+            return None
         per_seed = []
         for s in range(self.seeds):
             aucs = [c.auc for i in self.inputs for c in i.curves if c.order == "random" and c.seed == s]
@@ -146,10 +154,13 @@ class FaithfulnessRun:
     def mean_curve(self, method: str, order: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(fractions, probabilities)`` averaged over inputs (and seeds for ``random``); the fractions are the
         nominal ``k / steps`` (an input's own are ``round(k / steps * units) / units``)."""
+        import numpy as np
+
         curves = [c for i in self.inputs for c in i.curves if c.method == method and c.order == order]
         fractions = tuple(k / self.steps for k in range(self.steps + 1))
-        probs = tuple(sum(c.probabilities[k] for c in curves) / len(curves) for k in range(len(fractions)))
-        return fractions, probs
+        # each curve read at the nominal fractions, linearly between the fractions it was measured at
+        probs = np.mean([np.interp(fractions, c.fractions, c.probabilities) for c in curves], axis=0)
+        return fractions, tuple(float(p) for p in probs)
 
     def to_json(self) -> dict:
         from attnviz.render.layout import DEFAULT_STYLE, model_reference
@@ -166,7 +177,7 @@ class FaithfulnessRun:
             "layer": self.layer,
             "steps": self.steps,
             "baseline": self.baseline,
-            "auc": f"trapezoid of the target probability over the fraction of {self.unit}s removed (0..1); positive: most "
+            "auc": f"trapezoid of the target probability over the fraction of {self.plural} removed (0..1); positive: most "
                    "relevant first, lower is more faithful; negative: least relevant first, higher is more faithful",
             "methods": [s.to_dict() for s in self.scores],
             "random": self.random_summary(),
@@ -229,6 +240,8 @@ def run(request: FaithfulnessRequest) -> FaithfulnessRun:
     methods = parse_methods(request.methods) or IMAGE_METHODS
     if not 1 <= request.steps <= 1000:
         raise UsageError(f"--steps must be between 1 and 1000, not {request.steps}")
+    if isinstance(request.methods, str) and request.methods.strip() and not any(p.strip() for p in request.methods.split(",")):
+        raise UsageError("--methods is empty; name at least one method, or all")
     if not 0 <= request.seeds <= 1000:
         raise UsageError(f"--seeds must be between 0 and 1000, not {request.seeds}")
     if request.batch_size < 1:
@@ -268,8 +281,9 @@ def _output(request: FaithfulnessRequest, source, methods, layer: int, formats):
     return output
 
 
-def _orders(maps, units: list[int], seeds: int) -> list:
-    """Positive and negative orders of every method over ``units`` (indices into each map's values), then random ones."""
+def _orders(maps, units: list[int], seeds: int, input_index: int = 0) -> list:
+    """Positive and negative orders of every method over ``units`` (indices into each map's values), then ``seeds``
+    random ones, drawn from a generator seeded by (``input_index``, seed): each input gets its own permutations."""
     import torch
 
     from attnviz.analysis.faithfulness import NEGATIVE, POSITIVE, RANDOM, ranking
@@ -280,8 +294,8 @@ def _orders(maps, units: list[int], seeds: int) -> list:
         values = m.values[-1] if m.values.dim() == 2 and m.positions else m.values.reshape(-1)
         order = ranking(values.reshape(-1)[index])  # positions within ``units``
         orders += [(m.method, POSITIVE, None, order), (m.method, NEGATIVE, None, order.flip(0))]
-    gen = torch.Generator().manual_seed(0)
     for s in range(seeds):
+        gen = torch.Generator().manual_seed(input_index * 1_000_003 + s)
         orders.append((RANDOM, RANDOM, s, torch.randperm(len(units), generator=gen)))
     return orders
 
@@ -349,7 +363,7 @@ def _run_images(request: FaithfulnessRequest, methods, figure_formats) -> Faithf
                 out = im.model(pixel_values=batch).logits.float()
             return torch.softmax(out, dim=-1)[:, index].tolist()
 
-        orders = _orders(explanation.maps, list(range(units)), request.seeds)
+        orders = _orders(explanation.maps, list(range(units)), request.seeds, len(inputs))
         curves, n = perturbation_curves(orders, units, request.steps, predict, base, request.batch_size)
         forward += n
         inputs.append(InputCurves(str(path), target, base, tuple(curves), units))
@@ -468,7 +482,10 @@ def _run_texts(request: FaithfulnessRequest, methods, figure_formats) -> Faithfu
             out = out if out.dim() == 2 else out[:, row]
             return torch.softmax(out, dim=-1)[:, index].tolist()
 
-        orders = _orders(explanation.maps, units, request.seeds)
+        orders = _orders(explanation.maps, units, request.seeds, i)
+        if request.steps > len(units):
+            notify(f"text {i + 1} has {len(units)} tokens to remove, fewer than --steps {request.steps}: some steps remove "
+                   "nothing new")
         curves, n = perturbation_curves(orders, len(units), request.steps, predict, base, request.batch_size)
         forward += n
         name = text if len(text) <= 80 else text[:77] + "..."

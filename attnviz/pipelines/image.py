@@ -191,6 +191,9 @@ def run(request: ImageRequest) -> ImageRun:
     from attnviz.inputs.patches import attend_image, load_image_model, patch_at, preprocess
     from attnviz.analysis.patches import image_plan, image_sinks, rollout_map
     im = load_image_model(request.model.name, request.model.load_options(), weights=False)  # config and processor only: checks come first
+    from attnviz.analysis.explain import applicable_methods
+
+    chosen_methods = applicable_methods(request.method, chosen_methods, targeted=im.info.classifier)
     n_layers, n_heads = im.info.num_layers, im.info.num_heads
     layer = -1 if layer is None else layer
     if not -n_layers <= layer < n_layers:

@@ -399,7 +399,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     kinds = ("encoder", "decoder", "cross") if tm.encoder_decoder else ("self",)
     focus_kind = ("cross" if on_target else kinds[0]) if token is not None else None
     planned = _planned_files(kinds, keep_full, focus_kind, figure_formats, views)
-    from attnviz.analysis.explain import TARGETED, parse_methods
+    from attnviz.analysis.explain import TARGETED, applicable_methods, parse_methods
 
     chosen_methods = parse_methods(request.method)
     method_stems = [f"method-{m}" for m in chosen_methods] + (["methods"] if len(chosen_methods) > 1 else [])
@@ -407,6 +407,8 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
                  + [f"{stem}.{fmt}" for fmt in figure_formats for stem in method_stems] + (["report.html"] if html else []),
                  tensor=tensor_path)
 
+    chosen_methods = applicable_methods(request.method, chosen_methods, rollout=not tm.encoder_decoder,
+                                        targeted=tm.head_kind is not None)
     targeted = [m for m in chosen_methods if m in TARGETED]
     if "rollout" in chosen_methods and tm.encoder_decoder:
         raise UsageError("--method rollout has no rule for cross-attention; for an encoder-decoder model use relevance "
@@ -466,7 +468,9 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
             # default view: the focus token's top head (of its own attention kind)
             layer = focus.top[0].layer
             head = focus.top[0].head if head is None else head
-        layer = main.check_layer(layer if layer is not None else main.num_layers - 1)
+        # an encoder-decoder focus may pick a decoder layer the (shallower) encoder lacks: each view clamps per kind
+        deepest = max(result.attention.values(), key=lambda m: m.num_layers)
+        layer = deepest.check_layer(layer if layer is not None else main.num_layers - 1)
         if head is not None:
             head = main.check_head(head)
         result = _capture_missing(tm, prepared, result, layer, head, draws_head, progress, verify)
@@ -482,8 +486,8 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
         if chosen_methods:
             from attnviz.analysis.explain import default_text_row, explain_text
 
-            if tm.encoder_decoder:  # decoder positions: the focus token of --target, else the last one
-                explained = cross_rows if on_target and cross_rows else (len(prepared.target_tokens) - 1,)
+            if tm.encoder_decoder:  # decoder positions: the focus token of --target, else the one predicting its last word
+                explained = cross_rows if on_target and cross_rows else (_last_predicting_row(prepared.target_tokens),)
             else:
                 explained = rows if rows else (default_text_row(tm, prepared),)
             explanation = explain_text(tm, prepared, chosen_methods, rows=explained,
@@ -493,6 +497,17 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     notify_left_alone(output)
     return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views,
                    provenance=provenance(tm.model, tm.tokenizer), explanation=explanation)
+
+
+def _last_predicting_row(target_tokens) -> int:
+    """The decoder position that predicts the last non-special token of the target (``[start] + target + </s>``: the
+    one before that token), so that the explained prediction is a word of ``--target``, not what follows ``</s>``;
+    position 0 (the start token, predicting the first token) without a target."""
+    special = target_tokens.special
+    for r in range(len(special) - 2, -1, -1):
+        if not special[r + 1]:
+            return r
+    return 0
 
 
 def _write_methods(result, explanation, output, formats, style) -> None:

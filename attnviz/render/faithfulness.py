@@ -27,13 +27,13 @@ def faithfulness_view(run, *, width_in: float = 10.0, style: Style = DEFAULT_STY
     n = len(run.inputs)
     random = run.random_summary() if run.seeds else None
     title = f"faithfulness of attention explanations · {style.model_label(run.model_id)}"
-    unit, noun = run.unit, "photo" if run.unit == "patch" else "text"
+    unit, noun = run.plural, "photo" if run.unit == "patch" else "text"
     units = sorted({i.units for i in run.inputs})
     count = f"{units[0]}" if len(units) == 1 else f"{units[0]}-{units[-1]}"
     replaced = {"mean": "the mean colour", "blur": "the blurred photo"}.get(run.baseline, f"the token {run.baseline}")
     what = ("the class given" if run.target_fixed else f"each {noun}'s top class") if run.unit == "patch" or not \
         run.inputs or run.inputs[0].target.kind == "class" else "the top prediction for the next token"
-    subtitle = (f"{n} {noun}{'s' if n != 1 else ''} · {count} {unit}s removed in {run.steps} steps, replaced by "
+    subtitle = (f"{n} {noun}{'s' if n != 1 else ''} · {count} {unit} removed in {run.steps} steps, replaced by "
                 f"{replaced} · target: {what} (softmax probability)"
                 + (f" · random: {run.seeds} orders, AUC {random['positive_auc']:.3f} ± {random['std']:.3f}" if random else "")
                 + f" · one-layer methods read layer {run.layer}")
@@ -51,13 +51,15 @@ def faithfulness_view(run, *, width_in: float = 10.0, style: Style = DEFAULT_STY
     frame = Frame(width, height, style.resolution)
     frame.titles(titles)
     scores = {s.name: s for s in run.scores}
-    for i, (order, label) in enumerate((("positive", f"most relevant {unit}s removed first (lower area = more faithful)"),
-                                        ("negative", f"least relevant {unit}s removed first (higher area = more faithful)"))):
+    for i, (order, label) in enumerate((("positive", f"most relevant {unit} removed first (lower area = more faithful)"),
+                                        ("negative", f"least relevant {unit} removed first (higher area = more faithful)"))):
         ax = frame.axes(0.65 + i * (pw + gap), top, pw, ph)
         if random:
             fr, mean = run.mean_curve("random", "random")
+            import numpy as np
+
             seeds = [[c for inp in run.inputs for c in inp.curves if c.order == "random" and c.seed == s] for s in range(run.seeds)]
-            per_seed = [[sum(c.probabilities[k] for c in cs) / len(cs) for k in range(len(fr))] for cs in seeds]
+            per_seed = [np.mean([np.interp(fr, c.fractions, c.probabilities) for c in cs], axis=0) for cs in seeds]
             lo = [min(p[k] for p in per_seed) for k in range(len(fr))]
             hi = [max(p[k] for p in per_seed) for k in range(len(fr))]
             ax.fill_between(fr, lo, hi, color="#bbbbbb", alpha=0.5, linewidth=0)
@@ -69,7 +71,7 @@ def faithfulness_view(run, *, width_in: float = 10.0, style: Style = DEFAULT_STY
                     label=f"{name}  {auc:.3f}")
         ax.set_xlim(0, 1)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel(f"fraction of {unit}s removed", fontsize=fonts.text)
+        ax.set_xlabel(f"fraction of {unit} removed", fontsize=fonts.text)
         if i == 0:
             ax.set_ylabel(f"target probability (mean over {noun}s)", fontsize=fonts.text)
         ax.set_title(wrap(label, pw, fonts.text), fontsize=fonts.text, loc="left")

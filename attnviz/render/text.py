@@ -897,7 +897,7 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
     notes = [f"Explained row: the token '{safe_label(row_label, 30)}' {where}"
              + (f"; gradient methods explain {safe_label(target.describe(), 200)}" if target is not None and any(m.needs_target for m in maps) else "")
              + ". Each block: its own colour scale from 0 to the largest value over the other tokens (the explained "
-             "token's own value, e.g. relevance's 1 from R = I, would swamp it: it is written in the heading)."]
+             "token's own value, e.g. relevance's 1 from R = I, would swamp it: it is drawn white and written in the heading)."]
     notes += [f"{m.title}: {m.source}" + ("" if m.layer is None else f" (layer {m.layer})") for m in maps]
     what = maps[0].title if len(maps) == 1 else "methods side by side"
     titles = _titles_for(style, width, what, result, "", "", notes)
@@ -928,13 +928,14 @@ def token_scores_view(result: TextAttention, explanation, *, methods=None, width
         rows_pos = set(m.positions[-1:]) if m.rows_in_keys else set()
         norm = Normalize(0, vmax)
         for i, (bx, bl, bw) in enumerate(boxes):
-            color = cmap(norm(values[i]))
+            # the explained token itself is drawn white: its own value is off the scale (written in the heading)
+            color = (1.0, 1.0, 1.0, 1.0) if i == own else cmap(norm(values[i]))
             rect = Rectangle((bx, bl * line_h + 0.02), bw, line_h - 0.06, facecolor=color, edgecolor=FOCUS_COLOR if i in rows_pos else "none",
                              linewidth=1.8 if i in rows_pos else 0)
             rect.set_gid(f"token-{i}")
             ax.add_patch(rect)
             ax.text(bx + bw / 2, bl * line_h + line_h / 2 - 0.01, tokens[i], ha="center", va="center", fontsize=font,
-                    color=text_color_on(cmap, norm, values[i]))
+                    color="black" if i == own else text_color_on(cmap, norm, values[i]))
         cax = frame.axes(width - 1.85, y0 + heading_h + 0.08, 1.5, 0.1)
         cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
         cb.ax.tick_params(labelsize=max(MIN_FONT_PT, font - 2), length=2, pad=1)
