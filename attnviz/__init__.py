@@ -31,6 +31,8 @@ _LAZY = {
     "attention_rollout": "attnviz.methods.rollout",
     "attend_generation": "attnviz.generate",
     "load_generation_model": "attnviz.generate",
+    "load_attention": "attnviz.attention_file",
+    "AttentionFile": "attnviz.attention_file",
 }
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.attention_file import AttentionFile, load_attention
     from attnviz.methods.rollout import attention_rollout
     from attnviz.capture import CapturePlan, capture
     from attnviz.generate import attend_generation, load_generation_model

@@ -28,7 +28,7 @@ LAYERS = (
     (6, ("attnviz.generate",)),
     (7, ("attnviz.render",)),
     (8, ("attnviz.html",)),
-    (9, ("attnviz.report",)),
+    (9, ("attnviz.report", "attnviz.attention_file")),
     (10, ("attnviz.pipelines",)),
     (11, ("attnviz.cli",)),
     (12, ("attnviz.__main__", "attnviz")),

@@ -905,3 +905,4 @@ def test_method_all_leaves_out_what_does_not_apply(tmp_path, one_thread):
     assert r.exit_code == 0, r.output
     assert [m["name"] for m in json.loads(r.stdout)["methods"]] == ["attention", "rollout", "value-norm"]
     assert "grad-attention, relevance do not apply" in r.stderr
+

@@ -1,0 +1,142 @@
+"""Read any attention file attnviz writes (``--save-attn``): ``attnviz.load_attention(path)``.
+
+::
+
+    import attnviz
+
+    f = attnviz.load_attention("attn.safetensors")
+    f.kinds                      # ('self',) or ('encoder', 'decoder', 'cross')
+    f.metadata["tokens"]         # what each position is (text files)
+    a = f.dense(layers=[0, 11])  # float32 [2, H, N, N]: compare with a dense reference
+
+Every command's file holds one tensor per attention kind, ``attentions`` (single stack) or ``<kind>_attentions``
+(``encoder``, ``decoder``, ``cross``), ``[layers, heads, query, key]``, float32 or float16 (``attnviz text --half``),
+with JSON metadata. Two layouts:
+
+- ``dense``: every query row (``attnviz text``, ``image``, ``audio``, ``detect``);
+- ``rows``: ``attnviz generate``'s ``attentions [L, H, generated, keys]``, the rows of the generated positions only
+  (metadata ``context_length``: generated token ``i`` is query position ``context_length + i``).
+
+:meth:`AttentionFile.dense` returns float32 ``[L, H, Q, K]`` for any of them (zeros where the file holds no row), read
+layer by layer from the file, so a slice of layers of a large file costs only those layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from attnviz.errors import InputError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Attention kinds by tensor name.
+KINDS = {"attentions": "self", "encoder_attentions": "encoder", "decoder_attentions": "decoder",
+         "cross_attentions": "cross"}
+
+
+@dataclass(frozen=True)
+class AttentionFile:
+    """An attnviz attention file: its ``path``, ``metadata`` (JSON values decoded), the attention tensors' ``shapes``
+    by kind (``[layers, heads, query, key]``) and every tensor ``names`` (also non-attention ones such as ``rollout``
+    or ``method/relevance``)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    names: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The attention kinds in the file: ``("self",)``, or some of ``("encoder", "decoder", "cross")``."""
+        return tuple(self.shapes)
+
+    def layout(self, kind: str | None = None) -> str:
+        """``"rows"`` for a generation file's self-attention (generated rows only), else ``"dense"``."""
+        kind = self._kind(kind)
+        l_, h, q, k = self.shapes[kind]
+        return "rows" if kind == "self" and "context_length" in self.metadata and q != k else "dense"
+
+    def _kind(self, kind: str | None) -> str:
+        if kind is None:
+            if len(self.shapes) == 1:
+                return next(iter(self.shapes))
+            if "self" in self.shapes:
+                return "self"
+            raise UsageError(f"'{self.path}' holds {', '.join(self.kinds)} attention: pass kind= one of them")
+        if kind not in self.shapes:
+            raise UsageError(f"'{self.path}' has no {kind} attention; it has {', '.join(self.kinds)}")
+        return kind
+
+    def dense(self, kind: str | None = None, layers: Iterable[int] | slice | None = None) -> "torch.Tensor":
+        """float32 ``[len(layers), H, Q, K]`` attention probabilities of ``kind`` (None: the file's only kind, or
+        ``"self"``), zeros where the file holds no row (a generation file's prompt rows); ``layers``: 0-based indices
+        (negative from the end) or a slice, default every layer.
+
+        Raises:
+            UsageError: no such kind, a layer out of range, ``kind`` None on an encoder-decoder file.
+        """
+        import torch
+        from safetensors import safe_open
+
+        kind = self._kind(kind)
+        n_layers, heads, q, k = self.shapes[kind]
+        if layers is None:
+            picked = list(range(n_layers))
+        elif isinstance(layers, slice):
+            picked = list(range(n_layers))[layers]
+        else:
+            picked = []
+            for layer in layers:
+                if not -n_layers <= int(layer) < n_layers:
+                    raise UsageError(f"layer {layer} is out of range: the file has {n_layers} {kind} layers (0..{n_layers - 1})")
+                picked.append(int(layer) % n_layers)
+        name = next(n for n, kd in KINDS.items() if kd == kind)
+        rows = self.layout(kind) == "rows"
+        size = (k, k) if rows else (q, k)
+        out = torch.zeros((len(picked), heads, *size), dtype=torch.float32)
+        with safe_open(str(self.path), "pt") as fh:
+            part = fh.get_slice(name)
+            for i, layer in enumerate(picked):
+                t = part[layer:layer + 1][0].float()  # [H, Q, K]
+                if rows:
+                    start = int(self.metadata["context_length"])
+                    out[i, :, start:start + q] = t
+                else:
+                    out[i] = t
+        return out
+
+
+def load_attention(path: str | Path) -> AttentionFile:
+    """Open an attention file written by any attnviz command (``--save-attn``); the tensors stay on disk until
+    :meth:`AttentionFile.dense` reads them.
+
+    Raises:
+        InputError: missing, not a safetensors file, or no attention tensor in it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"attention file '{p}' does not exist" if not p.exists() else f"'{p}' is not a file")
+    try:
+        with safe_open(str(p), "pt") as fh:
+            raw = fh.metadata() or {}
+            names = tuple(fh.keys())
+            shapes = {KINDS[n]: tuple(fh.get_slice(n).get_shape()) for n in names if n in KINDS}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"'{p}' is not a safetensors file: {str(exc).splitlines()[0][:160]}") from None
+    shapes = {k: s for k, s in shapes.items() if len(s) == 4}
+    if not shapes:
+        raise InputError(f"'{p}' holds no attention tensor ({', '.join(KINDS)})")
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            metadata[key] = value
+    ordered = {k: shapes[k] for k in ("self", "encoder", "decoder", "cross") if k in shapes}
+    return AttentionFile(p, metadata, ordered, names)
