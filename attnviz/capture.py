@@ -955,6 +955,7 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
         }
     else:
         groups = {SELF: getattr(outputs, "attentions", None)}
+    groups = _sliding_window_to_dense(outputs, groups, inputs)
     mask = inputs.get("attention_mask")
     padded = isinstance(mask, torch.Tensor) and bool((mask == 0).any())  # fully masked rows spread over every key
     causal_modules = _causal_attention(model) and not padded
@@ -1012,6 +1013,25 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
             "(output_attentions=True), which keeps every layer's maps in memory"
         )
     return Capture(result, "eager", outputs, notice)
+
+
+def _sliding_window_to_dense(outputs, groups: dict, inputs) -> dict:
+    """Longformer / LED's encoder: their ``output_attentions`` are a band plus global columns and rows
+    (:mod:`attnviz.sparse`); placed into dense ``[B, H, N, N]`` maps here, so every view and check reads them as any
+    other model's (0 where a query never attends)."""
+    from attnviz.sparse import band_to_dense, global_positions
+
+    kind, name = (SELF, "global_attentions") if SELF in groups else (ENCODER, "encoder_global_attentions")
+    if not hasattr(outputs, name) or not groups.get(kind):
+        return groups
+    extra = getattr(outputs, name) or [None] * len(groups[kind])
+    ids = inputs.get("input_ids")
+    n = int(ids.shape[-1]) if ids is not None else int(groups[kind][0].shape[2])
+    mask = inputs.get("global_attention_mask")
+    globals_ = global_positions(mask) if mask is not None else []
+    dense = tuple(band_to_dense(a.cpu(), g.cpu() if globals_ and g is not None else None, globals_, n)
+                  for a, g in zip(groups[kind], extra))
+    return {**groups, kind: dense}
 
 
 #: Attention modules that are not eager, by class name, where the architecture has no ``*_ATTENTION_CLASSES`` table.

@@ -48,6 +48,7 @@ def text_command(
     scale: str = SCALE,
     views: str = typer.Option(",".join(TEXT_VIEWS), "--views", help="Views to write: any of head,model,focus,matrix (comma-separated)."),
     method: Optional[str] = typer.Option(None, "--method", help="Also draw these methods for the --token's row (or [CLS]/the last token): attention, rollout, grad-attention, relevance (Chefer et al. 2021), value-norm (Kobayashi et al. 2020); comma-separated or 'all'."),
+    global_tokens: Optional[str] = typer.Option(None, "--global", help="Longformer / LED: tokens with global attention, as 0-based positions or tokens, comma-separated (default: the first token)."),
     target_class: Optional[int] = typer.Option(None, "--target-class", help="Class (0-based) a classifier's gradient methods explain (default: the top class)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -68,7 +69,7 @@ def text_command(
         request = TextRequest(
             text=text, token=token, token_index=token_index, layer=layer, head=head, words=words, hide_special=hide_special,
             target=target, text_file=text_file, max_length=max_length, half=half, top=top, direction=direction,
-            adjacent=adjacent, views=views, method=method or (), target_class=target_class, model=model_request(**options), output=output_request(**options),
+            adjacent=adjacent, views=views, method=method or (), target_class=target_class, global_tokens=global_tokens, model=model_request(**options), output=output_request(**options),
             style=style_request(**options),
         )
         with _progress() as progress:

@@ -67,8 +67,6 @@ MODALITIES: tuple[Modality, ...] = (IMAGE, AUDIO, DETECTION, VISION_LANGUAGE, MU
 #: Text architectures whose attention is not a dense ``[query, key]`` map of the input (sparse bands and blocks,
 #: pooled or downsampled layers, landmark approximations): refused in one line until attnviz shows them exactly.
 SPARSE_TEXT: Mapping[str, str] = {
-    "longformer": "sliding-window attention stored as a band [N, 2w+1] plus global tokens",
-    "led": "sliding-window attention stored as a band [N, 2w+1] plus global tokens",
     "big_bird": "block-sparse attention (window, global and random blocks)",
     "bigbird_pegasus": "block-sparse attention (window, global and random blocks)",
     "longt5": "local / transient-global attention over blocks",

@@ -228,7 +228,17 @@ def _max_positions(config, tokenizer) -> int:
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and candidates:
         # RoBERTa-style position ids start at padding_idx + 1
         candidates = [min(candidates)]
-    return min(candidates) if candidates else 512
+    limit = min(candidates) if candidates else 512
+    window = getattr(text_config, "attention_window", None)
+    if getattr(config, "model_type", "") in ("longformer", "led") and window:
+        # the input is padded to a multiple of the (largest) window, and Longformer's RoBERTa-style position ids
+        # start at padding_idx + 1: the longest input that fits
+        window = max(window) if isinstance(window, (list, tuple)) else int(window)
+        positions = getattr(text_config, "max_position_embeddings", limit)
+        if config.model_type == "longformer" and getattr(text_config, "pad_token_id", None) is not None:
+            positions -= text_config.pad_token_id + 1
+        limit = min(limit, max(window, positions // window * window))
+    return limit
 
 
 def token_info(text: str, encoding, tokenizer) -> TokenInfo:
@@ -445,10 +455,18 @@ def attend_text(
 
 def model_inputs(tm: TextModel, prepared: PreparedText) -> dict:
     """``prepared.inputs`` on the model's device, less what its forward does not take (e.g. ``token_type_ids``)."""
+    import torch
+
     tm = tm.with_weights()
     device = next(tm.model.parameters()).device
     accepted = _forward_args(tm.model)
-    return {k: v.to(device) for k, v in prepared.inputs.items() if k in accepted or k in ("input_ids", "attention_mask")}
+    out = {k: v.to(device) for k, v in prepared.inputs.items() if k in accepted or k in ("input_ids", "attention_mask")}
+    if "global_attention_mask" in accepted and "global_attention_mask" not in out:
+        # Longformer / LED: the first token ([CLS] / <s>) attends and is attended globally, as their docs recommend
+        mask = torch.zeros_like(out["input_ids"])
+        mask[:, 0] = 1
+        out["global_attention_mask"] = mask
+    return out
 
 
 def _forward_args(model) -> set[str]:

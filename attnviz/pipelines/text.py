@@ -57,7 +57,9 @@ class TextRequest:
     as float16; ``top``: heads listed for the focus; ``direction``/``adjacent``: the focus link rules;
     ``method``: registered methods to draw for the focus token's row (or the [CLS]/last token's), as
     ``method-NAME`` and, for several, ``methods`` (:func:`attnviz.analysis.explain.explain_text`);
-    ``target_class``: the class a classifier's gradient methods explain (default: the top class).
+    ``target_class``: the class a classifier's gradient methods explain (default: the top class);
+    ``global_tokens``: Longformer / LED only, the tokens with global attention, ``"0,[SEP],it"`` (0-based positions or
+    tokens; default: the first token).
     """
 
     text: str | None = None
@@ -77,6 +79,7 @@ class TextRequest:
     views: str | tuple[str, ...] = TEXT_VIEWS
     method: str | tuple[str, ...] = ()
     target_class: int | None = None
+    global_tokens: str | None = None
     model: ModelRequest = ModelRequest()
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -100,6 +103,7 @@ class TextRun:
     removed: str | None = None
     provenance: dict = field(default_factory=dict)
     explanation: object = None  # attnviz.analysis.explain.Explanation (with --method)
+    global_positions: tuple[int, ...] | None = None  # Longformer / LED: the tokens with global attention
 
     def to_json(self) -> dict:
         """The ``--json`` document (plain JSON types only)."""
@@ -155,6 +159,8 @@ class TextRun:
             doc["head_view"] = links
         if self.explanation is not None:
             doc.update(_methods_json(self.explanation))
+        if self.global_positions is not None:
+            doc["global_tokens"] = [{"index": i, "token": r.tokens.tokens[i]} for i in self.global_positions]
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         doc["skipped_views"] = list(self.skipped)
@@ -374,6 +380,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     if head is not None and not -num_heads <= head < num_heads:
         raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
     prepared = prepare_text(tm, content, request.target, request.max_length)
+    globals_ = _global_positions(tm, prepared, request.global_tokens, spec)
     info, target_info = prepared.tokens, prepared.target_tokens
     n = max(len(info), len(target_info) if target_info is not None else 0)
     full_bytes = 4 * num_layers * num_heads * n * n * (3 if tm.encoder_decoder else 1)
@@ -496,7 +503,50 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
             _write_methods(result, explanation, output, figure_formats, style)
     notify_left_alone(output)
     return TextRun(result, spec, layer, head, focus, tuple(output.files), output.tensor, tuple(skipped), note, style, views,
-                   provenance=provenance(tm.model, tm.tokenizer), explanation=explanation)
+                   provenance=provenance(tm.model, tm.tokenizer), explanation=explanation, global_positions=globals_)
+
+
+#: Model types whose attention has a sliding window plus global tokens (``global_attention_mask``).
+GLOBAL_ATTENTION_TYPES = ("longformer", "led")
+
+
+def _global_positions(tm, prepared, text: str | None, spec) -> tuple[int, ...] | None:
+    """Longformer / LED: the global token positions (``--global``; default the first token), set in the model inputs
+    and said in a notice; None for other models.
+
+    Raises:
+        UsageError: ``--global`` for another model, a position out of range, a token not in the text.
+    """
+    import torch
+
+    from attnviz.analysis.select import find_focus
+
+    if tm.model_type not in GLOBAL_ATTENTION_TYPES:
+        if text is not None:
+            raise UsageError(f"--global is for models with global attention tokens (Longformer, LED); "
+                             f"'{tm.source.model_id}' is a {tm.model_type} model")
+        return None
+    n = len(prepared.tokens)
+    positions: set[int] = set()
+    for part in (p.strip() for p in (text or "0").split(",")):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            i = int(part)
+            if not -n <= i < n:
+                raise UsageError(f"--global {part} is out of range: the text has {n} tokens (0..{n - 1})")
+            positions.add(i % n)
+        else:
+            positions.update(find_focus(prepared.tokens, part, None, spec))
+    if not positions:
+        raise UsageError("--global is empty; give token positions or tokens, e.g. --global 0")
+    mask = torch.zeros_like(prepared.inputs["input_ids"])
+    mask[0, sorted(positions)] = 1
+    prepared.inputs["global_attention_mask"] = mask
+    named = ", ".join(f"{i} '{prepared.tokens.tokens[i]}'" for i in sorted(positions))
+    notify(f"{tm.model_type}: sliding-window attention plus global tokens {named}"
+           + ("" if text else " (the first token, as its docs recommend; --global to choose)"))
+    return tuple(sorted(positions))
 
 
 def _last_predicting_row(target_tokens) -> int:
