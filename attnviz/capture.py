@@ -1019,7 +1019,7 @@ def _sliding_window_to_dense(outputs, groups: dict, inputs) -> dict:
     """Longformer / LED's encoder: their ``output_attentions`` are a band plus global columns and rows
     (:mod:`attnviz.sparse`); placed into dense ``[B, H, N, N]`` maps here, so every view and check reads them as any
     other model's (0 where a query never attends)."""
-    from attnviz.sparse import band_to_dense, global_positions
+    from attnviz.sparse import band_to_dense, check_dense_budget, global_positions
 
     kind, name = (SELF, "global_attentions") if SELF in groups else (ENCODER, "encoder_global_attentions")
     if not hasattr(outputs, name) or not groups.get(kind):
@@ -1027,6 +1027,7 @@ def _sliding_window_to_dense(outputs, groups: dict, inputs) -> dict:
     extra = getattr(outputs, name) or [None] * len(groups[kind])
     ids = inputs.get("input_ids")
     n = int(ids.shape[-1]) if ids is not None else int(groups[kind][0].shape[2])
+    check_dense_budget(n, len(groups[kind]), int(groups[kind][0].shape[1]))
     mask = inputs.get("global_attention_mask")
     globals_ = global_positions(mask) if mask is not None else []
     dense = tuple(band_to_dense(a.cpu(), g.cpu() if globals_ and g is not None else None, globals_, n)

@@ -20,6 +20,26 @@ from typing import Sequence
 import torch
 
 
+#: Largest dense copy of a sliding-window model's attention (Longformer, LED) attnviz makes, in bytes.
+DENSE_BAND_BYTES = 4 << 30
+
+
+def check_dense_budget(n: int, layers: int, heads: int) -> None:
+    """Refuse an input whose dense float32 maps (``layers x heads x n x n``) exceed :data:`DENSE_BAND_BYTES`.
+
+    Raises:
+        UsageError: too long; the message names the ``--max-length`` that fits.
+    """
+    from attnviz.errors import UsageError
+
+    need = layers * heads * n * n * 4
+    if need > DENSE_BAND_BYTES:
+        fits = int((DENSE_BAND_BYTES / (layers * heads * 4)) ** 0.5)
+        raise UsageError(f"{n} tokens of sliding-window attention as dense maps would take {need / 2**30:.1f} GiB "
+                         f"({layers} layers x {heads} heads); attnviz's views for long documents are not built yet: "
+                         f"use --max-length {fits} or less")
+
+
 def global_positions(mask: torch.Tensor) -> list[int]:
     """Positions marked global (1) in a ``[1, N]`` ``global_attention_mask``, in order."""
     return [int(i) for i in torch.nonzero(mask[0] > 0).flatten()]

@@ -165,3 +165,16 @@ def test_global_option_sets_the_global_tokens_and_the_run_says_which(tmp_path, o
     assert torch.equal(saved, capture(model, inputs, FULL).attention["self"].full)
     bad = CliRunner().invoke(app, ["text", text, "-m", str(tmp_path / "lf"), "--global", "99", "-o", str(tmp_path / "p")])
     assert bad.exit_code == 2 and "out of range" in bad.stderr
+
+
+def test_a_long_document_beyond_the_dense_budget_is_refused_in_one_line(monkeypatch, tmp_path, one_thread):
+    import attnviz.sparse as sparse
+    from tiny import bpe_tokenizer
+
+    _saved_longformer(tmp_path / "lf", bpe_tokenizer())
+    monkeypatch.setattr(sparse, "DENSE_BAND_BYTES", 2 * 2 * 10 * 10 * 4)  # room for 10 tokens
+    r = CliRunner().invoke(app, ["text", "The animal didn't cross the street because it was too tired.", "-m",
+                                 str(tmp_path / "lf"), "-o", str(tmp_path / "o")])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("attnviz: error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "--max-length 10" in errors[0]
+    assert not (tmp_path / "o").exists()

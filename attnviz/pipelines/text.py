@@ -527,6 +527,9 @@ def _global_positions(tm, prepared, text: str | None, spec) -> tuple[int, ...] |
                              f"'{tm.source.model_id}' is a {tm.model_type} model")
         return None
     n = len(prepared.tokens)
+    from attnviz.sparse import check_dense_budget
+
+    check_dense_budget(n, tm.num_layers, tm.num_heads)  # said before the weights load (the capture checks again)
     positions: set[int] = set()
     for part in (p.strip() for p in (text or "0").split(",")):
         if not part:
