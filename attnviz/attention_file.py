@@ -14,8 +14,14 @@ Every command's file holds one tensor per attention kind, ``attentions`` (single
 with JSON metadata. Two layouts:
 
 - ``dense``: every query row (``attnviz text``, ``image``, ``audio``, ``detect``);
-- ``rows``: ``attnviz generate``'s ``attentions [L, H, generated, keys]``, the rows of the generated positions only
-  (metadata ``context_length``: generated token ``i`` is query position ``context_length + i``).
+- ``rows``: ``attnviz generate``'s ``attentions [L, H, generated, keys]`` (and, for encoder-decoder models,
+  ``cross_attentions [L, H, generated, source]``; the self-attention is then the ``decoder`` kind), the rows of the
+  generated positions only (metadata ``context_length``: generated token ``i`` is query position
+  ``context_length + i``).
+
+A YOLOS ``attnviz detect`` file holds ``attentions`` (the whole sequence) and, cut from it, ``encoder`` (patches over
+patches), ``decoder`` (detection tokens over detection tokens) and ``cross`` (detection tokens over patches) blocks,
+whose rows sum to less than 1.
 
 :meth:`AttentionFile.dense` returns float32 ``[L, H, Q, K]`` for any of them (zeros where the file holds no row), read
 layer by layer from the file, so a slice of layers of a large file costs only those layers.
@@ -57,8 +63,7 @@ class AttentionFile:
     def layout(self, kind: str | None = None) -> str:
         """``"rows"`` for a generation file's self-attention (generated rows only), else ``"dense"``."""
         kind = self._kind(kind)
-        l_, h, q, k = self.shapes[kind]
-        return "rows" if kind == "self" and "context_length" in self.metadata and q != k else "dense"
+        return "rows" if "context_length" in self.metadata and kind in ("self", "decoder", "cross") else "dense"
 
     def _kind(self, kind: str | None) -> str:
         if kind is None:
@@ -66,6 +71,8 @@ class AttentionFile:
                 return next(iter(self.shapes))
             if "self" in self.shapes:
                 return "self"
+            if set(self.shapes) == {"decoder", "cross"}:
+                return "decoder"
             raise UsageError(f"'{self.path}' holds {', '.join(self.kinds)} attention: pass kind= one of them")
         if kind not in self.shapes:
             raise UsageError(f"'{self.path}' has no {kind} attention; it has {', '.join(self.kinds)}")
@@ -84,6 +91,8 @@ class AttentionFile:
 
         kind = self._kind(kind)
         n_layers, heads, q, k = self.shapes[kind]
+        if isinstance(layers, int):
+            layers = [layers]
         if layers is None:
             picked = list(range(n_layers))
         elif isinstance(layers, slice):
@@ -95,15 +104,17 @@ class AttentionFile:
                     raise UsageError(f"layer {layer} is out of range: the file has {n_layers} {kind} layers (0..{n_layers - 1})")
                 picked.append(int(layer) % n_layers)
         name = next(n for n, kd in KINDS.items() if kd == kind)
+        if kind == "decoder" and name not in self.names:
+            name = "attentions"  # a generation file's decoder self-attention
         rows = self.layout(kind) == "rows"
-        size = (k, k) if rows else (q, k)
+        start = int(self.metadata.get("context_length", 0))
+        size = ((start + q, k) if kind == "cross" else (start + q, start + q)) if rows else (q, k)
         out = torch.zeros((len(picked), heads, *size), dtype=torch.float32)
         with safe_open(str(self.path), "pt") as fh:
             part = fh.get_slice(name)
             for i, layer in enumerate(picked):
                 t = part[layer:layer + 1][0].float()  # [H, Q, K]
                 if rows:
-                    start = int(self.metadata["context_length"])
                     out[i, :, start:start + q] = t
                 else:
                     out[i] = t
@@ -133,10 +144,20 @@ def load_attention(path: str | Path) -> AttentionFile:
     if not shapes:
         raise InputError(f"'{p}' holds no attention tensor ({', '.join(KINDS)})")
     metadata: dict[str, Any] = {}
+    try:
+        encoded = set(json.loads(raw["json_keys"])) if "json_keys" in raw else None
+    except ValueError:
+        encoded = None
     for key, value in raw.items():
-        try:
+        if key == "json_keys" or (encoded is not None and key not in encoded):
+            metadata[key] = value
+            continue
+        try:  # files from before json_keys: every value that parses as JSON
             metadata[key] = json.loads(value)
         except ValueError:
             metadata[key] = value
+    metadata.pop("json_keys", None)
+    if "context_length" in metadata and "cross" in shapes and "self" in shapes:
+        shapes["decoder"] = shapes.pop("self")  # an encoder-decoder generation: its self-attention is the decoder's
     ordered = {k: shapes[k] for k in ("self", "encoder", "decoder", "cross") if k in shapes}
     return AttentionFile(p, metadata, ordered, names)

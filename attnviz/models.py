@@ -294,6 +294,9 @@ def config_dims(source: ModelSource, sub: str | None = None) -> tuple[int, int] 
     def first(keys):
         return next((doc[k] for k in keys if isinstance(doc.get(k), int) and doc[k] > 0), None)
     layers, heads = first(_LAYER_KEYS), first(_HEAD_KEYS)
+    decoder = doc.get("decoder_layers") if isinstance(doc.get("decoder_layers"), int) else doc.get("num_decoder_layers")
+    if layers and isinstance(decoder, int) and decoder > layers:  # an encoder-decoder: --layer may name a decoder layer
+        layers = decoder
     return (layers, heads) if layers and heads else None
 
 

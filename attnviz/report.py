@@ -156,6 +156,8 @@ def _tensor_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
     """String metadata of an attention file, marked as attnviz's (:func:`is_attnviz_tensor_file`)."""
     meta = {"format": "attnviz-attention", "attnviz": _version()}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    # which values are JSON (the rest are plain strings), so a reader never mistakes the string "123" for a number
+    meta["json_keys"] = json.dumps(sorted(k for k, v in (metadata or {}).items() if not isinstance(v, str)))
     return meta
 
 

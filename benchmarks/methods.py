@@ -8,7 +8,7 @@ backward floor.
 Models: the 12-layer bench model of ``benchmarks/capture.py`` (random Llama-style decoder: hidden 768, 12 heads,
 4 key/value heads, float32) with its language-model head (``LlamaForCausalLM``), on N random token ids, target the
 log-probability of the top next token at the last position; and the real DeiT-Tiny in ``../shared/models`` on
-``samples/chelsea.png`` (198 tokens), target the top class's logit. Each measurement is a fresh Python process on
+``samples/chelsea.png`` (197 tokens: [CLS] + 14x14 patches), target the top class's logit. Each measurement is a fresh Python process on
 ``--threads`` (2) threads that loads the model, warms it up, pages in every weight, resets the peak-RSS counter and
 times one call:
 
@@ -130,7 +130,7 @@ def child(mode: str, which: str, n: int, model_dir: str, threads: int) -> dict:
     seconds = time.perf_counter() - t0
     st = _status()
     lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(mode=mode, model=which, n=int(logits.shape[1]) if which != "deit" else 198, seconds=seconds,
+    return dict(mode=mode, model=which, n=int(logits.shape[1]) if which != "deit" else 197, seconds=seconds,
                 peak_rss_mb=st["VmHWM"] if reset else lifetime, baseline_rss_mb=baseline, peak_reset=reset,
                 threads=torch.get_num_threads(), load_average=os.getloadavg()[0], **info)
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(mode, which, int(n), model_dir, int(threads))))
         return 0
     repeat = 1 if args.quick else args.repeat
-    cases = [("llama", int(n)) for n in args.sizes.split(",")] + ([] if args.no_deit or not DEIT.exists() else [("deit", 198)])
+    cases = [("llama", int(n)) for n in args.sizes.split(",")] + ([] if args.no_deit or not DEIT.exists() else [("deit", 197)])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         build(tmp)

@@ -21,7 +21,11 @@ def test_load_attention_reads_every_commands_file(lm_models, tmp_path, one_threa
     from attnviz.errors import InputError, UsageError
     from tiny import make_lm_model
 
+    import shutil
+
     text_folders = {"lm": make_lm_model(tmp_path, "gpt2"), "t5": make_lm_model(tmp_path, "t5")}
+    shutil.copytree(text_folders["lm"], tmp_path / "123")  # a model folder whose name reads as a number
+    text_folders["lm"] = tmp_path / "123"
     vit_folder = (make_vision_model(tmp_path, "vit"), make_photo(tmp_path / "photo.png"))
 
     # text, single stack: the file's own tensor, a slice of layers
@@ -31,6 +35,8 @@ def test_load_attention_reads_every_commands_file(lm_models, tmp_path, one_threa
     f = attnviz.load_attention(path)
     saved, _ = load_saved(path)
     assert f.kinds == ("self",) and f.layout() == "dense" and f.metadata["tokens"][0]
+    assert isinstance(f.metadata["model"], str) and f.metadata["model"].endswith("123")  # a string stays a string
+    assert torch.equal(f.dense(layers=0), saved["attentions"][:1].float())
     assert torch.equal(f.dense(), saved["attentions"].float())
     assert torch.equal(f.dense(layers=[-1]), saved["attentions"][-1:].float())
     assert torch.equal(f.dense(layers=slice(0, 1)), saved["attentions"][:1].float())
@@ -63,10 +69,22 @@ def test_load_attention_reads_every_commands_file(lm_models, tmp_path, one_threa
     folder, photo = vit_folder
     path = tmp_path / "i.safetensors"
     r = runner.invoke(app, ["image", str(photo), "-m", str(folder), "-o", str(tmp_path / "i"), "--save-attn", str(path),
-                            "--method", "relevance"])
+                            "--method", "all"])
     assert r.exit_code == 0, r.output
     f = attnviz.load_attention(path)
-    assert f.kinds == ("self",) and "rollout" in f.names and "method/relevance" in f.names
+    assert f.kinds == ("self",) and "rollout" in f.names and {"method/relevance", "method/rollout"} <= set(f.names)
+    # an encoder-decoder generation: decoder rows and cross rows, each at its query position
+    path = tmp_path / "g5.safetensors"
+    r = runner.invoke(app, ["generate", "hello world", "-m", str(text_folders["t5"]), "-n", "3", "-o", str(tmp_path / "g5"),
+                            "--save-attn", str(path)])
+    assert r.exit_code == 0, r.output
+    f = attnviz.load_attention(path)
+    saved = load_saved(path)[0]
+    start = f.metadata["context_length"]
+    assert f.kinds == ("decoder", "cross") and f.layout("cross") == "rows"
+    cross = f.dense("cross")
+    assert cross.shape[-2] == start + saved["cross_attentions"].shape[-2] and cross.shape[-1] == saved["cross_attentions"].shape[-1]
+    assert torch.equal(cross[:, :, start:], saved["cross_attentions"]) and torch.equal(f.dense()[:, :, start:], saved["attentions"])
     # not a file of ours
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="not a safetensors file"):

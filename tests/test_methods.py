@@ -906,3 +906,16 @@ def test_method_all_leaves_out_what_does_not_apply(tmp_path, one_thread):
     assert [m["name"] for m in json.loads(r.stdout)["methods"]] == ["attention", "rollout", "value-norm"]
     assert "grad-attention, relevance do not apply" in r.stderr
 
+
+
+def test_a_decoder_layer_the_encoder_lacks(tmp_path, one_thread):
+    """BART with 2 encoder and 3 decoder layers: --layer 2 names the decoder's last layer for the methods and views."""
+    from tiny import make_lm_model
+
+    folder = make_lm_model(tmp_path, "bart")
+    doc = _text_json("hello world", "--target", "hallo welt", "-m", folder, "--layer", "2", "--method", "attention,value-norm",
+                     "-o", tmp_path / "o")
+    assert [m["layer"] for m in doc["methods"]] == [2, 2]
+    line = one_error_line(runner.invoke(app, ["text", "hello world", "--target", "hallo welt", "-m", str(folder), "--layer",
+                                              "3", "-o", str(tmp_path / "p")]), 2)
+    assert "out of range" in line and "3 layers" in line

@@ -102,6 +102,8 @@ def parse_methods(text: str | Sequence[str] | None, allowed: Sequence[str] | Non
     if not text:
         return ()
     parts = text.split(",") if isinstance(text, str) else list(text)
+    if not any(str(p).strip() for p in parts):
+        raise UsageError("--method is empty; name at least one method, or all")
     out: list[str] = []
     for p in (p.strip() for p in parts):
         if not p:
@@ -130,7 +132,8 @@ def applicable_methods(text, names: tuple[str, ...], *, rollout: bool = True, ta
         return names
     dropped = [n for n in names if (n == "rollout" and not rollout) or (n in TARGETED and not targeted)]
     if dropped:
-        warnings.warn(f"--method all: {', '.join(dropped)} do not apply to this model and are left out", AttnvizWarning,
+        verb = "does" if len(dropped) == 1 else "do"
+        warnings.warn(f"--method all: {', '.join(dropped)} {verb} not apply to this model and left out", AttnvizWarning,
                       stacklevel=2)
     return tuple(n for n in names if n not in dropped)
 
@@ -389,7 +392,11 @@ def _explain_seq2seq(tm, prepared, names: Sequence[str], *, rows: Sequence[int],
         raise UsageError(f"--method {targeted[0]} explains a prediction, but '{tm.source.model_id}' has no trained "
                          "language-model head in its checkpoint; use attention or value-norm")
     inputs = model_inputs(tm, prepared)
-    layer %= tm.num_decoder_layers
+    decoder_layers = tm.num_decoder_layers
+    if not -decoder_layers <= layer < decoder_layers:
+        raise UsageError(f"--layer {layer}: the methods read the decoder's cross-attention, and the decoder has "
+                         f"{decoder_layers} layers (0..{decoder_layers - 1})")
+    layer %= decoder_layers
     per_row = torch.tensor(list(rows))
     labels = tuple(prepared.target_tokens.tokens[r] for r in rows)
     found: dict[str, tuple] = {}

@@ -237,11 +237,11 @@ def run(request: FaithfulnessRequest) -> FaithfulnessRun:
     from attnviz.inputs import IMAGE, TEXT, modality_of
     from attnviz.models import load_config, resolve_model
 
-    methods = parse_methods(request.methods) or IMAGE_METHODS
     if not 1 <= request.steps <= 1000:
         raise UsageError(f"--steps must be between 1 and 1000, not {request.steps}")
-    if isinstance(request.methods, str) and request.methods.strip() and not any(p.strip() for p in request.methods.split(",")):
+    if isinstance(request.methods, str) and not any(p.strip() for p in request.methods.split(",")):
         raise UsageError("--methods is empty; name at least one method, or all")
+    methods = parse_methods(request.methods) or IMAGE_METHODS
     if not 0 <= request.seeds <= 1000:
         raise UsageError(f"--seeds must be between 0 and 1000, not {request.seeds}")
     if request.batch_size < 1:
@@ -264,8 +264,9 @@ def run(request: FaithfulnessRequest) -> FaithfulnessRun:
         if request.baseline not in TEXT_BASELINES:
             raise UsageError(f"--baseline for texts must be one of {', '.join(TEXT_BASELINES)}, not '{request.baseline}'")
         return _run_texts(request, methods, figure_formats)
-    raise UsageError(f"attnviz faithfulness covers image classifiers and text models; '{request.model.name}' is a "
-                     f"{modality.noun}")
+    article = "an" if modality.noun[:1] in "aeiou" else "a"
+    raise UsageError(f"attnviz faithfulness covers image classifiers and text models; '{request.model.name}' is "
+                     f"{article} {modality.noun}")
 
 
 def _output(request: FaithfulnessRequest, source, methods, layer: int, formats):
@@ -465,7 +466,10 @@ def _run_texts(request: FaithfulnessRequest, methods, figure_formats) -> Faithfu
         special = prepared.tokens.special
         units = [p for p in range(len(special)) if not special[p] and p != row]
         if not units:
-            raise UsageError(f"text {i + 1} has no token to remove besides the explained one and special tokens")
+            if len(texts) == 1:
+                raise UsageError("the text has no token to remove besides the explained one and special tokens")
+            notify(f"text {i + 1} is skipped: it has no token to remove besides the explained one and special tokens")
+            continue
         unit_index = torch.tensor(units)
 
         def predict(masks, inputs=inputs, unit_index=unit_index, index=target.index, row=row):
@@ -484,12 +488,14 @@ def _run_texts(request: FaithfulnessRequest, methods, figure_formats) -> Faithfu
 
         orders = _orders(explanation.maps, units, request.seeds, i)
         if request.steps > len(units):
-            notify(f"text {i + 1} has {len(units)} tokens to remove, fewer than --steps {request.steps}: some steps remove "
-                   "nothing new")
+            notify(f"text {i + 1} has {len(units)} token{'s' if len(units) != 1 else ''} to remove, fewer than --steps "
+                   f"{request.steps}: some steps remove nothing new")
         curves, n = perturbation_curves(orders, len(units), request.steps, predict, base, request.batch_size)
         forward += n
         name = text if len(text) <= 80 else text[:77] + "..."
         inputs_out.append(InputCurves(name, target, base, tuple(curves), len(units)))
+    if not inputs_out:
+        raise UsageError("no text has a token to remove besides the explained one and special tokens")
     run_ = FaithfulnessRun(tm.source.model_id, tm.model_type, methods, tuple(inputs_out), request.steps, baseline_text,
                            request.seeds, layer, "token", forward, signal, note, style,
                            target_fixed=request.target_class is not None)

@@ -208,8 +208,8 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     chosen_methods = parse_methods(q.method)
     names += [f"method-{m}" for m in chosen_methods] + (["methods"] if len(chosen_methods) > 1 else [])
     if chosen_methods and getattr(load_config(resolve_model(model), options), "is_encoder_decoder", False):
-        raise UsageError(f"--method covers decoder-only models; '{model}' is an encoder-decoder model, whose "
-                         "cross-attention rules are not implemented yet")
+        raise UsageError(f"attnviz generate --method covers decoder-only models; for the encoder-decoder '{model}' use "
+                         "attnviz text with --target (the generated text) and --method")
     output.check([f"{n}.{f}" for f in formats for n in names] + (["report.html"] if html else []), tensor=tensor_path)
     tm = load_generation_model(model, options)
     note = mark_random_weights(output, tm.model)

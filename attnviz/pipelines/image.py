@@ -333,7 +333,7 @@ def _save_attention(result, rollout, path: Path, head_fusion: str, discard_ratio
     }
     tensors = {"attentions": result.attention.full.float(), "rollout": rollout.float()}
     if explanation is not None:
-        tensors.update({f"method/{m.method}": m.values.float().contiguous() for m in explanation.maps})
+        tensors.update({f"method/{m.method}": m.values.float().contiguous().clone() for m in explanation.maps})
         meta["methods"] = [m.method for m in explanation.maps]
         meta["target"] = explanation.target.to_dict() if explanation.target is not None else None
     return save_tensors(path, tensors, meta)

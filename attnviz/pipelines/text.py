@@ -375,8 +375,9 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     tm = load_text_model(request.model.name, request.model.load_options(), weights=False)  # config and tokenizer first
     num_layers, num_heads = tm.num_layers, tm.num_heads  # (raises for a model without attention)
     layer, head = request.layer, request.head
-    if layer is not None and not -num_layers <= layer < num_layers:
-        raise UsageError(f"--layer {layer} is out of range: this model has {num_layers} layers (0..{num_layers - 1})")
+    deepest = max(num_layers, tm.num_decoder_layers)  # each view reads the layer its kind has (clamped per kind)
+    if layer is not None and not -deepest <= layer < deepest:
+        raise UsageError(f"--layer {layer} is out of range: this model has {deepest} layers (0..{deepest - 1})")
     if head is not None and not -num_heads <= head < num_heads:
         raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
     prepared = prepare_text(tm, content, request.target, request.max_length)
@@ -436,8 +437,8 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
         fixed_head = None if head is None else head % num_heads
         if tm.encoder_decoder:
             if layer is not None or token is None:
-                chosen = (layer if layer is not None else -1) % num_layers
-                layers = frozenset({chosen, min(chosen, tm.num_decoder_layers - 1)})
+                chosen = (layer if layer is not None else -1) % deepest  # each kind keeps the layer it has
+                layers = frozenset({min(chosen, num_layers - 1), min(chosen, tm.num_decoder_layers - 1)})
         elif token is None:
             head_maps = frozenset({((layer if layer is not None else -1) % num_layers, fixed_head)})
         elif layer is not None and head is not None:
@@ -476,8 +477,8 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
             layer = focus.top[0].layer
             head = focus.top[0].head if head is None else head
         # an encoder-decoder focus may pick a decoder layer the (shallower) encoder lacks: each view clamps per kind
-        deepest = max(result.attention.values(), key=lambda m: m.num_layers)
-        layer = deepest.check_layer(layer if layer is not None else main.num_layers - 1)
+        widest = max(result.attention.values(), key=lambda m: m.num_layers)
+        layer = widest.check_layer(layer if layer is not None else main.num_layers - 1)
         if head is not None:
             head = main.check_head(head)
         result = _capture_missing(tm, prepared, result, layer, head, draws_head, progress, verify)
@@ -694,16 +695,19 @@ def _head_view_json(run: TextRun) -> dict | None:
 
     r = run.result
     maps, qi, ki = r.sides(r.main.kind)
-    if run.layer is None or not maps.has_head_map(run.layer, run.head):
+    if run.layer is None:
         return None
-    vm = prepare(maps.head_map(run.layer, run.head), qi, ki, run.spec)
+    layer = min(run.layer, maps.num_layers - 1)  # an encoder shallower than the decoder: its last layer, as the view
+    if not maps.has_head_map(layer, run.head):
+        return None
+    vm = prepare(maps.head_map(layer, run.head), qi, ki, run.spec)
     w = vm.attn.numpy()
     nq, nk = w.shape
     top_k = LONG_TOP_K if max(nq, nk) > LONG_UNITS else nk
     mask = causal_mask(vm.query_units, vm.key_units) if maps.causal else None
     qs, ks, vals = head_view_links(w, mask, top_k)
     return {
-        "layer": run.layer, "head": run.head, "kind": maps.kind,
+        "layer": layer, "head": run.head, "kind": maps.kind,
         "queries": list(vm.query_units.labels), "keys": list(vm.key_units.labels),
         "top_k": top_k if top_k < nk else None, "min_weight": None if top_k < nk else 0.005,
         "links": [[int(q), int(k), round(float(v), 6)] for q, k, v in zip(qs, ks, np.asarray(vals))],
