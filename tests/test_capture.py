@@ -189,7 +189,8 @@ def test_streamed_file_equals_eager(cases, kind, tmp_path):
     assert path.stat().st_size == size
     assert not [p for p in tmp_path.iterdir() if p.name != "attn.safetensors"]  # no temporary left
     with safe_open(str(path), "pt") as fh:
-        assert fh.metadata() == {"model": kind, "tokens": '["a", "b"]', "format": "attnviz-attention", "attnviz": attnviz.__version__}
+        assert fh.metadata() == {"model": kind, "tokens": '["a", "b"]', "format": "attnviz-attention", "attnviz": attnviz.__version__,
+                                 "json_keys": '["tokens"]'}
         assert set(fh.keys()) == {attention_tensor_name(k) for k in c.ref}
         for k, ref in c.ref.items():
             t = fh.get_tensor(attention_tensor_name(k))
