@@ -106,20 +106,16 @@ class Signals:
       models), per layer, float32 ``[Q, K]`` ``mean_h (dy/dA_h ⊙ A_h)^+`` (empty when gradients were not asked);
       ``grad_weighted`` is the ``"self"`` entry (single-stack models).
     - ``value_kinds`` / ``value_weighted``: the same for ``mean_h A_h[i, j] * ||f_h(x_j)||`` (empty unless asked).
-    - ``value_heads``: float32 ``[H, Q, K]`` ``A_h[i, j] * ||f_h(x_j)||`` of the self-attention layers asked in
-      ``value_head_layers``.
-    - ``target``, ``value``: the target and ``y`` (float); ``logits``: float32 model output of this forward (None
-      for a model without a task head).
+    - ``target``: what the gradients explain (None without gradients); ``logits``: float32 model output of this
+      forward (None for a model without a task head).
     - ``checks``: measured max abs differences (``"logits"`` vs the reference output, ``"projection_input"`` of
       the output projection vs ``A @ v``); ``forward_passes``, ``backward_passes``.
     """
 
     target: Target | None
-    value: float | None
     logits: torch.Tensor | None
     grad_kinds: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     value_kinds: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    value_heads: dict[int, torch.Tensor] = field(default_factory=dict)
     checks: dict[str, float] = field(default_factory=dict)
     forward_passes: int = 1
     backward_passes: int = 0
@@ -134,11 +130,10 @@ class Signals:
 
 
 class _SignalSession:
-    def __init__(self, gradients: bool, values: bool, value_head_layers: frozenset[int], projections: Mapping[int, Any],
-                 names: Mapping[int, str], encoder_decoder: bool):
+    def __init__(self, gradients: bool, values: bool, projections: Mapping[int, Any], names: Mapping[int, str],
+                 encoder_decoder: bool):
         self.gradients = gradients
         self.values = values
-        self.value_head_layers = value_head_layers
         self.projections = projections  # id(attention module) -> output projection module
         self.names = names
         self.encoder_decoder = encoder_decoder
@@ -147,8 +142,7 @@ class _SignalSession:
         self.leaves: list[torch.Tensor] = []
         self.grad_maps: dict[tuple[str, int], torch.Tensor] = {}
         self.value_maps: dict[tuple[str, int], torch.Tensor] = {}
-        self.value_heads: dict[int, torch.Tensor] = {}
-        self.pending: dict[int, tuple[Any, torch.Tensor]] = {}  # projection id -> (layer, expected input [Q, H*dv])
+        self.pending: dict[int, torch.Tensor] = {}  # projection id -> its expected input A @ v, [Q, H*dv]
         self.projection_diff = 0.0
         self.problem: str | None = None
 
@@ -201,11 +195,8 @@ class _SignalSession:
                                     "found none by name")
                 else:
                     norms = projected_value_norms(value[0].detach(), proj)  # [H, K]
-                    p = probs.detach()[0].float()
-                    self.value_maps[(kind, layer)] = value_weighted(p, norms)
-                    if layer in self.value_head_layers and kind == "self":
-                        self.value_heads[layer] = p * norms[:, None, :]
-                    self.pending[id(proj)] = (layer, out.detach()[0].transpose(0, 1).reshape(out.shape[2], -1))
+                    self.value_maps[(kind, layer)] = value_weighted(probs.detach()[0].float(), norms)
+                    self.pending[id(proj)] = out.detach()[0].transpose(0, 1).reshape(out.shape[2], -1)
         return out.transpose(1, 2).contiguous(), probs
 
 
@@ -305,8 +296,8 @@ def capture_signals(
     *,
     gradients: bool = True,
     values: bool = False,
-    value_head_layers: frozenset[int] = frozenset(),
     reference: torch.Tensor | None = None,
+    layers: Mapping[str, int] | None = None,
 ) -> Signals:
     """One forward pass (and one backward pass for ``gradients``) that yields the per-layer signals.
 
@@ -317,18 +308,23 @@ def capture_signals(
         inputs: model inputs of one sequence (``pixel_values`` ``[1, 3, H, W]``, ``input_ids`` ``[1, N]``...).
         target: the :class:`Target` or a function ``outputs -> Target`` (e.g. the top class); needed for ``gradients``.
         gradients: compute ``Signals.grad_weighted``.
-        values: compute ``Signals.value_weighted`` (and ``value_heads`` for ``value_head_layers``).
+        values: compute ``Signals.value_weighted``.
         reference: the model's own output on the same inputs (e.g. from the SDPA capture), float: its ``logits``,
             or for a model without a task head its ``last_hidden_state``; the maximum absolute difference to this
             forward's is ``Signals.checks["logits"]`` (or ``["last_hidden_state"]``).
+        layers: the attention layers per kind the model has (``{"self": 12}``; for encoder-decoder models
+            ``encoder``, ``decoder``, ``cross``), e.g. from the config or the capture: a layer whose attention did
+            not come through this function (a module with its own attention code) is refused, never left out of
+            relevance's product without a word.
 
     Returns:
         :class:`Signals`, float32 on the CPU. The model's attention implementation and its parameters'
         ``requires_grad`` are restored afterwards, also when the call raises.
 
     Raises:
-        ModelError: a model that does not take the attention function, or an attention call this function cannot
-            reproduce exactly (attention sinks, a batch, a causal call without a mask).
+        ModelError: a model that does not take the attention function, an attention call this function cannot
+            reproduce exactly (attention sinks, a batch, a causal call without a mask), or fewer attention layers
+            through it than ``layers`` says.
     """
     _register()
     previous = model.config._attn_implementation
@@ -336,7 +332,7 @@ def capture_signals(
         raise ModelError(f"{model.config.model_type} does not dispatch attention through transformers' AttentionInterface, "
                          "so attnviz cannot take gradients of its attention probabilities")
     names = {id(m): name for name, m in model.named_modules()}
-    session = _SignalSession(gradients, values, value_head_layers, find_projections(model) if values else {}, names,
+    session = _SignalSession(gradients, values, find_projections(model) if values else {}, names,
                              bool(getattr(model.config, "is_encoder_decoder", False)))
     params = [(p, p.requires_grad) for p in model.parameters()]
     handles = []
@@ -346,7 +342,7 @@ def capture_signals(
                 pending = session.pending.pop(id(mod), None)
                 if pending is not None:
                     x = args[0][0].detach().float()  # [Q, H*dv]
-                    session.projection_diff = max(session.projection_diff, float((x - pending[1].float()).abs().max()))
+                    session.projection_diff = max(session.projection_diff, float((x - pending.float()).abs().max()))
             handles.append(proj.register_forward_pre_hook(check_input))
     token = _ACTIVE.set(session)
     try:
@@ -376,6 +372,11 @@ def capture_signals(
         for p, flag in params:
             p.requires_grad_(flag)
         _switch(model, previous)
+    missing = {k: (n, session.counts.get(k, 0)) for k, n in (layers or {}).items() if session.counts.get(k, 0) != n}
+    if missing:
+        said = ", ".join(f"{k}: {got} of {n}" for k, (n, got) in missing.items())
+        raise ModelError(f"only some of {model.config.model_type}'s attention layers went through attnviz's gradient "
+                         f"pass ({said}); attnviz refuses to show methods that would leave layers out")
     checks: dict[str, float] = {}
     if reference is not None and logits is not None:
         checks["logits"] = float((logits - reference.detach().float().cpu()).abs().max())
@@ -392,5 +393,4 @@ def capture_signals(
             grad_kinds[kind] = tuple(session.grad_maps.get((kind, l), torch.zeros(session.shapes[kind])) for l in range(count))
         if values:
             value_kinds[kind] = tuple(session.value_maps[(kind, l)] for l in range(count))
-    return Signals(tgt, float(y.detach()) if y is not None else None, logits, grad_kinds, value_kinds,
-                   dict(session.value_heads), checks, 1, backward)
+    return Signals(tgt, logits, grad_kinds, value_kinds, checks, 1, backward)

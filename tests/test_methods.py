@@ -153,7 +153,13 @@ def test_signals_equal_autograd_through_eager_and_explicit_value_norms(kind, one
         assert float(sig.value_weighted[0][:, -1].abs().max()) == 0.0  # the padded key gets nothing
     assert sig.checks["logits"] <= 1e-5 * max(1.0, float(reference.abs().max()))
     assert sig.checks["projection_input"] <= 1e-5
-    assert sig.forward_passes == 1 and sig.backward_passes == 1
+    assert sig.forward_passes == 1 and sig.backward_passes == 1 and sig.target == target
+    # a layer that did not come through the gradient pass is refused, never left out of relevance in silence
+    from attnviz.errors import ModelError
+
+    expected = {"self": len(pairs) + 1}
+    with pytest.raises(ModelError, match=f"self: {len(pairs)} of {len(pairs) + 1}"):
+        capture_signals(model, inputs, target, gradients=True, layers=expected)
     # the model is left as it was: its attention implementation and its parameters' requires_grad
     assert model.config._attn_implementation != "attnviz-grad"
     assert all(p.requires_grad for p in model.parameters())

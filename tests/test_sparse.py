@@ -135,8 +135,8 @@ def test_attnviz_text_on_a_longformer_makes_the_first_token_global(tmp_path, one
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["backend"] == "eager" and doc["focus"]["top"]
-    grid = doc["focus"]["top"]
-    assert all(0 <= link["weight"] <= 1 for link in grid)
+    assert doc["global_tokens"] == [{"index": 0, "token": doc["tokens"][0]}]
+    assert "global tokens 0" in r.stderr and "the first token" in r.stderr
 
 
 def test_global_option_sets_the_global_tokens_and_the_run_says_which(tmp_path, one_thread):

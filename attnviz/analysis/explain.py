@@ -200,7 +200,7 @@ def explain_image(
         id2label = getattr(im.model.config, "id2label", None)
         target = (lambda out: class_target(out.logits.detach(), target_class, id2label)) if targeted else None
         signals = capture_signals(im.model, inputs, target, gradients=bool(targeted), values="value-norm" in names,
-                                  reference=reference)
+                                  reference=reference, layers={"self": n_layers})
         _check_signals(im, signals, reference)
     maps = []
     for name in names:
@@ -314,7 +314,7 @@ def explain_text(tm, prepared, names: Sequence[str], *, rows: Sequence[int], lay
     signals = None
     forward = 1 if maps_by_name else 0
     if targeted or "value-norm" in names:
-        signals, passes = _text_signals(tm, prepared, inputs, has_head, bool(targeted), "value-norm" in names, rows[-1],
+        signals, passes = _text_signals(tm, prepared, inputs, bool(targeted), "value-norm" in names, rows[-1],
                                         target_class)
         forward += passes
     out = []
@@ -355,7 +355,7 @@ def _check_signals(loaded, signals, reference) -> None:
                          f"({', '.join(f'{k} {v:.2g}' for k, v in bad.items())}); attnviz refuses to show it")
 
 
-def _text_signals(tm, prepared, inputs, has_head: bool, gradients: bool, values: bool, row: int, target_class):
+def _text_signals(tm, prepared, inputs, gradients: bool, values: bool, row: int, target_class):
     """The signal pass of a text model, checked against its own forward: ``(Signals, forward passes)``."""
     import torch
 
@@ -365,7 +365,10 @@ def _text_signals(tm, prepared, inputs, has_head: bool, gradients: bool, values:
         reference = _reference(tm.model(**inputs))
     forward = 1
     target = text_target(tm, prepared, reference, row, target_class) if gradients else None
-    signals = capture_signals(tm.model, inputs, target, gradients=gradients, values=values, reference=reference)
+    layers = ({"encoder": tm.num_layers, "decoder": tm.num_decoder_layers, "cross": tm.num_decoder_layers}
+              if tm.encoder_decoder else {"self": tm.num_layers})
+    signals = capture_signals(tm.model, inputs, target, gradients=gradients, values=values, reference=reference,
+                              layers=layers)
     _check_signals(tm, signals, reference)
     return signals, forward + signals.forward_passes
 
@@ -407,7 +410,7 @@ def _explain_seq2seq(tm, prepared, names: Sequence[str], *, rows: Sequence[int],
         forward += 1
     signals = None
     if targeted or "value-norm" in names:
-        signals, passes = _text_signals(tm, prepared, inputs, has_head, bool(targeted), "value-norm" in names, rows[-1], None)
+        signals, passes = _text_signals(tm, prepared, inputs, bool(targeted), "value-norm" in names, rows[-1], None)
         forward += passes
         if targeted:
             cross = signals.grad_kinds[CROSS]
@@ -471,8 +474,11 @@ def explain_detection(det, inputs, captured, detection, names: Sequence[str], *,
     signals = None
     forward = 0
     if targeted or "value-norm" in names:
+        encoder = getattr(det.model.config, "encoder_layers", None)
+        layers = {"self": num_layers} if captured.yolos else \
+            {"decoder": num_layers, "cross": num_layers, **({"encoder": encoder} if isinstance(encoder, int) else {})}
         signals = capture_signals(det.model, inputs, target if targeted else None, gradients=bool(targeted),
-                                  values="value-norm" in names, reference=logits)
+                                  values="value-norm" in names, reference=logits, layers=layers)
         forward += signals.forward_passes
         _check_signals(det, signals, logits)
         if captured.yolos:
