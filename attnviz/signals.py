@@ -63,11 +63,13 @@ class Target:
         return doc
 
     def describe(self) -> str:
+        """One line for people: the label with control characters escaped (a newline token reads ``'\\n'``)."""
+        label = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in self.label)
         if self.kind == "class":
-            return f"class {self.index} '{self.label}' (its logit)"
+            return f"class {self.index} '{label}' (its logit)"
         if self.kind == "object":
-            return f"object query {self.position}'s class {self.index} '{self.label}' (its logit)"
-        return f"token '{self.label}' (log-probability, predicted at position {self.position})"
+            return f"object query {self.position}'s class {self.index} '{label}' (its logit)"
+        return f"token '{label}' (log-probability, predicted at position {self.position})"
 
 
 def class_target(logits: torch.Tensor, index: int | None, id2label: Mapping[int, str] | None) -> Target:

@@ -167,6 +167,11 @@ def test_signals_equal_autograd_through_eager_and_explicit_value_norms(kind, one
 
 def test_the_registry_lists_the_methods_with_their_sources():
     from attnviz import methods
+    from attnviz.signals import Target
+
+    # a target's one-line description never breaks the line (a newline token is written escaped); JSON keeps the label
+    t = Target("token", 5, "\n", position=3)
+    assert t.describe() == "token '\\n' (log-probability, predicted at position 3)" and t.to_dict()["label"] == "\n"
 
     names = methods.names()
     for name in ("attention", "rollout", "grad-attention", "relevance", "value-norm"):

@@ -457,8 +457,8 @@ def _run_texts(request: FaithfulnessRequest, methods, figure_formats) -> Faithfu
             logits = model(**inputs).logits.float()
         forward += 1
         target = text_target(tm, prepared, logits, row, request.target_class)
-        read = (lambda out: out[:, 0]) if tm.head_kind == "classifier" else (lambda out, row=row: out[:, row])
-        base = float(torch.softmax(read(logits[None])[0] if logits.dim() == 2 else logits[0, row], -1)[target.index])
+        # a classifier's logits are [1, C]; a language model's [1, N, V], read at the explained row
+        base = float(torch.softmax(logits[0] if logits.dim() == 2 else logits[0, row], -1)[target.index])
         explanation = explain_text(tm, prepared, methods, rows=(row,), layer=layer,
                                    target_class=target.index if tm.head_kind == "classifier" else None)
         signal["forward"] += explanation.forward_passes
