@@ -61,8 +61,12 @@ class AttentionFile:
         return tuple(self.shapes)
 
     def layout(self, kind: str | None = None) -> str:
-        """``"rows"`` for a generation file's self-attention (generated rows only), else ``"dense"``."""
+        """``"band"`` or ``"blocks"`` for a long document's sparse file (``layout`` metadata), ``"rows"`` for a
+        generation file's self-attention (generated rows only), else ``"dense"``."""
         kind = self._kind(kind)
+        sparse = self.metadata.get("layout")
+        if sparse in ("band", "blocks") and self.metadata.get(f"{sparse}_kind") == kind:
+            return sparse
         return "rows" if "context_length" in self.metadata and kind in ("self", "decoder", "cross") else "dense"
 
     def _kind(self, kind: str | None) -> str:
@@ -103,6 +107,8 @@ class AttentionFile:
                 if not -n_layers <= int(layer) < n_layers:
                     raise UsageError(f"layer {layer} is out of range: the file has {n_layers} {kind} layers (0..{n_layers - 1})")
                 picked.append(int(layer) % n_layers)
+        if self.layout(kind) in ("band", "blocks"):
+            return self._sparse(kind, picked)
         name = next(n for n, kd in KINDS.items() if kd == kind)
         if kind == "decoder" and name not in self.names:
             name = "attentions"  # a generation file's decoder self-attention
@@ -119,6 +125,29 @@ class AttentionFile:
                 else:
                     out[i] = t
         return out
+
+
+    def _sparse(self, kind: str, picked: list[int]) -> "torch.Tensor":
+        """A long document's sparse file as dense maps of the ``picked`` layers."""
+        import torch
+        from safetensors import safe_open
+
+        layout = self.metadata["layout"]
+        with safe_open(str(self.path), "pt") as fh:
+            if layout == "band":  # every band tensor is per layer: read only the picked ones
+                from attnviz.sparse import BandAttention
+
+                tensors = {}
+                for name in fh.keys():
+                    if name.startswith("band/"):
+                        part = fh.get_slice(name)
+                        tensors[name] = torch.stack([part[l:l + 1][0] for l in picked])
+                meta = {**self.metadata, "window": [self.metadata["window"][l] for l in picked]}
+                return BandAttention.from_tensors(tensors, meta).dense()
+            from attnviz.blocksparse import BlockAttention
+
+            tensors = {name: fh.get_tensor(name) for name in fh.keys() if name.startswith("blocks/")}
+        return BlockAttention.from_tensors(tensors, self.metadata).dense(picked)
 
 
 def load_attention(path: str | Path) -> AttentionFile:
@@ -141,6 +170,13 @@ def load_attention(path: str | Path) -> AttentionFile:
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"'{p}' is not a safetensors file: {str(exc).splitlines()[0][:160]}") from None
     shapes = {k: s for k, s in shapes.items() if len(s) == 4}
+    sparse = raw.get("layout")
+    if sparse in ("band", "blocks"):  # a long document's sparse layout: its logical dense shape [L, H, N, N (+ S)]
+        with safe_open(str(p), "pt") as fh:
+            first = tuple(fh.get_slice(f"{sparse}/{'local' if sparse == 'band' else 'values'}").get_shape())
+        n = int(raw["n"])
+        extra = len(json.loads(raw.get("side_spans", "[]")))
+        shapes[raw[f"{sparse}_kind"]] = (first[0], first[1], n, n + extra)
     if not shapes:
         raise InputError(f"'{p}' holds no attention tensor ({', '.join(KINDS)})")
     metadata: dict[str, Any] = {}

@@ -162,19 +162,36 @@ def _tensor_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, object]) -> Path:
-    """Write ``tensors`` to a safetensors file with string metadata (non-strings JSON-encoded).
+    """Write ``tensors`` (float32/float16/int64 CPU tensors) to a safetensors file with string metadata (non-strings
+    JSON-encoded), tensor by tensor: no copy of the data is made (a long document's band can be gigabytes).
 
     Raises:
-        OutputError: the file cannot be written.
+        OutputError: the file cannot be written, or a tensor's dtype has no safetensors code here.
     """
-    from safetensors.torch import save
+    import torch
 
+    codes = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32", torch.bfloat16: "BF16"}
     p = check_tensor_path(path)
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=_tensor_metadata(metadata))
+    header: dict[str, object] = {"__metadata__": _tensor_metadata(metadata)}
+    start = 0
+    parts = []
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in codes:
+            raise OutputError(f"cannot save tensor '{name}' of dtype {t.dtype}")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": codes[t.dtype], "shape": [int(d) for d in t.shape], "data_offsets": [start, start + nbytes]}
+        start += nbytes
+        parts.append(t)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         with _atomic(p) as fh:
-            fh.write(data)
+            fh.write(len(text).to_bytes(8, "little") + text)
+            for t in parts:
+                if t.numel():
+                    fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
     except OSError as exc:
         raise OutputError(f"cannot write '{p}': {exc.strerror or exc}") from exc
     return p

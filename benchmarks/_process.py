@@ -23,3 +23,16 @@ def one_run(cmd: list[str]) -> tuple[float, float]:
     if rc != "0":
         raise SystemExit(f"exited {rc}: {' '.join(cmd)}")
     return float(wall), int(rss_kib) / 1024
+
+
+def best_of(runs: list[dict], label: str, floor_like: bool) -> dict:
+    """One measurement from repeated child runs (dicts with ``seconds``/``peak_rss_mb``, or ``error``): the fastest
+    time, with the highest peak RSS (the lowest for a floor, so a floor is never overstated); printed as ``label``."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        print(f"{label}: {runs[0]['error']}", flush=True)
+        return runs[0]
+    best = dict(min(ok, key=lambda r: r["seconds"]))
+    best["peak_rss_mb"] = (min if floor_like else max)(r["peak_rss_mb"] for r in ok)
+    print(f"{label}: {best['seconds']:.2f} s, {best['peak_rss_mb']:.0f} MB", flush=True)
+    return best

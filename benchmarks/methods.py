@@ -41,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _process import best_of  # noqa: E402
 from capture import CONFIG, _reset_peak, _status  # noqa: E402  (the bench model and the RSS counters)
 
 ROOT = HERE.parent
@@ -173,16 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         for which, n in cases:
             for mode in MODES:
                 runs = [_run(mode, which, n, tmp, args.threads) for _ in range(repeat)]
-                ok = [r for r in runs if "error" not in r]
-                if not ok:
-                    results.append(runs[0])
-                    print(f"{which} N={n} {mode}: {runs[0]['error']}", flush=True)
-                    continue
-                floor_like = mode in ("floor", "fb_sdpa", "fb_eager")
-                best = dict(min(ok, key=lambda r: r["seconds"]))
-                best["peak_rss_mb"] = (min if floor_like else max)(r["peak_rss_mb"] for r in ok)
-                results.append(best)
-                print(f"{which} N={n} {mode}: {best['seconds']:.2f} s, {best['peak_rss_mb']:.0f} MB", flush=True)
+                results.append(best_of(runs, f"{which} N={n} {mode}", mode in ("floor", "fb_sdpa", "fb_eager")))
     text = _markdown(results, repeat, args.threads)
     (HERE / "METHODS.md").write_text(text)
     print(text)

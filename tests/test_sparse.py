@@ -25,6 +25,16 @@ def _longformer(window: int = 4, layers: int = 2):
     return tf.LongformerModel(cfg).eval()
 
 
+def _led():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LEDConfig(vocab_size=60, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                       decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, attention_window=4,
+                       max_encoder_position_embeddings=64, max_decoder_position_embeddings=64, pad_token_id=1, init_std=0.5)
+    return tf.LEDModel(cfg).eval()
+
+
 def recompute(model, inputs, n: int, globals_: list[int]) -> torch.Tensor:
     """``[L, H, n, n]`` from each layer's own query/key (local rows) and query_global/key_global (global rows) on the
     hidden states that layer received: softmax over the window (|i - j| <= w, not a global key) plus the global keys,
@@ -103,15 +113,9 @@ def test_longformer_capture_equals_a_dense_recomputation(n, globals_, one_thread
 
 
 def test_led_encoder_capture_equals_a_dense_recomputation(one_thread):
-    import transformers as tf
-
     from attnviz.capture import FULL, capture
 
-    torch.manual_seed(0)
-    cfg = tf.LEDConfig(vocab_size=60, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, attention_window=4,
-                       max_encoder_position_embeddings=64, max_decoder_position_embeddings=64, pad_token_id=1, init_std=0.5)
-    model = tf.LEDModel(cfg).eval()
+    model = _led()
     n = 10
     ids = torch.randint(5, 60, (1, n), generator=torch.Generator().manual_seed(1))
     mask = torch.zeros_like(ids)
@@ -178,3 +182,77 @@ def test_a_long_document_beyond_the_dense_budget_is_refused_in_one_line(monkeypa
     errors = [line for line in r.stderr.splitlines() if line.startswith("attnviz: error:")]
     assert r.exit_code == 2 and len(errors) == 1 and "--max-length 10" in errors[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("n,globals_,window", [(11, [0, 5, 9], 4), (13, [0], 4), (8, [], 4), (17, [3, 16], [4, 8])])
+def test_sparse_band_capture_equals_a_dense_recomputation(n, globals_, window, one_thread):
+    """The long-document capture: band [L, H, N, 2W+1] + global keys/rows, never [N, N]; equals the recomputation,
+    rows sum to 1, nothing stored for keys outside the layout or past the input (window padding), outputs unchanged."""
+    from attnviz.sparse import capture_sliding_window
+
+    model = _longformer(window=window)
+    gen = torch.Generator().manual_seed(n)
+    ids = torch.randint(5, 60, (1, n), generator=gen)
+    mask = torch.zeros_like(ids)
+    mask[0, globals_] = 1
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "global_attention_mask": mask}
+    got = capture_sliding_window(model, inputs, rows=[1, -1])
+    band = got.band
+    W = max(window) // 2 if isinstance(window, list) else window // 2
+    assert band.local.shape == (2, 2, n, 2 * W + 1) and band.global_index == tuple(globals_)
+    reference = recompute(model, inputs, n, globals_)
+    assert float((band.dense() - reference).abs().max()) <= 1e-5
+    assert torch.allclose(band.row_sums(), torch.ones(2, 2, n), atol=1e-5)
+    # the band itself: columns past the sequence (padding) and before it are exactly 0
+    for q in range(n):
+        for o in range(2 * W + 1):
+            if not 0 <= q + o - W < n:
+                assert float(band.local[:, :, q, o].abs().max()) == 0.0
+    if isinstance(window, list):  # layer 0 has window 4 (w = 2) inside a band of W = 4: its outer columns stay 0
+        assert float(band.local[0, :, :, [0, 1, 7, 8]].abs().max()) == 0.0
+        assert float(band.local[1, :, :, [0, 8]].abs().max()) > 0.0
+    assert got.row_index == (1, n - 1)
+    assert float((got.rows - reference[:, :, [1, n - 1]]).abs().max()) <= 1e-5
+    with torch.inference_mode():
+        plain = model(**inputs).last_hidden_state
+    assert torch.equal(plain, got.outputs.last_hidden_state)
+    only_rows = capture_sliding_window(model, inputs, rows=[4], keep_band=False)
+    assert only_rows.band is None and float((only_rows.rows[:, :, 0] - reference[:, :, 4]).abs().max()) <= 1e-5
+
+
+def test_sparse_band_capture_of_led_encoder(one_thread):
+    from attnviz.sparse import capture_sliding_window
+
+    model = _led()
+    n = 10
+    ids = torch.randint(5, 60, (1, n), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros_like(ids)
+    mask[0, [0, 6]] = 1
+    enc_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "global_attention_mask": mask}
+    got = capture_sliding_window(model, {**enc_inputs, "decoder_input_ids": torch.tensor([[2, 7, 8]])})
+    assert got.kind == "encoder" and got.band.kind == "encoder"
+    reference = recompute(model.get_encoder(), enc_inputs, n, [0, 6])
+    assert float((got.band.dense() - reference).abs().max()) <= 1e-5
+
+
+def test_band_file_round_trips_through_load_attention(tmp_path, one_thread):
+    """--save-attn's band layout: save_tensors + load_attention(...).dense(layers) give back the dense maps."""
+    import attnviz
+    from attnviz.report import save_tensors
+    from attnviz.sparse import capture_sliding_window
+
+    model = _longformer(window=[4, 8])
+    n = 15
+    ids = torch.randint(5, 60, (1, n), generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros_like(ids)
+    mask[0, [0, 7]] = 1
+    band = capture_sliding_window(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                          "global_attention_mask": mask}).band
+    path = save_tensors(tmp_path / "a.safetensors", band.to_tensors(), {**band.metadata(), "tokens": ["x"] * n})
+    f = attnviz.load_attention(path)
+    assert f.kinds == ("self",) and f.layout() == "band" and f.shapes["self"] == (2, 2, n, n)
+    assert f.metadata["global_index"] == [0, 7] and f.metadata["window"] == [2, 4]
+    dense = band.dense()
+    assert torch.equal(f.dense(), dense)
+    assert torch.equal(f.dense(layers=[1]), dense[1:])
+    assert set(f.names) == {"band/local", "band/global_keys", "band/global_rows"}

@@ -48,7 +48,8 @@ def text_command(
     scale: str = SCALE,
     views: str = typer.Option(",".join(TEXT_VIEWS), "--views", help="Views to write: any of head,model,focus,matrix (comma-separated)."),
     method: Optional[str] = typer.Option(None, "--method", help="Also draw these methods for the --token's row (or [CLS]/the last token): attention, rollout, grad-attention, relevance (Chefer et al. 2021), value-norm (Kobayashi et al. 2020); comma-separated or 'all'."),
-    global_tokens: Optional[str] = typer.Option(None, "--global", help="Longformer / LED: tokens with global attention, as 0-based positions or tokens, comma-separated (default: the first token)."),
+    global_tokens: Optional[str] = typer.Option(None, "--global", help="Longformer / LED: tokens with global attention, as 0-based positions or tokens (every occurrence), comma-separated (default: the first token)."),
+    window_at: Optional[int] = typer.Option(None, "--window-at", help="Longformer / LED long documents: also draw the attention matrix around this token position (0-based)."),
     target_class: Optional[int] = typer.Option(None, "--target-class", help="Class (0-based) a classifier's gradient methods explain (default: the top class)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -69,7 +70,8 @@ def text_command(
         request = TextRequest(
             text=text, token=token, token_index=token_index, layer=layer, head=head, words=words, hide_special=hide_special,
             target=target, text_file=text_file, max_length=max_length, half=half, top=top, direction=direction,
-            adjacent=adjacent, views=views, method=method or (), target_class=target_class, global_tokens=global_tokens, model=model_request(**options), output=output_request(**options),
+            adjacent=adjacent, views=views, method=method or (), target_class=target_class, global_tokens=global_tokens, window_at=window_at,
+            model=model_request(**options), output=output_request(**options),
             style=style_request(**options),
         )
         with _progress() as progress:
@@ -92,6 +94,42 @@ def _progress():
 
 
 def _print_human(run) -> None:
+    if hasattr(run, "doc"):  # a long document (attnviz.pipelines.longdoc.LongDocRun)
+        return _print_long(run)
+    _print_dense(run)
+    return None
+
+
+def _print_long(run) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    d = run.doc
+    console.print(f"[bold]{escape(run.style.model_label(d.model_id))}[/bold] · {d.num_layers} layers × {d.num_heads} heads · "
+                  f"{d.n} tokens · sliding window ±{max(d.window)} · band {d.band.nbytes / 2**20:,.0f} MiB"
+                  if d.band is not None else f"{d.n} tokens")
+    if run.random_weights:
+        console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")
+    c = run.checks
+    console.print(f"checked: rows sum to 1 (largest error {c.get('row_sum_max_error', 0):.1e}); the first "
+                  f"{c['probe_tokens']} tokens equal eager output_attentions (largest difference {c['probe_max_abs_diff']:.1e})")
+    doc = run.to_json()
+    if "focus" in doc:
+        f = doc["focus"]
+        console.print(f"strongest keys of '{escape(f['token'])}' (token {f['token_indices'][0]}), head mean, per layer:")
+        table = Table()
+        for col in ("layer", "on global tokens", "top keys"):
+            table.add_column(col, justify="left" if col == "top keys" else "right")
+        for row in f["layers"]:
+            table.add_row(str(row["layer"]), f"{row['on_global']:.3f}",
+                          escape(", ".join(f"{t['token']} ({t['index']}) {t['weight']:.3f}" for t in row["top"][:3])))
+        console.print(table)
+    print_files(console, run.files, run.save_attn)
+
+
+def _print_dense(run) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -59,7 +59,8 @@ class TextRequest:
     ``method-NAME`` and, for several, ``methods`` (:func:`attnviz.analysis.explain.explain_text`);
     ``target_class``: the class a classifier's gradient methods explain (default: the top class);
     ``global_tokens``: Longformer / LED only, the tokens with global attention, ``"0,[SEP],it"`` (0-based positions or
-    tokens; default: the first token).
+    tokens, every occurrence of a token; default: the first token); ``window_at``: Longformer / LED, the position whose window the long-document
+    window view draws (:mod:`attnviz.pipelines.longdoc`, which takes over for long inputs of those models).
     """
 
     text: str | None = None
@@ -80,6 +81,7 @@ class TextRequest:
     method: str | tuple[str, ...] = ()
     target_class: int | None = None
     global_tokens: str | None = None
+    window_at: int | None = None
     model: ModelRequest = ModelRequest()
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -381,7 +383,15 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     if head is not None and not -num_heads <= head < num_heads:
         raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
     prepared = prepare_text(tm, content, request.target, request.max_length)
-    globals_ = _global_positions(tm, prepared, request.global_tokens, spec)
+    from attnviz.pipelines.longdoc import run_long, wants_long_document
+
+    long_document = wants_long_document(tm, len(prepared.tokens), request.window_at)
+    if request.window_at is not None and not long_document:
+        raise UsageError(f"--window-at is for long documents with sliding-window attention (Longformer, LED); "
+                         f"'{tm.source.model_id}' is a {tm.model_type} model")
+    globals_ = _global_positions(tm, prepared, request.global_tokens, spec, dense=not long_document)
+    if long_document:
+        return run_long(request, tm, prepared, content, globals_, figure_formats, html, style, tensor_path, progress)
     info, target_info = prepared.tokens, prepared.target_tokens
     n = max(len(info), len(target_info) if target_info is not None else 0)
     full_bytes = 4 * num_layers * num_heads * n * n * (3 if tm.encoder_decoder else 1)
@@ -511,7 +521,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
 GLOBAL_ATTENTION_TYPES = ("longformer", "led")
 
 
-def _global_positions(tm, prepared, text: str | None, spec) -> tuple[int, ...] | None:
+def _global_positions(tm, prepared, text: str | None, spec, dense: bool = True) -> tuple[int, ...] | None:
     """Longformer / LED: the global token positions (``--global``; default the first token), set in the model inputs
     and said in a notice; None for other models.
 
@@ -530,7 +540,8 @@ def _global_positions(tm, prepared, text: str | None, spec) -> tuple[int, ...] |
     n = len(prepared.tokens)
     from attnviz.sparse import check_dense_budget
 
-    check_dense_budget(n, tm.num_layers, tm.num_heads)  # said before the weights load (the capture checks again)
+    if dense:
+        check_dense_budget(n, tm.num_layers, tm.num_heads)  # said before the weights load (the capture checks again)
     positions: set[int] = set()
     for part in (p.strip() for p in (text or "0").split(",")):
         if not part:
@@ -540,8 +551,16 @@ def _global_positions(tm, prepared, text: str | None, spec) -> tuple[int, ...] |
             if not -n <= i < n:
                 raise UsageError(f"--global {part} is out of range: the text has {n} tokens (0..{n - 1})")
             positions.add(i % n)
-        else:
-            positions.update(find_focus(prepared.tokens, part, None, spec))
+        else:  # a token: every occurrence of it is global
+            from attnviz.analysis.match import token_key
+            from attnviz.analysis.select import units_for
+
+            units = units_for(prepared.tokens, spec)
+            hits = [g for g, lab in zip(units.groups, units.labels) if token_key(lab) == token_key(part)]
+            if not hits:
+                find_focus(prepared.tokens, part, None, spec)  # raises: not in the text, with the list of tokens
+            for group in hits:
+                positions.update(group)
     if not positions:
         raise UsageError("--global is empty; give token positions or tokens, e.g. --global 0")
     mask = torch.zeros_like(prepared.inputs["input_ids"])

@@ -1,0 +1,120 @@
+"""Long documents with sliding-window + global attention: what the long-document views show, as pure functions of a
+:class:`attnviz.sparse.BandAttention` (never an ``[N, N]`` map).
+
+Every value is an attention probability the model computed (or a mean of them over heads, which the caller names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from attnviz.sparse import BandAttention
+
+
+@dataclass(frozen=True)
+class Link:
+    """One key position a row gives weight to: ``position`` (0-based token), its ``token`` text, ``weight``
+    (probability, head mean unless said otherwise)."""
+
+    position: int
+    token: str
+    weight: float
+
+
+def band_overview(band: BandAttention, layer: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[2W+1, N]``: row ``o`` is every query's weight on the key at offset ``o - W`` (head ``head``, or
+    the mean over heads). A global query's column is 0 (its row is :func:`global_rows`)."""
+    local = band.local[layer]  # [H, N, 2W+1]
+    values = local.mean(0) if head is None else local[head]
+    return values.T.contiguous().numpy().astype(np.float32, copy=False)
+
+
+def global_strip(band: BandAttention, layer: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[G, N]``: every query's weight on each global key (head ``head`` or the head mean); empty ``[0, N]``
+    without global tokens."""
+    if band.global_keys is None or not band.global_index:
+        return np.zeros((0, band.n), dtype=np.float32)
+    keys = band.global_keys[layer]  # [H, N, G]
+    values = keys.mean(0) if head is None else keys[head]
+    return values.T.contiguous().numpy().astype(np.float32, copy=False)
+
+
+def global_rows(band: BandAttention, head: int | None = None) -> np.ndarray:
+    """Float32 ``[G, L, N]``: each global token's attention over the whole document, per layer (head mean or one
+    head); ``[0, L, N]`` without global tokens."""
+    if band.global_rows is None or not band.global_index:
+        return np.zeros((0, band.num_layers, band.n), dtype=np.float32)
+    rows = band.global_rows  # [L, H, G, N]
+    values = rows.mean(1) if head is None else rows[:, head]
+    return values.permute(1, 0, 2).contiguous().numpy().astype(np.float32, copy=False)
+
+
+def focus_profile(rows: torch.Tensor, head: int | None = None) -> np.ndarray:
+    """Float32 ``[L, N]``: the focus token's attention along the document per layer, from its dense rows
+    ``[L, H, R, N]`` (``R`` pieces of one word: their mean), head mean or one head. Each layer's row sums to 1."""
+    values = rows.mean(1) if head is None else rows[:, head]
+    return values.mean(1).numpy().astype(np.float32, copy=False)
+
+
+def top_links(values: np.ndarray, tokens: Sequence[str], k: int = 5, exclude: Sequence[int] = ()) -> list[Link]:
+    """The ``k`` positions of ``values`` ``[N]`` with the largest weight (ties: the earlier), leaving out ``exclude``
+    (e.g. the focus token itself); zero weights never listed."""
+    v = np.asarray(values, dtype=np.float64).copy()
+    for i in exclude:
+        if 0 <= i < v.shape[0]:
+            v[i] = -1.0
+    order = np.argsort(-v, kind="stable")[:k]
+    return [Link(int(i), tokens[int(i)], float(values[int(i)])) for i in order if v[int(i)] > 0]
+
+
+def window_matrix(band: BandAttention, layer: int, center: int, radius: int, head: int | None = None
+                  ) -> tuple[np.ndarray, int, np.ndarray]:
+    """The dense ``[R, R]`` attention among the tokens ``[start, start + R)`` around ``center`` (``radius`` tokens
+    each side, cut at the document's ends), head mean or one head, plus each query's weight on keys outside that
+    range (``[R]``: the rest of its window and the global tokens).
+
+    Returns:
+        ``(matrix, start, outside)``.
+    """
+    n = band.n
+    start, stop = max(0, center - radius), min(n, center + radius + 1)
+    rows = band.rows(layer, range(start, stop))[:, :, :n]  # [H, R, N]
+    values = rows.mean(0) if head is None else rows[head]
+    inside = values[:, start:stop]
+    outside = (values.sum(-1) - inside.sum(-1)).clamp_min(0.0)
+    return inside.numpy().astype(np.float32), start, outside.numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LongDocument:
+    """What the long-document views draw: the captured band and what names its positions.
+
+    ``tokens``: ``N`` token strings; ``band``: every layer's probabilities (:class:`BandAttention`), or None when only
+    the focus rows were kept; ``focus_rows``: float32 ``[L, H, R, N]`` dense rows of the focus token's ``R`` pieces
+    (``focus_index``), or None; ``focus_text``: the focus as the user named it.
+    """
+
+    model_id: str
+    model_type: str
+    kind: str
+    tokens: tuple[str, ...]
+    num_layers: int
+    num_heads: int
+    window: tuple[int, ...]
+    global_index: tuple[int, ...]
+    band: BandAttention | None
+    focus_rows: torch.Tensor | None = None
+    focus_index: tuple[int, ...] = ()
+    focus_text: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def half_width(self) -> int:
+        return max(self.window)

@@ -1,0 +1,252 @@
+"""``attnviz text`` on a long document with a sliding-window model (Longformer, LED): the sparse capture and the
+long-document views, instead of dense ``[N, N]`` maps.
+
+The text pipeline (:func:`attnviz.pipelines.text.run`) hands over here when the model has sliding-window + global
+attention and the input is longer than :data:`LONG_DOCUMENT_TOKENS` (or ``--window-at`` is given). One forward pass
+keeps every layer's band (:func:`attnviz.sparse.capture_sliding_window`, O(L*H*N*(2W+1+2G)) memory); the views are
+``band`` (banded overview), ``profile`` (the ``--token``'s attention along the document, per layer), ``global`` (the
+global tokens' rows) and ``window-POS`` (``--window-at POS``: the matrix around one position). ``--save-attn`` writes
+the band layout (README "Long documents"), read back by :func:`attnviz.load_attention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnviz.errors import ModelError, UsageError
+from attnviz.pipelines.common import mark_random_weights, notify, notify_left_alone, notify_provenance, provenance
+
+#: Above this many tokens, a sliding-window model's text gets the long-document views.
+LONG_DOCUMENT_TOKENS = 1024
+#: Largest band (bytes, float32) attnviz keeps in memory.
+BAND_BUDGET = 12 * 2**30
+#: Tokens each side of ``--window-at`` in the window view.
+WINDOW_RADIUS = 24
+#: Tokens of the run-time check (the band capture against eager ``output_attentions``, dense, on a prefix).
+PROBE_TOKENS = 256
+#: Largest difference the run-time check accepts.
+PROBE_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class LongDocRun:
+    """What ``attnviz text`` produced for a long document; ``to_json()`` is ``--json``."""
+
+    doc: object  # attnviz.analysis.longdoc.LongDocument
+    layer: int | None
+    window_at: int | None
+    window_layer: int
+    files: tuple[Path, ...]
+    save_attn: Path | None
+    random_weights: str | None
+    style: object
+    checks: dict
+    top: int = 5
+    provenance: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The ``--json`` document: the layout, the global tokens and, per layer, the focus token's strongest keys
+        and each global token's (head means), the run-time checks, the files."""
+        from attnviz.analysis.longdoc import focus_profile, global_rows, top_links
+        from attnviz.render.layout import model_reference
+
+        d = self.doc
+        band = d.band
+        doc = {
+            "model": model_reference(d.model_id),
+            "label": self.style.model_label(d.model_id),
+            "model_type": d.model_type,
+            "backend": "sliding-window",
+            "layout": "band",
+            "random_weights": self.random_weights,
+            "num_layers": d.num_layers,
+            "num_heads": d.num_heads,
+            "num_tokens": d.n,
+            "tokens": list(d.tokens),
+            "kind": d.kind,
+            "window": list(d.window),
+            "global_tokens": [{"index": i, "token": d.tokens[i]} for i in d.global_index],
+            "band_bytes": band.nbytes if band is not None else 0,
+            "checks": self.checks,
+            "style": self.style.describe(),
+        }
+        if d.focus_rows is not None:
+            prof = focus_profile(d.focus_rows)
+            doc["focus"] = {
+                "token": d.focus_text,
+                "token_indices": list(d.focus_index),
+                "layers": [{"layer": l, "window": [max(0, d.focus_index[0] - d.window[l]),
+                                                   min(d.n - 1, d.focus_index[0] + d.window[l])],
+                            "on_global": float(sum(prof[l, g] for g in d.global_index)),
+                            "top": [{"index": k.position, "token": k.token, "weight": k.weight}
+                                    for k in top_links(prof[l], d.tokens, self.top, exclude=d.focus_index)]}
+                           for l in range(d.num_layers)],
+            }
+        if band is not None and d.global_index:
+            rows = global_rows(band)
+            doc["global_rows"] = [
+                {"index": p, "token": d.tokens[p],
+                 "top": [[{"index": k.position, "token": k.token, "weight": k.weight}
+                          for k in top_links(rows[g, l], d.tokens, self.top, exclude=(p,))] for l in range(d.num_layers)]}
+                for g, p in enumerate(d.global_index)]
+        if self.window_at is not None:
+            doc["window_view"] = {"center": self.window_at, "layer": self.window_layer, "radius": WINDOW_RADIUS}
+        doc["files"] = [str(p) for p in self.files]
+        doc["save_attn"] = str(self.save_attn) if self.save_attn else None
+        return doc
+
+
+def wants_long_document(tm, n: int, window_at: int | None) -> bool:
+    """True for a sliding-window model (Longformer, LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens, or with
+    ``--window-at``."""
+    from attnviz.pipelines.text import GLOBAL_ATTENTION_TYPES
+
+    return tm.model_type in GLOBAL_ATTENTION_TYPES and (n > LONG_DOCUMENT_TOKENS or window_at is not None)
+
+
+def band_bytes(layers: int, heads: int, n: int, half_width: int, globals_: int) -> int:
+    """Float32 bytes of the band capture: ``L*H*N*(2W+1+2G)*4``."""
+    return 4 * layers * heads * n * (2 * half_width + 1 + 2 * globals_)
+
+
+def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], figure_formats, html: bool, style,
+             tensor_path, progress=None) -> LongDocRun:
+    """The long-document run (see the module docstring); ``request`` is the text pipeline's ``TextRequest``.
+
+    Raises:
+        UsageError: an option that needs dense maps (``--method``), ``--window-at``/``--layer``/``--head`` out of
+            range, a band over :data:`BAND_BUDGET`. ModelError: the run-time check failed.
+    """
+    from attnviz.analysis.longdoc import LongDocument
+    from attnviz.analysis.select import ViewSpec, find_focus
+    from attnviz.report import RunOutput, model_files
+
+    if request.method:
+        raise UsageError("--method needs dense attention maps; on a long document with sliding-window attention use "
+                         f"--max-length {LONG_DOCUMENT_TOKENS} or less")
+    n = len(prepared.tokens)
+    tokens = tuple(prepared.tokens.tokens)
+    spec = ViewSpec(words=False, hide_special=False)
+    if request.words or request.hide_special:
+        notify("--words and --hide-special are not used by the long-document views (they show tokens)")
+    focus: tuple[int, ...] = ()
+    if request.token is not None:
+        focus = tuple(find_focus(prepared.tokens, request.token, request.token_index, spec))
+    window_at = request.window_at
+    if window_at is not None:
+        if not -n <= window_at < n:
+            raise UsageError(f"--window-at {window_at} is out of range: the text has {n} tokens (0..{n - 1})")
+        window_at %= n
+    L, H = tm.num_layers, tm.num_heads
+    layer = request.layer
+    if layer is not None:
+        if not -L <= layer < L:
+            raise UsageError(f"--layer {layer} is out of range: this model's encoder has {L} layers (0..{L - 1})")
+        layer %= L
+    head = request.head
+    if head is not None:
+        if not -H <= head < H:
+            raise UsageError(f"--head {head} is out of range: this model has {H} heads per layer (0..{H - 1})")
+        head %= H
+    windows = _windows(tm.config, L)
+    need = band_bytes(L, H, n, max(windows), len(globals_))
+    if need > BAND_BUDGET:
+        fits = int(BAND_BUDGET / (4 * L * H * (2 * max(windows) + 1 + 2 * len(globals_))))
+        raise UsageError(f"the band of {n} tokens ({L} layers x {H} heads, window ±{max(windows)}) would take "
+                         f"{need / 2**30:.1f} GiB; use --max-length {fits} or less")
+    out = request.output
+    output = RunOutput(out.out, command="text", force=out.force, protect=model_files(tm.source.location),
+                       settings={"model": tm.source.model_id, "text": content[:200],
+                                 "token": request.token, "layer": layer, "head": head, "window_at": window_at,
+                                 "format": out.format, "size": request.style.size, "views": "long-document",
+                                 "save_attn": str(tensor_path) if tensor_path else None})
+    stems = ["band"] + (["profile"] if focus else []) + (["global"] if globals_ else []) \
+        + ([f"window-{window_at}"] if window_at is not None else [])
+    output.check([f"{s}.{fmt}" for fmt in figure_formats for s in stems], tensor=tensor_path)
+    if html:
+        notify("the long-document views are figures; --format html writes PNG figures for them (no page yet)")
+        figure_formats = tuple(figure_formats) or ("png",)
+        output.check([f"{s}.png" for s in stems])
+    tm = tm.with_weights()
+    note = mark_random_weights(output, tm.model)
+    notify_provenance(tm.model, tm.tokenizer)
+    from attnviz.inputs.tokens import model_inputs
+    from attnviz.sparse import capture_sliding_window
+
+    inputs = model_inputs(tm, prepared)
+    if tm.encoder_decoder:
+        notify(f"{tm.model_type}: the long-document views show the encoder's sliding-window attention over the document "
+               f"(decoder and cross-attention: inputs up to {LONG_DOCUMENT_TOKENS} tokens, without --window-at)")
+    with output:
+        cap = capture_sliding_window(tm.model, inputs, rows=focus or None)
+        if progress is not None:
+            for l in range(cap.num_layers):
+                progress(cap.kind, l)
+        checks = _checks(tm.model, inputs, cap)
+        doc = LongDocument(model_id=tm.source.model_id, model_type=tm.model_type, kind=cap.kind, tokens=tokens,
+                           num_layers=cap.num_layers, num_heads=cap.num_heads, window=cap.window,
+                           global_index=cap.global_index, band=cap.band, focus_rows=cap.rows, focus_index=focus,
+                           focus_text=request.token)
+        from attnviz.render.longdoc import band_view, global_view, profile_view, window_view
+
+        window_layer = layer if layer is not None else L - 1
+        for fmt in figure_formats:
+            output.figure(band_view(doc, layer, style=style), "band", fmt)
+            if focus:
+                output.figure(profile_view(doc, head, style=style), "profile", fmt)
+            if globals_:
+                output.figure(global_view(doc, head, style=style), "global", fmt)
+            if window_at is not None:
+                output.figure(window_view(doc, window_at, window_layer, WINDOW_RADIUS, head, style=style),
+                              f"window-{window_at}", fmt)
+        if tensor_path is not None:
+            import torch
+
+            from attnviz.report import save_tensors
+
+            meta = {**cap.band.metadata(), "model": tm.source.model_id, "tokens": list(tokens), "backend": "sliding-window"}
+            save_tensors(output.tensor_target(tensor_path), cap.band.to_tensors(torch.float16 if request.half else torch.float32),
+                         meta)
+    notify_left_alone(output)
+    return LongDocRun(doc, layer, window_at, window_layer, tuple(output.files), output.tensor, note, style, checks,
+                      provenance=provenance(tm.model, tm.tokenizer))
+
+
+def _windows(config, layers: int) -> tuple[int, ...]:
+    """One-sided window per layer from ``config.attention_window`` (an int or one per layer)."""
+    w = getattr(config, "attention_window", 512)
+    ws = list(w) if isinstance(w, (list, tuple)) else [w] * layers
+    return tuple(int(x) // 2 for x in ws[:layers])
+
+
+def _checks(model, inputs, cap) -> dict:
+    """The run-time checks: every row sums to 1 (largest error), and the band capture of a prefix of
+    :data:`PROBE_TOKENS` tokens equals eager ``output_attentions`` placed densely (largest difference).
+
+    Raises:
+        ModelError: a difference above :data:`PROBE_TOLERANCE` or a row sum off by more than 1e-4.
+    """
+    from attnviz.capture import FULL, capture_eager
+    from attnviz.sparse import capture_sliding_window
+
+    checks: dict = {}
+    if cap.band is not None:
+        err = float((cap.band.row_sums() - 1).abs().max())
+        checks["row_sum_max_error"] = err
+        if err > 1e-4:
+            raise ModelError(f"{type(model).__name__}: a captured row sums to 1 ± {err:.1e}; refusing to show it")
+    from attnviz import sparse
+
+    fits = int((sparse.DENSE_BAND_BYTES / (cap.num_layers * cap.num_heads * 4)) ** 0.5)  # the probe's dense maps
+    p = min(cap.n, PROBE_TOKENS, fits)
+    source = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids")
+    probe = {k: (v[:, :p] if k in source else v) for k, v in inputs.items()}
+    band = capture_sliding_window(model, probe).band
+    eager = capture_eager(model, probe, FULL).attention[cap.kind].full
+    diff = float((band.dense() - eager).abs().max())
+    checks.update({"probe_tokens": p, "probe_max_abs_diff": diff, "reference": "eager output_attentions"})
+    if diff > PROBE_TOLERANCE:
+        raise ModelError(f"{type(model).__name__}: the sparse capture differs from eager attention by {diff:.1e} on the "
+                         f"first {p} tokens; refusing to show it")
+    return checks

@@ -1,0 +1,154 @@
+"""Long documents (Longformer / LED beyond LONG_DOCUMENT_TOKENS, or --window-at): the sparse capture's views, JSON and
+band file hold exactly the probabilities of an independent recomputation (tests/test_sparse.py's ``recompute``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+
+pytestmark = pytest.mark.slow
+
+TEXT = " ".join(["The animal did not cross the street because it was too tired."] * 8)
+
+
+def _model(folder, window: int = 8):
+    import transformers as tf
+    from tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(0)
+    model = tf.LongformerModel(tf.LongformerConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
+        attention_window=window, max_position_embeddings=300, pad_token_id=tok.pad_token_id, initializer_range=0.5)).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+def _json(result) -> dict:
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_long_document_views_json_and_band_file_equal_a_recomputation(tmp_path, monkeypatch, one_thread):
+    import attnviz
+    import attnviz.pipelines.longdoc as longdoc
+    from test_sparse import recompute
+
+    model, tok = _model(tmp_path / "lf")
+    monkeypatch.setattr(longdoc, "LONG_DOCUMENT_TOKENS", 64)  # the text (151 tokens) is a long document here
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "lf"), "--token", "it", "--token-index", "3",
+                                 "--global", "0,street", "--window-at", "30", "-o", str(tmp_path / "o"), "--json",
+                                 "--save-attn", str(tmp_path / "a.safetensors")])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    n = doc["num_tokens"]
+    streets = [i for i, t in enumerate(doc["tokens"]) if t.lstrip("Ġ") == "street"]
+    assert len(streets) == 8 and [g["index"] for g in doc["global_tokens"]] == [0] + streets  # every occurrence
+    assert doc["layout"] == "band" and doc["window"] == [4, 4] and doc["kind"] == "self"
+    assert doc["checks"]["probe_max_abs_diff"] <= 1e-5 and doc["checks"]["row_sum_max_error"] <= 1e-5
+    for stem in ("band", "profile", "global", "window-30"):
+        data = (tmp_path / "o" / f"{stem}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    ids = tok(TEXT, return_tensors="pt")["input_ids"]
+    mask = torch.zeros_like(ids)
+    mask[0, [0] + streets] = 1
+    reference = recompute(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "global_attention_mask": mask},
+                          n, [0] + streets)  # [L, H, n, n]
+    focus = doc["focus"]["token_indices"]
+    assert len(focus) == 1 and doc["tokens"][focus[0]].lstrip("Ġ") == "it"
+    for layer in doc["focus"]["layers"]:  # the strongest keys of the head-mean row, in order, with their weights
+        row = reference[layer["layer"], :, focus[0]].mean(0)
+        row[focus[0]] = -1
+        expected = torch.argsort(row, descending=True, stable=True)[:5].tolist()
+        assert [t["index"] for t in layer["top"]] == expected
+        assert np.allclose([t["weight"] for t in layer["top"]], row[expected].numpy(), atol=1e-6)
+        assert layer["on_global"] == pytest.approx(float(reference[layer["layer"], :, focus[0], [0] + streets].mean(0).sum()), abs=1e-6)
+    last = doc["global_rows"][1]  # global token 'street' (first occurrence): its row in the last layer
+    row = reference[-1, :, last["index"]].mean(0)
+    row[last["index"]] = -1
+    assert [t["index"] for t in last["top"][-1]] == torch.argsort(row, descending=True, stable=True)[:5].tolist()
+    f = attnviz.load_attention(tmp_path / "a.safetensors")
+    assert f.layout() == "band" and f.metadata["tokens"] == doc["tokens"] and f.metadata["global_index"] == [0] + streets
+    assert float((f.dense() - reference).abs().max()) <= 1e-5
+    assert float((f.dense(layers=[-1]) - reference[-1:]).abs().max()) <= 1e-5
+
+
+def test_long_document_route_needs_no_dense_budget_and_says_what_it_shows(tmp_path, monkeypatch, one_thread):
+    """Past LONG_DOCUMENT_TOKENS the dense maps are never built: a dense budget of 10 tokens does not matter; without
+    --token there is no profile; the human summary names the checks."""
+    import attnviz.pipelines.longdoc as longdoc
+    import attnviz.sparse as sparse
+
+    _model(tmp_path / "lf")
+    monkeypatch.setattr(longdoc, "LONG_DOCUMENT_TOKENS", 64)
+    monkeypatch.setattr(sparse, "DENSE_BAND_BYTES", 2 * 2 * 10 * 10 * 4)
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "lf"), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == ["band.png", "global.png"]
+    assert "equal eager output_attentions" in r.stdout and "sliding window ±4" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "relevance"], "--method needs dense attention maps"),
+    (["--window-at", "900"], "--window-at 900 is out of range"),
+    (["--layer", "5"], "--layer 5 is out of range"),
+])
+def test_long_document_bad_options_get_one_line(tmp_path, args, message, one_thread):
+    _model(tmp_path / "lf")
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "lf"), "--window-at", "3", "-o", str(tmp_path / "o")] + args)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("attnviz: error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_band_over_the_memory_budget_is_refused_before_loading(tmp_path, monkeypatch, one_thread):
+    import attnviz.pipelines.longdoc as longdoc
+
+    _model(tmp_path / "lf")
+    monkeypatch.setattr(longdoc, "BAND_BUDGET", 4 * 2 * 2 * 100 * (9 + 2))  # 100 tokens of band, 1 global token
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "lf"), "--window-at", "3", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "use --max-length 100 or less" in r.stderr, r.output
+
+
+def test_window_at_on_a_dense_model_is_refused(tmp_path, one_thread):
+    from tiny import make_text_model
+
+    folder = make_text_model(tmp_path, "bert")
+    r = CliRunner().invoke(app, ["text", "a b c", "-m", str(folder), "--window-at", "1", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--window-at is for long documents" in r.stderr, r.output
+
+
+def test_long_document_analyses_account_for_every_probability(one_thread):
+    """window_matrix's rows + 'elsewhere' sum to 1; band_overview is the band's diagonals; focus_profile rows sum to 1."""
+    from attnviz.analysis.longdoc import band_overview, focus_profile, global_strip, window_matrix
+    from attnviz.sparse import capture_sliding_window
+    from test_sparse import _longformer
+
+    model = _longformer(window=4)
+    n = 23
+    ids = torch.randint(5, 60, (1, n), generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros_like(ids)
+    mask[0, [0, 12]] = 1
+    cap = capture_sliding_window(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                         "global_attention_mask": mask}, rows=[7])
+    band = cap.band
+    dense = band.dense()  # [L, H, n, n]
+    matrix, start, outside = window_matrix(band, 1, 10, 4)
+    assert start == 6 and matrix.shape == (9, 9)
+    assert np.allclose(matrix.sum(1) + outside, 1.0, atol=1e-5)
+    assert np.allclose(matrix, dense[1, :, 6:15, 6:15].mean(0).numpy(), atol=1e-6)
+    over = band_overview(band, 0, head=1)  # [2W+1, n]
+    for q in (3, 9, 20):
+        for o in range(5):
+            k = q + o - 2
+            if 0 <= k < n and k not in (0, 12) and q not in (0, 12):
+                assert over[o, q] == pytest.approx(float(dense[0, 1, q, k]), abs=1e-7)
+    strip = global_strip(band, 0)
+    assert np.allclose(strip[1], dense[0, :, :, 12].mean(0).numpy() * np.array([q not in (0, 12) for q in range(n)]), atol=1e-6)
+    assert np.allclose(focus_profile(cap.rows).sum(-1), 1.0, atol=1e-5)
