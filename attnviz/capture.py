@@ -970,6 +970,12 @@ def _capture_eager(model, inputs, plan: CapturePlan, encdec: bool, previous: str
             result[kind] = AttentionMaps(kind=kind, num_layers=len(maps), num_heads=H, num_queries=Q, num_keys=K,
                                          causal=kind == DECODER or (kind == SELF and _is_causal_lm(model)))
             continue
+        shapes = sorted({tuple(int(d) for d in m.shape[-2:]) for m in maps}, reverse=True)
+        if len(shapes) > 1:  # Funnel: pooling shortens the sequence from block to block
+            raise AttentionRefused(
+                f"{type(model).__name__}: its layers' attention maps differ in shape "
+                f"({', '.join(f'{q}x{k}' for q, k in shapes)}): later layers attend over pooled positions (means of "
+                "tokens), not tokens, so attnviz cannot show them as [query, key] maps of the input")
         _check_layout(model, kind, maps[0].shape, inputs)
         full = torch.stack([m[0].float().cpu() for m in maps])  # [L, H, Q, K]
         causal = _check_eager_maps(model, kind, maps, full, causal_modules and kind != CROSS)
@@ -1147,7 +1153,7 @@ def _check_layout(model, kind: str, shape, inputs) -> None:
     if kind != CROSS and Q != K and not cached:
         raise AttentionRefused(
             f"{arch}: eager output_attentions are [{Q}, {K}] per head, not a [query, key] map of the input"
-            f"{f' ({n} positions)' if n else ''} (a band or block layout); attnviz cannot show them exactly"
+            f"{f' ({n} positions)' if n else ''} (a band, block or landmark layout); attnviz cannot show them exactly"
         )
     if n is not None and Q != n:
         raise AttentionRefused(

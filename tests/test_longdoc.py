@@ -151,4 +151,50 @@ def test_long_document_analyses_account_for_every_probability(one_thread):
                 assert over[o, q] == pytest.approx(float(dense[0, 1, q, k]), abs=1e-7)
     strip = global_strip(band, 0)
     assert np.allclose(strip[1], dense[0, :, :, 12].mean(0).numpy() * np.array([q not in (0, 12) for q in range(n)]), atol=1e-6)
-    assert np.allclose(focus_profile(cap.rows).sum(-1), 1.0, atol=1e-5)
+    assert np.allclose(focus_profile(cap.rows, n).sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["transient-global", "local"])
+def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
+    """LongT5 (local / transient-global): attnviz text takes the long-document route at any length; the JSON's focus
+    keys, the transient-global share and the band file equal tests/test_longt5.py's independent recomputation."""
+    import transformers as tf
+
+    import attnviz
+    from test_longt5 import reference
+    from tiny import t5_tokenizer
+
+    tok = t5_tokenizer()
+    torch.manual_seed(0)
+    cfg = tf.LongT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=1,
+                          num_heads=2, local_radius=3, global_block_size=4, encoder_attention_type=kind,
+                          decoder_start_token_id=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          initializer_factor=8.0)
+    model = tf.LongT5ForConditionalGeneration(cfg).eval()
+    model.save_pretrained(tmp_path / "lt5")
+    tok.save_pretrained(tmp_path / "lt5")
+    text = "The animal did not cross the street because it was too tired, said the old man."
+    r = CliRunner().invoke(app, ["text", text, "-m", str(tmp_path / "lt5"), "--token", "wa", "--window-at", "4",
+                                 "-o", str(tmp_path / "o"), "--json", "--save-attn", str(tmp_path / "a.safetensors")])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    assert doc["kind"] == "encoder" and doc["window"] == [3, 3] and doc["global_tokens"] == []
+    assert doc["checks"]["probe_max_abs_diff"] <= 1e-5
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    n = ids.shape[1]
+    assert doc["num_tokens"] == n
+    dense, S = reference(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                 "decoder_input_ids": torch.tensor([[0]])})  # [L, H, n, n + S]
+    assert len(doc["side_keys"]) == S and (S > 0) == (kind == "transient-global")
+    q = doc["focus"]["token_indices"][0]
+    for layer in doc["focus"]["layers"]:
+        row = dense[layer["layer"], :, q].mean(0)
+        assert layer["on_side_keys"] == pytest.approx(float(row[n:].sum()), abs=1e-6)
+        tokens_row = row[:n].clone()
+        tokens_row[q] = -1
+        expected = [i for i in torch.argsort(tokens_row, descending=True, stable=True)[:5].tolist() if tokens_row[i] > 0]
+        assert [t["index"] for t in layer["top"]] == expected  # keys of weight 0 (outside the window) never listed
+    f = attnviz.load_attention(tmp_path / "a.safetensors")
+    assert f.kinds == ("encoder",) and f.layout("encoder") == "band" and f.shapes["encoder"] == (2, 2, n, n + S)
+    assert float((f.dense("encoder") - dense).abs().max()) <= 1e-5
+    assert {p.name for p in (tmp_path / "o").glob("*.png")} == {"band.png", "profile.png", "window-4.png"}

@@ -131,7 +131,8 @@ def configs(tmp_path_factory):
         "led": config_folder(root, "led", LEDConfig(d_model=32, encoder_layers=1, decoder_layers=1, attention_window=4)),
         "funnel": config_folder(root, "funnel", FunnelConfig(d_model=32, n_head=2, block_sizes=[1, 1])),
         "canine": config_folder(root, "canine", CanineConfig(**small)),
-        "nystromformer": config_folder(root, "nystromformer", NystromformerConfig(**small)),
+        "nystromformer": config_folder(root, "nystromformer", NystromformerConfig(**small, num_landmarks=4,
+                                                                                     segment_means_seq_len=16)),
     }
 
 

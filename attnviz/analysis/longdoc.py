@@ -53,11 +53,27 @@ def global_rows(band: BandAttention, head: int | None = None) -> np.ndarray:
     return values.permute(1, 0, 2).contiguous().numpy().astype(np.float32, copy=False)
 
 
-def focus_profile(rows: torch.Tensor, head: int | None = None) -> np.ndarray:
-    """Float32 ``[L, N]``: the focus token's attention along the document per layer, from its dense rows
-    ``[L, H, R, N]`` (``R`` pieces of one word: their mean), head mean or one head. Each layer's row sums to 1."""
+def focus_profile(rows: torch.Tensor, n: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[L, N]``: the focus token's attention along the document's ``n`` tokens per layer, from its dense
+    rows ``[L, H, R, N (+ S)]`` (``R`` pieces of one word: their mean), head mean or one head. With LongT5's
+    transient-global keys (the ``S`` columns after the tokens, :func:`side_share`) a row sums to 1 minus their share."""
     values = rows.mean(1) if head is None else rows[:, head]
-    return values.mean(1).numpy().astype(np.float32, copy=False)
+    return values.mean(1)[:, :n].numpy().astype(np.float32, copy=False)
+
+
+def side_share(rows: torch.Tensor, n: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[L]``: the focus rows' weight on LongT5's transient-global keys (0 without)."""
+    values = rows.mean(1) if head is None else rows[:, head]
+    return values.mean(1)[:, n:].sum(-1).numpy().astype(np.float32, copy=False)
+
+
+def side_strip(band: BandAttention, layer: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[1, N]``: every query's total weight on LongT5's transient-global keys (``[0, N]`` without)."""
+    if band.side_keys is None or not band.side_spans:
+        return np.zeros((0, band.n), dtype=np.float32)
+    keys = band.side_keys[layer]  # [H, N, S]
+    values = keys.mean(0) if head is None else keys[head]
+    return values.sum(-1)[None].numpy().astype(np.float32, copy=False)
 
 
 def top_links(values: np.ndarray, tokens: Sequence[str], k: int = 5, exclude: Sequence[int] = ()) -> list[Link]:
@@ -75,14 +91,14 @@ def window_matrix(band: BandAttention, layer: int, center: int, radius: int, hea
                   ) -> tuple[np.ndarray, int, np.ndarray]:
     """The dense ``[R, R]`` attention among the tokens ``[start, start + R)`` around ``center`` (``radius`` tokens
     each side, cut at the document's ends), head mean or one head, plus each query's weight on keys outside that
-    range (``[R]``: the rest of its window and the global tokens).
+    range (``[R]``: the rest of its window, the global tokens, LongT5's transient-global keys).
 
     Returns:
         ``(matrix, start, outside)``.
     """
     n = band.n
     start, stop = max(0, center - radius), min(n, center + radius + 1)
-    rows = band.rows(layer, range(start, stop))[:, :, :n]  # [H, R, N]
+    rows = band.rows(layer, range(start, stop))  # [H, R, N (+ S)]
     values = rows.mean(0) if head is None else rows[head]
     inside = values[:, start:stop]
     outside = (values.sum(-1) - inside.sum(-1)).clamp_min(0.0)
@@ -110,6 +126,7 @@ class LongDocument:
     focus_rows: torch.Tensor | None = None
     focus_index: tuple[int, ...] = ()
     focus_text: str | None = None
+    side_spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def n(self) -> int:

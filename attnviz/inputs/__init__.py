@@ -69,10 +69,10 @@ MODALITIES: tuple[Modality, ...] = (IMAGE, AUDIO, DETECTION, VISION_LANGUAGE, MU
 SPARSE_TEXT: Mapping[str, str] = {
     "big_bird": "block-sparse attention (window, global and random blocks)",
     "bigbird_pegasus": "block-sparse attention (window, global and random blocks)",
-    "longt5": "local / transient-global attention over blocks",
+    "longt5": "local / transient-global attention over blocks (attnviz text shows its encoder)",
     "funnel": "pooling that shortens the sequence from block to block",
     "canine": "downsampled character sequences between layers",
-    "nystromformer": "a landmark (Nystrom) approximation of attention",
+    "nystromformer": "a landmark (Nystrom) approximation of attention, never a [query, key] probability map",
     "reformer": "LSH-bucketed and chunked attention",
     "perceiver": "cross-attention onto a fixed latent array",
 }
@@ -137,6 +137,10 @@ def require_modality(config: Any, name: str, wanted: Modality, command: str | No
     if wanted is TEXT and model_type in SPARSE_TEXT:
         if model_type == "big_bird" and get("attention_type", "block_sparse") == "original_full":
             return
+        if model_type == "nystromformer" and get("num_landmarks", 64) == get("segment_means_seq_len", 64):
+            return  # no landmarks: plain softmax attention over every key, exact
+        if model_type == "longt5" and (command or wanted.command) == "text":
+            return  # attnviz text shows its encoder's band (attnviz.pipelines.longdoc)
         raise ModelError(
             f"'{name}' ({model_type}) uses {SPARSE_TEXT[model_type]}, not a dense [query, key] map of the input; "
             f"attnviz {command or wanted.command} cannot show it exactly yet"

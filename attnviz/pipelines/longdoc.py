@@ -48,7 +48,7 @@ class LongDocRun:
     def to_json(self) -> dict:
         """The ``--json`` document: the layout, the global tokens and, per layer, the focus token's strongest keys
         and each global token's (head means), the run-time checks, the files."""
-        from attnviz.analysis.longdoc import focus_profile, global_rows, top_links
+        from attnviz.analysis.longdoc import focus_profile, global_rows, side_share, top_links
         from attnviz.render.layout import model_reference
 
         d = self.doc
@@ -57,7 +57,7 @@ class LongDocRun:
             "model": model_reference(d.model_id),
             "label": self.style.model_label(d.model_id),
             "model_type": d.model_type,
-            "backend": "sliding-window",
+            "backend": "band",
             "layout": "band",
             "random_weights": self.random_weights,
             "num_layers": d.num_layers,
@@ -67,18 +67,21 @@ class LongDocRun:
             "kind": d.kind,
             "window": list(d.window),
             "global_tokens": [{"index": i, "token": d.tokens[i]} for i in d.global_index],
+            "side_keys": [list(sp) for sp in d.side_spans],
             "band_bytes": band.nbytes if band is not None else 0,
             "checks": self.checks,
             "style": self.style.describe(),
         }
         if d.focus_rows is not None:
-            prof = focus_profile(d.focus_rows)
+            prof = focus_profile(d.focus_rows, d.n)
+            side = side_share(d.focus_rows, d.n)
             doc["focus"] = {
                 "token": d.focus_text,
                 "token_indices": list(d.focus_index),
                 "layers": [{"layer": l, "window": [max(0, d.focus_index[0] - d.window[l]),
                                                    min(d.n - 1, d.focus_index[0] + d.window[l])],
                             "on_global": float(sum(prof[l, g] for g in d.global_index)),
+                            "on_side_keys": float(side[l]),
                             "top": [{"index": k.position, "token": k.token, "weight": k.weight}
                                     for k in top_links(prof[l], d.tokens, self.top, exclude=d.focus_index)]}
                            for l in range(d.num_layers)],
@@ -98,16 +101,18 @@ class LongDocRun:
 
 
 def wants_long_document(tm, n: int, window_at: int | None) -> bool:
-    """True for a sliding-window model (Longformer, LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens, or with
-    ``--window-at``."""
+    """True for LongT5 (its encoder's local attention has no dense view), and for a sliding-window model (Longformer,
+    LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens or with ``--window-at``."""
     from attnviz.pipelines.text import GLOBAL_ATTENTION_TYPES
 
+    if tm.model_type == "longt5":
+        return True
     return tm.model_type in GLOBAL_ATTENTION_TYPES and (n > LONG_DOCUMENT_TOKENS or window_at is not None)
 
 
-def band_bytes(layers: int, heads: int, n: int, half_width: int, globals_: int) -> int:
-    """Float32 bytes of the band capture: ``L*H*N*(2W+1+2G)*4``."""
-    return 4 * layers * heads * n * (2 * half_width + 1 + 2 * globals_)
+def band_bytes(layers: int, heads: int, n: int, half_width: int, globals_: int, side: int = 0) -> int:
+    """Float32 bytes of the band capture: ``L*H*N*(2W+1+2G+S)*4``."""
+    return 4 * layers * heads * n * (2 * half_width + 1 + 2 * globals_ + side)
 
 
 def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], figure_formats, html: bool, style,
@@ -150,9 +155,11 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
             raise UsageError(f"--head {head} is out of range: this model has {H} heads per layer (0..{H - 1})")
         head %= H
     windows = _windows(tm.config, L)
-    need = band_bytes(L, H, n, max(windows), len(globals_))
+    side = n // int(tm.config.global_block_size) if getattr(tm.config, "encoder_attention_type", None) == "transient-global" else 0
+    need = band_bytes(L, H, n, max(windows), len(globals_ or ()), side)
     if need > BAND_BUDGET:
-        fits = int(BAND_BUDGET / (4 * L * H * (2 * max(windows) + 1 + 2 * len(globals_))))
+        per_token = 4 * L * H * (2 * max(windows) + 1 + 2 * len(globals_ or ()) + side)
+        fits = int(BAND_BUDGET / per_token)
         raise UsageError(f"the band of {n} tokens ({L} layers x {H} heads, window ±{max(windows)}) would take "
                          f"{need / 2**30:.1f} GiB; use --max-length {fits} or less")
     out = request.output
@@ -161,6 +168,7 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
                                  "token": request.token, "layer": layer, "head": head, "window_at": window_at,
                                  "format": out.format, "size": request.style.size, "views": "long-document",
                                  "save_attn": str(tensor_path) if tensor_path else None})
+    globals_ = globals_ or ()
     stems = ["band"] + (["profile"] if focus else []) + (["global"] if globals_ else []) \
         + ([f"window-{window_at}"] if window_at is not None else [])
     output.check([f"{s}.{fmt}" for fmt in figure_formats for s in stems], tensor=tensor_path)
@@ -172,14 +180,14 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
     note = mark_random_weights(output, tm.model)
     notify_provenance(tm.model, tm.tokenizer)
     from attnviz.inputs.tokens import model_inputs
-    from attnviz.sparse import capture_sliding_window
+    from attnviz.sparse import capture_band
 
     inputs = model_inputs(tm, prepared)
     if tm.encoder_decoder:
         notify(f"{tm.model_type}: the long-document views show the encoder's sliding-window attention over the document "
                f"(decoder and cross-attention: inputs up to {LONG_DOCUMENT_TOKENS} tokens, without --window-at)")
     with output:
-        cap = capture_sliding_window(tm.model, inputs, rows=focus or None)
+        cap = capture_band(tm.model, inputs, rows=focus or None)
         if progress is not None:
             for l in range(cap.num_layers):
                 progress(cap.kind, l)
@@ -187,7 +195,7 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
         doc = LongDocument(model_id=tm.source.model_id, model_type=tm.model_type, kind=cap.kind, tokens=tokens,
                            num_layers=cap.num_layers, num_heads=cap.num_heads, window=cap.window,
                            global_index=cap.global_index, band=cap.band, focus_rows=cap.rows, focus_index=focus,
-                           focus_text=request.token)
+                           focus_text=request.token, side_spans=cap.band.side_spans if cap.band is not None else ())
         from attnviz.render.longdoc import band_view, global_view, profile_view, window_view
 
         window_layer = layer if layer is not None else L - 1
@@ -214,39 +222,56 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
 
 
 def _windows(config, layers: int) -> tuple[int, ...]:
-    """One-sided window per layer from ``config.attention_window`` (an int or one per layer)."""
+    """One-sided window per layer: LongT5's ``local_radius``, else from ``config.attention_window`` (an int or one per
+    layer)."""
+    if getattr(config, "model_type", None) == "longt5":
+        return (int(config.local_radius),) * layers
     w = getattr(config, "attention_window", 512)
     ws = list(w) if isinstance(w, (list, tuple)) else [w] * layers
     return tuple(int(x) // 2 for x in ws[:layers])
 
 
 def _checks(model, inputs, cap) -> dict:
-    """The run-time checks: every row sums to 1 (largest error), and the band capture of a prefix of
-    :data:`PROBE_TOKENS` tokens equals eager ``output_attentions`` placed densely (largest difference).
+    """The run-time checks: every row sums to 1 (largest error), and the capture of a prefix of :data:`PROBE_TOKENS`
+    tokens equals the model's own eager ``output_attentions`` on it (:func:`attnviz.sparse.eager_band`; largest
+    difference over every stored probability).
 
     Raises:
         ModelError: a difference above :data:`PROBE_TOLERANCE` or a row sum off by more than 1e-4.
     """
-    from attnviz.capture import FULL, capture_eager
-    from attnviz.sparse import capture_sliding_window
+    from attnviz.sparse import capture_band, eager_band
 
     checks: dict = {}
     if cap.band is not None:
-        err = float((cap.band.row_sums() - 1).abs().max())
+        sums = cap.band.row_sums()
+        real = _real_rows(inputs, cap.n)
+        err = float((sums[:, :, real] - 1).abs().max()) if bool(real.any()) else 0.0
         checks["row_sum_max_error"] = err
         if err > 1e-4:
             raise ModelError(f"{type(model).__name__}: a captured row sums to 1 ± {err:.1e}; refusing to show it")
-    from attnviz import sparse
-
-    fits = int((sparse.DENSE_BAND_BYTES / (cap.num_layers * cap.num_heads * 4)) ** 0.5)  # the probe's dense maps
-    p = min(cap.n, PROBE_TOKENS, fits)
+    p = min(cap.n, PROBE_TOKENS)
     source = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids")
     probe = {k: (v[:, :p] if k in source else v) for k, v in inputs.items()}
-    band = capture_sliding_window(model, probe).band
-    eager = capture_eager(model, probe, FULL).attention[cap.kind].full
-    diff = float((band.dense() - eager).abs().max())
+    ours = capture_band(model, probe).band
+    theirs = eager_band(model, probe)
+    diff = 0.0
+    for name in ("local", "global_keys", "global_rows", "side_keys"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+            raise ModelError(f"{type(model).__name__}: the capture's {name} layout differs from eager's on the first "
+                             f"{p} tokens; refusing to show it")
+        if a is not None and a.numel():
+            diff = max(diff, float((a - b).abs().max()))
     checks.update({"probe_tokens": p, "probe_max_abs_diff": diff, "reference": "eager output_attentions"})
     if diff > PROBE_TOLERANCE:
         raise ModelError(f"{type(model).__name__}: the sparse capture differs from eager attention by {diff:.1e} on the "
                          f"first {p} tokens; refusing to show it")
     return checks
+
+
+def _real_rows(inputs, n: int):
+    """Bool ``[N]``: positions that are real tokens (``attention_mask`` 1)."""
+    import torch
+
+    mask = inputs.get("attention_mask")
+    return torch.ones(n, dtype=torch.bool) if mask is None else mask.reshape(-1)[:n].bool()

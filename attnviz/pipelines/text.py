@@ -566,7 +566,9 @@ def _global_positions(tm, prepared, text: str | None, spec, dense: bool = True) 
     mask = torch.zeros_like(prepared.inputs["input_ids"])
     mask[0, sorted(positions)] = 1
     prepared.inputs["global_attention_mask"] = mask
-    named = ", ".join(f"{i} '{prepared.tokens.tokens[i]}'" for i in sorted(positions))
+    chosen = sorted(positions)
+    named = ", ".join(f"{i} '{prepared.tokens.tokens[i]}'" for i in chosen[:12]) + (
+        f" (+{len(chosen) - 12} more; all in the JSON)" if len(chosen) > 12 else "")
     notify(f"{tm.model_type}: sliding-window attention plus global tokens {named}"
            + ("" if text else " (the first token, as its docs recommend; --global to choose)"))
     return tuple(sorted(positions))

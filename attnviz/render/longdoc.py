@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attnviz.analysis.longdoc import (
-    LongDocument, band_overview, focus_profile, global_rows, global_strip, top_links, window_matrix,
+    LongDocument, band_overview, focus_profile, global_rows, global_strip, side_share, side_strip, top_links, window_matrix,
 )
 from attnviz.render.common import FOCUS_COLOR, Frame, add_colorbar, make_titles, probability_norm, safe_label, scale_label, short_weight
 from attnviz.render.layout import DEFAULT_STYLE, Style, attach_metadata, shared_vmax, with_fonts
@@ -33,12 +33,20 @@ def _pool(values: np.ndarray, max_cols: int = MAX_COLUMNS) -> tuple[np.ndarray, 
         return values, 1
     pad = (-n) % f
     padded = np.pad(values, ((0, 0), (0, pad)), constant_values=np.nan)
-    return np.nanmean(padded.reshape(values.shape[0], -1, f), axis=-1).astype(np.float32), f
+    import warnings
+
+    with warnings.catch_warnings():  # a group of only missing cells stays missing (NaN), silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(padded.reshape(values.shape[0], -1, f), axis=-1).astype(np.float32), f
 
 
 def _titles(style: Style, width: float, view: str, doc: LongDocument, what: str, notes: Sequence[str]):
-    settings = (f"{doc.n} tokens · sliding window ±{doc.half_width}"
-                + (f" · global tokens: {_globals_text(doc)}" if doc.global_index else " · no global tokens"))
+    if doc.side_spans:
+        size = doc.side_spans[0][1] - doc.side_spans[0][0]
+        extra = f" · {len(doc.side_spans)} transient-global keys (sums of blocks of {size} tokens)"
+    else:
+        extra = f" · global tokens: {_globals_text(doc)}" if doc.global_index else " · no global tokens"
+    settings = f"{doc.n} tokens · sliding window ±{doc.half_width}" + extra
     return make_titles(view, style.model_label(doc.model_id), what, settings, notes, width, fonts=style.fonts(width))
 
 
@@ -69,25 +77,37 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
     panels = ([(l, None, f"layer {l}, head mean") for l in range(doc.num_layers)] if layer is None
               else [(layer, h, f"layer {layer}, head {h}") for h in range(doc.num_heads)])
     images, strips = [], []
+    n = doc.n
+    offsets = np.arange(-W, W + 1)[:, None]
+    keys = np.arange(n)[None, :] + offsets
+    outside = (keys < 0) | (keys >= n)  # [2W+1, N]: no such key (before the start / past the end)
+    outside[:, list(band.global_index)] = True  # a global query's row is in the global view
+    outside |= np.isin(keys, list(band.global_index))  # a global key's weight is in the strips
     for l, h, _ in panels:
-        img, f = _pool(band_overview(band, l, h))
+        img = band_overview(band, l, h).copy()
+        img[outside] = np.nan
+        img, f = _pool(img)
         images.append(img)
-        strips.append(_pool(global_strip(band, l, h))[0])
-    vmax = shared_vmax([float(np.nanmax(i)) for i in images] + [float(np.nanmax(s)) for s in strips if s.size])
+        strips.append(_pool(np.concatenate([global_strip(band, l, h), side_strip(band, l, h)]))[0])
+    vmax = shared_vmax([float(np.nanmax(i)) for i in images if np.isfinite(i).any()]
+                       + [float(np.nanmax(s)) for s in strips if s.size])
     norm = probability_norm(vmax, sqrt=True)
     cmap = style.colormap("viridis")
     width = style.width(10.0)
     fonts = style.fonts(width)
-    G = len(band.global_index)
-    strip_h = 0.09 * min(G, 8)
+    strip_labels = [safe_label(doc.tokens[p], 10) for p in band.global_index[:8]] + (["global blocks"] if band.side_spans else [])
+    G = len(strip_labels)
+    strip_h = 0.09 * max(min(G, 8), 2 if G else 0)
     panel_h = 0.8
     gap = 0.42
     what = "banded overview" + ("" if layer is None else f", layer {layer}")
-    notes = [f"x: query position; y: key offset from the query (−{W}..{W}); colour: attention probability"
-             + (f"; each pixel column is the mean of {f} queries" if f > 1 else "")]
-    if G:
+    notes = [f"x: query position; y: key offset from the query (−{W}..{W}); colour: attention probability; grey: no "
+             "key there (before the start, past the end), a global key (its strip) or a global query (global view)" + (f"; each pixel column is the mean of {f} queries" if f > 1 else "")]
+    if band.global_index:
         notes.append("strips under each panel: every query's weight on each global token (global queries' own rows: "
                      "global view)")
+    if band.side_spans:
+        notes.append("strip under each panel: every query's total weight on the transient-global keys")
     titles = _titles(style, width, "band view", doc, what, notes)
     top = titles.height_in() + 0.1
     plot = len(panels) * (panel_h + strip_h + gap)
@@ -97,10 +117,10 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
     left, right = 0.75, 1.0
     pw = width - left - right
     y = top
-    n = doc.n
     mappable = None
     for (l, h, label), img, strip in zip(panels, images, strips):
         ax = frame.axes(left, y, pw, panel_h)
+        ax.set_facecolor("#d9d9d9")
         mappable = ax.imshow(img, aspect="auto", cmap=cmap, norm=norm, origin="lower", interpolation="nearest",
                              extent=(0, n, -W - 0.5, W + 0.5))
         ax.set_title(label, fontsize=fonts.sub, loc="left", pad=2)
@@ -111,10 +131,10 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
         last = ax
         if G:
             sax = frame.axes(left, y + panel_h + 0.02, pw, strip_h)
-            shown = strip[:8]
+            shown = np.concatenate([strip[:min(8, len(band.global_index))], strip[len(band.global_index):]])
             sax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest", extent=(0, n, len(shown), 0))
             sax.set_yticks([i + 0.5 for i in range(len(shown))])
-            sax.set_yticklabels([safe_label(doc.tokens[p], 10) for p in band.global_index[:8]], fontsize=max(6.0, fonts.small - 1))
+            sax.set_yticklabels(strip_labels, fontsize=max(6.0, fonts.small - 1))
             sax.set_xticks([])
             sax.tick_params(length=0)
             last = sax
@@ -144,7 +164,8 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     """
     if doc.focus_rows is None:
         raise ValueError("the focus profile needs the focus token's rows")
-    prof = focus_profile(doc.focus_rows, head)  # [L, N]
+    prof = focus_profile(doc.focus_rows, doc.n, head)  # [L, N]
+    side = side_share(doc.focus_rows, doc.n, head)  # [L]
     n = doc.n
     width = style.width(10.0)
     fonts = style.fonts(width)
@@ -152,7 +173,8 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     q = focus[0]
     notes = ["x: key position; y: attention probability of the focus token's row"
              + (" (mean of its pieces)" if len(focus) > 1 else "")
-             + "; shaded: its sliding window; ▼: global tokens; dots: strongest keys, written at the right"]
+             + "; shaded: its sliding window; ▼: global tokens; dots: strongest keys, written at the right"
+             + ("; 'global blocks': its weight on the transient-global keys (not drawn)" if doc.side_spans else "")]
     what = f"'{safe_label(doc.focus_text or doc.tokens[q], 20)}' (token {q}), " + ("head mean" if head is None else f"head {head}")
     titles = _titles(style, width, "focus profile", doc, what, notes)
     top_in = titles.height_in() + 0.1
@@ -187,6 +209,8 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
         ax.text(-0.01, 0.5, f"L{l}", transform=ax.transAxes, ha="right", va="center", fontsize=fonts.small)
         ax.set_ylabel("")
         label = "\n".join(f"{safe_label(k.token, 12)} ({k.position}) {short_weight(k.weight)}" for k in links) or "–"
+        if doc.side_spans:
+            label += f"\nglobal blocks {short_weight(float(side[l]))}"
         ax.text(1.02, 0.5, label, transform=ax.transAxes, ha="left", va="center", fontsize=max(6.0, fonts.small - 1),
                 linespacing=1.0)
         last = ax
