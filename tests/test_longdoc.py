@@ -154,14 +154,8 @@ def test_long_document_analyses_account_for_every_probability(one_thread):
     assert np.allclose(focus_profile(cap.rows, n).sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["transient-global", "local"])
-def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
-    """LongT5 (local / transient-global): attnviz text takes the long-document route at any length; the JSON's focus
-    keys, the transient-global share and the band file equal tests/test_longt5.py's independent recomputation."""
+def _longt5(folder, kind: str):
     import transformers as tf
-
-    import attnviz
-    from test_longt5 import reference
     from tiny import t5_tokenizer
 
     tok = t5_tokenizer()
@@ -171,8 +165,19 @@ def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
                           decoder_start_token_id=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           initializer_factor=8.0)
     model = tf.LongT5ForConditionalGeneration(cfg).eval()
-    model.save_pretrained(tmp_path / "lt5")
-    tok.save_pretrained(tmp_path / "lt5")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+@pytest.mark.parametrize("kind", ["transient-global", "local"])
+def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
+    """LongT5 (local / transient-global): attnviz text takes the long-document route at any length; the JSON's focus
+    keys, the transient-global share and the band file equal tests/test_longt5.py's independent recomputation."""
+    import attnviz
+    from test_longt5 import reference
+
+    model, tok = _longt5(tmp_path / "lt5", kind)
     text = "The animal did not cross the street because it was too tired, said the old man."
     r = CliRunner().invoke(app, ["text", text, "-m", str(tmp_path / "lt5"), "--token", "wa", "--window-at", "4",
                                  "-o", str(tmp_path / "o"), "--json", "--save-attn", str(tmp_path / "a.safetensors")])
@@ -198,3 +203,19 @@ def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
     assert f.kinds == ("encoder",) and f.layout("encoder") == "band" and f.shapes["encoder"] == (2, 2, n, n + S)
     assert float((f.dense("encoder") - dense).abs().max()) <= 1e-5
     assert {p.name for p in (tmp_path / "o").glob("*.png")} == {"band.png", "profile.png", "window-4.png"}
+
+
+def test_check_covers_band_models(tmp_path, one_thread):
+    """attnviz check: a '(band)' row per built-in text for Longformer and LongT5 (the long-document capture against
+    the model's own eager output_attentions), exact; LongT5 has no dense rows (its encoder has no dense map)."""
+    _model(tmp_path / "lf")
+    _longt5(tmp_path / "lt5", "transient-global")
+    for folder, kinds in (("lf", {"self"}), ("lt5", {"encoder"})):
+        r = CliRunner().invoke(app, ["check", str(tmp_path / folder), "--json"])
+        assert r.exit_code == 0, r.output
+        doc = _json(r)
+        band = [c for c in doc["checks"] if c["input"].endswith("(band)")]
+        assert len(band) == 2 and {c["kind"] for c in band} == kinds and doc["exact"]
+        assert all(c["max_abs_diff"] == 0.0 for c in band)
+        if folder == "lt5":
+            assert len(doc["checks"]) == 2 and band[1]["keys"] > band[1]["queries"]  # + the transient-global keys

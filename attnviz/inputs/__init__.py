@@ -139,7 +139,7 @@ def require_modality(config: Any, name: str, wanted: Modality, command: str | No
             return
         if model_type == "nystromformer" and get("num_landmarks", 64) == get("segment_means_seq_len", 64):
             return  # no landmarks: plain softmax attention over every key, exact
-        if model_type == "longt5" and (command or wanted.command) == "text":
+        if model_type == "longt5" and (command or wanted.command) in ("text", "check"):
             return  # attnviz text shows its encoder's band (attnviz.pipelines.longdoc)
         raise ModelError(
             f"'{name}' ({model_type}) uses {SPARSE_TEXT[model_type]}, not a dense [query, key] map of the input; "

@@ -175,14 +175,46 @@ def _report(model_id, model_type, modality, model, rows, backends, prefix=None) 
 def _check_text(name: str, options) -> CheckReport:
     from attnviz.inputs.tokens import load_text_model, prepare_text
 
-    tm = load_text_model(name, options)
+    from attnviz.sparse import BAND_TYPES
+
+    tm = load_text_model(name, options, command="check")
     rows, backends = [], []
     for label, content in CHECK_TEXTS:
         prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
+        if tm.model_type in BAND_TYPES:  # the long-document capture (attnviz text past 1024 tokens, LongT5 always)
+            rows.append(_band_row(label, tm, prepared))
+            backends.append("band")
+        if tm.model_type == "longt5":  # its encoder has no dense map; decoder and cross-attention are in the band run
+            continue
         ours, ref, diffs = compare(tm.model, prepared.inputs)
         backends.append(ours.backend)
         rows += _rows_for(label, ours, ref, diffs)
     return _report(tm.source.model_id, tm.model_type, "text", tm.model, rows, backends)
+
+
+def _band_row(label: str, tm, prepared) -> KindCheck:
+    """The band capture (:func:`attnviz.sparse.capture_band`) against the model's own eager ``output_attentions``
+    (:func:`attnviz.sparse.eager_band`), every stored probability; inf where a row does not sum to 1."""
+    from attnviz.inputs.tokens import model_inputs
+    from attnviz.pipelines.text import _global_positions
+    from attnviz.analysis.select import ViewSpec
+    from attnviz.sparse import capture_band, eager_band
+
+    _global_positions(tm, prepared, None, ViewSpec(), dense=False)  # Longformer / LED: the first token global
+    inputs = model_inputs(tm, prepared)
+    ours, theirs = capture_band(tm.model, inputs).band, eager_band(tm.model, inputs)
+    diff = 0.0
+    for name in ("local", "global_keys", "global_rows", "side_keys"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+            diff = float("inf")
+        elif a is not None and a.numel():
+            diff = max(diff, float((a - b).abs().max()))
+    if float((ours.row_sums() - 1).abs().max()) > 1e-4:
+        diff = float("inf")
+    n = ours.n
+    return KindCheck(f"{label} (band)", ours.kind, ours.num_layers, ours.num_heads, n, n + len(ours.side_spans), False,
+                     ours.num_layers, diff)
 
 
 def check_photo(size: tuple[int, int], seed: int = 0):
