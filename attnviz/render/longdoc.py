@@ -40,6 +40,11 @@ def _pool(values: np.ndarray, max_cols: int = MAX_COLUMNS) -> tuple[np.ndarray, 
         return np.nanmean(padded.reshape(values.shape[0], -1, f), axis=-1).astype(np.float32), f
 
 
+def _weight(value: float) -> str:
+    """A probability in two significant digits without the leading zero: ``.68``, ``.0021``."""
+    return short_weight(value) if value >= 0.01 else f"{value:.2g}".replace("0.", ".", 1)
+
+
 def _titles(style: Style, width: float, view: str, doc: LongDocument, what: str, notes: Sequence[str]):
     if doc.side_spans:
         size = doc.side_spans[0][1] - doc.side_spans[0][0]
@@ -206,11 +211,12 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
         ax.set_yticks([0, round(ymax, 3)] if ymax > 0 else [0])
         ax.tick_params(labelsize=max(6.0, fonts.small - 1), length=2, pad=1)
         ax.set_xticks([])
-        ax.text(-0.01, 0.5, f"L{l}", transform=ax.transAxes, ha="right", va="center", fontsize=fonts.small)
+        ax.text(0.004, 0.94, f"layer {l}", transform=ax.transAxes, ha="left", va="top", fontsize=max(6.0, fonts.small - 1),
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
         ax.set_ylabel("")
-        label = "\n".join(f"{safe_label(k.token, 12)} ({k.position}) {short_weight(k.weight)}" for k in links) or "–"
+        label = "\n".join(f"{safe_label(k.token, 12)} ({k.position}) {_weight(k.weight)}" for k in links) or "–"
         if doc.side_spans:
-            label += f"\nglobal blocks {short_weight(float(side[l]))}"
+            label += f"\nglobal blocks {_weight(float(side[l]))}"
         ax.text(1.02, 0.5, label, transform=ax.transAxes, ha="left", va="center", fontsize=max(6.0, fonts.small - 1),
                 linespacing=1.0)
         last = ax
@@ -264,7 +270,7 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
         mappable = ax.imshow(img, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest", extent=(0, n, L, 0))
         links = top_links(rows[g, -1], doc.tokens, top, exclude=(pos,))
         ax.set_title(f"global token {pos} '{safe_label(doc.tokens[pos], 14)}' · last layer's strongest keys: "
-                     + ", ".join(f"{safe_label(k.token, 10)} ({k.position}) {short_weight(k.weight)}" for k in links),
+                     + ", ".join(f"{safe_label(k.token, 10)} ({k.position}) {_weight(k.weight)}" for k in links),
                      fontsize=max(6.0, fonts.small), loc="left", pad=2)
         ax.set_yticks([i + 0.5 for i in range(L)] if L <= 12 else [0.5, L - 0.5])
         ax.set_yticklabels([f"L{i}" for i in range(L)] if L <= 12 else ["L0", f"L{L - 1}"], fontsize=max(6.0, fonts.small - 1))
@@ -291,35 +297,43 @@ def window_view(doc: LongDocument, center: int, layer: int, radius: int = 24, he
     matrix, start, outside = window_matrix(doc.band, layer, center, radius, head)
     R = matrix.shape[0]
     labels = [f"{safe_label(doc.tokens[start + i], 12)} {start + i}" for i in range(R)]
-    width = style.width(max(6.0, min(14.0, 1.6 + 0.16 * (R + 1) + 1.2)))
+    width = style.width(max(6.0, min(14.0, 1.6 + 0.16 * R + 1.7)))
     fonts = style.fonts(width)
-    cell = min(0.16, (width - 3.0) / (R + 1))
-    notes = [f"tokens {start}..{start + R - 1} (rows: queries, columns: keys); last column: weight on every other key "
-             "(rest of the window, global tokens); empty: never attended"]
+    cell = min(0.16, (width - 3.5) / R)
+    notes = [f"tokens {start}..{start + R - 1} (rows: queries, columns: keys); grey: never attended; right: each "
+             "query's weight on every other key (the rest of its window, global tokens), written out"]
     what = f"window at {center}, layer {layer}, " + ("head mean" if head is None else f"head {head}")
     titles = _titles(style, width, "window view", doc, what, notes)
     top_in = titles.height_in() + 0.1
     grid = cell * R
     label_w = 1.3
+    side_w = 0.42
     frame = Frame(width, top_in + grid + label_w + 0.2, style.resolution)
     frame.titles(titles)
-    values = np.concatenate([matrix, outside[:, None]], axis=1)
-    shown = np.ma.masked_where(values == 0, values)
-    vmax = shared_vmax(values)
-    norm = probability_norm(vmax, sqrt=True)
+    shown = np.ma.masked_where(matrix == 0, matrix)
+    norm = probability_norm(shared_vmax(matrix), sqrt=True)
     cmap = style.colormap("viridis")
-    ax = frame.axes(label_w, top_in, cell * (R + 1), grid)
-    ax.set_facecolor("#f2f2f2")
+    ax = frame.axes(label_w, top_in, cell * R, grid)
+    ax.set_facecolor("#d9d9d9")
     im = ax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-    ax.axvline(R - 0.5, color="white", lw=2)
     font = max(5.0, min(fonts.small, cell * 72 * 0.8))
     ax.set_yticks(range(R))
     ax.set_yticklabels(labels, fontsize=font)
-    ax.set_xticks(range(R + 1))
-    ax.set_xticklabels(labels + ["elsewhere"], fontsize=font, rotation=90)
+    ax.set_xticks(range(R))
+    ax.set_xticklabels(labels, fontsize=font, rotation=90)
     ax.tick_params(length=0, pad=1)
     if start <= center < start + R:
         ax.get_yticklabels()[center - start].set_color(FOCUS_COLOR)
-    add_colorbar(frame, im, label_w + cell * (R + 1) + 0.15, top_in, min(grid, 3.0),
+        ax.get_xticklabels()[center - start].set_color(FOCUS_COLOR)
+    sax = frame.axes(label_w + cell * R + 0.05, top_in, side_w, grid)
+    sax.set_xlim(0, 1)
+    sax.set_ylim(R - 0.5, -0.5)
+    sax.set_xticks([0.5])
+    sax.set_xticklabels(["elsewhere"], fontsize=font, rotation=90)
+    sax.set_yticks([])
+    sax.tick_params(length=0, pad=1)
+    for i, v in enumerate(outside):
+        sax.text(0.5, i, _weight(float(v)), ha="center", va="center", fontsize=font)
+    add_colorbar(frame, im, label_w + cell * R + side_w + 0.2, top_in, min(grid, 3.0),
                  scale_label("attention probability", False, True), fontsize=fonts.sub)
     return _finish(frame, style, "window", doc, titles, {"center": center, "layer": layer, "head": head, "radius": radius})
