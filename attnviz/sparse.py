@@ -351,33 +351,43 @@ def capture_sliding_window(model, inputs, rows: Sequence[int] | None = None, kee
                           rows=kept_rows, row_index=row_index, outputs=outputs)
 
 
-#: Model types whose encoder (or only stack) attention is a band: Longformer / LED (sliding window + global tokens),
-#: LongT5 (local / transient-global).
-BAND_TYPES = ("longformer", "led", "longt5")
+#: Model types whose encoder (or only stack) attention is sparse: a band for Longformer / LED (sliding window + global
+#: tokens) and LongT5 (local / transient-global), blocks for BigBird / BigBirdPegasus (block-sparse mode).
+BAND_TYPES = ("longformer", "led", "longt5", "big_bird", "bigbird_pegasus")
+BLOCK_TYPES = ("big_bird", "bigbird_pegasus")
 
 
-def capture_band(model, inputs, rows: Sequence[int] | None = None) -> SlidingCapture:
-    """Every band-attention layer of ``model`` (see :data:`BAND_TYPES`) in one forward pass: Longformer / LED through
-    :func:`capture_sliding_window`, LongT5's encoder through :func:`attnviz.longt5.capture_longt5_encoder`; ``rows``:
-    query positions whose dense rows ``[L, H, R, N (+ S)]`` to keep too.
+def capture_band(model, inputs, rows: Sequence[int] | None = None, report: dict | None = None) -> SlidingCapture:
+    """Every sparse attention layer of ``model`` (see :data:`BAND_TYPES`) in one forward pass: Longformer / LED through
+    :func:`capture_sliding_window`, LongT5's encoder through :func:`attnviz.longt5.capture_longt5_encoder`, BigBird's
+    block-sparse layers through :func:`attnviz.blocksparse.capture_block_sparse` (``SlidingCapture.band`` is then a
+    :class:`~attnviz.blocksparse.BlockAttention`; ``report`` receives its ``eager_max_abs_diff``); ``rows``: query
+    positions whose dense rows ``[L, H, R, N (+ S)]`` to keep too.
 
     Raises:
-        ModelError: not a band-attention model (or as the two captures raise).
+        ModelError: not a sparse-attention model (or as the captures raise).
     """
     from attnviz.errors import ModelError
 
     model_type = getattr(model.config, "model_type", None)
     if model_type in ("longformer", "led"):
         return capture_sliding_window(model, inputs, rows)
-    if model_type != "longt5":
-        raise ModelError(f"{type(model).__name__} ({model_type}) has no band attention to capture")
-    from attnviz.longt5 import capture_longt5_encoder
+    if model_type in BLOCK_TYPES:
+        from attnviz.blocksparse import capture_block_sparse
 
-    band, outputs = capture_longt5_encoder(model, inputs)
+        found, outputs = capture_block_sparse(model, inputs, report)
+        (kind, band), = found.items()
+    elif model_type == "longt5":
+        from attnviz.longt5 import capture_longt5_encoder
+
+        band, outputs = capture_longt5_encoder(model, inputs)
+    else:
+        raise ModelError(f"{type(model).__name__} ({model_type}) has no sparse attention to capture")
     row_index = tuple(sorted({r % band.n for r in rows})) if rows else ()
     kept = torch.stack([band.rows(l, row_index) for l in range(band.num_layers)]) if row_index else None
     return SlidingCapture(kind=band.kind, n=band.n, num_layers=band.num_layers, num_heads=band.num_heads,
-                          window=band.window, global_index=(), band=band, rows=kept, row_index=row_index, outputs=outputs)
+                          window=getattr(band, "window", ()), global_index=tuple(getattr(band, "global_index", ())),
+                          band=band, rows=kept, row_index=row_index, outputs=outputs)
 
 
 def eager_band(model, inputs) -> BandAttention:

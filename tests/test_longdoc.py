@@ -219,3 +219,67 @@ def test_check_covers_band_models(tmp_path, one_thread):
         assert all(c["max_abs_diff"] == 0.0 for c in band)
         if folder == "lt5":
             assert len(doc["checks"]) == 2 and band[1]["keys"] > band[1]["queries"]  # + the transient-global keys
+
+
+def _bigbird(folder):
+    import transformers as tf
+    from tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(0)
+    cfg = tf.BigBirdConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=512, block_size=4, num_random_blocks=1,
+                           attention_type="block_sparse", pad_token_id=tok.pad_token_id, initializer_range=0.2)
+    model = tf.BigBirdModel(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+def test_bigbird_block_sparse_long_document_and_short_input(tmp_path, one_thread):
+    """BigBird (block-sparse): from 29 tokens (block 4, 1 random block) the block layout (tests/test_blocksparse.py
+    proves it against an independent recomputation) is captured, drawn, checked and saved; the JSON's focus keys and
+    the saved file equal that capture's dense rows; a shorter input runs full attention, as transformers does, and
+    says so."""
+    import attnviz
+    from attnviz.blocksparse import capture_block_sparse
+
+    model, tok = _bigbird(tmp_path / "bb")
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "bb"), "--token", "it", "--token-index", "3",
+                                 "--window-at", "30", "-o", str(tmp_path / "o"), "--json",
+                                 "--save-attn", str(tmp_path / "a.safetensors")])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    assert doc["layout"] == "blocks" and doc["block_size"] == 4 and doc["num_random_blocks"] == 1
+    assert doc["checks"]["probe_max_abs_diff"] <= 1e-5 and doc["checks"]["row_sum_max_error"] <= 1e-5
+    assert {p.name for p in (tmp_path / "o").glob("*.png")} == {"blocks.png", "profile.png", "global.png", "window-30.png"}
+    ids = tok(TEXT, return_tensors="pt")["input_ids"]
+    (blocks,) = capture_block_sparse(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0].values()
+    dense = blocks.dense()
+    q = doc["focus"]["token_indices"][0]
+    for layer in doc["focus"]["layers"]:
+        row = dense[layer["layer"], :, q].mean(0)
+        row[q] = -1
+        expected = [i for i in torch.argsort(row, descending=True, stable=True)[:5].tolist() if row[i] > 0]
+        assert [t["index"] for t in layer["top"]] == expected
+        assert layer["window"] == [(q // 4 - 1) * 4, (q // 4 + 2) * 4 - 1]
+    assert [g["index"] for g in doc["global_rows"]] == [[0, 1, 2, 3], list(range(148, doc["num_tokens"]))]
+    f = attnviz.load_attention(tmp_path / "a.safetensors")
+    assert f.layout() == "blocks" and torch.equal(f.dense(), dense) and torch.equal(f.dense(layers=[1]), dense[1:])
+    short = CliRunner().invoke(app, ["text", "The animal did not cross the street.", "-m", str(tmp_path / "bb"),
+                                     "-o", str(tmp_path / "s"), "--json"])
+    assert short.exit_code == 0, short.output
+    assert "fewer than block-sparse attention needs (29); the model runs full attention" in short.stderr
+    assert _json(short)["attention_kinds"]["self"]["keys"] == _json(short)["num_tokens"]
+
+
+def test_check_covers_bigbird_block_sparse(tmp_path, one_thread):
+    """attnviz check on BigBird: one '(blocks)' row on the passage repeated past block-sparse's minimum length
+    (against the model's own dense map where it holds the probability), then the built-in texts at full attention."""
+    _bigbird(tmp_path / "bb")
+    r = CliRunner().invoke(app, ["check", str(tmp_path / "bb"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    blocks = [c for c in doc["checks"] if c["input"].endswith("(blocks)")]
+    assert len(blocks) == 1 and blocks[0]["queries"] >= 29 and blocks[0]["max_abs_diff"] <= 1e-5
+    assert doc["exact"] and [c["input"] for c in doc["checks"][1:]] == ["sentence", "passage"]

@@ -7,12 +7,15 @@ Every value is an attention probability the model computed (or a mean of them ov
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from attnviz.sparse import BandAttention
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.blocksparse import BlockAttention
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class LongDocument:
     num_heads: int
     window: tuple[int, ...]
     global_index: tuple[int, ...]
-    band: BandAttention | None
+    band: "BandAttention | BlockAttention | None"
     focus_rows: torch.Tensor | None = None
     focus_index: tuple[int, ...] = ()
     focus_text: str | None = None
@@ -134,4 +137,77 @@ class LongDocument:
 
     @property
     def half_width(self) -> int:
-        return max(self.window)
+        return max(self.window) if self.window else 0
+
+    @property
+    def block_size(self) -> int | None:
+        """BigBird's block size (None for a band layout)."""
+        return getattr(self.band, "block_size", None)
+
+    def window_span(self, layer: int, q: int) -> tuple[int, int]:
+        """First and last key position of query ``q``'s local window in ``layer``: ``q ± w`` (band), or its block
+        and the two next to it (BigBird), cut at the document's ends."""
+        if self.block_size:
+            bs = self.block_size
+            b = q // bs
+            return max(0, (b - 1) * bs), min(self.n - 1, (b + 2) * bs - 1)
+        w = self.window[layer] if layer < len(self.window) else self.half_width
+        return max(0, q - w), min(self.n - 1, q + w)
+
+    def random_blocks(self, layer: int, q: int) -> tuple[int, ...]:
+        """BigBird: the key blocks query ``q``'s random slots attend in ``layer`` (any head), in order; () otherwise."""
+        if not self.block_size or q in self.global_index:
+            return ()
+        kb = self.band.key_blocks[layer, :, q // self.block_size, 4:4 + self.band.num_random_blocks]
+        return tuple(sorted({int(b) for b in kb.flatten() if int(b) >= 0}))
+
+
+def global_panels(doc: LongDocument, head: int | None = None) -> list[tuple[str, tuple[int, ...], np.ndarray]]:
+    """What the global view draws: ``(label, query positions, float32 [L, N])`` per global token (Longformer, LED:
+    its row, head mean or ``head``) or per global block (BigBird: the mean of its queries' rows)."""
+    band = doc.band
+    if band is None or not doc.global_index:
+        return []
+    rows = band.global_rows  # [L, H, G, N]
+    values = rows.mean(1) if head is None else rows[:, head]  # [L, G, N]
+    if doc.block_size:
+        bs = doc.block_size
+        first = [g for g, p in enumerate(doc.global_index) if p < bs]
+        last = [g for g, p in enumerate(doc.global_index) if p >= bs]
+        out = []
+        for name, idx in (("first block", first), ("last block", last)):
+            if idx:
+                pos = tuple(doc.global_index[g] for g in idx)
+                out.append((f"{name} (tokens {pos[0]}..{pos[-1]})", pos,
+                            values[:, idx].mean(1).numpy().astype(np.float32)))
+        return out
+    return [(doc.tokens[p], (p,), values[:, g].numpy().astype(np.float32)) for g, p in enumerate(doc.global_index)]
+
+
+def block_map(blocks: "BlockAttention", layer: int, head: int | None = None) -> np.ndarray:
+    """Float32 ``[nb, nb]``: the mean, over a query block's real queries, of their weight on each key block (row ``i``:
+    query block ``i``; rows sum to 1), head mean or ``head``. A key block attended in several slots of a row (BigBird's
+    random blocks in eval mode are all block 0) gets their sum, as the model counts it."""
+    bs, n, nb = blocks.block_size, blocks.n, blocks.num_blocks
+    heads = range(blocks.num_heads) if head is None else [head]
+    out = torch.zeros((nb, nb), dtype=torch.float64)
+    kb = blocks.key_blocks[layer]  # [H, nb, K]
+    vals = blocks.values[layer]  # [H, n, K * bs]
+    K = kb.shape[-1]
+    for i in range(nb):
+        q0, q1 = i * bs, min(n, (i + 1) * bs)
+        if q0 >= n:
+            continue
+        for h in heads:
+            if q0 in blocks.global_index:
+                g0 = blocks.global_index.index(q0)
+                rows = blocks.global_rows[layer, h, g0:g0 + (q1 - q0)].double()  # [R, n]
+                padded = torch.nn.functional.pad(rows.mean(0), (0, nb * bs - n))
+                out[i] += padded.reshape(nb, bs).sum(-1)
+                continue
+            mass = vals[h, q0:q1].double().reshape(q1 - q0, K, bs).sum(-1).mean(0)  # [K]
+            for k in range(K):
+                b = int(kb[h, i, k])
+                if b >= 0:
+                    out[i, b] += mass[k]
+    return (out / len(heads)).numpy().astype(np.float32)

@@ -107,14 +107,15 @@ def _print_long(run) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     d = run.doc
+    layout = (f"block-sparse, blocks of {d.block_size}, {d.band.num_random_blocks} random" if d.block_size
+              else f"sliding window ±{d.half_width}")
     console.print(f"[bold]{escape(run.style.model_label(d.model_id))}[/bold] · {d.num_layers} layers × {d.num_heads} heads · "
-                  f"{d.n} tokens · sliding window ±{max(d.window)} · band {d.band.nbytes / 2**20:,.0f} MiB"
-                  if d.band is not None else f"{d.n} tokens")
+                  f"{d.n} tokens · {layout} · kept {d.band.nbytes / 2**20:,.1f} MiB")
     if run.random_weights:
         console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")
     c = run.checks
     console.print(f"checked: rows sum to 1 (largest error {c.get('row_sum_max_error', 0):.1e}); the first "
-                  f"{c['probe_tokens']} tokens equal eager output_attentions (largest difference {c['probe_max_abs_diff']:.1e})")
+                  f"{c['probe_tokens']} tokens equal {c['reference']} (largest difference {c['probe_max_abs_diff']:.1e})")
     doc = run.to_json()
     if "focus" in doc:
         f = doc["focus"]

@@ -67,8 +67,8 @@ MODALITIES: tuple[Modality, ...] = (IMAGE, AUDIO, DETECTION, VISION_LANGUAGE, MU
 #: Text architectures whose attention is not a dense ``[query, key]`` map of the input (sparse bands and blocks,
 #: pooled or downsampled layers, landmark approximations): refused in one line until attnviz shows them exactly.
 SPARSE_TEXT: Mapping[str, str] = {
-    "big_bird": "block-sparse attention (window, global and random blocks)",
-    "bigbird_pegasus": "block-sparse attention (window, global and random blocks)",
+    "big_bird": "block-sparse attention (window, global and random blocks; attnviz text shows it)",
+    "bigbird_pegasus": "block-sparse attention (window, global and random blocks; attnviz text shows its encoder)",
     "longt5": "local / transient-global attention over blocks (attnviz text shows its encoder)",
     "funnel": "pooling that shortens the sequence from block to block",
     "canine": "downsampled character sequences between layers",
@@ -139,8 +139,8 @@ def require_modality(config: Any, name: str, wanted: Modality, command: str | No
             return
         if model_type == "nystromformer" and get("num_landmarks", 64) == get("segment_means_seq_len", 64):
             return  # no landmarks: plain softmax attention over every key, exact
-        if model_type == "longt5" and (command or wanted.command) in ("text", "check"):
-            return  # attnviz text shows its encoder's band (attnviz.pipelines.longdoc)
+        if model_type in ("longt5", "big_bird", "bigbird_pegasus") and (command or wanted.command) in ("text", "check"):
+            return  # attnviz text shows its (encoder's) sparse layout (attnviz.pipelines.longdoc)
         raise ModelError(
             f"'{name}' ({model_type}) uses {SPARSE_TEXT[model_type]}, not a dense [query, key] map of the input; "
             f"attnviz {command or wanted.command} cannot show it exactly yet"

@@ -177,12 +177,25 @@ def _check_text(name: str, options) -> CheckReport:
 
     from attnviz.sparse import BAND_TYPES
 
+    from attnviz.pipelines.longdoc import block_sparse
+    from attnviz.pipelines.text import _short_block_sparse
+
     tm = load_text_model(name, options, command="check")
     rows, backends = [], []
+    if block_sparse(tm):  # BigBird: the block layout on a text long enough for it, then full attention on the short ones
+        from attnviz.blocksparse import min_block_sparse_length
+
+        label, content = CHECK_TEXTS[-1]
+        prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
+        times = -(-min_block_sparse_length(tm.config) // max(1, len(prepared.tokens) - 2)) + 1
+        prepared = prepare_text(tm, " ".join([content] * times), CHECK_TARGET if tm.encoder_decoder else None)
+        rows.append(_band_row(f"{label} x{times}", tm, prepared))
+        backends.append("blocks")
+        _short_block_sparse(tm, len(prepare_text(tm, CHECK_TEXTS[0][1]).tokens))
     for label, content in CHECK_TEXTS:
         prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
-        if tm.model_type in BAND_TYPES:  # the long-document capture (attnviz text past 1024 tokens, LongT5 always)
-            rows.append(_band_row(label, tm, prepared))
+        if tm.model_type in BAND_TYPES and tm.model_type not in ("big_bird", "bigbird_pegasus"):
+            rows.append(_band_row(label, tm, prepared))  # the long-document capture (past 1024 tokens; LongT5 always)
             backends.append("band")
         if tm.model_type == "longt5":  # its encoder has no dense map; decoder and cross-attention are in the band run
             continue
@@ -202,7 +215,15 @@ def _band_row(label: str, tm, prepared) -> KindCheck:
 
     _global_positions(tm, prepared, None, ViewSpec(), dense=False)  # Longformer / LED: the first token global
     inputs = model_inputs(tm, prepared)
-    ours, theirs = capture_band(tm.model, inputs).band, eager_band(tm.model, inputs)
+    report: dict = {}
+    ours = capture_band(tm.model, inputs, report=report).band
+    if ours.format == "blocks":  # BigBird: against the model's own dense map wherever it holds the probability
+        diff = report.get("eager_max_abs_diff", float("inf"))
+        if float((ours.row_sums() - 1).abs().max()) > 1e-4:
+            diff = float("inf")
+        return KindCheck(f"{label} (blocks)", ours.kind, ours.num_layers, ours.num_heads, ours.n, ours.n, False,
+                         ours.num_layers, diff)
+    theirs = eager_band(tm.model, inputs)
     diff = 0.0
     for name in ("local", "global_keys", "global_rows", "side_keys"):
         a, b = getattr(ours, name), getattr(theirs, name)

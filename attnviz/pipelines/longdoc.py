@@ -48,7 +48,7 @@ class LongDocRun:
     def to_json(self) -> dict:
         """The ``--json`` document: the layout, the global tokens and, per layer, the focus token's strongest keys
         and each global token's (head means), the run-time checks, the files."""
-        from attnviz.analysis.longdoc import focus_profile, global_rows, side_share, top_links
+        from attnviz.analysis.longdoc import focus_profile, global_panels, side_share, top_links
         from attnviz.render.layout import model_reference
 
         d = self.doc
@@ -57,8 +57,8 @@ class LongDocRun:
             "model": model_reference(d.model_id),
             "label": self.style.model_label(d.model_id),
             "model_type": d.model_type,
-            "backend": "band",
-            "layout": "band",
+            "backend": band.format if band is not None else "band",
+            "layout": band.format if band is not None else "band",
             "random_weights": self.random_weights,
             "num_layers": d.num_layers,
             "num_heads": d.num_heads,
@@ -69,6 +69,8 @@ class LongDocRun:
             "global_tokens": [{"index": i, "token": d.tokens[i]} for i in d.global_index],
             "side_keys": [list(sp) for sp in d.side_spans],
             "band_bytes": band.nbytes if band is not None else 0,
+            "block_size": getattr(band, "block_size", None),
+            "num_random_blocks": getattr(band, "num_random_blocks", None),
             "checks": self.checks,
             "style": self.style.describe(),
         }
@@ -78,8 +80,7 @@ class LongDocRun:
             doc["focus"] = {
                 "token": d.focus_text,
                 "token_indices": list(d.focus_index),
-                "layers": [{"layer": l, "window": [max(0, d.focus_index[0] - d.window[l]),
-                                                   min(d.n - 1, d.focus_index[0] + d.window[l])],
+                "layers": [{"layer": l, "window": list(d.window_span(l, d.focus_index[0])),
                             "on_global": float(sum(prof[l, g] for g in d.global_index)),
                             "on_side_keys": float(side[l]),
                             "top": [{"index": k.position, "token": k.token, "weight": k.weight}
@@ -87,12 +88,11 @@ class LongDocRun:
                            for l in range(d.num_layers)],
             }
         if band is not None and d.global_index:
-            rows = global_rows(band)
             doc["global_rows"] = [
-                {"index": p, "token": d.tokens[p],
+                {"index": list(positions) if len(positions) > 1 else positions[0], "token": label,
                  "top": [[{"index": k.position, "token": k.token, "weight": k.weight}
-                          for k in top_links(rows[g, l], d.tokens, self.top, exclude=(p,))] for l in range(d.num_layers)]}
-                for g, p in enumerate(d.global_index)]
+                          for k in top_links(rows[l], d.tokens, self.top, exclude=positions)] for l in range(d.num_layers)]}
+                for label, positions, rows in global_panels(d)]
         if self.window_at is not None:
             doc["window_view"] = {"center": self.window_at, "layer": self.window_layer, "radius": WINDOW_RADIUS}
         doc["files"] = [str(p) for p in self.files]
@@ -100,13 +100,25 @@ class LongDocRun:
         return doc
 
 
+def block_sparse(tm) -> bool:
+    """True for BigBird / BigBirdPegasus configured for ``block_sparse`` attention."""
+    from attnviz.sparse import BLOCK_TYPES
+
+    return tm.model_type in BLOCK_TYPES and getattr(tm.config, "attention_type", "block_sparse") == "block_sparse"
+
+
 def wants_long_document(tm, n: int, window_at: int | None) -> bool:
-    """True for LongT5 (its encoder's local attention has no dense view), and for a sliding-window model (Longformer,
-    LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens or with ``--window-at``."""
+    """True for LongT5 (its encoder's local attention has no dense view), BigBird in block-sparse mode on at least
+    :func:`attnviz.blocksparse.min_block_sparse_length` tokens (shorter inputs run full attention), and a
+    sliding-window model (Longformer, LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens or with ``--window-at``."""
     from attnviz.pipelines.text import GLOBAL_ATTENTION_TYPES
 
     if tm.model_type == "longt5":
         return True
+    if block_sparse(tm):
+        from attnviz.blocksparse import min_block_sparse_length
+
+        return n >= min_block_sparse_length(tm.config)
     return tm.model_type in GLOBAL_ATTENTION_TYPES and (n > LONG_DOCUMENT_TOKENS or window_at is not None)
 
 
@@ -154,13 +166,11 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
         if not -H <= head < H:
             raise UsageError(f"--head {head} is out of range: this model has {H} heads per layer (0..{H - 1})")
         head %= H
-    windows = _windows(tm.config, L)
-    side = n // int(tm.config.global_block_size) if getattr(tm.config, "encoder_attention_type", None) == "transient-global" else 0
-    need = band_bytes(L, H, n, max(windows), len(globals_ or ()), side)
+    per_token = _bytes_per_token(tm.config, L, H, n, len(globals_ or ()))
+    need = per_token * n
     if need > BAND_BUDGET:
-        per_token = 4 * L * H * (2 * max(windows) + 1 + 2 * len(globals_ or ()) + side)
         fits = int(BAND_BUDGET / per_token)
-        raise UsageError(f"the band of {n} tokens ({L} layers x {H} heads, window ±{max(windows)}) would take "
+        raise UsageError(f"the sparse attention of {n} tokens ({L} layers x {H} heads) would take "
                          f"{need / 2**30:.1f} GiB; use --max-length {fits} or less")
     out = request.output
     output = RunOutput(out.out, command="text", force=out.force, protect=model_files(tm.source.location),
@@ -169,7 +179,10 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
                                  "format": out.format, "size": request.style.size, "views": "long-document",
                                  "save_attn": str(tensor_path) if tensor_path else None})
     globals_ = globals_ or ()
-    stems = ["band"] + (["profile"] if focus else []) + (["global"] if globals_ else []) \
+    blocks = block_sparse(tm)
+    if blocks:
+        globals_ = ()  # BigBird's global blocks are fixed: the first and last block
+    stems = ["blocks" if blocks else "band"] + (["profile"] if focus else []) + (["global"] if globals_ or blocks else []) \
         + ([f"window-{window_at}"] if window_at is not None else [])
     output.check([f"{s}.{fmt}" for fmt in figure_formats for s in stems], tensor=tensor_path)
     if html:
@@ -187,23 +200,27 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
         notify(f"{tm.model_type}: the long-document views show the encoder's sliding-window attention over the document "
                f"(decoder and cross-attention: inputs up to {LONG_DOCUMENT_TOKENS} tokens, without --window-at)")
     with output:
-        cap = capture_band(tm.model, inputs, rows=focus or None)
+        report: dict = {}
+        cap = capture_band(tm.model, inputs, rows=focus or None, report=report)
         if progress is not None:
             for l in range(cap.num_layers):
                 progress(cap.kind, l)
-        checks = _checks(tm.model, inputs, cap)
+        checks = _checks(tm.model, inputs, cap, report)
         doc = LongDocument(model_id=tm.source.model_id, model_type=tm.model_type, kind=cap.kind, tokens=tokens,
                            num_layers=cap.num_layers, num_heads=cap.num_heads, window=cap.window,
                            global_index=cap.global_index, band=cap.band, focus_rows=cap.rows, focus_index=focus,
-                           focus_text=request.token, side_spans=cap.band.side_spans if cap.band is not None else ())
-        from attnviz.render.longdoc import band_view, global_view, profile_view, window_view
+                           focus_text=request.token, side_spans=getattr(cap.band, "side_spans", ()))
+        from attnviz.render.longdoc import band_view, blocks_view, global_view, profile_view, window_view
 
         window_layer = layer if layer is not None else L - 1
         for fmt in figure_formats:
-            output.figure(band_view(doc, layer, style=style), "band", fmt)
+            if blocks:
+                output.figure(blocks_view(doc, layer, style=style), "blocks", fmt)
+            else:
+                output.figure(band_view(doc, layer, style=style), "band", fmt)
             if focus:
                 output.figure(profile_view(doc, head, style=style), "profile", fmt)
-            if globals_:
+            if doc.global_index:
                 output.figure(global_view(doc, head, style=style), "global", fmt)
             if window_at is not None:
                 output.figure(window_view(doc, window_at, window_layer, WINDOW_RADIUS, head, style=style),
@@ -213,12 +230,22 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
 
             from attnviz.report import save_tensors
 
-            meta = {**cap.band.metadata(), "model": tm.source.model_id, "tokens": list(tokens), "backend": "sliding-window"}
+            meta = {**cap.band.metadata(), "model": tm.source.model_id, "tokens": list(tokens), "backend": cap.band.format}
             save_tensors(output.tensor_target(tensor_path), cap.band.to_tensors(torch.float16 if request.half else torch.float32),
                          meta)
     notify_left_alone(output)
     return LongDocRun(doc, layer, window_at, window_layer, tuple(output.files), output.tensor, note, style, checks,
                       provenance=provenance(tm.model, tm.tokenizer))
+
+
+def _bytes_per_token(config, layers: int, heads: int, n: int, globals_: int) -> int:
+    """Float32 bytes per token of the sparse capture: band ``2W+1`` + ``2G`` global + ``S`` summary columns
+    (Longformer, LED, LongT5), or BigBird's ``(5+r) * bs`` slots + ``2 bs`` global columns, per layer and head."""
+    if getattr(config, "model_type", None) in ("big_bird", "bigbird_pegasus"):
+        bs, r = int(config.block_size), int(config.num_random_blocks)
+        return 4 * layers * heads * ((5 + r) * bs + 2 * bs) + 8 * layers * heads * (5 + r)
+    side = n // int(config.global_block_size) if getattr(config, "encoder_attention_type", None) == "transient-global" else 0
+    return 4 * layers * heads * (2 * max(_windows(config, layers)) + 1 + 2 * globals_ + side)
 
 
 def _windows(config, layers: int) -> tuple[int, ...]:
@@ -231,10 +258,12 @@ def _windows(config, layers: int) -> tuple[int, ...]:
     return tuple(int(x) // 2 for x in ws[:layers])
 
 
-def _checks(model, inputs, cap) -> dict:
-    """The run-time checks: every row sums to 1 (largest error), and the capture of a prefix of :data:`PROBE_TOKENS`
-    tokens equals the model's own eager ``output_attentions`` on it (:func:`attnviz.sparse.eager_band`; largest
-    difference over every stored probability).
+def _checks(model, inputs, cap, report: dict | None = None) -> dict:
+    """The run-time checks: every stored row sums to 1 (largest error), and the capture equals the model's own eager
+    ``output_attentions``: Longformer, LED and LongT5 on a prefix of :data:`PROBE_TOKENS` tokens, every stored
+    probability (:func:`attnviz.sparse.eager_band`); BigBird on the whole input, in every layer, wherever the model's
+    own dense map holds the probability (it keeps one copy of a key block that a row attends several times; the
+    capture checked it layer by layer, ``report``).
 
     Raises:
         ModelError: a difference above :data:`PROBE_TOLERANCE` or a row sum off by more than 1e-4.
@@ -242,30 +271,34 @@ def _checks(model, inputs, cap) -> dict:
     from attnviz.sparse import capture_band, eager_band
 
     checks: dict = {}
-    if cap.band is not None:
-        sums = cap.band.row_sums()
-        real = _real_rows(inputs, cap.n)
-        err = float((sums[:, :, real] - 1).abs().max()) if bool(real.any()) else 0.0
-        checks["row_sum_max_error"] = err
-        if err > 1e-4:
-            raise ModelError(f"{type(model).__name__}: a captured row sums to 1 ± {err:.1e}; refusing to show it")
-    p = min(cap.n, PROBE_TOKENS)
-    source = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids")
-    probe = {k: (v[:, :p] if k in source else v) for k, v in inputs.items()}
-    ours = capture_band(model, probe).band
-    theirs = eager_band(model, probe)
-    diff = 0.0
-    for name in ("local", "global_keys", "global_rows", "side_keys"):
-        a, b = getattr(ours, name), getattr(theirs, name)
-        if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
-            raise ModelError(f"{type(model).__name__}: the capture's {name} layout differs from eager's on the first "
-                             f"{p} tokens; refusing to show it")
-        if a is not None and a.numel():
-            diff = max(diff, float((a - b).abs().max()))
-    checks.update({"probe_tokens": p, "probe_max_abs_diff": diff, "reference": "eager output_attentions"})
-    if diff > PROBE_TOLERANCE:
+    sums = cap.band.row_sums()
+    real = _real_rows(inputs, cap.n)
+    err = float((sums[:, :, real] - 1).abs().max()) if bool(real.any()) else 0.0
+    checks["row_sum_max_error"] = err
+    if err > 1e-4:
+        raise ModelError(f"{type(model).__name__}: a captured row sums to 1 ± {err:.1e}; refusing to show it")
+    if cap.band.format == "blocks":
+        diff = float((report or {}).get("eager_max_abs_diff", float("nan")))
+        checks.update({"probe_tokens": cap.n, "probe_max_abs_diff": diff,
+                       "reference": "the model's own dense block map where it holds the probability"})
+    else:
+        p = min(cap.n, PROBE_TOKENS)
+        source = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids")
+        probe = {k: (v[:, :p] if k in source else v) for k, v in inputs.items()}
+        ours = capture_band(model, probe).band
+        theirs = eager_band(model, probe)
+        diff = 0.0
+        for name in ("local", "global_keys", "global_rows", "side_keys"):
+            a, b = getattr(ours, name), getattr(theirs, name)
+            if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+                raise ModelError(f"{type(model).__name__}: the capture's {name} layout differs from eager's on the first "
+                                 f"{p} tokens; refusing to show it")
+            if a is not None and a.numel():
+                diff = max(diff, float((a - b).abs().max()))
+        checks.update({"probe_tokens": p, "probe_max_abs_diff": diff, "reference": "eager output_attentions"})
+    if not diff <= PROBE_TOLERANCE:
         raise ModelError(f"{type(model).__name__}: the sparse capture differs from eager attention by {diff:.1e} on the "
-                         f"first {p} tokens; refusing to show it")
+                         f"first {checks['probe_tokens']} tokens; refusing to show it")
     return checks
 
 

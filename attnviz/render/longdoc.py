@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attnviz.analysis.longdoc import (
-    LongDocument, band_overview, focus_profile, global_rows, global_strip, side_share, side_strip, top_links, window_matrix,
+    LongDocument, band_overview, block_map, focus_profile, global_panels, global_strip, side_share, side_strip, top_links,
+    window_matrix,
 )
 from attnviz.render.common import FOCUS_COLOR, Frame, add_colorbar, make_titles, probability_norm, safe_label, scale_label, short_weight
 from attnviz.render.layout import DEFAULT_STYLE, Style, attach_metadata, shared_vmax, with_fonts
@@ -51,7 +52,13 @@ def _titles(style: Style, width: float, view: str, doc: LongDocument, what: str,
         extra = f" · {len(doc.side_spans)} transient-global keys (sums of blocks of {size} tokens)"
     else:
         extra = f" · global tokens: {_globals_text(doc)}" if doc.global_index else " · no global tokens"
-    settings = f"{doc.n} tokens · sliding window ±{doc.half_width}" + extra
+    if doc.block_size:
+        band = doc.band
+        settings = (f"{doc.n} tokens · block-sparse: blocks of {doc.block_size}, each query block attends its window "
+                    f"of 3 blocks, {band.num_random_blocks} random block{'' if band.num_random_blocks == 1 else 's'} and the first "
+                    "and last (global) blocks")
+    else:
+        settings = f"{doc.n} tokens · sliding window ±{doc.half_width}" + extra
     return make_titles(view, style.model_label(doc.model_id), what, settings, notes, width, fonts=style.fonts(width))
 
 
@@ -178,7 +185,8 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     q = focus[0]
     notes = ["x: key position; y: attention probability of the focus token's row"
              + (" (mean of its pieces)" if len(focus) > 1 else "")
-             + "; shaded: its sliding window; ▼: global tokens; dots: strongest keys, written at the right"
+             + ("; shaded blue: its window blocks, orange: its random blocks" if doc.block_size else "; shaded: its sliding window")
+             + "; ▼: global tokens; dots: strongest keys, written at the right"
              + ("; 'global blocks': its weight on the transient-global keys (not drawn)" if doc.side_spans else "")]
     what = f"'{safe_label(doc.focus_text or doc.tokens[q], 20)}' (token {q}), " + ("head mean" if head is None else f"head {head}")
     titles = _titles(style, width, "focus profile", doc, what, notes)
@@ -195,15 +203,18 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     for l in range(L):
         ax = frame.axes(left, y, pw, panel_h)
         values = prof[l]
-        w = doc.window[l] if l < len(doc.window) else doc.half_width
-        ax.axvspan(max(0, q - w) - 0.5, min(n - 1, q + w) + 0.5, color="#cfe3f5", zorder=0, lw=0)
+        lo, hi = doc.window_span(l, q)
+        ax.axvspan(lo - 0.5, hi + 0.5, color="#cfe3f5", zorder=0, lw=0)
+        for b in doc.random_blocks(l, q):  # BigBird: the key blocks of its random slots
+            ax.axvspan(b * doc.block_size - 0.5, min(n, (b + 1) * doc.block_size) - 0.5, color="#fde0c5", zorder=0, lw=0)
         ax.fill_between(np.arange(n), values, step="mid", color="#1f77b4", alpha=0.35, lw=0, zorder=1)
         ax.plot(np.arange(n), values, drawstyle="steps-mid", color="#1f77b4", lw=0.6, zorder=2)
         ymax = float(values.max()) if values.size else 1.0
         ax.set_ylim(0, ymax * 1.25 if ymax > 0 else 1.0)
         ax.set_xlim(-0.5, n - 0.5)
-        for g in doc.global_index:
-            ax.plot([g], [ymax * 1.18 if ymax > 0 else 0.9], marker="v", color="#555555", ms=3.5, zorder=3, lw=0)
+        if doc.global_index:
+            ax.plot(list(doc.global_index), [ymax * 1.18 if ymax > 0 else 0.9] * len(doc.global_index), marker="v",
+                    color="#555555", ms=3.5, zorder=3, lw=0)
         for p in focus:
             ax.axvline(p, color=FOCUS_COLOR, lw=0.8, zorder=3)
         links = top_links(values, doc.tokens, top, exclude=focus)
@@ -237,9 +248,9 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
     """
     if doc.band is None or not doc.global_index:
         raise ValueError("the global view needs global tokens and the band")
-    rows = global_rows(doc.band, head)  # [G, L, N]
-    shown = list(range(min(len(doc.global_index), MAX_GLOBAL_PANELS)))
-    pooled = [_pool(rows[g]) for g in shown]
+    panels = global_panels(doc, head)
+    shown = list(range(min(len(panels), MAX_GLOBAL_PANELS)))
+    pooled = [_pool(panels[g][2]) for g in shown]
     f = pooled[0][1]
     vmax = shared_vmax([float(np.nanmax(p)) for p, _ in pooled])
     norm = probability_norm(vmax, sqrt=True)
@@ -248,8 +259,10 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
     fonts = style.fonts(width)
     notes = ["x: key position; y: layer; colour: the global token's attention probability"
              + (f"; each pixel column is the mean of {f} keys" if f > 1 else "")]
-    if len(doc.global_index) > len(shown):
-        notes.append(f"first {len(shown)} of {len(doc.global_index)} global tokens (all are in the JSON)")
+    if len(panels) > len(shown):
+        notes.append(f"first {len(shown)} of {len(panels)} global tokens (all are in the JSON)")
+    if doc.block_size:
+        notes.append("BigBird's global blocks: each panel is the mean of the block's queries' rows")
     what = "global tokens' attention" + ("" if head is None else f", head {head}")
     titles = _titles(style, width, "global view", doc, what, notes)
     top_in = titles.height_in() + 0.1
@@ -265,11 +278,12 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
     mappable = None
     n = doc.n
     for g, (img, _) in zip(shown, pooled):
-        pos = doc.global_index[g]
+        label, positions, rows = panels[g]
         ax = frame.axes(left, y, pw, panel_h)
         mappable = ax.imshow(img, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest", extent=(0, n, L, 0))
-        links = top_links(rows[g, -1], doc.tokens, top, exclude=(pos,))
-        ax.set_title(f"global token {pos} '{safe_label(doc.tokens[pos], 14)}' · last layer's strongest keys: "
+        links = top_links(rows[-1], doc.tokens, top, exclude=positions)
+        name = label if doc.block_size else f"global token {positions[0]} '{safe_label(label, 14)}'"
+        ax.set_title(f"{name} · last layer's strongest keys: "
                      + ", ".join(f"{safe_label(k.token, 10)} ({k.position}) {_weight(k.weight)}" for k in links),
                      fontsize=max(6.0, fonts.small), loc="left", pad=2)
         ax.set_yticks([i + 0.5 for i in range(L)] if L <= 12 else [0.5, L - 0.5])
@@ -337,3 +351,52 @@ def window_view(doc: LongDocument, center: int, layer: int, radius: int = 24, he
     add_colorbar(frame, im, label_w + cell * R + side_w + 0.2, top_in, min(grid, 3.0),
                  scale_label("attention probability", False, True), fontsize=fonts.sub)
     return _finish(frame, style, "window", doc, titles, {"center": center, "layer": layer, "head": head, "radius": radius})
+
+
+@with_fonts
+def blocks_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAULT_STYLE) -> Figure:
+    """BigBird's block-sparse attention at block resolution: query block (y) by key block (x), each cell the mean over
+    the block's queries of their weight on the key block (rows sum to 1); one panel per layer (head mean) or, with
+    ``layer``, per head of that layer. Grey: key blocks a query block never attends.
+
+    Raises:
+        ValueError: ``doc.band`` is not block-sparse.
+    """
+    if not doc.block_size:
+        raise ValueError("the block view is for BigBird's block-sparse attention")
+    blocks = doc.band
+    nb, bs = blocks.num_blocks, blocks.block_size
+    panels = ([(l, None, f"layer {l}") for l in range(doc.num_layers)] if layer is None
+              else [(layer, h, f"head {h}") for h in range(doc.num_heads)])
+    maps = [block_map(blocks, l, h) for l, h, _ in panels]
+    norm = probability_norm(shared_vmax(maps), sqrt=True)
+    cmap = style.colormap("viridis")
+    width = style.width(10.0)
+    fonts = style.fonts(width)
+    cols = min(4, len(panels))
+    rows_n = math.ceil(len(panels) / cols)
+    gap = 0.45
+    right = 1.0
+    cell_w = (width - 0.6 - right - gap * (cols - 1)) / cols
+    what = "block view, head mean" if layer is None else f"block view, layer {layer}"
+    notes = [f"y: query block, x: key block (blocks of {bs} tokens; {nb} blocks); colour: the block's queries' mean "
+             f"weight on the key block (rows sum to 1); grey: never attended; a block attended in several slots counts "
+             f"each (eval mode: every random block is block 0)"]
+    titles = _titles(style, width, "block view", doc, what, notes)
+    top_in = titles.height_in() + 0.1
+    frame = Frame(width, top_in + rows_n * (cell_w + gap) + 0.3, style.resolution)
+    frame.titles(titles)
+    im = None
+    ticks = _ticks(nb)
+    for i, ((l, h, label), m) in enumerate(zip(panels, maps)):
+        r, c = divmod(i, cols)
+        ax = frame.axes(0.6 + c * (cell_w + gap), top_in + r * (cell_w + gap), cell_w, cell_w)
+        ax.set_facecolor("#d9d9d9")
+        im = ax.imshow(np.ma.masked_where(m == 0, m), cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(label, fontsize=fonts.small, loc="left", pad=2)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        ax.tick_params(labelsize=max(6.0, fonts.small - 1), length=2, pad=1)
+    add_colorbar(frame, im, width - right + 0.2, top_in, min(rows_n * (cell_w + gap) - gap, 3.0),
+                 scale_label("attention probability", False, True), fontsize=fonts.sub)
+    return _finish(frame, style, "blocks", doc, titles, {"layer": layer})
