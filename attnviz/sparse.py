@@ -304,7 +304,7 @@ def capture_sliding_window(model, inputs, rows: Sequence[int] | None = None, kee
     row_index = tuple(sorted({r % n for r in rows})) if rows else ()
     order = {id(m): i for i, (_, m) in enumerate(modules)}
     state: dict = {"global": None, "seen": set()}
-    local = torch.zeros((L, H, n, 2 * W + 1), dtype=torch.float32) if keep_band else None
+    local = torch.empty((L, H, n, 2 * W + 1), dtype=torch.float32) if keep_band else None  # every layer writes all of it
     kept_rows = torch.zeros((L, H, len(row_index), n), dtype=torch.float32) if row_index else None
     store: dict = {}
 
@@ -326,6 +326,8 @@ def capture_sliding_window(model, inputs, rows: Sequence[int] | None = None, kee
         grows = output[2][0, :, :, :n] if g and len(output) > 2 else None  # [H, G, N]
         band = probs[0, :n].permute(1, 0, 2)  # [H, N, G + 2w + 1]
         if local is not None:
+            local[layer, :, :, :W - w] = 0.0  # a narrower layer's window inside the band
+            local[layer, :, :, W + w + 1:] = 0.0
             local[layer, :, :, W - w:W + w + 1] = band[:, :, g:].float()
             if g:
                 if "gk" not in store:

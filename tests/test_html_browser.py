@@ -279,3 +279,49 @@ def test_topk_report(driver, readme_page, tmp_path):
     want = r.main.full[3, 1, tired].topk(3)
     assert sorted(l["to"] for l in top) == sorted(want.indices.tolist())
     check_clean(driver)
+
+
+@pytest.mark.parametrize("kind", ["longformer", "bigbird"])
+def test_long_document_report(driver, tmp_path, monkeypatch, kind):
+    """The long-document page: offline, no errors; a layer's data is decoded only when shown; clicking a token shows
+    its row: the k strongest keys with exactly the weights of the sparse capture; the wheel zooms along the document
+    and a drag pans it."""
+    import torch
+    from selenium.webdriver.common.action_chains import ActionChains
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+    from test_longdoc import TEXT, _bigbird, _model
+
+    model, tok = (_model if kind == "longformer" else _bigbird)(tmp_path / "m")
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "m"), "--window-at", "30", "--token", "it",
+                                 "--token-index", "3", "-o", str(tmp_path / "o"), "--format", "html",
+                                 "--save-attn", str(tmp_path / "a.safetensors")])
+    assert r.exit_code == 0, r.output
+    open_page(driver, tmp_path / "o" / "report.html")
+    state = driver.execute_script("return window.attnviz.state()")
+    assert state["decoded"] == [1] and state["layer"] == 1  # only the shown layer (the last) was decoded
+    import attnviz
+
+    dense = attnviz.load_attention(tmp_path / "a.safetensors").dense()  # [L, H, N, N]
+    spans = driver.find_elements("css selector", ".ld-doc span.t")
+    assert len(spans) == dense.shape[-1]
+    seen(driver, spans[40]).click()
+    driver.find_elements("css selector", ".ld-controls button")[0].click()
+    state = driver.execute_script("return window.attnviz.state()")
+    assert state["token"] == 40 and state["layer"] == 0 and state["decoded"] == [1, 0]
+    shown = driver.execute_script("return window.attnviz.row()")
+    row = dense[0, :, 40].mean(0)
+    expected = torch.topk(row, len(shown)).indices.tolist()
+    assert [k["index"] for k in shown] == expected
+    assert np.allclose([k["weight"] for k in shown], row[expected].numpy(), atol=1e-7)
+    assert len(driver.find_elements("css selector", "table.ld-top tr")) == len(shown) + 1
+    canvas = driver.find_elements("css selector", "canvas.ld-canvas")[1]  # the profile: zoom and pan along the document
+    driver.execute_script("arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: -100, clientX: "
+                          "arguments[0].getBoundingClientRect().left + 300, bubbles: true, cancelable: true}))", canvas)
+    zoomed = driver.execute_script("return window.attnviz.state()")
+    assert zoomed["x1"] - zoomed["x0"] < dense.shape[-1]
+    ActionChains(driver).move_to_element(seen(driver, canvas)).click_and_hold().move_by_offset(-80, 0).release().perform()
+    panned = driver.execute_script("return window.attnviz.state()")
+    assert panned["x0"] > zoomed["x0"] and abs((panned["x1"] - panned["x0"]) - (zoomed["x1"] - zoomed["x0"])) < 1e-6
+    check_clean(driver)

@@ -5,7 +5,8 @@ The text pipeline (:func:`attnviz.pipelines.text.run`) hands over here when the 
 attention and the input is longer than :data:`LONG_DOCUMENT_TOKENS` (or ``--window-at`` is given). One forward pass
 keeps every layer's band (:func:`attnviz.sparse.capture_sliding_window`, O(L*H*N*(2W+1+2G)) memory); the views are
 ``band`` (banded overview), ``profile`` (the ``--token``'s attention along the document, per layer), ``global`` (the
-global tokens' rows) and ``window-POS`` (``--window-at POS``: the matrix around one position). ``--save-attn`` writes
+global tokens' rows) and ``window-POS`` (``--window-at POS``: the matrix around one position), and with ``--format html``
+an offline page (:mod:`attnviz.html.longdoc`). ``--save-attn`` writes
 the band layout (README "Long documents"), read back by :func:`attnviz.load_attention`.
 """
 
@@ -184,11 +185,8 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
         globals_ = ()  # BigBird's global blocks are fixed: the first and last block
     stems = ["blocks" if blocks else "band"] + (["profile"] if focus else []) + (["global"] if globals_ or blocks else []) \
         + ([f"window-{window_at}"] if window_at is not None else [])
-    output.check([f"{s}.{fmt}" for fmt in figure_formats for s in stems], tensor=tensor_path)
-    if html:
-        notify("the long-document views are figures; --format html writes PNG figures for them (no page yet)")
-        figure_formats = tuple(figure_formats) or ("png",)
-        output.check([f"{s}.png" for s in stems])
+    output.check([f"{s}.{fmt}" for fmt in figure_formats for s in stems] + (["report.html"] if html else []),
+                 tensor=tensor_path)
     tm = tm.with_weights()
     note = mark_random_weights(output, tm.model)
     notify_provenance(tm.model, tm.tokenizer)
@@ -233,6 +231,11 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
             meta = {**cap.band.metadata(), "model": tm.source.model_id, "tokens": list(tokens), "backend": cap.band.format}
             save_tensors(output.tensor_target(tensor_path), cap.band.to_tensors(torch.float16 if request.half else torch.float32),
                          meta)
+        if html:
+            from attnviz.html.longdoc import longdoc_page
+
+            draft = LongDocRun(doc, layer, window_at, window_layer, (), None, note, style, checks)
+            output.page(longdoc_page(draft, label=style.model_label(tm.source.model_id)), "report")
     notify_left_alone(output)
     return LongDocRun(doc, layer, window_at, window_layer, tuple(output.files), output.tensor, note, style, checks,
                       provenance=provenance(tm.model, tm.tokenizer))
