@@ -66,7 +66,7 @@ def child(mode: str, n: int, model_dir: str, threads: int) -> dict:
     import torch
     import transformers as tf
 
-    from attnviz.sparse import capture_band
+    from attnviz.bands import capture_band
 
     torch.set_num_threads(threads)
     bigbird = Path(model_dir).name == "bigbird"

@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "attnviz"
 LAYERS = (
     (0, ("attnviz.errors", "attnviz.types", "attnviz.version")),
     (1, ("attnviz.methods",)),
-    (2, ("attnviz.capture", "attnviz.verify", "attnviz.signals", "attnviz.sparse")),
+    (2, ("attnviz.capture", "attnviz.verify", "attnviz.signals", "attnviz.sparse", "attnviz.longt5", "attnviz.blocksparse",
+         "attnviz.bands")),
     (3, ("attnviz.models",)),
     (4, ("attnviz.inputs",)),
     (5, ("attnviz.analysis",)),

@@ -175,10 +175,9 @@ def _report(model_id, model_type, modality, model, rows, backends, prefix=None) 
 def _check_text(name: str, options) -> CheckReport:
     from attnviz.inputs.tokens import load_text_model, prepare_text
 
-    from attnviz.sparse import BAND_TYPES
+    from attnviz.bands import BAND_TYPES
 
-    from attnviz.pipelines.longdoc import block_sparse
-    from attnviz.pipelines.text import _short_block_sparse
+    from attnviz.pipelines.longdoc import block_sparse, short_block_sparse
 
     tm = load_text_model(name, options, command="check")
     rows, backends = [], []
@@ -191,7 +190,7 @@ def _check_text(name: str, options) -> CheckReport:
         prepared = prepare_text(tm, " ".join([content] * times), CHECK_TARGET if tm.encoder_decoder else None)
         rows.append(_band_row(f"{label} x{times}", tm, prepared))
         backends.append("blocks")
-        _short_block_sparse(tm, len(prepare_text(tm, CHECK_TEXTS[0][1]).tokens))
+        short_block_sparse(tm, len(prepare_text(tm, CHECK_TEXTS[0][1]).tokens))
     for label, content in CHECK_TEXTS:
         prepared = prepare_text(tm, content, CHECK_TARGET if tm.encoder_decoder else None)
         if tm.model_type in BAND_TYPES and tm.model_type not in ("big_bird", "bigbird_pegasus"):
@@ -206,12 +205,12 @@ def _check_text(name: str, options) -> CheckReport:
 
 
 def _band_row(label: str, tm, prepared) -> KindCheck:
-    """The band capture (:func:`attnviz.sparse.capture_band`) against the model's own eager ``output_attentions``
-    (:func:`attnviz.sparse.eager_band`), every stored probability; inf where a row does not sum to 1."""
+    """The band capture (:func:`attnviz.bands.capture_band`) against the model's own eager ``output_attentions``
+    (:func:`attnviz.bands.eager_band`), every stored probability; inf where a row does not sum to 1."""
     from attnviz.inputs.tokens import model_inputs
     from attnviz.pipelines.text import _global_positions
     from attnviz.analysis.select import ViewSpec
-    from attnviz.sparse import capture_band, eager_band
+    from attnviz.bands import capture_band, eager_band
 
     _global_positions(tm, prepared, None, ViewSpec(), dense=False)  # Longformer / LED: the first token global
     inputs = model_inputs(tm, prepared)

@@ -18,6 +18,8 @@ from pathlib import Path
 from attnviz.errors import ModelError, UsageError
 from attnviz.pipelines.common import mark_random_weights, notify, notify_left_alone, notify_provenance, provenance
 
+#: Model types whose attention has a sliding window plus global tokens (``global_attention_mask``).
+GLOBAL_ATTENTION_TYPES = ("longformer", "led")
 #: Above this many tokens, a sliding-window model's text gets the long-document views.
 LONG_DOCUMENT_TOKENS = 1024
 #: Largest band (bytes, float32) attnviz keeps in memory.
@@ -103,7 +105,7 @@ class LongDocRun:
 
 def block_sparse(tm) -> bool:
     """True for BigBird / BigBirdPegasus configured for ``block_sparse`` attention."""
-    from attnviz.sparse import BLOCK_TYPES
+    from attnviz.bands import BLOCK_TYPES
 
     return tm.model_type in BLOCK_TYPES and getattr(tm.config, "attention_type", "block_sparse") == "block_sparse"
 
@@ -112,8 +114,6 @@ def wants_long_document(tm, n: int, window_at: int | None) -> bool:
     """True for LongT5 (its encoder's local attention has no dense view), BigBird in block-sparse mode on at least
     :func:`attnviz.blocksparse.min_block_sparse_length` tokens (shorter inputs run full attention), and a
     sliding-window model (Longformer, LED) on more than :data:`LONG_DOCUMENT_TOKENS` tokens or with ``--window-at``."""
-    from attnviz.pipelines.text import GLOBAL_ATTENTION_TYPES
-
     if tm.model_type == "longt5":
         return True
     if block_sparse(tm):
@@ -121,6 +121,20 @@ def wants_long_document(tm, n: int, window_at: int | None) -> bool:
 
         return n >= min_block_sparse_length(tm.config)
     return tm.model_type in GLOBAL_ATTENTION_TYPES and (n > LONG_DOCUMENT_TOKENS or window_at is not None)
+
+
+def short_block_sparse(tm, n: int) -> None:
+    """BigBird / BigBirdPegasus in block-sparse mode on an input too short for it: transformers runs (and switches the
+    model to) full attention for it; do that before the capture, say so."""
+    if not block_sparse(tm):
+        return
+    from attnviz.blocksparse import min_block_sparse_length
+
+    for module in tm.model.modules():
+        if type(module).__name__ in ("BigBirdModel", "BigBirdPegasusEncoder"):
+            module.set_attention_type("original_full")
+    notify(f"{tm.model_type}: {n} tokens are fewer than block-sparse attention needs "
+           f"({min_block_sparse_length(tm.config)}); the model runs full attention on them, as shown")
 
 
 def band_bytes(layers: int, heads: int, n: int, half_width: int, globals_: int, side: int = 0) -> int:
@@ -191,7 +205,7 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
     note = mark_random_weights(output, tm.model)
     notify_provenance(tm.model, tm.tokenizer)
     from attnviz.inputs.tokens import model_inputs
-    from attnviz.sparse import capture_band
+    from attnviz.bands import capture_band
 
     inputs = model_inputs(tm, prepared)
     if tm.encoder_decoder:
@@ -264,14 +278,14 @@ def _windows(config, layers: int) -> tuple[int, ...]:
 def _checks(model, inputs, cap, report: dict | None = None) -> dict:
     """The run-time checks: every stored row sums to 1 (largest error), and the capture equals the model's own eager
     ``output_attentions``: Longformer, LED and LongT5 on a prefix of :data:`PROBE_TOKENS` tokens, every stored
-    probability (:func:`attnviz.sparse.eager_band`); BigBird on the whole input, in every layer, wherever the model's
+    probability (:func:`attnviz.bands.eager_band`); BigBird on the whole input, in every layer, wherever the model's
     own dense map holds the probability (it keeps one copy of a key block that a row attends several times; the
     capture checked it layer by layer, ``report``).
 
     Raises:
         ModelError: a difference above :data:`PROBE_TOLERANCE` or a row sum off by more than 1e-4.
     """
-    from attnviz.sparse import capture_band, eager_band
+    from attnviz.bands import capture_band, eager_band
 
     checks: dict = {}
     sums = cap.band.row_sums()

@@ -383,7 +383,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     if head is not None and not -num_heads <= head < num_heads:
         raise UsageError(f"--head {head} is out of range: this model has {num_heads} heads per layer (0..{num_heads - 1})")
     prepared = prepare_text(tm, content, request.target, request.max_length)
-    from attnviz.pipelines.longdoc import run_long, wants_long_document
+    from attnviz.pipelines.longdoc import run_long, short_block_sparse, wants_long_document
 
     long_document = wants_long_document(tm, len(prepared.tokens), request.window_at)
     if request.window_at is not None and not long_document:
@@ -437,7 +437,7 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
     if request.target_class is not None and tm.head_kind != "classifier":
         raise UsageError(f"--target-class is for classifiers; '{tm.source.model_id}' is a {tm.head_kind or 'base'} model")
     tm = tm.with_weights(head=bool(targeted))
-    _short_block_sparse(tm, len(prepared.tokens))
+    short_block_sparse(tm, len(prepared.tokens))
     note = mark_random_weights(output, tm.model)
     notify_provenance(tm.model, tm.tokenizer)
     layers: frozenset[int] = frozenset()
@@ -518,8 +518,6 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
                    provenance=provenance(tm.model, tm.tokenizer), explanation=explanation, global_positions=globals_)
 
 
-#: Model types whose attention has a sliding window plus global tokens (``global_attention_mask``).
-GLOBAL_ATTENTION_TYPES = ("longformer", "led")
 
 
 def _global_positions(tm, prepared, text: str | None, spec, dense: bool = True) -> tuple[int, ...] | None:
@@ -532,6 +530,8 @@ def _global_positions(tm, prepared, text: str | None, spec, dense: bool = True) 
     import torch
 
     from attnviz.analysis.select import find_focus
+
+    from attnviz.pipelines.longdoc import GLOBAL_ATTENTION_TYPES
 
     if tm.model_type not in GLOBAL_ATTENTION_TYPES:
         if text is not None:
@@ -573,22 +573,6 @@ def _global_positions(tm, prepared, text: str | None, spec, dense: bool = True) 
     notify(f"{tm.model_type}: sliding-window attention plus global tokens {named}"
            + ("" if text else " (the first token, as its docs recommend; --global to choose)"))
     return tuple(sorted(positions))
-
-
-def _short_block_sparse(tm, n: int) -> None:
-    """BigBird / BigBirdPegasus in block-sparse mode on an input too short for it: transformers runs (and switches the
-    model to) full attention for it; do that before the capture, say so."""
-    from attnviz.pipelines.longdoc import block_sparse
-
-    if not block_sparse(tm):
-        return
-    from attnviz.blocksparse import min_block_sparse_length
-
-    for module in tm.model.modules():
-        if type(module).__name__ in ("BigBirdModel", "BigBirdPegasusEncoder"):
-            module.set_attention_type("original_full")
-    notify(f"{tm.model_type}: {n} tokens are fewer than block-sparse attention needs "
-           f"({min_block_sparse_length(tm.config)}); the model runs full attention on them, as shown")
 
 
 def _last_predicting_row(target_tokens) -> int:
