@@ -39,6 +39,8 @@ from attnviz.errors import InputError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+#: Largest dense copy :meth:`AttentionFile.dense` makes of a sparse (long-document) file, in bytes.
+DENSE_LIMIT = 8 << 30
 #: Attention kinds by tensor name.
 KINDS = {"attentions": "self", "encoder_attentions": "encoder", "decoder_attentions": "decoder",
          "cross_attentions": "cross"}
@@ -108,6 +110,10 @@ class AttentionFile:
                     raise UsageError(f"layer {layer} is out of range: the file has {n_layers} {kind} layers (0..{n_layers - 1})")
                 picked.append(int(layer) % n_layers)
         if self.layout(kind) in ("band", "blocks"):
+            need = 4 * len(picked) * heads * q * k
+            if need > DENSE_LIMIT:
+                raise UsageError(f"{len(picked)} dense layers of '{self.path.name}' would take {need / 2**30:.1f} GiB "
+                                 f"({heads} heads x {q} x {k}); read fewer layers, or the sparse layout with .sparse()")
             return self._sparse(kind, picked)
         name = next(n for n, kd in KINDS.items() if kd == kind)
         if kind == "decoder" and name not in self.names:
@@ -126,6 +132,29 @@ class AttentionFile:
                     out[i] = t
         return out
 
+
+    def sparse(self, kind: str | None = None):
+        """A long document's file as it is stored: :class:`attnviz.sparse.BandAttention` (``layout`` "band") or
+        :class:`attnviz.blocksparse.BlockAttention` ("blocks"), every layer, float32.
+
+        Raises:
+            UsageError: the file (or ``kind``) holds dense maps or generated rows, not a sparse layout.
+        """
+        from safetensors import safe_open
+
+        kind = self._kind(kind)
+        layout = self.layout(kind)
+        if layout not in ("band", "blocks"):
+            raise UsageError(f"'{self.path}' holds {layout} {kind} attention, not a sparse layout: use .dense()")
+        with safe_open(str(self.path), "pt") as fh:
+            tensors = {name: fh.get_tensor(name) for name in fh.keys() if name.startswith(f"{layout}/")}
+        if layout == "band":
+            from attnviz.sparse import BandAttention
+
+            return BandAttention.from_tensors(tensors, self.metadata)
+        from attnviz.blocksparse import BlockAttention
+
+        return BlockAttention.from_tensors(tensors, self.metadata)
 
     def _sparse(self, kind: str, picked: list[int]) -> "torch.Tensor":
         """A long document's sparse file as dense maps of the ``picked`` layers."""

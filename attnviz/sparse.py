@@ -204,6 +204,8 @@ def dense_rows(local: torch.Tensor, half_width: int, positions: Sequence[int], n
     s = 0 if side_keys is None else int(side_keys.shape[-1])
     out = torch.zeros((H, R, n + s), dtype=torch.float32)
     gpos = {p: k for k, p in enumerate(global_index)}
+    gkeep = torch.tensor([k for k, p in enumerate(global_index) if p < n], dtype=torch.long)
+    gidx = torch.tensor([p for p in global_index if p < n], dtype=torch.long)
     W = half_width
     for r, q in enumerate(positions):
         if q in gpos and global_rows is not None:
@@ -211,9 +213,8 @@ def dense_rows(local: torch.Tensor, half_width: int, positions: Sequence[int], n
             continue
         lo, hi = max(0, q - W), min(n, q + W + 1)
         out[:, r, lo:hi] = local[:, r, lo - q + W:hi - q + W].float()
-        for k, p in enumerate(global_index):
-            if global_keys is not None and p < n:
-                out[:, r, p] += global_keys[:, r, k].float()
+        if global_keys is not None and len(gidx):
+            out[:, r, gidx] += global_keys[:, r, gkeep].float()
         if s:
             out[:, r, n:] = side_keys[:, r].float()
     return out
@@ -323,8 +324,8 @@ def capture_sliding_window(model, inputs, rows: Sequence[int] | None = None, kee
         if g != len(globals_):
             raise ModelError(f"{type(module).__name__} returned {g} global columns for {len(globals_)} global tokens")
         state["global"] = globals_
-        grows = output[2][0, :, :, :n] if g and len(output) > 2 else None  # [H, G, N]
-        band = probs[0, :n].permute(1, 0, 2)  # [H, N, G + 2w + 1]
+        grows = output[2][0, :, :, :n].cpu() if g and len(output) > 2 else None  # [H, G, N]
+        band = probs[0, :n].permute(1, 0, 2).cpu()  # [H, N, G + 2w + 1] (on the CPU: a model on an accelerator)
         if local is not None:
             local[layer, :, :, :W - w] = 0.0  # a narrower layer's window inside the band
             local[layer, :, :, W + w + 1:] = 0.0

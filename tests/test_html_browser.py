@@ -325,3 +325,40 @@ def test_long_document_report(driver, tmp_path, monkeypatch, kind):
     panned = driver.execute_script("return window.attnviz.state()")
     assert panned["x0"] > zoomed["x0"] and abs((panned["x1"] - panned["x0"]) - (zoomed["x1"] - zoomed["x0"])) < 1e-6
     check_clean(driver)
+
+
+def test_long_document_report_zoomed_overview_matches_the_profile(driver, tmp_path, monkeypatch):
+    """More than 2,048 tokens: the overview averages groups of queries (pool > 1); zoomed in, it still shows the
+    token range the profile, the red line and clicks use (within one group)."""
+    import json
+
+    import torch
+    import transformers as tf
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+    from test_longdoc import TEXT
+    from tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(0)
+    model = tf.LongformerModel(tf.LongformerConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
+        attention_window=8, max_position_embeddings=2600, pad_token_id=tok.pad_token_id, initializer_range=0.5)).eval()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    r = CliRunner().invoke(app, ["text", " ".join([TEXT] * 16), "-m", str(tmp_path / "m"), "--max-length", "2400",
+                                 "-o", str(tmp_path / "o"), "--format", "html", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["num_tokens"] > 2048
+    open_page(driver, tmp_path / "o" / "report.html")
+    canvas = driver.find_elements("css selector", "canvas.ld-canvas")[0]
+    for _ in range(12):
+        driver.execute_script("arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: -100, clientX: "
+                              "arguments[0].getBoundingClientRect().left + 500, bubbles: true, cancelable: true}))", canvas)
+    state = driver.execute_script("return window.attnviz.state()")
+    pool = driver.execute_script("return JSON.parse(document.getElementById('attnviz-data').textContent).pool")
+    assert pool == 2 and state["x1"] - state["x0"] < 200
+    lo, hi = state["overview"]
+    assert lo <= state["x0"] < lo + pool and hi - pool <= state["x1"] <= hi
+    check_clean(driver)

@@ -256,3 +256,15 @@ def test_band_file_round_trips_through_load_attention(tmp_path, one_thread):
     assert torch.equal(f.dense(), dense)
     assert torch.equal(f.dense(layers=[1]), dense[1:])
     assert set(f.names) == {"band/local", "band/global_keys", "band/global_rows"}
+    back = f.sparse()  # the stored layout itself
+    assert torch.equal(back.local, band.local) and back.global_index == (0, 7) and back.window == (2, 4)
+    import attnviz.attention_file as af
+    from attnviz.errors import UsageError
+
+    af.DENSE_LIMIT, limit = 4 * 2 * n * n, af.DENSE_LIMIT  # room for one dense layer
+    try:
+        assert f.dense(layers=[0]).shape == (1, 2, n, n)
+        with pytest.raises(UsageError, match=r"with \.sparse\(\)"):
+            f.dense()
+    finally:
+        af.DENSE_LIMIT = limit

@@ -146,7 +146,9 @@ class LongDocument:
 
     def window_span(self, layer: int, q: int) -> tuple[int, int]:
         """First and last key position of query ``q``'s local window in ``layer``: ``q ± w`` (band), or its block
-        and the two next to it (BigBird), cut at the document's ends."""
+        and the two next to it (BigBird), cut at the document's ends; the whole document for a global query."""
+        if q in self.global_index:
+            return 0, self.n - 1
         if self.block_size:
             bs = self.block_size
             b = q // bs

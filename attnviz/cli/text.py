@@ -16,7 +16,7 @@ from attnviz.cli.common import (
 from attnviz.cli.style import CMAP, DPI_OPTION, LABEL, SCALE, SIZE
 from attnviz.models import DEFAULT_TEXT_MODEL
 
-#: The views ``attnviz text`` can write (kept in step with attnviz.pipelines.text.TEXT_VIEWS; no torch import here).
+#: The views ``attnviz text`` can write (kept in step with attnviz.pipelines.common.TEXT_VIEWS; no torch import here).
 TEXT_VIEWS = ("head", "model", "focus", "matrix")
 
 

@@ -34,18 +34,49 @@ CHUNK = 256
 
 def top_keys(sparse, layer: int, k: int = TOP_KEYS) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` strongest keys in ``layer`` (head mean): uint32 ``[N, k]`` indices (``N + s`` for a LongT5
-    transient-global key ``s``) and their float32 weights, strongest first, from dense rows chunk by chunk."""
+    transient-global key ``s``) and their float32 weights, strongest first; zero weights come last.
+
+    A band is searched in its own layout (the ``2W + 1`` band columns, the global keys, the summary keys; a global
+    query's row over every key): O(N * (2W + 1 + G + S)), never ``[N, N]``. BigBird's rows are built densely
+    :data:`CHUNK` queries at a time (its documents are at most a few thousand tokens).
+    """
     n = sparse.n
-    width = n + len(getattr(sparse, "side_spans", ()))
-    k = min(k, width)
-    idx = np.zeros((n, k), dtype=np.uint32)
-    w = np.zeros((n, k), dtype=np.float32)
-    for q0 in range(0, n, CHUNK):
-        q1 = min(n, q0 + CHUNK)
-        rows = sparse.rows(layer, range(q0, q1)).mean(0)  # [R, N (+ S)]
-        top = torch.topk(rows, k, dim=-1)
-        idx[q0:q1] = top.indices.numpy().astype(np.uint32)
-        w[q0:q1] = top.values.numpy()
+    if getattr(sparse, "format", "") != "band":
+        k = min(k, n)
+        idx = np.zeros((n, k), dtype=np.uint32)
+        w = np.zeros((n, k), dtype=np.float32)
+        for q0 in range(0, n, CHUNK):
+            q1 = min(n, q0 + CHUNK)
+            top = torch.topk(sparse.rows(layer, range(q0, q1)).mean(0), k, dim=-1)
+            idx[q0:q1] = top.indices.numpy().astype(np.uint32)
+            w[q0:q1] = top.values.numpy()
+        return idx, w
+    W = sparse.half_width
+    local = sparse.local[layer].float().mean(0)  # [N, 2W+1]
+    keys = torch.arange(n)[:, None] + torch.arange(-W, W + 1)[None, :]  # [N, 2W+1]
+    local = torch.where((keys >= 0) & (keys < n), local, torch.zeros(()))  # (0 there already; never an index < 0)
+    keys = keys.clamp(0, n - 1)
+    cand_w, cand_k = [local], [keys]
+    G = len(sparse.global_index)
+    if G and sparse.global_keys is not None:
+        cand_w.append(sparse.global_keys[layer].float().mean(0))  # [N, G]
+        cand_k.append(torch.tensor(sparse.global_index)[None, :].expand(n, G))
+    S = len(sparse.side_spans)
+    if S and sparse.side_keys is not None:
+        cand_w.append(sparse.side_keys[layer].float().mean(0))  # [N, S]
+        cand_k.append((n + torch.arange(S))[None, :].expand(n, S))
+    weights, indices = torch.cat(cand_w, 1), torch.cat(cand_k, 1)
+    k = min(k, weights.shape[1], n + S)
+    top = torch.topk(weights, k, dim=-1)
+    idx = torch.gather(indices, 1, top.indices).numpy().astype(np.uint32)
+    w = top.values.numpy().astype(np.float32)
+    if G and sparse.global_rows is not None:  # a global query's row covers every key
+        rows = sparse.global_rows[layer].float().mean(0)  # [G, N]
+        gtop = torch.topk(rows, min(k, n), dim=-1)
+        for g, p in enumerate(sparse.global_index):
+            idx[p], w[p] = 0, 0.0
+            idx[p, :gtop.indices.shape[1]] = gtop.indices[g].numpy()
+            w[p, :gtop.values.shape[1]] = gtop.values[g].numpy()
     return idx, w
 
 

@@ -135,7 +135,7 @@ def require_modality(config: Any, name: str, wanted: Modality, command: str | No
     if found is not wanted:
         raise _wrong(name, model_type, found, wanted)
     if wanted is TEXT and model_type in SPARSE_TEXT:
-        if model_type == "big_bird" and get("attention_type", "block_sparse") == "original_full":
+        if model_type in ("big_bird", "bigbird_pegasus") and get("attention_type", "block_sparse") == "original_full":
             return
         if model_type == "nystromformer" and get("num_landmarks", 64) == get("segment_means_seq_len", 64):
             return  # no landmarks: plain softmax attention over every key, exact

@@ -52,6 +52,10 @@ class ModelRequest:
                            self.random_weights_ok)
 
 
+#: The views ``attnviz text`` can write (``--views``; README "Text").
+TEXT_VIEWS = ("head", "model", "focus", "matrix")
+
+
 @dataclass(frozen=True)
 class OutputRequest:
     """Where and how the files go.

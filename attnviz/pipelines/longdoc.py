@@ -12,6 +12,7 @@ the band layout (README "Long documents"), read back by :func:`attnviz.load_atte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class LongDocRun:
             }
         if band is not None and d.global_index:
             doc["global_rows"] = [
-                {"index": list(positions) if len(positions) > 1 else positions[0], "token": label,
+                {"index": positions[0], "positions": list(positions), "token": label,
                  "top": [[{"index": k.position, "token": k.token, "weight": k.weight}
                           for k in top_links(rows[l], d.tokens, self.top, exclude=positions)] for l in range(d.num_layers)]}
                 for label, positions, rows in global_panels(d)]
@@ -162,6 +163,15 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
     spec = ViewSpec(words=False, hide_special=False)
     if request.words or request.hide_special:
         notify("--words and --hide-special are not used by the long-document views (they show tokens)")
+    from attnviz.pipelines.common import TEXT_VIEWS
+
+    ignored = [name for name, on in (("--views", tuple(request.views) != TEXT_VIEWS and request.views != ",".join(TEXT_VIEWS)),
+                                     ("--top", request.top != 10), ("--direction", request.direction != "back"),
+                                     ("--adjacent", request.adjacent), ("--target-class", request.target_class is not None),
+                                     ("--target", request.target is not None))
+               if on]
+    if ignored:
+        notify(f"{', '.join(ignored)}: not used by the long-document views (band, profile, global, window)")
     focus: tuple[int, ...] = ()
     if request.token is not None:
         focus = tuple(find_focus(prepared.tokens, request.token, request.token_index, spec))
@@ -183,8 +193,12 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
         head %= H
     per_token = _bytes_per_token(tm.config, L, H, n, len(globals_ or ()))
     need = per_token * n
+    if block_sparse(tm):  # transformers builds a dense [H, N, N] float32 map in every block-sparse layer, one at a time
+        need += 4 * H * n * n
     if need > BAND_BUDGET:
         fits = int(BAND_BUDGET / per_token)
+        if block_sparse(tm):
+            fits = int((-per_token + math.sqrt(per_token ** 2 + 16 * H * BAND_BUDGET)) / (8 * H))
         raise UsageError(f"the sparse attention of {n} tokens ({L} layers x {H} heads) would take "
                          f"{need / 2**30:.1f} GiB; use --max-length {fits} or less")
     out = request.output
@@ -209,8 +223,12 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
 
     inputs = model_inputs(tm, prepared)
     if tm.encoder_decoder:
-        notify(f"{tm.model_type}: the long-document views show the encoder's sliding-window attention over the document "
-               f"(decoder and cross-attention: inputs up to {LONG_DOCUMENT_TOKENS} tokens, without --window-at)")
+        dense = ("" if tm.model_type == "longt5" else
+                 f"; decoder and cross-attention are shown for inputs up to {LONG_DOCUMENT_TOKENS} tokens without "
+                 "--window-at" if tm.model_type == "led" else
+                 "; decoder and cross-attention are shown for inputs too short for block-sparse attention")
+        notify(f"{tm.model_type}: the long-document views show the encoder's attention over the document, not the "
+               f"decoder's{dense}")
     with output:
         report: dict = {}
         cap = capture_band(tm.model, inputs, rows=focus or None, report=report)
@@ -277,7 +295,8 @@ def _windows(config, layers: int) -> tuple[int, ...]:
 
 def _checks(model, inputs, cap, report: dict | None = None) -> dict:
     """The run-time checks: every stored row sums to 1 (largest error), and the capture equals the model's own eager
-    ``output_attentions``: Longformer, LED and LongT5 on a prefix of :data:`PROBE_TOKENS` tokens, every stored
+    ``output_attentions``: Longformer, LED and LongT5 on a prefix of at least :data:`PROBE_TOKENS` tokens and two
+    windows (so that some windows lie clear of both ends), every stored
     probability (:func:`attnviz.bands.eager_band`); BigBird on the whole input, in every layer, wherever the model's
     own dense map holds the probability (it keeps one copy of a key block that a row attends several times; the
     capture checked it layer by layer, ``report``).
@@ -286,20 +305,26 @@ def _checks(model, inputs, cap, report: dict | None = None) -> dict:
         ModelError: a difference above :data:`PROBE_TOLERANCE` or a row sum off by more than 1e-4.
     """
     from attnviz.bands import capture_band, eager_band
+    from attnviz.verify import tolerance_for
 
-    checks: dict = {}
+    tolerance = tolerance_for(model)  # 1e-5 in float32; half precision rounds every probability (attnviz.verify)
+    checks: dict = {"tolerance": tolerance}
     sums = cap.band.row_sums()
     real = _real_rows(inputs, cap.n)
     err = float((sums[:, :, real] - 1).abs().max()) if bool(real.any()) else 0.0
     checks["row_sum_max_error"] = err
-    if err > 1e-4:
+    if err > max(1e-4, tolerance):
         raise ModelError(f"{type(model).__name__}: a captured row sums to 1 ± {err:.1e}; refusing to show it")
     if cap.band.format == "blocks":
-        diff = float((report or {}).get("eager_max_abs_diff", float("nan")))
+        if "eager_max_abs_diff" not in (report or {}):
+            raise ModelError(f"{type(model).__name__}: the model built no dense block map to check the block-sparse "
+                             "capture against; refusing to show it")
+        diff = float(report["eager_max_abs_diff"])
         checks.update({"probe_tokens": cap.n, "probe_max_abs_diff": diff,
                        "reference": "the model's own dense block map where it holds the probability"})
     else:
-        p = min(cap.n, PROBE_TOKENS)
+        # a prefix long enough for windows clear of both ends: 2 x (2W + 1) tokens at least
+        p = min(cap.n, max(PROBE_TOKENS, 2 * (2 * max(cap.window or (0,)) + 1)))
         source = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids")
         probe = {k: (v[:, :p] if k in source else v) for k, v in inputs.items()}
         ours = capture_band(model, probe).band
@@ -313,7 +338,7 @@ def _checks(model, inputs, cap, report: dict | None = None) -> dict:
             if a is not None and a.numel():
                 diff = max(diff, float((a - b).abs().max()))
         checks.update({"probe_tokens": p, "probe_max_abs_diff": diff, "reference": "eager output_attentions"})
-    if not diff <= PROBE_TOLERANCE:
+    if not diff <= max(PROBE_TOLERANCE, tolerance):
         raise ModelError(f"{type(model).__name__}: the sparse capture differs from eager attention by {diff:.1e} on the "
                          f"first {checks['probe_tokens']} tokens; refusing to show it")
     return checks
@@ -324,4 +349,4 @@ def _real_rows(inputs, n: int):
     import torch
 
     mask = inputs.get("attention_mask")
-    return torch.ones(n, dtype=torch.bool) if mask is None else mask.reshape(-1)[:n].bool()
+    return torch.ones(n, dtype=torch.bool) if mask is None else mask.reshape(-1)[:n].bool().cpu()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 from attnviz.errors import UsageError
 from attnviz.pipelines.common import (
-    ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, notify_provenance, parse_views,
+    TEXT_VIEWS, ModelRequest, OutputRequest, StyleRequest, mark_random_weights, notify, notify_left_alone, notify_provenance, parse_views,
     provenance, quiet_libraries,
     verification_json,
 )
@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.render.layout import Style
     from attnviz.types import TextAttention
 
-#: The views ``attnviz text`` can write (``--views``).
-TEXT_VIEWS = ("head", "model", "focus", "matrix")
 #: File stem of each view (per attention kind; encoder-decoder models prefix the kind: ``cross-matrix``).
 VIEW_STEMS = {"head": "head-view", "model": "model-view", "focus": "focus-view", "matrix": "matrix"}
 #: Keep every layer and head in memory (for the model view) up to this many bytes.
@@ -387,8 +385,9 @@ def run(request: TextRequest, progress: Callable[[str, int], None] | None = None
 
     long_document = wants_long_document(tm, len(prepared.tokens), request.window_at)
     if request.window_at is not None and not long_document:
-        raise UsageError(f"--window-at is for long documents with sliding-window attention (Longformer, LED); "
-                         f"'{tm.source.model_id}' is a {tm.model_type} model")
+        raise UsageError(f"--window-at is for long documents with sparse attention (Longformer, LED, LongT5, BigBird "
+                         f"from its block-sparse length); '{tm.source.model_id}' is a {tm.model_type} model"
+                         + (f" and {len(prepared.tokens)} tokens run full attention" if tm.model_type in ("big_bird", "bigbird_pegasus") else ""))
     globals_ = _global_positions(tm, prepared, request.global_tokens, spec, dense=not long_document)
     if long_document:
         return run_long(request, tm, prepared, content, globals_, figure_formats, html, style, tensor_path, progress)

@@ -98,6 +98,8 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
     for l, h, _ in panels:
         img = band_overview(band, l, h).copy()
         img[outside] = np.nan
+        w = band.window[l] if l < len(band.window) else W
+        img[np.abs(offsets[:, 0]) > w] = np.nan  # a narrower layer's window inside the band: no key there
         img, f = _pool(img)
         images.append(img)
         strips.append(_pool(np.concatenate([global_strip(band, l, h), side_strip(band, l, h)]))[0])

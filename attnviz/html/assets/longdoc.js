@@ -49,7 +49,8 @@
     : "sliding window ±" + D.half_width + (D.side_spans.length ? ", " + D.side_spans.length + " transient-global keys" : "");
   var summary = el("p", { cls: "ld-note", text: D.n + " tokens · " + L + " layers × " + D.num_heads + " heads · " + lay +
     " · global tokens: " + (D.global_index.length ? D.global_index.length : "none") +
-    " · checked: rows sum to 1 (±" + D.checks.row_sum_max_error.toExponential(1) + "), equal to " + D.checks.reference +
+    " · checked: rows sum to 1 (±" + D.checks.row_sum_max_error.toExponential(1) + "); on the first " +
+    D.checks.probe_tokens + " tokens equal to " + D.checks.reference +
     " (largest difference " + D.checks.probe_max_abs_diff.toExponential(1) + ")" });
   var warn = D.random_weights ? el("p", { cls: "ld-note", style: "color:#b00020;font-weight:bold", text: D.random_weights.toUpperCase() }) : null;
   var layerBar = el("div", { cls: "ld-controls" }, [el("span", { text: "layer (head mean):" })]);
@@ -101,10 +102,10 @@
       return;
     }
     var rows = d.rows, cols = d.cols, pool = D.pool;
-    var c0 = Math.floor(st.x0 / pool), c1 = Math.ceil(st.x1 / pool), span = c1 - c0;
     var img = ctx.createImageData(cw, ch);
     for (var x = 0; x < cw; x++) {
-      var c = c0 + Math.floor(x * span / cw);
+      // the token under this pixel (the same mapping as the profile, the red line and clicks), then its column
+      var c = Math.min(cols - 1, Math.floor((st.x0 + (x + 0.5) * (st.x1 - st.x0) / cw) / pool));
       for (var y = 0; y < ch; y++) {
         var r = rows - 1 - Math.floor(y * rows / ch), v = d.img[r * cols + c], p = (y * cw + x) * 4, rgb;
         rgb = v === 255 ? [217, 217, 217] : colour(v / 254);
@@ -119,6 +120,7 @@
       "; grey: no key there, a global key or query" + (pool > 1 || D.offset_pool > 1 ? "; reduced: each cell averages " +
       pool + " queries × " + D.offset_pool + " offsets" : "") + ". Wheel: zoom; drag: pan; click: pick a query."]);
   }
+  var styled = null;  // the (layer, token) whose row the text and the table show
   function drawProfile() {
     var ctx = prof.getContext("2d"), cw = prof.width, ch = prof.height, r = row(st.layer, st.token);
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, cw, ch);
@@ -139,6 +141,8 @@
     put(profNote, ["the row of ", iso(D.tokens[q]), " (token " + q + ", layer " + st.layer + ", head mean): its " + r.length +
       " strongest keys, exact weights (bars to scale up to " + weight(top) + "), holding " + weight(shown) +
       " of the row" + (w != null ? "; shaded: its window" : "") + "; range shown: tokens " + Math.floor(st.x0) + ".." + (Math.ceil(st.x1) - 1)]);
+    if (styled === st.layer + ":" + q) return;  // panning or zooming: the canvases only
+    styled = st.layer + ":" + q;
     spans.forEach(function (s) { s.style.background = ""; s.classList.remove("focus"); });
     spans[q].classList.add("focus");
     r.forEach(function (k) {
@@ -176,7 +180,7 @@
     canvas.addEventListener("wheel", function (ev) {
       if (D.layout === "blocks" && canvas === over) return;
       ev.preventDefault();
-      var at = tokenAt(ev, canvas), f = ev.deltaY > 0 ? 1.25 : 0.8, span = Math.max(16, Math.min(N, (st.x1 - st.x0) * f));
+      var at = tokenAt(ev, canvas), f = ev.deltaY > 0 ? 1.25 : 0.8, span = Math.min(N, Math.max(16, (st.x1 - st.x0) * f));
       st.x0 = Math.max(0, Math.min(N - span, at - (at - st.x0) * span / (st.x1 - st.x0))); st.x1 = st.x0 + span;
       draw();
     }, { passive: false });
@@ -202,7 +206,12 @@
   draw();
   window.attnviz = {
     select: select,
-    state: function () { return { layer: st.layer, token: st.token, x0: st.x0, x1: st.x1, decoded: decoded.slice() }; },
+    state: function () {
+      var cw = over.width, pool = D.pool;
+      return { layer: st.layer, token: st.token, x0: st.x0, x1: st.x1, decoded: decoded.slice(),
+               overview: D.layout === "blocks" ? null : [Math.floor((st.x0 + 0.5 * (st.x1 - st.x0) / cw) / pool) * pool,
+                          (Math.floor((st.x0 + (cw - 0.5) * (st.x1 - st.x0) / cw) / pool) + 1) * pool] };
+    },
     row: function () { return row(st.layer, st.token); }
   };
 })();
