@@ -211,6 +211,8 @@ def test_longt5_is_shown_through_its_encoder_band(tmp_path, kind, one_thread):
     assert f.kinds == ("encoder",) and f.layout("encoder") == "band" and f.shapes["encoder"] == (2, 2, n, n + S)
     assert float((f.dense("encoder") - dense).abs().max()) <= 1e-5
     assert {p.name for p in (tmp_path / "o").glob("*.png")} == {"band.png", "profile.png", "window-4.png"}
+    human = CliRunner().invoke(app, ["text", text, "-m", str(tmp_path / "lt5"), "--token", "wa", "-o", str(tmp_path / "h")])
+    assert human.exit_code == 0 and ("on global blocks" in human.stdout) == (kind == "transient-global"), human.output
 
 
 def test_check_covers_band_models(tmp_path, one_thread):

@@ -121,10 +121,12 @@ def _print_long(run) -> None:
         f = doc["focus"]
         console.print(f"strongest keys of '{escape(f['token'])}' (token {f['token_indices'][0]}), head mean, per layer:")
         table = Table()
-        for col in ("layer", "on global tokens", "top keys"):
+        side = bool(doc["side_keys"])  # LongT5: the transient-global summaries, not tokens
+        share = "on_side_keys" if side else "on_global"
+        for col in ("layer", "on global blocks" if side else "on global tokens", "top keys"):
             table.add_column(col, justify="left" if col == "top keys" else "right")
         for row in f["layers"]:
-            table.add_row(str(row["layer"]), f"{row['on_global']:.3f}",
+            table.add_row(str(row["layer"]), f"{row[share]:.3f}",
                           escape(", ".join(f"{t['token']} ({t['index']}) {t['weight']:.3f}" for t in row["top"][:3])))
         console.print(table)
     print_files(console, run.files, run.save_attn)

@@ -116,7 +116,9 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
     gap = 0.42
     what = "banded overview" + ("" if layer is None else f", layer {layer}")
     notes = [f"x: query position; y: key offset from the query (−{W}..{W}); colour: attention probability; grey: no "
-             "key there (before the start, past the end), a global key (its strip) or a global query (global view)" + (f"; each pixel column is the mean of {f} queries" if f > 1 else "")]
+             "key there (before the start, past the end, outside a narrower layer's window)"
+             + (", a global key (its strip) or a global query (global view)" if band.global_index else "")
+             + (f"; each pixel column is the mean of {f} queries" if f > 1 else "")]
     if band.global_index:
         notes.append("strips under each panel: every query's weight on each global token (global queries' own rows: "
                      "global view)")
@@ -188,7 +190,7 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     notes = ["x: key position; y: attention probability of the focus token's row"
              + (" (mean of its pieces)" if len(focus) > 1 else "")
              + ("; shaded blue: its window blocks, orange: its random blocks" if doc.block_size else "; shaded: its sliding window")
-             + "; ▼: global tokens; dots: strongest keys, written at the right"
+             + ("; ▼: global tokens" if doc.global_index else "") + "; dots: strongest keys, written at the right"
              + ("; 'global blocks': its weight on the transient-global keys (not drawn)" if doc.side_spans else "")]
     what = f"'{safe_label(doc.focus_text or doc.tokens[q], 20)}' (token {q}), " + ("head mean" if head is None else f"head {head}")
     titles = _titles(style, width, "focus profile", doc, what, notes)
