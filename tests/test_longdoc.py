@@ -293,3 +293,33 @@ def test_check_covers_bigbird_block_sparse(tmp_path, one_thread):
     blocks = [c for c in doc["checks"] if c["input"].endswith("(blocks)")]
     assert len(blocks) == 1 and blocks[0]["queries"] >= 29 and blocks[0]["max_abs_diff"] <= 1e-5
     assert doc["exact"] and [c["input"] for c in doc["checks"][1:]] == ["sentence", "passage"]
+
+
+def test_long_document_views_at_column_width_in_every_format(tmp_path, one_thread):
+    """--size column (3.35 in) with svg, pdf and png: every long-document view fits (no text outside the figure, no
+    overlapping labels in the window view, which then shows fewer tokens and says how many in the JSON)."""
+    from attnviz.analysis.longdoc import LongDocument
+    from attnviz.render.layout import Style, overlapping_texts, texts_outside
+    from attnviz.render.longdoc import band_view, global_view, profile_view, window_view
+    from attnviz.sparse import capture_sliding_window
+
+    model, tok = _model(tmp_path / "lf")
+    r = CliRunner().invoke(app, ["text", TEXT, "-m", str(tmp_path / "lf"), "--token", "it", "--token-index", "3",
+                                 "--window-at", "30", "--size", "column", "--format", "svg,pdf,png",
+                                 "-o", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    assert doc["window_view"]["radius"] < 24
+    assert {p.suffix for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")} == {".svg", ".pdf", ".png"}
+    ids = tok(TEXT, return_tensors="pt")["input_ids"]
+    mask = torch.zeros_like(ids)
+    mask[0, 0] = 1
+    cap = capture_sliding_window(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                         "global_attention_mask": mask}, rows=[70])
+    d = LongDocument("lf", "longformer", "self", tuple(doc["tokens"]), 2, 2, cap.window, cap.global_index, cap.band,
+                     cap.rows, (70,), "it")
+    style = Style.from_options(size="column")
+    for fig in (band_view(d, style=style), profile_view(d, style=style), global_view(d, style=style),
+                window_view(d, 30, 1, 24, style=style)):
+        assert texts_outside(fig) == []
+    assert overlapping_texts(window_view(d, 30, 1, 24, style=style)) == []

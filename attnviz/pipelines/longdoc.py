@@ -98,7 +98,10 @@ class LongDocRun:
                           for k in top_links(rows[l], d.tokens, self.top, exclude=positions)] for l in range(d.num_layers)]}
                 for label, positions, rows in global_panels(d)]
         if self.window_at is not None:
-            doc["window_view"] = {"center": self.window_at, "layer": self.window_layer, "radius": WINDOW_RADIUS}
+            from attnviz.render.longdoc import window_radius
+
+            doc["window_view"] = {"center": self.window_at, "layer": self.window_layer,
+                                  "radius": window_radius(self.style, WINDOW_RADIUS)}
         doc["files"] = [str(p) for p in self.files]
         doc["save_attn"] = str(self.save_attn) if self.save_attn else None
         return doc

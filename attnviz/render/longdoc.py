@@ -17,7 +17,9 @@ from attnviz.analysis.longdoc import (
     LongDocument, band_overview, block_map, focus_profile, global_panels, global_strip, side_share, side_strip, top_links,
     window_matrix,
 )
-from attnviz.render.common import FOCUS_COLOR, Frame, add_colorbar, make_titles, probability_norm, safe_label, scale_label, short_weight
+from attnviz.render.common import (
+    FOCUS_COLOR, Frame, add_colorbar, make_titles, probability_norm, safe_label, scale_label, short_weight, wrap,
+)
 from attnviz.render.layout import DEFAULT_STYLE, Style, attach_metadata, shared_vmax, with_fonts
 
 #: Most pixel columns a document axis gets before queries are averaged in groups.
@@ -201,7 +203,7 @@ def profile_view(doc: LongDocument, head: int | None = None, top: int = 3, style
     height = top_in + plot + 0.45
     frame = Frame(width, height, style.resolution)
     frame.titles(titles)
-    left, right = 0.75, 2.6
+    left, right = 0.75, min(2.6, max(1.1, 0.3 * width))  # the right column names the strongest keys
     pw = width - left - right
     y = top_in
     for l in range(L):
@@ -272,13 +274,16 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
     top_in = titles.height_in() + 0.1
     L = doc.num_layers
     panel_h = max(0.6, min(1.6, 0.12 * L))
-    gap = 0.62
-    plot = len(shown) * (panel_h + gap)
-    frame = Frame(width, top_in + plot + 0.3, style.resolution)
-    frame.titles(titles)
     left, right = 0.75, 1.0
     pw = width - left - right
-    y = top_in
+    title_lines = 1 + int(len("global token 0 'xxxxxxxxxxxx' · last layer's strongest keys: ") + top * 22) // max(
+        12, int(pw * 72 / (max(6.0, fonts.small) * 0.58)))  # what wrap() makes of a title of that length
+    gap = 0.45 + title_lines * max(6.0, fonts.small) * 1.1 / 72
+    plot = len(shown) * (panel_h + gap)
+    bar = max(1.4, min(plot - gap, 3.0))  # the colour bar needs room for its label, even beside one panel
+    frame = Frame(width, top_in + max(plot, bar + gap) + 0.3, style.resolution)
+    frame.titles(titles)
+    y = top_in + gap - 0.45
     mappable = None
     n = doc.n
     for g, (img, _) in zip(shown, pooled):
@@ -287,17 +292,27 @@ def global_view(doc: LongDocument, head: int | None = None, top: int = 5, style:
         mappable = ax.imshow(img, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest", extent=(0, n, L, 0))
         links = top_links(rows[-1], doc.tokens, top, exclude=positions)
         name = label if doc.block_size else f"global token {positions[0]} '{safe_label(label, 14)}'"
-        ax.set_title(f"{name} · last layer's strongest keys: "
-                     + ", ".join(f"{safe_label(k.token, 10)} ({k.position}) {_weight(k.weight)}" for k in links),
-                     fontsize=max(6.0, fonts.small), loc="left", pad=2)
+        title = (f"{name} · last layer's strongest keys: "
+                 + ", ".join(f"{safe_label(k.token, 10)} ({k.position}) {_weight(k.weight)}" for k in links))
+        ax.set_title(wrap(title, pw, max(6.0, fonts.small)), fontsize=max(6.0, fonts.small), loc="left", pad=2,
+                     linespacing=1.0)
         ax.set_yticks([i + 0.5 for i in range(L)] if L <= 12 else [0.5, L - 0.5])
         ax.set_yticklabels([f"L{i}" for i in range(L)] if L <= 12 else ["L0", f"L{L - 1}"], fontsize=max(6.0, fonts.small - 1))
         ax.set_xticks(_ticks(n))
         ax.tick_params(axis="x", labelsize=max(6.0, fonts.small - 1), length=2, pad=1)
         y += panel_h + gap
-    add_colorbar(frame, mappable, width - right + 0.2, top_in, min(plot - gap, 3.0),
+    add_colorbar(frame, mappable, width - right + 0.2, top_in + gap - 0.45, bar,
                  scale_label("attention probability", False, True), fontsize=fonts.sub)
     return _finish(frame, style, "global", doc, titles, {"head": head})
+
+
+def window_radius(style: Style, radius: int) -> int:
+    """Tokens each side the window view shows at ``style``'s width: ``radius``, fewer in a narrow figure (every token
+    gets at least 0.11 in, so its label stays readable), at least 2."""
+    if style.width_in is None:
+        return radius
+    room = style.width_in - min(1.3, 0.3 * style.width_in) - 0.42 - 1.3
+    return max(2, min(radius, int(room / 0.11 - 1) // 2))
 
 
 @with_fonts
@@ -312,20 +327,21 @@ def window_view(doc: LongDocument, center: int, layer: int, radius: int = 24, he
     """
     if doc.band is None:
         raise ValueError("the window view needs the band")
+    radius = window_radius(style, radius)
     matrix, start, outside = window_matrix(doc.band, layer, center, radius, head)
     R = matrix.shape[0]
     labels = [f"{safe_label(doc.tokens[start + i], 12)} {start + i}" for i in range(R)]
     width = style.width(max(6.0, min(14.0, 1.6 + 0.16 * R + 1.7)))
     fonts = style.fonts(width)
-    cell = min(0.16, (width - 3.5) / R)
+    label_w = min(1.3, 0.3 * width)
+    side_w = 0.42
+    cell = max(0.03, min(0.16, (width - label_w - side_w - 1.3) / R))
     notes = [f"tokens {start}..{start + R - 1} (rows: queries, columns: keys); grey: never attended; right: each "
              "query's weight on every other key (the rest of its window, global tokens), written out"]
     what = f"window at {center}, layer {layer}, " + ("head mean" if head is None else f"head {head}")
     titles = _titles(style, width, "window view", doc, what, notes)
     top_in = titles.height_in() + 0.1
     grid = cell * R
-    label_w = 1.3
-    side_w = 0.42
     frame = Frame(width, top_in + grid + label_w + 0.2, style.resolution)
     frame.titles(titles)
     shown = np.ma.masked_where(matrix == 0, matrix)
@@ -377,7 +393,7 @@ def blocks_view(doc: LongDocument, layer: int | None = None, style: Style = DEFA
     cmap = style.colormap("viridis")
     width = style.width(10.0)
     fonts = style.fonts(width)
-    cols = min(4, len(panels))
+    cols = min(4 if width >= 6 else 2, len(panels))
     rows_n = math.ceil(len(panels) / cols)
     gap = 0.45
     right = 1.0
