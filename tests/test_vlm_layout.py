@@ -64,3 +64,31 @@ def test_qwen2_vl_layout_refuses_what_it_cannot_place():
     doc = qwen2_vl_layout((100, 50), (1, 4, 8), 2).to_json()
     assert doc == {"image_size": [100, 50], "tiles": [{"name": "image", "grid": [2, 4], "box": [0.0, 0.0, 100.0, 50.0],
                                                        "token_range": [0, 8]}]}
+
+
+@pytest.mark.parametrize("size", [(400, 400), (640, 240), (240, 640)])
+def test_llava_center_crop_token_boxes_hold_their_pixels(size):
+    """LLaVA-1.5's CLIP processor (shortest edge 336, centre crop 336, patch 14): 576 image tokens, each box in the
+    original photo holds the pixel the processor put at its patch's centre; the boxes tile the centre crop only."""
+    from transformers import CLIPImageProcessor
+
+    from attnviz.inputs.vlm import center_crop_layout
+
+    proc = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    W, H = size
+    pix = proc(images=_gradient(W, H), return_tensors="pt")["pixel_values"][0]  # [3, 336, 336]
+    layout = center_crop_layout((W, H), 336, (336, 336), 14)
+    boxes = layout.token_boxes()
+    assert layout.num_tokens == len(boxes) == (336 // 14) ** 2
+    mean, std = torch.tensor(proc.image_mean)[:, None, None], torch.tensor(proc.image_std)[:, None, None]
+    rgb = (pix * std + mean).numpy()
+    centre = np.arange(24) * 14 + 7
+    x = rgb[0][np.ix_(centre, centre)].reshape(-1) * (W - 1)
+    y = rgb[1][np.ix_(centre, centre)].reshape(-1) * (H - 1)
+    slack = 2.0 + max(W, H) / 336
+    assert (x >= boxes[:, 0] - slack).all() and (x <= boxes[:, 2] + slack).all()
+    assert (y >= boxes[:, 1] - slack).all() and (y <= boxes[:, 3] + slack).all()
+    x0, y0, x1, y1 = layout.tiles[0].box
+    short = min(W, H)
+    assert (x1 - x0) == pytest.approx(short, abs=2) and (y1 - y0) == pytest.approx(short, abs=2)  # the centre square
+    assert x0 == pytest.approx((W - short) / 2, abs=2) and y0 == pytest.approx((H - short) / 2, abs=2)

@@ -5,7 +5,9 @@ A VLM's processor turns a photo into image tokens through its own resize, tiling
 image token is only readable over the photo once that token's pixel rectangle is known. This module computes the
 image-token layout of one photo from what the processor reports (its grid), as pixel boxes in the *original* photo.
 
-Supported so far: Qwen2-VL / Qwen2.5-VL (``image_grid_thw``: the photo is resized, without cropping or padding, to
+Supported so far: LLaVA-1.5 (:func:`center_crop_layout`: a CLIP processor resizes the photo's shortest edge to the
+crop size and keeps the centre square; the grid of patches is the image tokens, [CLS] dropped) and Qwen2-VL /
+Qwen2.5-VL (``image_grid_thw``: the photo is resized, without cropping or padding, to
 ``grid_h x grid_w`` patches of ``patch_size`` pixels, and each ``merge_size x merge_size`` window of patches becomes one
 token, row-major over the merged grid; ``processing_qwen2_vl`` counts ``grid_t * grid_h * grid_w // merge_size**2``
 image tokens).
@@ -88,3 +90,32 @@ def qwen2_vl_layout(image_size: tuple[int, int], grid_thw, merge_size: int = 2) 
     W, H = (int(v) for v in image_size)
     rows, cols = gh // merge_size, gw // merge_size
     return ImageTokenLayout((W, H), (ImageTile("image", (rows, cols), (0.0, 0.0, float(W), float(H)), (0, rows * cols)),))
+
+
+def center_crop_layout(image_size: tuple[int, int], shortest_edge: int, crop_size: tuple[int, int], patch_size: int
+                       ) -> ImageTokenLayout:
+    """The image tokens of a photo for a CLIP-style processor (LLaVA-1.5): resize so that the shortest edge is
+    ``shortest_edge`` pixels (the other ``int(shortest_edge * long / short)``), crop the centre ``crop_size``
+    ``(height, width)`` (top ``int((h - crop_h) / 2)``, left likewise), then one token per ``patch_size`` patch,
+    row-major ([CLS] is not an image token of the prompt).
+
+    Returns:
+        One tile covering the cropped region of the original photo (what lies outside the crop is never seen).
+
+    Raises:
+        ValueError: a crop larger than the resized photo, or not a multiple of ``patch_size``.
+    """
+    W, H = (int(v) for v in image_size)
+    ch, cw = (int(v) for v in crop_size)
+    if ch % patch_size or cw % patch_size:
+        raise ValueError(f"crop {ch}x{cw} is not a multiple of the patch size {patch_size}")
+    short, long_ = (W, H) if W <= H else (H, W)
+    resized_long = int(shortest_edge * long_ / short)
+    rw, rh = (shortest_edge, resized_long) if W <= H else (resized_long, shortest_edge)
+    if ch > rh or cw > rw:
+        raise ValueError(f"crop {ch}x{cw} is larger than the resized photo {rh}x{rw}")
+    top, left = int((rh - ch) / 2.0), int((rw - cw) / 2.0)
+    sx, sy = rw / W, rh / H
+    box = (left / sx, top / sy, (left + cw) / sx, (top + ch) / sy)
+    rows, cols = ch // patch_size, cw // patch_size
+    return ImageTokenLayout((W, H), (ImageTile("image", (rows, cols), box, (0, rows * cols)),))
