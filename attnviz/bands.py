@@ -50,8 +50,14 @@ def capture_band(model, inputs, rows: Sequence[int] | None = None, report: dict 
 
 
 def eager_band(model, inputs) -> BandAttention:
-    """The reference for the run-time check: the model's own eager ``output_attentions`` (Longformer / LED: band +
-    global rows; LongT5: the encoder's blocked maps) as a :class:`BandAttention`, from the returned outputs only."""
+    """The reference for the run-time check: the model's own eager ``output_attentions`` (Longformer / LED: the band
+    ``[1, H, N, G + 2w + 1]`` and global rows ``[1, H, N_padded, G]`` per layer; LongT5: the encoder's blocked maps) as
+    a float32 :class:`BandAttention` (``[L, H, N, 2W+1]`` ...), built from the returned outputs only; one forward.
+
+    Args:
+        model: a Longformer, LED or LongT5 model (BigBird's eager map is incomplete: see :mod:`attnviz.blocksparse`).
+        inputs: one sequence, ``input_ids`` ``[1, N]`` and what the model takes besides.
+    """
     model_type = getattr(model.config, "model_type", None)
     with torch.inference_mode():
         out = model(**inputs, output_attentions=True)

@@ -874,6 +874,7 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
         UsageError: bad rollout settings (head fusion, discard ratio).
     """
     _check_rollout_settings(plan)
+    _refuse_sparse_layouts(model, inputs)
     if plan.batch and (plan.on_layer is None or plan.full or plan.layers or plan.rows or plan.cross_rows or plan.rollout):
         raise UsageError("a batch capture plan streams layers to on_layer and keeps nothing else")
     _register()
@@ -904,6 +905,32 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
             return Capture(session.result(counts), "sdpa+attnviz", outputs, None, stopped)
         problem = session.problem or "no attention call went through transformers' AttentionInterface"
     return _capture_eager(model, inputs, plan, encdec, previous, problem)
+
+
+#: Attention modules whose probabilities are a band or block layout that never goes through the AttentionInterface:
+#: :func:`capture` would silently leave their layers out (LongT5's encoder) or mislabel them, so it refuses them;
+#: :func:`attnviz.bands.capture_band` captures them exactly (``attnviz text`` shows them).
+SPARSE_LAYOUT_MODULES = {
+    "LongT5LocalAttention": "local", "LongT5TransientGlobalAttention": "transient-global",
+    "BigBirdBlockSparseAttention": "block-sparse", "BigBirdPegasusBlockSparseAttention": "block-sparse",
+}
+
+
+def _refuse_sparse_layouts(model, inputs: Mapping[str, Any]) -> None:
+    """Refuse a model whose (encoder) attention modules compute a band or block layout (:data:`SPARSE_LAYOUT_MODULES`),
+    unless ``encoder_outputs`` are given (those encoder modules then do not run).
+
+    Raises:
+        AttentionRefused: one line naming the layout and :func:`attnviz.bands.capture_band`.
+    """
+    if "encoder_outputs" in inputs:
+        return
+    found = sorted({SPARSE_LAYOUT_MODULES[type(m).__name__] for m in model.modules()
+                    if type(m).__name__ in SPARSE_LAYOUT_MODULES})
+    if found:
+        raise AttentionRefused(f"{type(model).__name__}: its {' / '.join(found)} attention is a band or block layout, not "
+                               "a [query, key] map of the input; capture it with attnviz.bands.capture_band "
+                               "(attnviz text shows it)")
 
 
 def _without_cache(model, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -238,6 +238,7 @@ def hooked_forward(model, modules, pre, post, inputs):
         for h in handles:
             h.remove()
 
+
 #: Attention modules with a sliding window + global tokens, by class name.
 SLIDING_WINDOW_MODULES = ("LongformerSelfAttention", "LEDEncoderSelfAttention")
 

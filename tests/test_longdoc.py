@@ -152,6 +152,9 @@ def test_long_document_analyses_account_for_every_probability(one_thread):
     assert np.allclose(matrix.sum(1) + outside, 1.0, atol=1e-5)
     assert np.allclose(matrix, dense[1, :, 6:15, 6:15].mean(0).numpy(), atol=1e-6)
     over = band_overview(band, 0, head=1)  # [2W+1, n]
+    assert np.isnan(over[:, 0]).all() and np.isnan(over[:, 12]).all()  # global queries: their rows are elsewhere
+    assert np.isnan(over[:2, 1]).all() and not np.isnan(over[2:, 1]).any()  # no keys before the start; key 0 global
+    assert np.isnan(over[2 + 1, 11]) and not np.isnan(over[2, 11])  # query 11: key 12 is global (its strip)
     for q in (3, 9, 20):
         for o in range(5):
             k = q + o - 2

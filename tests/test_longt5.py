@@ -290,14 +290,21 @@ def test_capture_refusals_leave_no_hooks():
 
 
 @pytest.mark.parametrize("kind", ["local", "transient-global"])
-def test_dense_capture_gets_decoder_and_cross_exactly(kind):
+def test_dense_capture_refuses_the_encoder_and_gets_decoder_and_cross_exactly(kind):
     from attnviz.capture import FULL, capture
+
+    from attnviz.errors import AttentionRefused
 
     model = _model(kind)
     inputs = _inputs(11)
-    cap = capture(model, inputs, FULL)
+    with pytest.raises(AttentionRefused, match="band or block layout.*capture_band"):  # never the decoder alone, silently
+        capture(model, inputs, FULL)
     with torch.no_grad():
         ref = model(**inputs, output_attentions=True)
+        encoded = model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    cap = capture(model, {"encoder_outputs": encoded, "attention_mask": inputs["attention_mask"],
+                          "decoder_input_ids": inputs["decoder_input_ids"]}, FULL)  # the encoder ran elsewhere
+    assert set(cap.attention) == {"decoder", "cross"}
     for name, maps in (("decoder", ref.decoder_attentions), ("cross", ref.cross_attentions)):
         torch.testing.assert_close(cap.attention[name].full, torch.stack([a[0] for a in maps]), atol=1e-6, rtol=0)
     assert cap.attention["decoder"].causal

@@ -30,10 +30,20 @@ class Link:
 
 def band_overview(band: BandAttention, layer: int, head: int | None = None) -> np.ndarray:
     """Float32 ``[2W+1, N]``: row ``o`` is every query's weight on the key at offset ``o - W`` (head ``head``, or
-    the mean over heads). A global query's column is 0 (its row is :func:`global_rows`)."""
+    the mean over heads); NaN where there is no such key for the view (before the start, past the end, outside the
+    layer's own window when it is narrower than the band), where the key is global (its weight is in
+    :func:`global_strip`) and in a global query's column (its row is in :func:`global_panels`)."""
     local = band.local[layer]  # [H, N, 2W+1]
-    values = local.mean(0) if head is None else local[head]
-    return values.T.contiguous().numpy().astype(np.float32, copy=False)
+    values = (local.mean(0) if head is None else local[head]).T.contiguous().numpy().astype(np.float32)
+    W, n = band.half_width, band.n
+    offsets = np.arange(-W, W + 1)[:, None]
+    keys = np.arange(n)[None, :] + offsets
+    missing = (keys < 0) | (keys >= n) | np.isin(keys, list(band.global_index))
+    missing[:, list(band.global_index)] = True
+    w = band.window[layer] if layer < len(band.window) else W
+    missing |= np.abs(offsets) > w
+    values[missing] = np.nan
+    return values
 
 
 def global_strip(band: BandAttention, layer: int, head: int | None = None) -> np.ndarray:
@@ -44,16 +54,6 @@ def global_strip(band: BandAttention, layer: int, head: int | None = None) -> np
     keys = band.global_keys[layer]  # [H, N, G]
     values = keys.mean(0) if head is None else keys[head]
     return values.T.contiguous().numpy().astype(np.float32, copy=False)
-
-
-def global_rows(band: BandAttention, head: int | None = None) -> np.ndarray:
-    """Float32 ``[G, L, N]``: each global token's attention over the whole document, per layer (head mean or one
-    head); ``[0, L, N]`` without global tokens."""
-    if band.global_rows is None or not band.global_index:
-        return np.zeros((0, band.num_layers, band.n), dtype=np.float32)
-    rows = band.global_rows  # [L, H, G, N]
-    values = rows.mean(1) if head is None else rows[:, head]
-    return values.permute(1, 0, 2).contiguous().numpy().astype(np.float32, copy=False)
 
 
 def focus_profile(rows: torch.Tensor, n: int, head: int | None = None) -> np.ndarray:

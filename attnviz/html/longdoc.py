@@ -91,16 +91,12 @@ def _quantise(values: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _band_overview(doc, layer: int) -> tuple[np.ndarray, int, int]:
     """The band view's picture of ``layer`` (head mean): ``[offsets, columns]`` averaged in groups of ``fo`` offsets
-    and ``fq`` queries; NaN where no key exists (before the start, past the end), a global key or query."""
+    and ``fq`` queries; NaN where :func:`attnviz.analysis.longdoc.band_overview` has no key."""
     from attnviz.analysis.longdoc import band_overview
 
     band = doc.band
     W, n = band.half_width, doc.n
-    img = band_overview(band, layer).astype(np.float64)
-    keys = np.arange(n)[None, :] + np.arange(-W, W + 1)[:, None]
-    missing = (keys < 0) | (keys >= n) | np.isin(keys, list(band.global_index))
-    missing[:, list(band.global_index)] = True
-    img[missing] = np.nan
+    img = band_overview(band, layer).astype(np.float64)  # NaN where there is no key for this view
     fo, fq = max(1, math.ceil((2 * W + 1) / MAX_OFFSETS)), max(1, math.ceil(n / MAX_COLUMNS))
     R, C = math.ceil((2 * W + 1) / fo), math.ceil(n / fq)
     padded = np.full((R * fo, C * fq), np.nan)

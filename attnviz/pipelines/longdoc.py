@@ -1,13 +1,14 @@
-"""``attnviz text`` on a long document with a sliding-window model (Longformer, LED): the sparse capture and the
-long-document views, instead of dense ``[N, N]`` maps.
+"""``attnviz text`` on a long document with sparse attention: the sparse capture and the long-document views, instead
+of dense ``[N, N]`` maps.
 
-The text pipeline (:func:`attnviz.pipelines.text.run`) hands over here when the model has sliding-window + global
-attention and the input is longer than :data:`LONG_DOCUMENT_TOKENS` (or ``--window-at`` is given). One forward pass
-keeps every layer's band (:func:`attnviz.sparse.capture_sliding_window`, O(L*H*N*(2W+1+2G)) memory); the views are
-``band`` (banded overview), ``profile`` (the ``--token``'s attention along the document, per layer), ``global`` (the
-global tokens' rows) and ``window-POS`` (``--window-at POS``: the matrix around one position), and with ``--format html``
-an offline page (:mod:`attnviz.html.longdoc`). ``--save-attn`` writes
-the band layout (README "Long documents"), read back by :func:`attnviz.load_attention`.
+The text pipeline (:func:`attnviz.pipelines.text.run`) hands over here (:func:`wants_long_document`) for Longformer and
+LED past :data:`LONG_DOCUMENT_TOKENS` tokens (or with ``--window-at``), LongT5 always, and BigBird / BigBirdPegasus in
+block-sparse mode from the length that mode needs. One forward pass keeps every layer's sparse layout
+(:func:`attnviz.bands.capture_band`: a band O(L*H*N*(2W+1+2G+S)), or BigBird's blocks); the views are ``band``
+(banded overview) or ``blocks`` (BigBird's block map), ``profile`` (the ``--token``'s attention along the document, per
+layer), ``global`` (the global tokens' rows) and ``window-POS`` (``--window-at POS``: the matrix around one position),
+and with ``--format html`` an offline page (:mod:`attnviz.html.longdoc`). ``--save-attn`` writes the sparse layout
+(README "Long documents"), read back by :func:`attnviz.load_attention`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ LONG_DOCUMENT_TOKENS = 1024
 BAND_BUDGET = 12 * 2**30
 #: Tokens each side of ``--window-at`` in the window view.
 WINDOW_RADIUS = 24
-#: Tokens of the run-time check (the band capture against eager ``output_attentions``, dense, on a prefix).
+#: Fewest tokens of the run-time check's prefix (the band capture against eager ``output_attentions``).
 PROBE_TOKENS = 256
 #: Largest difference the run-time check accepts.
 PROBE_TOLERANCE = 1e-5
@@ -141,11 +142,6 @@ def short_block_sparse(tm, n: int) -> None:
            f"({min_block_sparse_length(tm.config)}); the model runs full attention on them, as shown")
 
 
-def band_bytes(layers: int, heads: int, n: int, half_width: int, globals_: int, side: int = 0) -> int:
-    """Float32 bytes of the band capture: ``L*H*N*(2W+1+2G+S)*4``."""
-    return 4 * layers * heads * n * (2 * half_width + 1 + 2 * globals_ + side)
-
-
 def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], figure_formats, html: bool, style,
              tensor_path, progress=None) -> LongDocRun:
     """The long-document run (see the module docstring); ``request`` is the text pipeline's ``TextRequest``.
@@ -159,8 +155,16 @@ def run_long(request, tm, prepared, content: str, globals_: tuple[int, ...], fig
     from attnviz.report import RunOutput, model_files
 
     if request.method:
-        raise UsageError("--method needs dense attention maps; on a long document with sliding-window attention use "
-                         f"--max-length {LONG_DOCUMENT_TOKENS} or less")
+        if tm.model_type == "longt5":
+            raise UsageError("--method needs dense attention maps, and LongT5's encoder has none at any length")
+        if block_sparse(tm):
+            from attnviz.blocksparse import min_block_sparse_length
+
+            fits = min_block_sparse_length(tm.config) - 1  # shorter inputs run full attention
+        else:
+            fits = LONG_DOCUMENT_TOKENS
+        raise UsageError(f"--method needs dense attention maps; on a long document with sparse attention use "
+                         f"--max-length {fits} or less (without --window-at)")
     n = len(prepared.tokens)
     tokens = tuple(prepared.tokens.tokens)
     spec = ViewSpec(words=False, hide_special=False)

@@ -92,17 +92,8 @@ def band_view(doc: LongDocument, layer: int | None = None, style: Style = DEFAUL
               else [(layer, h, f"layer {layer}, head {h}") for h in range(doc.num_heads)])
     images, strips = [], []
     n = doc.n
-    offsets = np.arange(-W, W + 1)[:, None]
-    keys = np.arange(n)[None, :] + offsets
-    outside = (keys < 0) | (keys >= n)  # [2W+1, N]: no such key (before the start / past the end)
-    outside[:, list(band.global_index)] = True  # a global query's row is in the global view
-    outside |= np.isin(keys, list(band.global_index))  # a global key's weight is in the strips
     for l, h, _ in panels:
-        img = band_overview(band, l, h).copy()
-        img[outside] = np.nan
-        w = band.window[l] if l < len(band.window) else W
-        img[np.abs(offsets[:, 0]) > w] = np.nan  # a narrower layer's window inside the band: no key there
-        img, f = _pool(img)
+        img, f = _pool(band_overview(band, l, h))  # NaN (grey) where there is no key for this view
         images.append(img)
         strips.append(_pool(np.concatenate([global_strip(band, l, h), side_strip(band, l, h)]))[0])
     vmax = shared_vmax([float(np.nanmax(i)) for i in images if np.isfinite(i).any()]
