@@ -888,6 +888,8 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
     stop_after, num_layers = _early_stop_layer(model, plan, encdec)
     session = _Session(plan, names, encdec, progress, stop_after)
     problem = "it does not support setting its attention implementation"
+    cache = inputs.get("past_key_values", inputs.get("cache"))
+    cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
     if _set_implementation(model, IMPLEMENTATION):
         token = _ACTIVE.set(session)
         stopped = False
@@ -904,6 +906,16 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
             counts = {SELF: num_layers} if stopped else None
             return Capture(session.result(counts), "sdpa+attnviz", outputs, None, stopped)
         problem = session.problem or "no attention call went through transformers' AttentionInterface"
+        if cached is not None and cache.get_seq_length() != cached:
+            # the failed pass already wrote into the KV cache: cut it back, so the eager pass below appends once
+            extra = cache.get_seq_length() - cached
+            try:
+                cache.crop(-extra)  # transformers 5: a negative count removes that many positions
+            except (AttributeError, ValueError, RuntimeError, TypeError):
+                pass
+            if cache.get_seq_length() != cached:
+                raise ModelError(f"{type(model).__name__}: {problem}, after the forward pass had already filled its KV "
+                                 "cache, which cannot be cut back for an eager pass")
     return _capture_eager(model, inputs, plan, encdec, previous, problem)
 
 

@@ -13,7 +13,8 @@ Public entry points: :func:`load_generation_model`, :func:`attend_generation`.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -142,6 +143,19 @@ class _Chooser:
         return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt already turned into model inputs by someone else (a vision-language model's processor):
+    ``ids`` the prompt's token ids (image placeholders expanded as the processor expands them), ``tokens`` their
+    :class:`TokenInfo`, ``extra`` the other inputs of the first (prefill) forward pass only (``pixel_values``,
+    ``image_grid_thw``, ``image_sizes``, ``pixel_attention_mask``, ``mm_token_type_ids``...: tensors, batch of one).
+    It is never truncated: a prompt over the model's positions is refused."""
+
+    ids: tuple[int, ...]
+    tokens: TokenInfo
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
 def attend_generation(
     prompt: str,
     model: TextModel | str,
@@ -156,6 +170,7 @@ def attend_generation(
     options: LoadOptions = LoadOptions(),
     progress: Callable[[int, int], None] | None = None,
     verify: bool = True,
+    prepared: PreparedPrompt | None = None,
 ) -> GenerationAttention:
     """Generate up to ``max_new_tokens`` tokens and capture each generated token's attention row.
 
@@ -190,6 +205,9 @@ def attend_generation(
         progress: called with ``(step, max_new_tokens)`` after each step.
         verify: for a model type outside :data:`attnviz.verify.PROVEN_TYPES`, check the capture
             against eager on the prompt first and generate with eager attention if it differs.
+        prepared: the prompt as model inputs already (:class:`PreparedPrompt`; ``prompt`` and ``chat`` are then
+            not read): a vision-language model's processor output. The run-time check is then the caller's
+            (:mod:`attnviz.vlm`).
 
     Returns:
         :class:`attnviz.types.GenerationAttention`; ``attentions[:, :, i]`` equals
@@ -208,16 +226,22 @@ def attend_generation(
     if not hasattr(lm, "get_output_embeddings") or lm.get_output_embeddings() is None:
         raise ModelError(f"'{tm.source.model_id}' ({tm.model_type}) has no language-model head: it cannot generate")
     tok = tm.tokenizer
-    text = _prompt_text(tm, prompt, chat)
-    enc = tok(text, add_special_tokens=not chat, return_offsets_mapping=True, verbose=False)
-    if not enc["input_ids"]:
-        raise UsageError("the prompt produced no tokens")
-    info = _token_info(text, enc, tok)
-    prompt_ids = list(enc["input_ids"])
+    if prepared is None:
+        text = _prompt_text(tm, prompt, chat)
+        enc = tok(text, add_special_tokens=not chat, return_offsets_mapping=True, verbose=False)
+        if not enc["input_ids"]:
+            raise UsageError("the prompt produced no tokens")
+        info = _token_info(text, enc, tok)
+        prompt_ids = list(enc["input_ids"])
+    else:
+        info, prompt_ids = prepared.tokens, list(prepared.ids)
     encdec = tm.encoder_decoder
     limit = tm.max_positions
     notices: list[str] = []
     keep = limit if encdec else limit - 1  # a decoder needs room for at least one new token
+    if prepared is not None and len(prompt_ids) > keep:
+        raise UsageError(f"the prompt has {len(prompt_ids)} tokens with its image, more than the model's {limit} "
+                         "positions allow (a smaller photo gives fewer image tokens)")
     if len(prompt_ids) > keep:
         notices.append(f"the prompt has {len(prompt_ids)} tokens, more than the model's {limit} positions allow; "
                        f"kept its first {keep}")
@@ -234,6 +258,8 @@ def attend_generation(
     ids = torch.tensor([prompt_ids], device=device)
 
     first: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": True}
+    if prepared is not None:
+        first.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in prepared.extra.items()})
     if encdec:
         start = lm.config.decoder_start_token_id
         if start is None:
@@ -261,16 +287,23 @@ def attend_generation(
     from attnviz.verify import verify_model
 
     probe = {k: v for k, v in first.items() if k in ("input_ids", "attention_mask", "decoder_input_ids")}
-    verdict = verify_model(lm, tm.model_type, probe, verify)
+    verdict = verify_model(lm, tm.model_type, probe, verify and prepared is None)
     backend = "eager" if verdict.use_eager else "auto"
     # prefill: the prompt (or the decoder start token), no attention kept
-    cap = capture(lm, first, CapturePlan(), backend=backend)
-    backends = {cap.backend}
-    if cap.notice:
-        notices.append(cap.notice)
+    if prepared is not None and backend == "auto":
+        # a vision-language model's prefill also runs its vision tower (a batch of tiles, attention the answer's
+        # rows never read): the model's own attention fills the KV cache; the steps below capture the rows
+        with torch.inference_mode():
+            out = lm(**first)
+        backends = {"sdpa+attnviz"}
+    else:
+        cap = capture(lm, first, CapturePlan(), backend=backend)
+        backends = {cap.backend}
+        if cap.notice:
+            notices.append(cap.notice)
+        out = cap.outputs
     if verdict.notice:
         notices.append(verdict.notice)
-    out = cap.outputs
     past = out.past_key_values
     encoder_outputs = None
     if encdec:

@@ -81,7 +81,10 @@ def test_proven_types_are_the_tested_architectures():
 
     # tests/test_audio.py; WavLM is recomputed and checked at run time instead (its eager maps are head means)
     audio = {"whisper"} | {_encoder_config(kind).model_type for kind in ENCODER_KINDS if kind != "wavlm"}
-    assert verify.PROVEN_TYPES == text | vision | detection | audio
+    from vlm_tiny import VLM_KINDS
+
+    vlm = set(VLM_KINDS)  # tests/test_vlm.py: every kind is its model_type
+    assert verify.PROVEN_TYPES == text | vision | detection | audio | vlm
     assert {"bert", "vit", "deit", "dinov2", "falcon", "data2vec-vision", "ijepa"} <= verify.PROVEN_TYPES
     from transformers import AutoConfig
 

@@ -34,6 +34,7 @@ def generate_command(
     head: Optional[int] = typer.Option(None, "--head", help="Head (0-based; default: all heads, combined with --fusion in the maps)."),
     fusion: str = typer.Option("mean", "--fusion", help="mean or max over heads in the generation map (without --head)."),
     top: int = typer.Option(3, "--top", help="Top attended tokens per step in --json."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="A photo for a vision-language model (LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM) to answer about: writes answer, token-{i} (over the photo), image-share."),
     method: Optional[str] = typer.Option(None, "--method", help="Explain the --token/--step token (default: the last) with these methods: attention, rollout, grad-attention, relevance, value-norm (comma-separated or 'all')."),
     out: Path = OUT,
     fmt: str = FORMAT,
@@ -58,12 +59,15 @@ def generate_command(
     options = dict(locals())
 
     def produce():
-        from attnviz.pipelines.generate import GenerateRequest, run
+        from attnviz.pipelines import generate as plain, vlm
+        from attnviz.pipelines.generate import GenerateRequest
+
+        run = vlm.run if image is not None else plain.run
 
         request = GenerateRequest(
             prompt, max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat,
             token=token, token_index=token_index, step=step, layer=layer, head=head, fusion=fusion, top=top, method=method or (),
-            model=model_request(**options), output=output_request(**options), style=style_request(**options),
+            image=image, model=model_request(**options), output=output_request(**options), style=style_request(**options),
         )
         with _progress(max_new_tokens) as progress:
             return run(request, progress)
@@ -105,6 +109,14 @@ def _print_human(run) -> None:
     if run.random_weights:
         console.print(f"[bold red]{escape(run.random_weights.upper())}[/bold red]")
     console.print(f"[bold]generated:[/bold] {escape(r.text)}")
+    vlm = getattr(run, "vlm", None)
+    if vlm is not None:
+        W, H = vlm.layout.image_size
+        tiles = vlm.layout.tiles
+        console.print(f"[bold]image:[/bold] {W}x{H} px -> {vlm.num_image_tokens} image tokens in {len(tiles)} "
+                      f"tile{'s' if len(tiles) != 1 else ''} ({', '.join(f'{t.name} {t.grid[0]}x{t.grid[1]}' for t in tiles[:4])}"
+                      f"{', ...' if len(tiles) > 4 else ''}) · share of the answer's attention on the image: "
+                      f"{run.shares.image_share.mean():.1%} (mean over steps, layers and heads)")
     cross = run.source_links is not None
     links = run.source_links if cross else run.links
     where = "every layer and head" if run.layer is None and run.head is None else (
@@ -113,7 +125,7 @@ def _print_human(run) -> None:
     console.print(f"each generated token's {CROSS_RULE if cross else SELF_RULE} ({where}):")
     table = Table()
     for col, justify in (("step", "right"), ("token", "left"), ("p", "right"), ("attends most to", "left"), ("weight", "right"),
-                         ("from", "left")):
+                         ("from", "left")) + ((("on image", "right"),) if vlm is not None else ()):
         table.add_column(col, justify=justify)
     for i in range(r.num_generated):
         best = links[i][0] if links[i] else None
@@ -121,6 +133,7 @@ def _print_human(run) -> None:
             str(i), escape(repr(r.generated[i])[1:-1]), f"{r.probabilities[i]:.3f}",
             escape(f"{best.target_label} ({best.target})") if best else "–", f"{best.weight:.3f}" if best else "",
             best.source() if best else "",
+            *((f"{run.shares.image_share[i]:.1%}",) if vlm is not None else ()),
         )
     console.print(table)
     if run.focus is not None:

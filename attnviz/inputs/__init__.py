@@ -53,7 +53,7 @@ DETECTION = Modality("detection", "detect", "object-detection model", frozenset(
     "detr", "conditional_detr", "deformable_detr", "dab-detr", "yolos", "rt_detr", "rt_detr_v2", "d_fine",
     "table-transformer", "grounding-dino", "owlvit", "owlv2", "omdet-turbo", "mask2former", "maskformer", "oneformer",
 }))
-VISION_LANGUAGE = Modality("vision-language", None, "vision-language model", frozenset({
+VISION_LANGUAGE = Modality("vision-language", "generate --image", "vision-language model", frozenset({
     "llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics",
     "idefics2", "idefics3", "smolvlm", "paligemma", "gemma3", "mllama", "blip", "blip-2", "instructblip", "kosmos-2",
     "fuyu", "pixtral", "aya_vision", "internvl", "janus", "chameleon", "florence2", "siglip2",

@@ -349,8 +349,44 @@ def _check_audio(name: str, options) -> CheckReport:
 
 #: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
 #: ``(name, LoadOptions) -> CheckReport``.
+#: Prompt and answer length of the vision-language check.
+CHECK_VLM_PROMPT, CHECK_VLM_TOKENS = "Describe the photo.", 6
+
+
+def _check_vlm(name: str, options) -> CheckReport:
+    """A vision-language model answers :data:`CHECK_VLM_PROMPT` about each of :data:`CHECK_IMAGES` and a tall photo
+    (greedy, :data:`CHECK_VLM_TOKENS` tokens); every generated token's row (every layer and head) is compared with
+    eager ``output_attentions`` of one forward over the prompt, its pixel inputs and the generated ids
+    (:func:`attnviz.vlm.eager_generation_rows`), and the greedy ids with ``model.generate``: ids that differ make the
+    row's difference infinite (not exact)."""
+    import torch
+
+    from attnviz.vlm import attend_vlm_generation, eager_generation_rows, load_vlm, prepare_vlm_prompt
+
+    vm = load_vlm(name, options)
+    chat = bool(getattr(vm.processor, "chat_template", None))
+    rows = []
+    for i, (label, size) in enumerate(CHECK_IMAGES + (("tall", (200, 320)),)):
+        photo = check_photo(size, seed=i)
+        vgen = attend_vlm_generation(CHECK_VLM_PROMPT, photo, vm, chat=chat, max_new_tokens=CHECK_VLM_TOKENS,
+                                     stop_at_eos=False, verify=False)
+        g = vgen.generation
+        prepared = prepare_vlm_prompt(vm, CHECK_VLM_PROMPT, photo, chat=chat)
+        ref = eager_generation_rows(vm, prepared, g.generated_ids)
+        diff = float((ref - g.attentions).abs().max())
+        with torch.inference_mode():
+            device = next(vm.model.parameters()).device
+            out = vm.model.generate(**{k: v.to(device) for k, v in prepared.inputs.items()},
+                                    max_new_tokens=g.num_generated, min_new_tokens=g.num_generated, do_sample=False)
+        if out[0, g.prompt_length:].tolist() != list(g.generated_ids):
+            diff = float("inf")
+        rows.append(KindCheck(f"{size[0]}×{size[1]} ({vgen.num_image_tokens} img)", "self", g.num_layers,
+                              g.num_heads, g.num_generated, g.prompt_length + g.num_generated, True, 0, diff))
+    return _report(vm.source.model_id, vm.model_type, "vision-language", vm.model, rows, [g.backend])
+
+
 CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image, "detection": _check_detection,
-                                     "audio": _check_audio}
+                                     "audio": _check_audio, "vision-language": _check_vlm}
 
 
 def run(request: CheckRequest) -> "CheckReport":

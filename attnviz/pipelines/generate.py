@@ -43,7 +43,8 @@ class GenerateRequest:
     to draw; ``layer``/``head`` (0-based) and ``fusion`` (mean, max over heads): the maps; ``top``: attended
     tokens per step in the JSON; ``method``: registered methods that explain one generated token -- the
     ``token``/``step`` chosen, else the last -- (its log-probability, read at the position that predicted it;
-    :func:`explain_step`), written as ``method-NAME`` and, for several, ``methods``.
+    :func:`explain_step`), written as ``method-NAME`` and, for several, ``methods``; ``image``: a photo for a
+    vision-language model to answer about (run by :func:`attnviz.pipelines.vlm.run`).
     """
 
     prompt: str
@@ -61,6 +62,7 @@ class GenerateRequest:
     fusion: str = "mean"
     top: int = 3
     method: str | tuple[str, ...] = ()
+    image: str | Path | None = None
     model: ModelRequest = ModelRequest(DEFAULT_GENERATE_MODEL)
     output: OutputRequest = OutputRequest()
     style: StyleRequest = StyleRequest()
@@ -159,6 +161,8 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     Raises:
         UsageError (2), ModelError (3), InputError (4), OutputError (5): one line each; nothing is written then.
     """
+    if request.image is not None:
+        raise UsageError("a request with an image is a vision-language run: call attnviz.pipelines.vlm.run(request)")
     q, out = request, request.output
     prompt, model, max_new_tokens, sample = q.prompt, q.model.name, q.max_new_tokens, q.sample
     temperature, top_p, seed, chat, token, token_index = q.temperature, q.top_p, q.seed, q.chat, q.token, q.token_index
@@ -299,8 +303,8 @@ def _write_views(result, layer, head, fusion, step, output, fmt: str, style=None
     return files
 
 
-def _save(result, path: Path) -> Path:
-    """``attentions`` float32 [L, H, generated, key] (+ ``cross_attentions``) with the token metadata."""
+def _save(result, path: Path, extra: dict | None = None) -> Path:
+    """``attentions`` float32 [L, H, generated, key] (+ ``cross_attentions``) with the token metadata (and ``extra``)."""
     from attnviz.generate import full_sequence
     from attnviz.report import save_tensors
 
@@ -316,6 +320,7 @@ def _save(result, path: Path) -> Path:
         "key_tokens": list(result.key_labels),
         "context_length": result.context_length,
         "probabilities": list(result.probabilities),
+        **(extra or {}),
     }
     return save_tensors(path, tensors, meta)
 

@@ -16,6 +16,8 @@ see (later tokens) are hatched. Layers and heads are 0-based.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
@@ -327,10 +329,24 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
     Returns:
         A Figure ``style.width(natural)`` inches wide (natural: about 9 inches).
     """
-    style = style or DEFAULT_STYLE
-    share = sink_share(result).numpy()  # [L, T]
-    L, T = share.shape
     first = result.key_labels[0]
+    notes = [
+        f"share of each step's attention that goes to key position 0 ('{safe_label(first, 14)}'), "
+        "which decoders use as an attention sink (Xiao et al. 2024)",
+        "top: mean over layers and heads, band: lowest to highest layer; bottom: mean over each layer's heads",
+    ]
+    return layer_share_view(result, sink_share(result).numpy(), "Sink share per step", "share to first token", notes,
+                            gid="sink", view="sink share", style=style)
+
+
+def layer_share_view(result: GenerationAttention, share: np.ndarray, title: str, bar_label: str, notes: Sequence[str],
+                     gid: str, view: str, style: Style | None = None) -> Figure:
+    """A share per layer and generated token (float ``[layers, steps]``, 0-1): top, the mean over layers per step
+    (line, gid ``"{gid}-mean"``) and the lowest to highest layer (band); bottom, the layers x steps heatmap (gid
+    ``gid``) on a linear 0..1 scale with colour bar ``bar_label``. ``notes[0]`` is the subtitle, the rest notes.
+    Used by :func:`sink_view` and the vision-language image-share view."""
+    style = style or DEFAULT_STYLE
+    L, T = share.shape
     if style.print_size:
         width = style.width(0)
         fonts = style.fonts(width)
@@ -340,7 +356,7 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
         left = 0.1 + label_font * 1.3 / 72 + tick * 0.62 * max(3, len(str(L - 1)) + 1) / 72 + 0.08
         cb_room = 0.72 if compact else 0.85
         line_h, heat_h = (0.9 if compact else 1.2), clamp(L * tick * 1.5 / 72, 0.8, 2.5)
-        cb_room = max(cb_room, _colorbar_room("share to first token", heat_h, fonts.small))
+        cb_room = max(cb_room, _colorbar_room(bar_label, heat_h, fonts.small))
         plot_w = max(width - left - cb_room, 0.8)
         gap = 0.1
         chars = 10 if compact else 12
@@ -362,13 +378,7 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
     else:
         bottom = 0.1 + x_font * 1.4 / 72 + label_font * 1.4 / 72 + 0.08
     legend_h = fonts.small * 1.8 / 72 if style.print_size else 0.3
-    notes = [
-        f"share of each step's attention that goes to key position 0 ('{safe_label(first, 14)}'), "
-        "which decoders use as an attention sink (Xiao et al. 2024)",
-        "top: mean over layers and heads, band: lowest to highest layer; bottom: mean over each layer's heads",
-    ]
-    titles = _titles_for(style, width, "Sink share per step", result, f"{L} layers, {result.num_generated} generated tokens",
-                         notes[0], notes[1:])
+    titles = _titles_for(style, width, title, result, f"{L} layers, {T} generated tokens", notes[0], list(notes[1:]))
     top = titles.height_in() + legend_h + 0.05
     height, plots = style.height(top + gap + bottom, line_h + heat_h)
     line_h, heat_h = line_h * plots / (line_h + heat_h), heat_h * plots / (line_h + heat_h)
@@ -379,7 +389,7 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
     ax.fill_between(x, share.min(axis=0), share.max(axis=0), color="#9ecae1", alpha=0.6, linewidth=0, label="layer range")
     (mean_line,) = ax.plot(x, share.mean(axis=0), color="#08519c", linewidth=1.5 if not compact else 1.0,
                            marker="o" if T <= 60 else None, markersize=3 if not compact else 2, label="mean")
-    mean_line.set_gid("sink-mean")
+    mean_line.set_gid(f"{gid}-mean")
     ax.set_xlim(-0.5, T - 0.5)
     ax.set_ylim(0, 1.0)
     if style.print_size:
@@ -393,7 +403,7 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
     hx = frame.axes(left, top + line_h + gap, plot_w, heat_h)
     cmap, norm = style.colormap(ATTENTION_CMAP), probability_norm(1.0)
     img = hx.imshow(share, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", extent=(-0.5, T - 0.5, L - 0.5, -0.5))
-    img.set_gid("sink")
+    img.set_gid(gid)
     lstep = nice_step(L, int(heat_h * 72 / (tick * 1.4)))
     hx.set_yticks(range(0, L, lstep), [f"L{l}" for l in range(0, L, lstep)], fontsize=tick)
     hx.set_ylabel("layer", fontsize=label_font, labelpad=2)
@@ -407,11 +417,11 @@ def sink_view(result: GenerationAttention, style: Style | None = None) -> Figure
     hx.tick_params(length=2, pad=1.5)
     hx.set_xlabel("generated token (step)", fontsize=label_font, labelpad=2)
     if style.print_size:
-        add_colorbar(frame, img, left + plot_w + 0.12, top + line_h + gap, heat_h, "share to first token", width_in=0.12,
+        add_colorbar(frame, img, left + plot_w + 0.12, top + line_h + gap, heat_h, bar_label, width_in=0.12,
                      fontsize=fonts.small)
     else:
-        add_colorbar(frame, img, left + plot_w + 0.25, top + line_h + gap, heat_h, "share to first token")
-    return _finish(frame, style, "sink share", result, titles, {"layers": L, "steps": T})
+        add_colorbar(frame, img, left + plot_w + 0.25, top + line_h + gap, heat_h, bar_label)
+    return _finish(frame, style, view, result, titles, {"layers": L, "steps": T})
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+"""Vision-language models while they answer (attnviz generate --image): every generated token's rows equal one eager
+forward over the prompt (with the same pixel inputs) and the generated ids, the greedy ids equal model.generate, the
+image tokens' shares and maps add up, and the command writes what it says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_tiny import VLM_KINDS, make_vlm
+
+PROMPT = "What is on the table?"
+
+
+def _photo(width: int = 320, height: int = 200):
+    """A photo with structure (a gradient and a bright square), deterministic."""
+    from PIL import Image
+
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    arr = np.stack([x, y, 255 - x], -1)
+    arr[height // 4: height // 2, width // 3: width // 2] = 255
+    return Image.fromarray(arr.round().astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def vlm_models(tmp_path_factory):
+    made: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = make_vlm(tmp_path_factory.mktemp(kind), kind)
+        return made[kind]
+
+    return get
+
+
+def _eager_rows(path, prepared, generated_ids) -> torch.Tensor:
+    """Eager ``output_attentions`` of one forward over prompt + generated ids with the prompt's pixel inputs:
+    float32 ``[L, H, T, P + T]``, the generated positions' rows."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    inputs = dict(prepared.inputs)
+    T = len(generated_ids)
+    ids = torch.cat([inputs["input_ids"], torch.tensor([list(generated_ids)])], 1)
+    inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
+    if "mm_token_type_ids" in inputs:
+        extra = torch.zeros(1, T, dtype=inputs["mm_token_type_ids"].dtype)
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+    att = torch.stack([a[0] for a in out.attentions])  # [L, H, N, N]: the language model's layers
+    P = prepared.inputs["input_ids"].shape[1]
+    return att[:, :, P:P + T, :P + T].float(), model
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+@pytest.mark.parametrize("size", [(320, 200), (200, 320)])
+def test_rows_equal_eager_and_ids_equal_generate(vlm_models, kind, size):
+    """Every generated token's row, in every layer and head, equals eager attention of one forward over prompt +
+    generated ids with the same pixel inputs (1e-5, float32); the greedy ids equal model.generate; the image
+    positions are the processor's image tokens, as many as the layout places."""
+    from attnviz.vlm import attend_vlm_generation, load_vlm, prepare_vlm_prompt
+
+    path = vlm_models(kind)
+    vm = load_vlm(str(path))
+    assert vm.model_type == kind  # what attnviz.verify.PROVEN_TYPES lists
+    photo = _photo(*size)
+    vgen = attend_vlm_generation(PROMPT, photo, vm, chat=True, max_new_tokens=6)
+    g = vgen.generation
+    prepared = prepare_vlm_prompt(vm, PROMPT, photo, chat=True)
+    ids = prepared.inputs["input_ids"][0]
+    assert list(vgen.image_positions) == torch.nonzero(ids == vm.image_token_id).flatten().tolist()
+    assert vgen.layout.num_tokens == vgen.num_image_tokens > 0
+    assert g.prompt_length == len(ids)
+    ref, model = _eager_rows(path, prepared, g.generated_ids)
+    assert ref.shape == g.attentions.shape
+    assert (ref - g.attentions).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        out = model.generate(**prepared.inputs, max_new_tokens=6, do_sample=False)
+    want = out[0, g.prompt_length:].tolist()
+    assert list(g.generated_ids) == want[: g.num_generated]
+    sums = g.attentions.sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+def test_shares_partition_each_row_and_the_image_map_adds_up(vlm_models):
+    from attnviz.analysis import vlm as A
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=5)
+    s = A.shares(vgen)
+    g = vgen.generation
+    assert s.values.shape == (g.num_generated, g.num_layers, 4)
+    assert np.allclose(s.values.sum(-1), 1.0, atol=1e-5)
+    att = g.attentions.double()
+    pos = list(vgen.image_positions)
+    want = att[:, :, :, pos].sum(-1).mean(1).mean(0).numpy()  # [T]: sum over image keys, mean heads, mean layers
+    assert np.allclose(s.image_share, want, atol=1e-9)
+    first = att[:, :, :, 0].mean(1).T.numpy()
+    assert np.allclose(s.group("first"), first, atol=1e-9)
+    w = A.image_weights(vgen, 2)
+    assert w.shape == (vgen.num_image_tokens,) and np.isclose(w.sum(), want[2])
+    regions = A.top_regions(w, vgen.layout, 3)
+    assert [r.weight for r in regions] == sorted(w, reverse=True)[:3]
+    W, H = vgen.layout.image_size
+    for r in regions:
+        x0, y0, x1, y1 = r.box
+        assert 0 <= x0 < x1 <= W + 1e-6 and 0 <= y0 < y1 <= H + 1e-6
+    collapsed = A.collapse_image(g, vgen.image_positions)
+    assert collapsed.attentions.shape[-1] == g.attentions.shape[-1] - vgen.num_image_tokens + 1
+    assert torch.allclose(collapsed.attentions.sum(-1), g.attentions.sum(-1), atol=1e-6)
+    col = collapsed.context.index(f"<image ×{vgen.num_image_tokens}>")
+    assert torch.allclose(collapsed.attentions[..., col], g.attentions[..., pos].sum(-1), atol=1e-6)
+
+
+def test_paint_puts_each_weight_in_its_box(vlm_models):
+    from attnviz.analysis import vlm as A
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=2)
+    layout = vgen.layout
+    weights = np.arange(vgen.num_image_tokens, dtype=float)
+    view = A.views_of(layout)[0]
+    canvas = A.paint(layout, weights, view, max_side=320)
+    W, H = layout.image_size
+    boxes = layout.token_boxes()
+    for t in A.view_tokens(layout, view)[:: max(1, vgen.num_image_tokens // 7)]:
+        x0, y0, x1, y1 = boxes[t]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        assert canvas[int(cy * canvas.shape[0] / H), int(cx * canvas.shape[1] / W)] == t
+
+
+def test_image_sinks_flag_an_isolated_spike_only(vlm_models):
+    from attnviz.analysis import vlm as A
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=1)
+    layout = vgen.layout
+    view = A.views_of(layout)[0]
+    n = vgen.num_image_tokens
+    flat = np.full(n, 1.0 / n)
+    assert A.image_sinks(flat, layout, view) == []
+    spike = flat.copy()
+    spike[5] = 10.0  # 91% of the mass, 10x any neighbour
+    assert A.image_sinks(spike, layout, view) == [5]
+
+
+def test_cli_writes_views_json_and_attention_file(vlm_models, tmp_path):
+    """The command: one line of image summary, the views, JSON with per-step image shares that equal the saved
+    attentions, regions inside the photo, the layout, and --save-attn metadata with the image token positions."""
+    from typer.testing import CliRunner
+
+    from attnviz.attention_file import load_attention
+    from attnviz.cli import app
+
+    path = vlm_models("llava")
+    photo = tmp_path / "photo.png"
+    _photo().save(photo)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["generate", PROMPT, "--image", str(photo), "--model", str(path), "--chat", "-n", "5",
+                                   "--out", str(out), "--save-attn", str(tmp_path / "a.safetensors"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    T = len(doc["steps"])
+    names = {p.split("/")[-1] for p in doc["files"]}
+    step = doc["token_view"]["step"]
+    assert {"answer.png", "image-share.png", "generation-map.png", "sink-share.png", f"token-{step}.png"} <= names
+    for p in doc["files"]:
+        assert open(p, "rb").read(8).startswith(b"\x89PNG")
+    from safetensors.torch import load_file
+
+    f = load_attention(str(tmp_path / "a.safetensors"))
+    att = load_file(str(tmp_path / "a.safetensors"))["attentions"].double()
+    pos = doc["image"]["token_positions"]
+    assert f.metadata["image_token_positions"] == pos
+    assert f.metadata["input_ids"][pos[0]] == f.metadata["input_ids"][pos[-1]]
+    assert f.metadata["image_layout"]["image_size"] == [320, 200]
+    share = att[:, :, :, pos].sum(-1).mean(1).mean(0)
+    for i, entry in enumerate(doc["steps"]):
+        assert entry["image_share"] == pytest.approx(float(share[i]), abs=2e-6)
+        assert sum(entry["shares"].values()) == pytest.approx(1.0, abs=1e-4)
+        for r in entry["regions"]:
+            x0, y0, x1, y1 = r["box"]
+            assert 0 <= x0 < x1 <= 320.1 and 0 <= y0 < y1 <= 200.1
+    assert doc["token_view"]["step"] == int(np.argmax([e["image_share"] for e in doc["steps"]]))
+    assert doc["image"]["num_tokens"] == len(pos) and doc["image"]["layout"]["tiles"]
+    assert T == 5 or doc["stopped_at_eos"]
+    assert "share of a step" in doc["share_rule"]
+
+
+def test_cli_refuses_text_models_and_unproven_vlms_in_one_line(tmp_path, lm_models):
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    photo = tmp_path / "photo.png"
+    _photo().save(photo)
+    res = CliRunner().invoke(app, ["generate", PROMPT, "--image", str(photo), "--model", str(lm_models("llama"))])
+    assert res.exit_code == 3
+    assert "not a vision-language model" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["generate", PROMPT, "--image", str(tmp_path / "missing.jpg"), "--model",
+                                   str(lm_models("llama"))])
+    assert res.exit_code == 4 and "Traceback" not in res.output
+
+
+def test_capture_cuts_back_a_kv_cache_before_its_eager_fallback(vlm_models):
+    """A vision tower that runs a batch of tiles makes the attnviz path fall back to eager: the KV cache the first
+    pass filled is cut back, so the prompt is cached once, not twice."""
+    from transformers import AutoModelForImageTextToText, DynamicCache
+
+    from attnviz.capture import CapturePlan, capture
+    from attnviz.vlm import load_vlm, prepare_vlm_prompt
+
+    kind = "llava_next" if "llava_next" in VLM_KINDS else "llava_onevision"
+    path = vlm_models(kind)
+    vm = load_vlm(str(path))
+    prepared = prepare_vlm_prompt(vm, PROMPT, _photo(), chat=True)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    cap = capture(model, {**prepared.inputs, "past_key_values": DynamicCache(), "use_cache": True}, CapturePlan())
+    assert cap.backend == "eager"
+    assert cap.outputs.past_key_values.get_seq_length() == prepared.inputs["input_ids"].shape[1]
