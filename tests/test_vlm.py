@@ -224,3 +224,65 @@ def test_capture_cuts_back_a_kv_cache_before_its_eager_fallback(vlm_models):
     cap = capture(model, {**prepared.inputs, "past_key_values": DynamicCache(), "use_cache": True}, CapturePlan())
     assert cap.backend == "eager"
     assert cap.outputs.past_key_values.get_seq_length() == prepared.inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("size", ["screen", "column"])
+@pytest.mark.parametrize("kind", ["llava", "llava_onevision", "idefics3"])
+def test_views_show_the_numbers_and_fit(vlm_models, kind, size):
+    """The token view draws, per view and panel, the step's image weights in their boxes (the heatmap's pixels are
+    the weights), one shared scale from 0; the answer view shades each token by its image share; no text overlaps
+    or leaves the figure, at screen and column width."""
+    from attnviz.analysis import vlm as A
+    from attnviz.render.layout import Style, overlapping_texts, texts_outside
+    from attnviz.render.vlm import answer_view, image_share_view, token_image_view
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models(kind))), chat=True, max_new_tokens=6)
+    style = Style.from_options(size=size)
+    shares = A.shares(vgen)
+    fig = token_image_view(vgen, 2, style=style)
+    views = A.views_of(vgen.layout)
+    g = vgen.generation
+    heat = [im for ax in fig.axes for im in ax.get_images() if im.get_gid() == "heatmap"]
+    panels = 1 + g.num_layers + min(4, g.num_layers * g.num_heads)
+    assert len(heat) == panels * len(views)
+    mean = A.image_weights(vgen, 2)
+    want = A.paint(vgen.layout, mean, views[0], max_side=256)
+    sinks = A.image_sinks(mean, vgen.layout, views[0])
+    got = np.ma.filled(heat[0].get_array().astype(float), np.nan)
+    if not sinks:
+        assert np.allclose(got, want, equal_nan=True)
+    vmax = heat[0].norm.vmax
+    assert heat[0].norm.vmin == 0 and all(h.norm.vmax == vmax for h in heat)
+    if len(views) > 1:
+        assert {t.get_gid() for t in fig.texts} >= {f"view-{v}" for v in views}
+    fig2 = answer_view(vgen, shares, style=style)
+    fig3 = image_share_view(vgen, shares, style=style)
+    for f in (fig, fig2, fig3):
+        assert not overlapping_texts(f), overlapping_texts(f)
+        assert not texts_outside(f), texts_outside(f)
+    boxes = {p.get_gid(): p for ax in fig2.axes for p in ax.patches if (p.get_gid() or "").startswith("token-")}
+    assert len(boxes) == g.num_generated
+    import matplotlib
+
+    top = int(np.argmax(shares.image_share))  # the shading follows the share: the largest gets the top colour
+    assert np.allclose(boxes[f"token-{top}"].get_facecolor(), matplotlib.colormaps["inferno"](1.0), atol=1e-3)
+
+
+def test_token_view_with_layer_shows_its_heads(vlm_models):
+    from attnviz.analysis import vlm as A
+    from attnviz.render.vlm import token_image_view
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=3)
+    fig = token_image_view(vgen, 1, layer=1)
+    titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_images()]
+    H = vgen.generation.num_heads
+    assert titles == ["layer 1, head mean"] + [f"L1 H{h}" for h in range(H)]
+    heat = [im for ax in fig.axes for im in ax.get_images() if im.get_gid() == "heatmap"]
+    w = A.image_weights(vgen, 1, 1, H - 1)
+    if not A.image_sinks(A.image_weights(vgen, 1), vgen.layout, "image"):
+        got = np.ma.filled(heat[-1].get_array().astype(float), np.nan)
+        assert np.allclose(got, A.paint(vgen.layout, w, "image", max_side=256), equal_nan=True)
+    fig = token_image_view(vgen, 1, layer=0, head=2)
+    assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_images()] == ["layer 0, head 2"]

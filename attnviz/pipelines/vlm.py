@@ -94,7 +94,7 @@ def run(request: "GenerateRequest", progress: Callable[[int, int], None] | None 
     from attnviz.inputs.imagefile import load_image
     from attnviz.models import load_config, resolve_model
     from attnviz.pipelines.common import quiet_libraries
-    from attnviz.pipelines.generate import _check_layer_head, _save
+    from attnviz.pipelines.generate import _save
     from attnviz.report import RunOutput, check_tensor_path, model_files
     from attnviz.vlm import attend_vlm_generation, check_vlm, load_vlm
 
@@ -122,7 +122,7 @@ def run(request: "GenerateRequest", progress: Callable[[int, int], None] | None 
     source = resolve_model(q.model.name)
     config = load_config(source, options)
     check_vlm(config, q.model.name)
-    _check_layer_head(q.model.name, options, q.layer, q.head)
+    _check_layer_head(config.get_text_config(), q.layer, q.head)
     output = RunOutput(
         out.out, command="generate", force=out.force, protect=model_files(source.location),
         settings={"model": q.model.name, "prompt": q.prompt[:200], "image": str(q.image), "max_new_tokens": q.max_new_tokens,
@@ -171,8 +171,21 @@ def _write_views(vgen, collapsed, shares, image_step: int, q, output, fmt: str, 
 
     return [
         output.figure(answer_view(vgen, shares, style=style), "answer", fmt),
-        output.figure(token_image_view(vgen, image_step, style=style), f"token-{image_step}", fmt),
+        output.figure(token_image_view(vgen, image_step, layer=q.layer, head=q.head, style=style), f"token-{image_step}", fmt),
         output.figure(image_share_view(vgen, shares, style=style), "image-share", fmt),
         output.figure(generation_map(collapsed, q.layer, q.head, q.fusion, style=style), "generation-map", fmt),
         output.figure(sink_view(collapsed, style=style), "sink-share", fmt),
     ]
+
+
+def _check_layer_head(text_config, layer: int | None, head: int | None) -> None:
+    """``--layer``/``--head`` against the language model's config (its layers and heads), before the weights load.
+
+    Raises:
+        UsageError: out of range.
+    """
+    layers, heads = int(text_config.num_hidden_layers), int(text_config.num_attention_heads)
+    if layer is not None and not -layers <= layer < layers:
+        raise UsageError(f"--layer {layer} is out of range: the language model has {layers} layers (0..{layers - 1})")
+    if head is not None and not -heads <= head < heads:
+        raise UsageError(f"--head {head} is out of range: the language model has {heads} heads per layer (0..{heads - 1})")

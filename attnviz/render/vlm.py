@@ -123,8 +123,19 @@ def answer_view(vgen, shares: "A.Shares", style: Style | None = None) -> Figure:
 # one generated token over the photo
 
 
-def _panels(vgen, step: int, top_heads: int) -> list[tuple[str, np.ndarray]]:
-    """``(title, weights [image tokens])`` per panel: mean over layers, each layer (head mean), the top heads."""
+def _panels(vgen, step: int, top_heads: int, layer: int | None = None, head: int | None = None
+            ) -> list[tuple[str, np.ndarray]]:
+    """``(title, weights [image tokens])`` per panel. Default: the mean over layers, each layer (head mean) and the
+    ``top_heads`` heads with the largest image share; with ``layer``: that layer's head mean and each of its heads;
+    with ``head`` too: that one head."""
+    g = vgen.generation
+    if layer is not None:
+        layer = layer % g.num_layers
+        if head is not None:
+            head = head % g.num_heads
+            return [(f"layer {layer}, head {head}", A.image_weights(vgen, step, layer, head))]
+        panels = [(f"layer {layer}, head mean", A.image_weights(vgen, step, layer))]
+        return panels + [(f"L{layer} H{h}", A.image_weights(vgen, step, layer, h)) for h in range(g.num_heads)]
     per_layer = A.layer_image_weights(vgen, step)  # [L, n]
     panels = [("mean over layers", per_layer.mean(axis=0))]
     panels += [(f"layer {l}", per_layer[l]) for l in range(per_layer.shape[0])]
@@ -133,14 +144,16 @@ def _panels(vgen, step: int, top_heads: int) -> list[tuple[str, np.ndarray]]:
     return panels
 
 
-def token_image_view(vgen, step: int, top_heads: int = 4, style: Style | None = None) -> Figure:
+def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = None, head: int | None = None,
+                     style: Style | None = None) -> Figure:
     """Generated token ``step``'s attention on the image tokens, drawn over the photo: panels for the mean over
-    layers, each layer (head mean) and the ``top_heads`` heads whose row puts the most on the image; one row of
-    panels per view (:func:`attnviz.analysis.vlm.views_of`: the photo, or the global image and the tiles).
+    layers, each layer (head mean) and the ``top_heads`` heads whose row puts the most on the image (with ``layer``:
+    that layer's head mean and each of its heads; with ``head`` too, that head alone); one block of panels per view
+    (:func:`attnviz.analysis.vlm.views_of`: the photo, or the global image and the tiles).
 
     Colour: attention probability, one scale from 0 shared by every panel; image tokens that act as sinks in the
     mean map (:func:`attnviz.analysis.vlm.image_sinks`) are outlined and left out of the scale (their weight is in
-    the subtitle), so they cannot swamp it. Cells outside every token's box (a centre crop) stay uncoloured.
+    the subtitle), so they cannot swamp it. Parts of the photo no token covers (a centre crop) are greyed.
     Image gids ``"heatmap"``, sink outlines ``"sink"``.
 
     Raises:
@@ -151,8 +164,8 @@ def token_image_view(vgen, step: int, top_heads: int = 4, style: Style | None = 
     step = g.check_step(step)
     layout = vgen.layout
     views = A.views_of(layout)
-    panels = _panels(vgen, step, top_heads)
-    mean = panels[0][1]
+    panels = _panels(vgen, step, top_heads, layer, head)
+    mean = A.image_weights(vgen, step)  # sinks are found in the mean over layers and heads
     sinks = sorted({t for v in views for t in A.image_sinks(mean, layout, v)})
     keep = np.ones(vgen.num_image_tokens, dtype=bool)
     keep[sinks] = False
@@ -162,8 +175,8 @@ def token_image_view(vgen, step: int, top_heads: int = 4, style: Style | None = 
     n = len(panels)
     width = style.width(min(16.0, 1.0 + 2.4 * min(n, 6)))
     fonts = _fonts(style, width)
-    cb_room = 0.9
-    cols = int(clamp(math.floor((width - 0.3 - cb_room) / (1.1 if style.print_size else 2.0)), 1, n))
+    cb_room = 0.75 if style.print_size else 0.9
+    cols = int(clamp(math.floor((width - 0.3 - cb_room) / (0.72 if style.print_size else 2.0)), 1, n))
     pw = (width - 0.3 - cb_room - (cols - 1) * 0.08) / cols
     ph = pw / aspect
     if ph > pw * 1.5:
@@ -239,8 +252,10 @@ def token_image_view(vgen, step: int, top_heads: int = 4, style: Style | None = 
     if img is not None:
         from matplotlib.cm import ScalarMappable
 
-        add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), width - cb_room + 0.15, top + view_h + label_h,
-                     min(1.8, max(ph, 0.8)), "attention probability", width_in=0.12, fontsize=fonts.small)
+        compact = style.print_size and width < 5
+        add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), width - cb_room + (0.08 if compact else 0.15),
+                     top + view_h + label_h, min(1.8, max(ph, 0.8)), "probability" if compact else "attention probability",
+                     width_in=0.1 if compact else 0.12, fontsize=fonts.small)
     return _finish(frame, style, "token over photo", vgen, titles.title,
                    {"step": step, "vmax": vmax, "sinks": sinks, "panels": [t for t, _ in panels]})
 
