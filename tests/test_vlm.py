@@ -5,6 +5,7 @@ image tokens' shares and maps add up, and the command writes what it says."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,8 +59,11 @@ def _eager_rows(path, prepared, generated_ids) -> torch.Tensor:
     return att[:, :, P:P + T, :P + T].float(), model
 
 
+COFFEE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "coffee.png"
+
+
 @pytest.mark.parametrize("kind", VLM_KINDS)
-@pytest.mark.parametrize("size", [(320, 200), (200, 320)])
+@pytest.mark.parametrize("size", [(320, 200), (200, 320), "coffee"])
 def test_rows_equal_eager_and_ids_equal_generate(vlm_models, kind, size):
     """Every generated token's row, in every layer and head, equals eager attention of one forward over prompt +
     generated ids with the same pixel inputs (1e-5, float32); the greedy ids equal model.generate; the image
@@ -69,7 +73,14 @@ def test_rows_equal_eager_and_ids_equal_generate(vlm_models, kind, size):
     path = vlm_models(kind)
     vm = load_vlm(str(path))
     assert vm.model_type == kind  # what attnviz.verify.PROVEN_TYPES lists
-    photo = _photo(*size)
+    if size == "coffee":  # a real photo (600x400)
+        if not COFFEE.exists():
+            pytest.skip("../shared/samples/coffee.png is absent (real photos live beside the project)")
+        from PIL import Image
+
+        photo = Image.open(COFFEE)
+    else:
+        photo = _photo(*size)
     vgen = attend_vlm_generation(PROMPT, photo, vm, chat=True, max_new_tokens=6)
     g = vgen.generation
     prepared = prepare_vlm_prompt(vm, PROMPT, photo, chat=True)
@@ -191,6 +202,9 @@ def test_cli_writes_views_json_and_attention_file(vlm_models, tmp_path):
     assert doc["image"]["num_tokens"] == len(pos) and doc["image"]["layout"]["tiles"]
     assert T == 5 or doc["stopped_at_eos"]
     assert "share of a step" in doc["share_rule"]
+    by_layer = np.array(doc["image_share_by_layer"])
+    assert by_layer.shape == (T, att.shape[0])
+    assert np.allclose(by_layer, att[:, :, :, pos].sum(-1).mean(1).T.numpy(), atol=2e-6)
 
 
 def test_cli_refuses_text_models_and_unproven_vlms_in_one_line(tmp_path, lm_models):

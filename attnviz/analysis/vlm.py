@@ -139,6 +139,21 @@ def unplaced_weight(weights: np.ndarray, layout) -> float:
     return float(np.asarray(weights)[~np.isfinite(boxes).all(axis=1)].sum())
 
 
+#: Label of the one key that stands for the image tokens in :func:`collapse_image`'s result: ``"<image ×N>"``.
+COLLAPSED_LABEL = "<image ×{n}>"
+
+
+def collapsed_image_tokens(generation) -> int:
+    """How many image tokens :func:`collapse_image` summed into one key of ``generation`` (0 where none were)."""
+    import re
+
+    for label in generation.context:
+        m = re.fullmatch(r"<image ×(\d+)>", label)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
 def collapse_image(generation, image_positions):
     """``generation`` (:class:`attnviz.types.GenerationAttention`) with its image-token keys summed into one key
     labelled ``"<image ×N>"`` at the first image position, for the generation map: each row still sums to 1.
@@ -160,7 +175,7 @@ def collapse_image(generation, image_positions):
     att[..., keep.index(first)] = generation.attentions[..., positions].sum(dim=-1)
     C = generation.context_length
     context_keep = [i for i in keep if i < C]
-    label = f"<image ×{n}>"
+    label = COLLAPSED_LABEL.format(n=n)
     context = tuple(label if i == first else generation.context[i] for i in context_keep)
     special = tuple(True if i == first else generation.context_special[i] for i in context_keep)
     prompt = generation.prompt

@@ -49,6 +49,8 @@ class VLMGenerateRun(GenerateRun):
     def to_json(self) -> dict:
         """``attnviz generate --json`` plus ``image`` (photo, layout, image-token positions), per step ``image_share``,
         ``shares`` and ``regions``, ``share_rule`` and ``token_view``."""
+        import numpy as np
+
         from attnviz.analysis import vlm as A
 
         doc = super().to_json()
@@ -68,6 +70,7 @@ class VLMGenerateRun(GenerateRun):
             "views": list(A.views_of(layout)),
         }
         doc["share_rule"] = A.SHARE_RULE
+        doc["image_share_by_layer"] = np.round(s.group("image"), 6).tolist()  # [steps][layers]: image-share.png
         doc["regions_rule"] = (f"per step, the {TOP_REGIONS} image tokens with the largest attention probability (mean over "
                                "layers and heads), as pixel boxes (x0, y0, x1, y1) in the photo")
         g = v.generation
@@ -77,6 +80,7 @@ class VLMGenerateRun(GenerateRun):
             "top_heads": [h.to_dict() for h in A.top_image_heads(v, self.image_step)],
             "sinks": [t for view in A.views_of(layout) for t in A.image_sinks(mean, layout, view)],
             "unplaced": round(A.unplaced_weight(mean, layout), 6),
+            "layer": self.layer, "head": self.head,
         }
         return doc
 

@@ -24,6 +24,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from attnviz.analysis.generation import checked, sink_share
+from attnviz.analysis.vlm import collapsed_image_tokens
 from attnviz.analysis.words import Units
 from attnviz.errors import UsageError
 from attnviz.render.common import (
@@ -113,6 +114,9 @@ def _notes(result: GenerationAttention, cross: bool) -> list[str]:
     else:
         first = "rows: generated tokens (each row is that token's own query); columns: prompt tokens, then generated tokens"
     notes = [first + "; values: attention probabilities"]
+    image = collapsed_image_tokens(result)
+    if image:
+        notes.append(f"the prompt's {image} image tokens are summed into one column, '<image ×{image}>'")
     if not cross:
         notes.append("hatched: later tokens, which a step cannot see")
     if result.sampling.get("do_sample"):
@@ -234,7 +238,8 @@ def generation_map(
     if shrunk:
         notes.append(f"shrunk for display: each pixel column shows the largest weight of up to {max(shrunk)} key tokens")
     view = "Cross-attention map" if cross else "Generation map"
-    settings = f"{result.num_generated} generated tokens, prompt {result.prompt_length} tokens"
+    image = collapsed_image_tokens(result)
+    settings = f"{result.num_generated} generated tokens, prompt {result.prompt_length - bool(image) + image} tokens"
     above = (tick_font * 1.4 + 3) / 72 + 0.05 if style.print_size else 0.35
     for attempt in range(2):  # the row-label note can only be known once the plot's height is
         titles = _titles_for(style, width, view, result, what, settings, notes)
