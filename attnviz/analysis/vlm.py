@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: What each view of a photo is called in figures and pages.
+VIEW_TITLES = {"image": "photo", "global": "global view (whole photo)", "tiles": "high-resolution tiles"}
+
 #: Key groups, in the order of :attr:`Shares.values`'s last axis.
 GROUPS = ("image", "prompt", "generated", "first")
 SHARE_RULE = ("share of a step on a group of keys: in each layer, the mean over heads of the sum of the row's attention "

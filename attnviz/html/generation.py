@@ -39,6 +39,28 @@ def _kind(attn: torch.Tensor, keys, special, boundary: int | None) -> dict:
     }
 
 
+def generation_header(result, label: str | None = None) -> dict:
+    """The fields every page of a generation shares: model, label, backend, prompt, the generated tokens with
+    their probabilities, lengths, layers and heads, and whether it stopped at EOS."""
+    return {
+        "model": result.model_id,
+        "label": label or result.model_id,
+        "model_type": result.model_type,
+        "backend": result.backend,
+        "prompt": result.prompt.text,
+        "text": result.text,
+        "generated": list(result.generated),
+        "generated_special": [bool(s) for s in result.generated_special],
+        "probabilities": [round(float(p), 6) for p in result.probabilities],
+        "context_length": result.context_length,
+        "prompt_length": result.prompt_length,
+        "num_layers": result.num_layers,
+        "num_heads": result.num_heads,
+        "num_generated": result.num_generated,
+        "stopped_at_eos": bool(result.stopped_at_eos),
+    }
+
+
 def generation_payload(result, layer: int | None = None, head: int | None = None, label: str | None = None) -> dict:
     """The JSON-ready payload of a generation report.
 
@@ -54,22 +76,8 @@ def generation_payload(result, layer: int | None = None, head: int | None = None
         kinds["cross"] = _kind(result.cross_attentions, result.prompt.tokens, result.prompt.special, None)
     return {
         "type": "generation",
-        "model": result.model_id,
-        "label": label or result.model_id,
-        "model_type": result.model_type,
-        "backend": result.backend,
+        **generation_header(result, label),
         "encoder_decoder": bool(result.encoder_decoder),
-        "prompt": result.prompt.text,
-        "text": result.text,
-        "generated": list(result.generated),
-        "generated_special": [bool(s) for s in result.generated_special],
-        "probabilities": [round(float(p), 6) for p in result.probabilities],
-        "context_length": result.context_length,
-        "prompt_length": result.prompt_length,
-        "num_layers": L,
-        "num_heads": H,
-        "num_generated": result.num_generated,
-        "stopped_at_eos": bool(result.stopped_at_eos),
         "sampling": {k: v for k, v in dict(result.sampling).items() if isinstance(v, (int, float, str, bool, type(None)))},
         "notice": result.notice,
         "quantisation": QUANTISATION,

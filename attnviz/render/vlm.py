@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from attnviz.analysis import vlm as A
+from attnviz.analysis.vlm import VIEW_TITLES
 from attnviz.render.common import Frame, add_colorbar, clamp, make_titles, safe_label
 from attnviz.render.image import OVERLAY_ALPHA, SINK_COLOR  # the same overlay and sink outline as attnviz image
 from attnviz.render.layout import DEFAULT_STYLE, IMAGE_CMAP, Style, attach_metadata, max_chars, shared_vmax
@@ -25,7 +26,6 @@ VLM_CMAP = IMAGE_CMAP
 #: The photo is drawn at most this many pixels on its long side.
 MAX_PHOTO_PIXELS = 768
 
-VIEW_TITLES = {"image": "photo", "global": "global view (whole photo)", "tiles": "high-resolution tiles"}
 
 
 def _photo(vgen) -> np.ndarray:
