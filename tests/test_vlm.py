@@ -240,7 +240,22 @@ def test_capture_cuts_back_a_kv_cache_before_its_eager_fallback(vlm_models):
     assert cap.outputs.past_key_values.get_seq_length() == prepared.inputs["input_ids"].shape[1]
 
 
-@pytest.mark.parametrize("size", ["screen", "column"])
+def _labels_inside(fig) -> list[str]:
+    """Axis labels (colour bars' too) that reach past the figure's edge."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    W, H = fig.bbox.width, fig.bbox.height
+    out = []
+    for ax in fig.axes:
+        for label in (ax.yaxis.label, ax.xaxis.label):
+            if label.get_text():
+                b = label.get_window_extent(renderer)
+                if b.x0 < -1 or b.y0 < -1 or b.x1 > W + 1 or b.y1 > H + 1:
+                    out.append(label.get_text())
+    return out
+
+
+@pytest.mark.parametrize("size", ["screen", "column", "page"])
 @pytest.mark.parametrize("kind", ["llava", "llava_onevision", "idefics3"])
 def test_views_show_the_numbers_and_fit(vlm_models, kind, size):
     """The token view draws, per view and panel, the step's image weights in their boxes (the heatmap's pixels are
@@ -275,6 +290,7 @@ def test_views_show_the_numbers_and_fit(vlm_models, kind, size):
     for f in (fig, fig2, fig3):
         assert not overlapping_texts(f), overlapping_texts(f)
         assert not texts_outside(f), texts_outside(f)
+        assert not _labels_inside(f), _labels_inside(f)
     boxes = {p.get_gid(): p for ax in fig2.axes for p in ax.patches if (p.get_gid() or "").startswith("token-")}
     assert len(boxes) == g.num_generated
     import matplotlib

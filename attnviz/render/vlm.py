@@ -153,7 +153,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
 
     Colour: attention probability, one scale from 0 shared by every panel; image tokens that act as sinks in the
     mean map (:func:`attnviz.analysis.vlm.image_sinks`) are outlined and left out of the scale (their weight is in
-    the subtitle), so they cannot swamp it. Parts of the photo no token covers (a centre crop) are greyed.
+    the subtitle), so they cannot swamp it. Parts of the photo no token covers (a centre crop) are faded under a white veil.
     Image gids ``"heatmap"``, sink outlines ``"sink"``.
 
     Raises:
@@ -175,7 +175,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
     n = len(panels)
     width = style.width(min(16.0, 1.0 + 2.4 * min(n, 6)))
     fonts = _fonts(style, width)
-    cb_room = 0.75 if style.print_size else 0.9
+    cb_room = (0.75 if width < 5 else 1.0) if style.print_size else 0.9
     cols = int(clamp(math.floor((width - 0.3 - cb_room) / (0.72 if style.print_size else 2.0)), 1, n))
     pw = (width - 0.3 - cb_room - (cols - 1) * 0.08) / cols
     ph = pw / aspect
@@ -195,7 +195,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
                      + " act as attention sinks (mean over layers: " + ", ".join(f"{mean[t]:.3g}" for t in sinks)
                      + "), left out of the colour scale")
     if any(np.isnan(A.paint(layout, np.ones(vgen.num_image_tokens), v, max_side=64)).any() for v in views):
-        notes.append("grey: parts of the photo no image token covers (cropped away, or beyond the last whole patch of a tile)")
+        notes.append("faded: parts of the photo no image token covers (cropped away, or beyond the last whole patch of a tile)")
     if unplaced > 0:
         notes.append(f"{unplaced:.3g} of the mean row falls on row-end image_newline tokens, which cover no pixels")
     share = float(mean.sum())
@@ -230,10 +230,10 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
             shown = np.where(keep, weights, np.nan)
             canvas = A.paint(layout, shown, view, max_side=256)
             painted = A.paint(layout, np.ones_like(weights), view, max_side=256)
-            outside = ~np.isfinite(painted)  # no token of this view covers it (outside a centre crop): dimmed
+            outside = ~np.isfinite(painted)  # no token of this view covers it (outside a centre crop): faded
             if outside.any():
-                dim = ax.imshow(np.where(outside, 1.0, np.nan), extent=(0, W, H, 0), cmap="Greys", vmin=0, vmax=1,
-                                alpha=0.6, interpolation="nearest", zorder=1)
+                dim = ax.imshow(np.where(outside, 0.0, np.nan), extent=(0, W, H, 0), cmap="Greys", vmin=0, vmax=1,
+                                alpha=0.6, interpolation="nearest", zorder=1)  # white veil, as attnviz image dims
                 dim.set_gid("unseen")
             img = ax.imshow(np.ma.masked_invalid(canvas), extent=(0, W, H, 0), cmap=cmap, vmin=0.0, vmax=vmax,
                             alpha=OVERLAY_ALPHA, interpolation="nearest", zorder=2)
@@ -254,7 +254,8 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
 
         compact = style.print_size and width < 5
         add_colorbar(frame, ScalarMappable(norm=img.norm, cmap=img.cmap), width - cb_room + (0.08 if compact else 0.15),
-                     top + view_h + label_h, min(1.8, max(ph, 0.8)), "probability" if compact else "attention probability",
+                     top + view_h + label_h, min(1.8, len(views) * block_h - view_h - label_h - 0.08),
+                     "probability" if compact else "attention probability",
                      width_in=0.1 if compact else 0.12, fontsize=fonts.small)
     return _finish(frame, style, "token over photo", vgen, titles.title,
                    {"step": step, "vmax": vmax, "sinks": sinks, "panels": [t for t, _ in panels]})
