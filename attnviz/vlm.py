@@ -26,7 +26,7 @@ from attnviz.types import GenerationAttention, TokenInfo
 #: ``config.model_type`` of the vision-language models attnviz generates with (tests/test_vlm.py proves each).
 VLM_TYPES: dict[str, str] = {
     "llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT", "llava_onevision": "LLaVA-OneVision", "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL", "idefics3": "Idefics3", "smolvlm": "SmolVLM",
+    "qwen2_5_vl": "Qwen2.5-VL", "idefics3": "Idefics3", "smolvlm": "SmolVLM", "paligemma": "PaliGemma", "gemma3": "Gemma-3",
 }
 
 #: Label of an image token in token lists and figures.
@@ -223,8 +223,11 @@ def prepare_vlm_prompt(vm: VisionLanguageModel, prompt: str, photo, chat: bool =
 
     photo = photo.convert("RGB")
     text = prompt_text(vm, prompt, chat)
+    bos = getattr(vm.text.tokenizer, "bos_token", None)
+    # a chat template that writes the BOS itself: the tokenizer must not add a second (as apply_chat_template does)
+    kwargs = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
     try:
-        enc = vm.processor(images=[photo], text=[text], return_tensors="pt")
+        enc = vm.processor(images=[photo], text=[text], return_tensors="pt", **kwargs)
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"the processor of '{vm.source.model_id}' rejected the photo: "
                          f"{str(exc).strip().splitlines()[0][:200]}") from exc
@@ -255,7 +258,8 @@ def prepare_vlm_prompt(vm: VisionLanguageModel, prompt: str, photo, chat: bool =
     n = len(labels)
     info = TokenInfo(text, tuple(labels), (None,) * n, ((0, 0),) * n, tuple(special))
     dtype = next(vm.model.parameters()).dtype
-    inputs = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in enc.items() if isinstance(v, torch.Tensor)}
+    inputs = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in enc.items()
+              if isinstance(v, torch.Tensor) and k != "labels"}  # PaliGemma's processor may return labels
     return VLMPrompt(inputs, info, positions, layout, photo, text)
 
 
@@ -347,8 +351,13 @@ def _verify_language_model(vm: VisionLanguageModel, enabled: bool) -> str | None
 #: Language model types proven inside a VLM by the tests although not as text models on their own
 #: (Qwen2-VL's text model with M-RoPE): text type -> VLM types.
 VLM_PROVEN_TEXT: dict[str, tuple[str, ...]] = {
-    "qwen2_vl_text": ("qwen2_vl",), "qwen2_5_vl_text": ("qwen2_5_vl",),
+    "qwen2_vl_text": ("qwen2_vl",), "qwen2_5_vl_text": ("qwen2_5_vl",), "gemma": ("paligemma",), "gemma3_text": ("gemma3",),
 }
+
+#: ``token_type_ids`` of generated tokens in a one-forward reference, as ``model.generate`` treats them: PaliGemma's
+#: generated tokens are the causal suffix (1; the prompt, 0, is attended both ways), Gemma-3's are text (0; 1 marks
+#: image tokens, attended both ways within one image).
+GENERATED_TOKEN_TYPE: dict[str, int] = {"paligemma": 1, "gemma3": 0}
 
 
 def eager_generation_rows(vm: VisionLanguageModel, prepared: VLMPrompt, generated_ids) -> torch.Tensor:
@@ -373,6 +382,10 @@ def eager_generation_rows(vm: VisionLanguageModel, prepared: VLMPrompt, generate
     if "mm_token_type_ids" in inputs:  # Qwen2-VL: generated tokens are text
         mm = inputs["mm_token_type_ids"]
         inputs["mm_token_type_ids"] = torch.cat([mm, torch.zeros(1, T, dtype=mm.dtype, device=device)], 1)
+    if "token_type_ids" in inputs:  # PaliGemma: generated tokens are the causal suffix (1); Gemma-3: text (0)
+        tt = inputs["token_type_ids"]
+        fill = GENERATED_TOKEN_TYPE.get(model.config.model_type, 0)
+        inputs["token_type_ids"] = torch.cat([tt, torch.full((1, T), fill, dtype=tt.dtype, device=device)], 1)
     if hasattr(model, "model") and hasattr(model.model, "rope_deltas"):
         model.model.rope_deltas = None  # computed afresh from the whole sequence
     with eager_attention(model), torch.inference_mode():

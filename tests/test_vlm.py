@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_tiny import VLM_KINDS, make_vlm
+from vlm_tiny import GENERATED_TOKEN_TYPE, NO_CHAT, VLM_KINDS, make_vlm
 
 PROMPT = "What is on the table?"
 
@@ -39,6 +39,10 @@ def vlm_models(tmp_path_factory):
     return get
 
 
+def model_type(path) -> str:
+    return json.loads((Path(path) / "config.json").read_text())["model_type"]
+
+
 def _eager_rows(path, prepared, generated_ids) -> torch.Tensor:
     """Eager ``output_attentions`` of one forward over prompt + generated ids with the prompt's pixel inputs:
     float32 ``[L, H, T, P + T]``, the generated positions' rows."""
@@ -52,6 +56,10 @@ def _eager_rows(path, prepared, generated_ids) -> torch.Tensor:
     if "mm_token_type_ids" in inputs:
         extra = torch.zeros(1, T, dtype=inputs["mm_token_type_ids"].dtype)
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
+    if "token_type_ids" in inputs:  # PaliGemma / Gemma-3 (tests/vlm_tiny.py GENERATED_TOKEN_TYPE)
+        tt = inputs["token_type_ids"]
+        fill = GENERATED_TOKEN_TYPE[model_type(path)]
+        inputs["token_type_ids"] = torch.cat([tt, torch.full((1, T), fill, dtype=tt.dtype)], 1)
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
     att = torch.stack([a[0] for a in out.attentions])  # [L, H, N, N]: the language model's layers
@@ -81,9 +89,10 @@ def test_rows_equal_eager_and_ids_equal_generate(vlm_models, kind, size):
         photo = Image.open(COFFEE)
     else:
         photo = _photo(*size)
-    vgen = attend_vlm_generation(PROMPT, photo, vm, chat=True, max_new_tokens=6)
+    chat = kind not in NO_CHAT
+    vgen = attend_vlm_generation(PROMPT, photo, vm, chat=chat, max_new_tokens=6)
     g = vgen.generation
-    prepared = prepare_vlm_prompt(vm, PROMPT, photo, chat=True)
+    prepared = prepare_vlm_prompt(vm, PROMPT, photo, chat=chat)
     ids = prepared.inputs["input_ids"][0]
     assert list(vgen.image_positions) == torch.nonzero(ids == vm.image_token_id).flatten().tolist()
     assert vgen.layout.num_tokens == vgen.num_image_tokens > 0

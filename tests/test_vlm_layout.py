@@ -430,16 +430,131 @@ def test_qwen2_vl_dispatch_and_refusals():
 
     from attnviz.inputs.vlm import LAYOUT_TYPES, image_token_layout
 
-    assert LAYOUT_TYPES == {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"}
+    assert LAYOUT_TYPES == {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
+                            "paligemma", "gemma3"}
     proc = Qwen2VLImageProcessorPil()
     out = proc(images=_gradient(640, 240), return_tensors="pt")
     for kind in ("qwen2_vl", "qwen2_5_vl"):
         layout = image_token_layout(kind, None, proc, (640, 240), out)
         assert layout.num_tokens == int(out["image_grid_thw"][0].prod()) // 4
-    with pytest.raises(ValueError, match="no image-token layout for model type 'paligemma'"):
-        image_token_layout("paligemma", None, proc, (640, 240), out)
+    with pytest.raises(ValueError, match="no image-token layout for model type 'mllama'"):
+        image_token_layout("mllama", None, proc, (640, 240), out)
     with pytest.raises(ValueError, match="strategy"):
         image_token_layout("llava_next", LlavaNextConfig(vision_feature_select_strategy="full"), None, (640, 240), {})
+
+
+# ----------------------------------------------------------------------------------------------- PaliGemma / Gemma-3
+
+
+def _paligemma():
+    """google/paligemma-3b-pt-224's processor (SigLIP, 224 px squashed, bicubic, 256 image tokens) and config."""
+    from transformers import PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    ip = SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=3, image_mean=[0.5] * 3,
+                                 image_std=[0.5] * 3)
+    ip.image_seq_length = 256
+    return PaliGemmaProcessor(image_processor=ip, tokenizer=_tokenizer()), PaliGemmaConfig()
+
+
+def _gemma3(**kwargs):
+    """google/gemma-3-4b-it's processor (896 px squashed, bilinear, pan-and-scan off, 256 image tokens) and config
+    (SigLIP 896 px, patch 14: 64 x 64 patches pooled 4 x 4)."""
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
+
+    from vlm_tiny import GEMMA3_IMAGE_TOKENS, _gemma_tokenizer
+
+    ip = Gemma3ImageProcessorPil(size={"height": 896, "width": 896}, resample=2, image_mean=[0.5] * 3,
+                                 image_std=[0.5] * 3, do_pan_and_scan=False, **kwargs)
+    tok = _gemma_tokenizer(["<start_of_turn>", "<end_of_turn>", *GEMMA3_IMAGE_TOKENS.values()],
+                           extra=GEMMA3_IMAGE_TOKENS)
+    config = Gemma3Config(vision_config={"image_size": 896, "patch_size": 14}, mm_tokens_per_image=256)
+    return Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=256), config
+
+
+def _siglip_patch_sums(pix, mean, std, size, image_size: int, patch: int):
+    """SigLIP's own patch embedding (``SiglipVisionEmbeddings``: a conv, then patches row-major) set to give, per
+    patch of a ``_gradient(W, H)`` photo's processed pixels ``pix`` ``[1, 3, S, S]``, the sums of the decoded ``x``,
+    ``y`` and the pixel count (no padding here: every pixel is the photo's): float64 ``[1, patches, 3]``."""
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
+
+    W, H = size
+    emb = SiglipVisionEmbeddings(SiglipVisionConfig(hidden_size=3, image_size=image_size, patch_size=patch)).double()
+    with torch.no_grad():
+        emb.patch_embedding.weight.zero_()
+        emb.patch_embedding.weight[0, 0] = std[0] * (W - 1)
+        emb.patch_embedding.weight[1, 1] = std[1] * (H - 1)
+        emb.patch_embedding.bias.copy_(torch.tensor([mean[0] * (W - 1), mean[1] * (H - 1), 1.0]) * patch * patch)
+        emb.position_embedding.weight.zero_()
+        return emb(pix.double())
+
+
+@pytest.mark.parametrize("family,size", [
+    ("paligemma", (400, 400)), ("paligemma", (640, 240)), ("paligemma", (240, 640)), ("paligemma", (1000, 120)),
+    ("gemma3", (400, 400)), ("gemma3", (640, 240)), ("gemma3", (240, 640)), ("gemma3", (1000, 120)),
+])
+def test_squashed_square_token_boxes_hold_their_pixels(family, size):
+    """PaliGemma and Gemma-3, square, wide, tall and very wide photos: the layout (through the dispatcher) is one
+    grid over the whole photo with the processor's own count of image tokens (256); the processor's pixel_values go
+    through SigLIP's own patch embedding (set to sum each patch's decoded photo coordinates) and, for Gemma-3, the
+    model's own ``Gemma3MultiModalProjector`` (its average pooling of 4 x 4 patches; norm and projection made the
+    identity): the centroid of what each token saw is its box's centre (within ~2 pixels), and rolled by one token the
+    boxes fail -- which pins the token order (row-major) and Gemma-3's pooling blocks."""
+    from attnviz.inputs.vlm import image_token_layout
+
+    proc, config = _paligemma() if family == "paligemma" else _gemma3()
+    W, H = size
+    text = "<image>What is this?" if family == "paligemma" else "<start_of_image>What is this?"
+    out = proc(images=[_gradient(W, H, blue=255)], text=[text], return_tensors="pt")
+    image_id = proc.image_token_id if family == "paligemma" else proc.tokenizer.image_token_id
+    layout = image_token_layout(family, config, proc, (W, H), out)
+    assert layout.num_tokens == int((out["input_ids"] == image_id).sum()) == 256
+    assert len(layout.tiles) == 1 and layout.tiles[0].box == (0, 0, W, H) and layout.tiles[0].grid == (16, 16)
+    vc, ip = config.vision_config, proc.image_processor
+    assert out["pixel_values"].shape == (1, 3, vc.image_size, vc.image_size)
+    feats = _siglip_patch_sums(out["pixel_values"], ip.image_mean, ip.image_std, (W, H), vc.image_size, vc.patch_size)
+    if family == "gemma3":
+        from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
+
+        cfg = config.__class__(vision_config={"image_size": vc.image_size, "patch_size": vc.patch_size, "hidden_size": 3},
+                               text_config={"hidden_size": 3, "num_attention_heads": 1, "num_key_value_heads": 1},
+                               mm_tokens_per_image=config.mm_tokens_per_image)
+        proj = Gemma3MultiModalProjector(cfg).double()
+        assert proj.kernel_size == 4
+        proj.mm_soft_emb_norm = torch.nn.Identity()
+        with torch.no_grad():
+            proj.mm_input_projection_weight.copy_(torch.eye(3))
+            feats = proj(feats)  # [1, 256, 3]: the means of each 4 x 4 block's sums, in the model's token order
+    assert feats.shape == (1, 256, 3)
+    _check_sequence(feats[0].numpy(), layout.token_boxes(), 2.0 + max(W, H) / 255, _centre_tolerance(size))
+
+
+def test_squashed_square_refusals():
+    """Gemma-3 with pan-and-scan (crops the layout does not place), an image processor whose size is not the vision
+    tower's, and a processor whose image_seq_length is not what the model makes, are refused with a ValueError."""
+    from attnviz.inputs.vlm import image_token_layout, squashed_square_layout
+
+    proc, config = _gemma3(pan_and_scan_min_crop_size=256, pan_and_scan_max_num_crops=4,
+                           pan_and_scan_min_ratio_to_activate=1.2)
+    proc.image_processor.do_pan_and_scan = True
+    with pytest.raises(ValueError, match="pan-and-scan"):
+        image_token_layout("gemma3", config, proc, (900, 300), {})
+    proc, config = _gemma3()
+    proc.image_processor.size = {"height": 448, "width": 448}
+    with pytest.raises(ValueError, match="448x448"):
+        image_token_layout("gemma3", config, proc, (900, 300), {})
+    proc, config = _paligemma()
+    proc.image_seq_length = 100
+    with pytest.raises(ValueError, match="100 image tokens"):
+        image_token_layout("paligemma", config, proc, (900, 300), {})
+    config.vision_config.patch_size = 15
+    with pytest.raises(ValueError, match="patches"):
+        image_token_layout("paligemma", config, proc, (900, 300), {})
+    with pytest.raises(ValueError, match="empty"):
+        squashed_square_layout((10, 10), 0)
+    doc = squashed_square_layout((100, 50), 4).to_json()
+    assert doc["tiles"] == [{"name": "image", "grid": [4, 4], "box": [0.0, 0.0, 100.0, 50.0], "token_range": [0, 16],
+                             "view": "image", "newline": False}]
 
 
 # ------------------------------------------------------------------------------------- views, paint, raster, JSON

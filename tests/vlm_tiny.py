@@ -26,7 +26,21 @@ qwen2_5_vl       Qwen2.5-VL: window attention      patch 14, merge 2x2, 4..16 to
 idefics3         Idefics3: SigLIP + Llama          split into 56 px tiles (<= 3x3) + the   3x3 tiles + global, 4 each
                                                    global one, patch 14, pixel shuffle 2   = 40
 smolvlm          SmolVLM: SigLIP + SmolLM (Llama)  as Idefics3, 32 px tiles, patch 8       40
+paligemma        PaliGemma: SigLIP + Gemma         56 px squashed, patch 14; prefix-LM     16
+                                                   (token_type_ids 0: the prompt, both ways)
+gemma3           Gemma-3: SigLIP + Gemma-3         64 px squashed, patch 8, 8x8 patches    16
+                 (sliding window 16 in layer 0)    avg-pooled 2x2 into 4x4 tokens; an
+                                                   image's tokens attend each other
 ===============  ================================  ======================================  =========================
+
+PaliGemma has no chat template (like the real checkpoints): its processor makes ``<image>`` x 16, ``<bos>``, the
+prompt and ``\n`` of a plain prompt (``"<image>What is on the table?"``), token_type_ids 0 (the prefix) and
+``labels`` (all -100; a forward must not get them with fewer logits than ids). Gemma-3's processor expands
+``<start_of_image>`` into ``\n\n<start_of_image>``, 16 ``<image_soft_token>``, ``<end_of_image>\n\n`` (token_type_ids
+1 on the soft tokens; ``config.image_token_id`` is the soft token, ``processor.image_token_id`` is
+``<start_of_image>``), and its tokenizer prepends ``<bos>`` like Gemma's, so a chat-template text that begins with
+``<bos>`` goes through the processor with ``add_special_tokens=False`` (as ``processor.apply_chat_template(...,
+tokenize=True)`` does), or it gets two.
 
 Language models: 2 layers, hidden 64, 4 heads of 16 (2 KV heads), max_position_embeddings 2048; vision towers:
 2 layers, hidden 32, 4 heads. The tokenizer is :func:`tiny.bpe_tokenizer` (its tiny corpus gives ~370 tokens)
@@ -47,8 +61,16 @@ import torch
 
 from tiny import bpe_tokenizer
 
-#: the families :func:`make_vlm` builds
-VLM_KINDS = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm")
+#: the Gemma-based families (token_type_ids: PaliGemma's two-way prefix, Gemma-3's two-way images)
+GEMMA_KINDS = ("paligemma", "gemma3")
+#: the families :func:`make_vlm` builds (and attnviz generate --image proves, tests/test_vlm.py)
+VLM_KINDS = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm") + GEMMA_KINDS
+#: kinds without a chat template (like the real checkpoints): a plain prompt
+NO_CHAT = ("paligemma",)
+#: the token_type_ids value of a generated token, in one forward over prompt + generated ids that gives what
+#: ``model.generate`` computes: PaliGemma 1 (the causal suffix; 0 is the prefix, the prompt, attended both ways),
+#: Gemma-3 0 (text; 1 marks image tokens, attended both ways within one image)
+GENERATED_TOKEN_TYPE = {"paligemma": 1, "gemma3": 0}
 
 #: packages a kind's processor needs beyond this project's dependencies
 REQUIRES = {"smolvlm": ("num2words",)}
@@ -124,6 +146,29 @@ IDEFICS3_TEMPLATE = (
 #: HuggingFaceTB/SmolVLM-256M-Instruct: "<|im_start|>User:<image>What is on the table?<end_of_utterance>\nAssistant:"
 SMOLVLM_TEMPLATE = "<|im_start|>" + IDEFICS3_TEMPLATE.removeprefix("{{ bos_token }}")
 
+#: google/gemma-3-4b-it (no system message): "<bos><start_of_turn>user\n<start_of_image>What is on the table?<end_of_turn>
+#: \n<start_of_turn>model\n" (the processor expands <start_of_image> into "\n\n<start_of_image>", the image tokens,
+#: "<end_of_image>\n\n")
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% if messages[0]['content'] is string %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}"
+    "{% else %}{% set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' %}{% endif %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
 # -- tokenizers ----------------------------------------------------------------------------------------------------
 
 
@@ -149,6 +194,25 @@ def _ids(tok, *tokens: str) -> list[int]:
     ids = tok.convert_tokens_to_ids(list(tokens))
     assert tok.convert_ids_to_tokens(ids) == list(tokens), tokens
     return ids
+
+
+#: Gemma-3's image tokens (the tokenizer's extra special tokens, as in google/gemma-3-4b-it's tokenizer_config.json)
+GEMMA3_IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                       "image_token": "<image_soft_token>"}
+#: the tiny Gemma-3's sliding window (layer 0), shorter than the chat prompt with its 16 image tokens
+GEMMA3_WINDOW = 16
+
+
+def _gemma_tokenizer(specials: list[str], extra: dict[str, str] | None = None):
+    """The tiny BPE with Gemma's special tokens: <bos> (prepended to every encoding, ``add_bos_token``, like
+    Gemma's tokenizer), <eos>, <pad> (the tiny BPE's), ``specials``, and ``extra`` named special tokens
+    (``tok.boi_token``, ``tok.boi_token_id``...)."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = _tokenizer(["<bos>", "<eos>", *specials])
+    return PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<|endoftext|>", extra_special_tokens=extra or {},
+                                   add_bos_token=True, add_eos_token=False)
 
 
 # -- configs -------------------------------------------------------------------------------------------------------
@@ -382,7 +446,43 @@ def _build_parts(kind: str):
                                    chat_template=SMOLVLM_TEMPLATE)
         return config, processor, [eou]
 
-    raise ValueError(f"unknown VLM kind {kind!r}; one of {VLM_KINDS}")
+    if kind == "paligemma":
+        # google/paligemma-3b-pt-224: Gemma tokenizer (<bos> <eos> <pad>, BOS prepended, which the processor turns off),
+        # <image> at the end of the vocabulary, the processor adds 1024 <locNNNN> and 128 <segNNN> tokens
+        tok = _gemma_tokenizer(["<image>"])
+        (image, pad, bos, eos) = _ids(tok, "<image>", "<pad>", "<bos>", "<eos>")
+        image_processor = tf.SiglipImageProcessorPil(size={"height": 56, "width": 56}, resample=3,
+                                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        image_processor.image_seq_length = 16  # real: 224 px, patch 14: 256
+        processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+        vision = tf.SiglipVisionConfig(**VISION, image_size=56, patch_size=14, vision_use_head=False)
+        text = tf.GemmaConfig(**LM, head_dim=16, vocab_size=_vocab(tok), bos_token_id=bos, eos_token_id=eos,
+                              pad_token_id=pad)
+        config = tf.PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=image,
+                                    projection_dim=LM["hidden_size"], hidden_size=LM["hidden_size"])
+        return config, processor, [eos]
+
+    if kind == "gemma3":
+        # google/gemma-3-4b-it: 896 px, patch 14 (64x64 patches), pooled 4x4 into 16x16 = 256 tokens; here 64 px,
+        # patch 8 (8x8 patches), pooled 2x2 into 4x4 = 16 tokens. Sliding window 1024 there (5 of 6 layers), 16 here
+        # (layer 0 of 2), shorter than the chat prompt, so that the window cuts keys.
+        tok = _gemma_tokenizer(["<start_of_turn>", "<end_of_turn>", *GEMMA3_IMAGE_TOKENS.values()],
+                               extra=GEMMA3_IMAGE_TOKENS)
+        (image, boi, eoi, pad, bos, eos, eot) = _ids(tok, "<image_soft_token>", "<start_of_image>", "<end_of_image>",
+                                                     "<pad>", "<bos>", "<eos>", "<end_of_turn>")
+        vision = tf.SiglipVisionConfig(**VISION, image_size=64, patch_size=8, vision_use_head=False)
+        text = tf.Gemma3TextConfig(**LM, head_dim=16, vocab_size=_vocab(tok), sliding_window=GEMMA3_WINDOW,
+                                   layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+                                   bos_token_id=bos, eos_token_id=[eos, eot], pad_token_id=pad)
+        config = tf.Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=16, image_token_index=image,
+                                 boi_token_index=boi, eoi_token_index=eoi)
+        image_processor = tf.Gemma3ImageProcessorPil(size={"height": 64, "width": 64}, resample=2, image_mean=[0.5] * 3,
+                                                     image_std=[0.5] * 3, do_pan_and_scan=False)
+        processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=16,
+                                       chat_template=GEMMA3_TEMPLATE)
+        return config, processor, [eos, eot]
+
+    raise ValueError(f"unknown VLM kind {kind!r}; one of {VLM_KINDS + GEMMA_KINDS}")
 
 
 def make_vlm(root: Path, kind: str, seed: int = 0) -> Path:
@@ -416,11 +516,16 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def extend_inputs(inputs: dict, new_ids: torch.Tensor) -> dict:
+def extend_inputs(inputs: dict, new_ids: torch.Tensor, kind: str | None = None) -> dict:
     """The processor's ``inputs`` with ``new_ids`` (``[1, n]``, generated tokens) appended: ``input_ids``, an
-    ``attention_mask`` of ones, and Qwen's ``mm_token_type_ids`` (0 = text) extended; the pixel inputs unchanged.
-    A forward over these (pixel inputs and all) gives the logits a prefill plus n decode steps gives."""
-    out = dict(inputs)
+    ``attention_mask`` of ones, Qwen's ``mm_token_type_ids`` (0 = text) and PaliGemma's / Gemma-3's
+    ``token_type_ids`` (:data:`GENERATED_TOKEN_TYPE` of ``kind``) extended; PaliGemma's ``labels`` dropped; the
+    pixel inputs unchanged. A forward over these (pixel inputs and all) gives the logits a prefill plus n decode steps
+    gives."""
+    out = {k: v for k, v in inputs.items() if k != "labels"}
+    if "token_type_ids" in inputs:
+        fill = GENERATED_TOKEN_TYPE[kind]
+        out["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.full_like(new_ids, fill)], 1)
     out["input_ids"] = torch.cat([inputs["input_ids"], new_ids], 1)
     if "attention_mask" in inputs:
         out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(new_ids)], 1)

@@ -21,6 +21,11 @@ Supported (:data:`LAYOUT_TYPES`, dispatched by :func:`image_token_layout`):
 * Idefics3 / SmolVLM (``idefics3``, ``smolvlm``, :func:`idefics3_layout`): the photo, stretched to whole tiles, is cut
   into square tiles, row-major, then the whole photo squashed to one tile (the global image) comes last; in each
   tile the pixel shuffle makes one token of each ``scale_factor x scale_factor`` block of patches, row-major.
+* PaliGemma / Gemma-3 (``paligemma``, ``gemma3``, :func:`squashed_square_layout`): the photo is resized to the
+  vision tower's square input without keeping its aspect (no crop, no padding), so one grid covers the whole photo:
+  PaliGemma's tokens are SigLIP's patches, row-major; Gemma-3's multi-modal projector average-pools each ``k x k``
+  block of patches into one of its ``mm_tokens_per_image`` tokens, row-major (Gemma-3's pan-and-scan crops are
+  refused).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 #: The ``config.model_type`` values :func:`image_token_layout` places.
-LAYOUT_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"})
+LAYOUT_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
+                          "paligemma", "gemma3"})
 
 Span = tuple[float, float]
 
@@ -528,6 +534,82 @@ def idefics3_layout(image_size: tuple[int, int], tile_size: int, patch_size: int
     return _layout((W, H), tiles)
 
 
+# ---------------------------------------------------------------------------------------------- PaliGemma / Gemma-3
+
+
+def squashed_square_layout(image_size: tuple[int, int], rows: int, cols: int | None = None) -> ImageTokenLayout:
+    """The image tokens of a photo that the processor resizes to the vision tower's square input without keeping its
+    aspect (PaliGemma's SigLIP processor, Gemma-3's at 896 px, pan-and-scan off): one ``rows x cols`` grid
+    (``cols = rows`` when None) over the whole photo, row-major. PaliGemma: one token per patch (``image_size /
+    patch_size`` a side); Gemma-3: one token per ``k x k`` block of patches average-pooled by the multi-modal
+    projector (``sqrt(mm_tokens_per_image)`` a side, ``k = image_size / patch_size / that``).
+
+    Raises:
+        ValueError: an empty grid.
+    """
+    cols = rows if cols is None else cols
+    if rows < 1 or cols < 1:
+        raise ValueError(f"an empty {rows}x{cols} grid")
+    W, H = (int(v) for v in image_size)
+    return _layout((W, H), [dict(name="image", grid=(int(rows), int(cols)), box=(0.0, 0.0, float(W), float(H)))])
+
+
+def _check_square_resize(ip, side: int) -> None:
+    """The image processor resizes every photo to ``side x side`` pixels, without crop or padding."""
+    size = _get(ip, "size", {})
+    h, w = _get(size, "height", None), _get(size, "width", None)
+    if not _get(ip, "do_resize", True) or h is None or w is None:
+        raise ValueError(f"the image processor does not resize to a fixed height and width (size {dict(size)})")
+    if (int(h), int(w)) != (side, side):
+        raise ValueError(f"the image processor resizes to {h}x{w}, the vision tower takes {side}x{side}")
+    if _get(ip, "do_center_crop", False) or _get(ip, "do_pad", False):
+        raise ValueError("the image processor crops or pads the photo")
+
+
+def _paligemma_layout(image_size, config, processor, processed) -> ImageTokenLayout:
+    vision = _get(config, "vision_config", {})
+    T, p = int(_get(vision, "image_size", 0)), int(_get(vision, "patch_size", 0))
+    if not T or not p or T % p:
+        raise ValueError(f"vision image size {T} is not a whole number of {p}-pixel patches")
+    ip = getattr(processor, "image_processor", processor)
+    _check_square_resize(ip, T)
+    n = T // p
+    seq_len = _get(processor, "image_seq_length", None)
+    if seq_len is not None and int(seq_len) != n * n:
+        raise ValueError(f"the processor puts {seq_len} image tokens into the prompt, the vision tower makes {n * n}")
+    _check_one_view(processed, T)
+    return squashed_square_layout(image_size, n)
+
+
+def _gemma3_layout(image_size, config, processor, processed) -> ImageTokenLayout:
+    vision = _get(config, "vision_config", {})
+    T, p = int(_get(vision, "image_size", 0)), int(_get(vision, "patch_size", 0))
+    tokens = int(_get(config, "mm_tokens_per_image", 256))
+    side = math.isqrt(tokens)
+    if not T or not p or T % p or side * side != tokens or (T // p) % side:
+        raise ValueError(f"{T // max(p, 1)}x{T // max(p, 1)} patches do not pool into {tokens} tokens")
+    ip = getattr(processor, "image_processor", processor)
+    if _get(ip, "do_pan_and_scan", False):
+        raise ValueError("pan-and-scan crops are not placed (the processor's do_pan_and_scan is on)")
+    _check_square_resize(ip, T)
+    seq_len = _get(processor, "image_seq_length", None)
+    if seq_len is not None and int(seq_len) != tokens:
+        raise ValueError(f"the processor puts {seq_len} image tokens into the prompt, the model makes {tokens}")
+    crops = processed.get("num_crops")
+    if crops is not None and any(int(c) for c in (crops.flatten().tolist() if hasattr(crops, "flatten") else crops)):
+        raise ValueError("pan-and-scan crops are not placed")
+    _check_one_view(processed, T)
+    return squashed_square_layout(image_size, side)
+
+
+def _check_one_view(processed, side: int) -> None:
+    """``pixel_values`` of one ``side x side`` view (no crops)."""
+    pix = processed.get("pixel_values")
+    if pix is not None and getattr(pix, "ndim", 0) == 4 and (pix.shape[0] != 1 or tuple(pix.shape[2:]) != (side, side)):
+        raise ValueError(f"the processor made {pix.shape[0]} views of {tuple(pix.shape[2:])} pixels, attnviz expects one "
+                         f"of {side}x{side}")
+
+
 # ------------------------------------------------------------------------------------------------------ dispatcher
 
 
@@ -615,4 +697,8 @@ def image_token_layout(model_type: str, config, processor, image_size: tuple[int
         if pix is not None and getattr(pix, "ndim", 0) == 5 and pix.shape[0] == 1 and pix.shape[1] != len(layout.tiles):
             raise ValueError(f"the processor made {pix.shape[1]} tiles, attnviz expects {len(layout.tiles)}")
         return layout
+    if model_type == "paligemma":
+        return _paligemma_layout((W, H), config, processor, processed)
+    if model_type == "gemma3":
+        return _gemma3_layout((W, H), config, processor, processed)
     raise ValueError(f"no image-token layout for model type {model_type!r} (supported: {', '.join(sorted(LAYOUT_TYPES))})")
