@@ -552,6 +552,9 @@ def load_model(source: ModelSource, auto_class, options: LoadOptions = LoadOptio
         dtype=_torch_dtype(options.dtype),
         output_loading_info=True,
         ignore_mismatched_sizes=True,  # a tensor of the wrong shape is refused below, naming it and both shapes
+        # the model's own PyTorch modules, never kernels fetched from the Hub (transformers' default with the
+        # `kernels` package and a device map): code nobody asked to run, and offline they fail to load
+        use_kernels=False,
     )
     if options.device_map:
         kwargs["device_map"] = options.device_map

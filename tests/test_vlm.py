@@ -325,3 +325,21 @@ def test_token_view_with_layer_shows_its_heads(vlm_models):
         assert np.allclose(got, A.paint(vgen.layout, w, "image", max_side=256), equal_nan=True)
     fig = token_image_view(vgen, 1, layer=0, head=2)
     assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_images()] == ["layer 0, head 2"]
+
+
+def test_models_load_without_hub_kernels(tmp_path):
+    """attnviz loads the model's own modules: never Hub kernels, which transformers fetches by default with the
+    `kernels` package and a device map (on the GPU machine, --device-map auto failed offline because of them)."""
+    from attnviz.models import LoadOptions, load_model, resolve_model
+
+    seen = {}
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(location, **kwargs):
+            seen.update(kwargs)
+            raise OSError("stop here")
+
+    with pytest.raises(Exception):
+        load_model(resolve_model(str(tmp_path)), Auto, LoadOptions(device_map="auto"))
+    assert seen["use_kernels"] is False and seen["device_map"] == "auto"
