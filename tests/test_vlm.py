@@ -340,6 +340,7 @@ def test_models_load_without_hub_kernels(tmp_path):
             seen.update(kwargs)
             raise OSError("stop here")
 
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(Exception):
         load_model(resolve_model(str(tmp_path)), Auto, LoadOptions(device_map="auto"))
     assert seen["use_kernels"] is False and seen["device_map"] == "auto"
