@@ -170,6 +170,7 @@ def test_image_sinks_flag_an_isolated_spike_only(vlm_models):
     assert A.image_sinks(spike, layout, view) == [5]
 
 
+@pytest.mark.slow
 def test_cli_writes_views_json_and_attention_file(vlm_models, tmp_path):
     """The command: one line of image summary, the views, JSON with per-step image shares that equal the saved
     attentions, regions inside the photo, the layout, and --save-attn metadata with the image token positions."""

@@ -184,6 +184,7 @@ def driver():
     d.quit()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_page_in_browser(runs, driver, kind, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
