@@ -870,7 +870,8 @@ def capture(model, inputs: Mapping[str, torch.Tensor], plan: CapturePlan = FULL,
 
     Raises:
         ModelError: the model produced no attention at all, or it does not take
-        attnviz's function and cannot run eager attention either.
+        attnviz's function and cannot run eager attention either; or the attnviz pass failed after filling a KV
+        cache in ``inputs`` that cannot be cut back for the eager pass (the prompt would be cached twice).
         UsageError: bad rollout settings (head fusion, discard ratio).
     """
     _check_rollout_settings(plan)

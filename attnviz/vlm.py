@@ -205,23 +205,31 @@ def prompt_text(vm: VisionLanguageModel, prompt: str, chat: bool) -> str:
         if not template:
             raise UsageError(f"--chat: the processor of '{vm.source.model_id}' has no chat template")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return vm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # the processor's template, else the tokenizer's (a processor without one of its own refuses otherwise)
+        kwargs = {} if getattr(vm.processor, "chat_template", None) else {"chat_template": template}
+        try:
+            return vm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+        except ValueError as exc:
+            raise UsageError(f"--chat: the chat template of '{vm.source.model_id}' cannot be applied: "
+                             f"{str(exc).strip().splitlines()[0][:200]}") from exc
     token = getattr(vm.processor, "image_token", None) or "<image>"
     return prompt if token in prompt else _placeholder(vm) + prompt
 
 
 def prepare_vlm_prompt(vm: VisionLanguageModel, prompt: str, photo, chat: bool = False) -> VLMPrompt:
-    """Run the processor on ``prompt`` and ``photo`` (a PIL image, any mode: converted to RGB) and tie each image
-    token to its pixel box (:func:`attnviz.inputs.vlm.image_token_layout`).
+    """Run the processor on ``prompt`` and ``photo`` (a PIL image or a path: read as ``attnviz image`` reads it, RGB
+    with its EXIF orientation) and tie each image token to its pixel box (:func:`attnviz.inputs.vlm.image_token_layout`).
 
     Raises:
-        UsageError: empty prompt, ``chat`` without template. InputError: the processor rejects the photo.
-        ModelError: the layout attnviz computes does not hold exactly as many tokens as the processor put in the
-            prompt (the figure would be wrong, so nothing is shown), or the prompt holds not exactly one photo.
+        UsageError: empty prompt, ``chat`` without template. InputError: an unreadable photo; the processor rejects
+            it (a prompt with two image placeholders, for one). ModelError: no image token in the prompt; a photo
+            attnviz cannot place (a LLaVA-NeXT photo too thin for its tiles); a layout that does not hold exactly
+            as many tokens as the processor put in the prompt (the figure would be wrong, so nothing is shown).
     """
+    from attnviz.inputs.imagefile import load_image
     from attnviz.inputs.vlm import image_token_layout
 
-    photo = photo.convert("RGB")
+    photo = load_image(photo)  # RGB, EXIF orientation applied, transparency over white (as attnviz image)
     text = prompt_text(vm, prompt, chat)
     bos = getattr(vm.text.tokenizer, "bos_token", None)
     # a chat template that writes the BOS itself: the tokenizer must not add a second (as apply_chat_template does)
@@ -238,7 +246,7 @@ def prepare_vlm_prompt(vm: VisionLanguageModel, prompt: str, photo, chat: bool =
         raise ModelError(f"the processor of '{vm.source.model_id}' put no image token into the prompt")
     try:
         layout = image_token_layout(vm.model_type, vm.model.config, vm.processor, photo.size, enc)
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError, IndexError) as exc:
         raise ModelError(f"cannot place the image tokens of '{vm.source.model_id}' on the photo: {exc}") from exc
     if layout.num_tokens != len(positions):
         raise ModelError(f"'{vm.source.model_id}': the processor put {len(positions)} image tokens into the prompt, but "

@@ -326,6 +326,10 @@ def test_token_view_with_layer_shows_its_heads(vlm_models):
         assert np.allclose(got, A.paint(vgen.layout, w, "image", max_side=256), equal_nan=True)
     fig = token_image_view(vgen, 1, layer=0, head=2)
     assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_images()] == ["layer 0, head 2"]
+    fig = token_image_view(vgen, 1, head=2)  # --head alone: that head in every layer
+    L = vgen.generation.num_layers
+    assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_images()] == (
+        ["head 2, mean over layers"] + [f"L{l} H2" for l in range(L)])
 
 
 def test_models_load_without_hub_kernels(tmp_path):
@@ -345,3 +349,65 @@ def test_models_load_without_hub_kernels(tmp_path):
     with pytest.raises(Exception):
         load_model(resolve_model(str(tmp_path)), Auto, LoadOptions(device_map="auto"))
     assert seen["use_kernels"] is False and seen["device_map"] == "auto"
+
+
+@pytest.mark.parametrize("kind,chat", [("paligemma", False), ("llava_onevision", False), ("llava", True)])
+def test_image_share_is_all_the_weight_on_image_tokens_even_at_key_0(vlm_models, kind, chat):
+    """PaliGemma puts its image first (and OneVision without a chat template may): key 0 is then an image token, which
+    counts with the image, never as the 'first token'; image_share is always the whole weight on the image tokens."""
+    from attnviz.analysis import vlm as A
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models(kind))), chat=chat, max_new_tokens=3)
+    s = A.shares(vgen)
+    for i in range(3):
+        assert s.image_share[i] == pytest.approx(A.image_weights(vgen, i).sum(), abs=1e-9)
+    first_is_image = vgen.image_positions[0] == 0
+    assert first_is_image == (kind == "paligemma" or vgen.generation.prompt.tokens[0] == "<image>")
+    if first_is_image:
+        assert np.all(s.group("first") == 0)
+    else:
+        assert np.all(s.group("first") > 0)
+    if kind == "paligemma":
+        assert first_is_image
+
+
+@pytest.mark.parametrize("kind", VLM_KINDS)
+def test_tile_grids_index_the_tokens_in_layout_order(vlm_models, kind):
+    """The sink criterion's neighbours come from each tile's grid: the token at grid cell (r, c) is the one whose box
+    is that cell (newline tokens left out), for every family's layout."""
+    from attnviz.analysis.vlm import _tile_index
+    from attnviz.vlm import load_vlm, prepare_vlm_prompt
+
+    vm = load_vlm(str(vlm_models(kind)))
+    layout = prepare_vlm_prompt(vm, PROMPT, _photo(), chat=kind not in NO_CHAT).layout
+    boxes = layout.token_boxes()
+    for tile in layout.tiles:
+        assert np.allclose(boxes[_tile_index(tile)], tile.cell_boxes())
+
+
+def test_a_photo_too_thin_for_its_tiles_is_refused_in_one_line(vlm_models):
+    from attnviz.errors import ModelError
+    from attnviz.vlm import load_vlm, prepare_vlm_prompt
+
+    vm = load_vlm(str(vlm_models("llava_next")))
+    with pytest.raises(ModelError, match="too thin"):
+        prepare_vlm_prompt(vm, PROMPT, _photo(2, 300), chat=True)
+
+
+def test_chat_uses_the_tokenizers_template_when_the_processor_has_none(vlm_models, tmp_path):
+    import shutil
+
+    from attnviz.vlm import load_vlm, prompt_text
+
+    want = prompt_text(load_vlm(str(vlm_models("llava"))), PROMPT, chat=True)
+    copy = tmp_path / "llava"
+    shutil.copytree(vlm_models("llava"), copy)
+    template = (copy / "chat_template.jinja").read_text()
+    (copy / "chat_template.jinja").unlink()  # the template moves into the tokenizer's config only
+    doc = json.loads((copy / "tokenizer_config.json").read_text())
+    doc["chat_template"] = template
+    (copy / "tokenizer_config.json").write_text(json.dumps(doc))
+    vm = load_vlm(str(copy))
+    assert not vm.processor.chat_template and vm.text.tokenizer.chat_template
+    assert prompt_text(vm, PROMPT, chat=True) == want

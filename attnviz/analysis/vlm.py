@@ -8,8 +8,9 @@ Definitions (said in the JSON and the figures):
 - a step's **share** on a group of keys, in one layer: the mean over that layer's heads of the sum of the row's
   attention probabilities over those keys (0-1); the four groups partition the keys, so their shares sum to 1;
 - ``image_share`` of a step: that share on the image tokens, averaged over the layers (each layer counts once);
-- the **first token** (key 0) is its own group, whatever it is (it is often an attention sink, Xiao et al. 2024);
-  the other groups leave it out.
+- the **first token** (key 0) is its own group (it is often an attention sink, Xiao et al. 2024) and the other groups
+  leave it out -- unless it is an image token (PaliGemma puts the image first): then it counts with the image, so that
+  ``image_share`` is always the whole weight on the image tokens, and the first-token group is empty.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ VIEW_TITLES = {"image": "photo", "global": "global view (whole photo)", "tiles":
 GROUPS = ("image", "prompt", "generated", "first")
 SHARE_RULE = ("share of a step on a group of keys: in each layer, the mean over heads of the sum of the row's attention "
               "probabilities over those keys; image_share: that share on the image tokens, averaged over layers. Groups: "
-              "image tokens, prompt text (the other prompt tokens), generated tokens, and the first token (key 0) on its own")
+              "image tokens, prompt text (the other prompt tokens), generated tokens, and the first token (key 0) on its own "
+              "(where key 0 is an image token, as in PaliGemma, it counts with the image and the first-token group is empty)")
 
 
 def key_groups(num_keys: int, context_length: int, image_positions) -> np.ndarray:
-    """Int8 ``[num_keys]``: each key's group as an index into :data:`GROUPS` (key 0 is ``"first"``)."""
+    """Int8 ``[num_keys]``: each key's group as an index into :data:`GROUPS` (key 0 is ``"first"`` unless it is an
+    image token)."""
     g = np.full(num_keys, GROUPS.index("generated"), dtype=np.int8)
     g[:context_length] = GROUPS.index("prompt")
-    g[np.asarray(image_positions, dtype=np.int64)] = GROUPS.index("image")
     g[0] = GROUPS.index("first")
+    g[np.asarray(image_positions, dtype=np.int64)] = GROUPS.index("image")
     return g
 
 
@@ -173,7 +176,8 @@ def collapse_image(generation, image_positions):
         return generation
     K = generation.attentions.shape[-1]
     first = positions[0]
-    keep = [i for i in range(K) if i not in set(positions) or i == first]
+    image = set(positions)
+    keep = [i for i in range(K) if i not in image or i == first]
     att = generation.attentions[..., keep].clone()
     att[..., keep.index(first)] = generation.attentions[..., positions].sum(dim=-1)
     C = generation.context_length
@@ -218,32 +222,48 @@ def paint(layout, weights: np.ndarray, view: str, max_side: int = 768) -> np.nda
 SINK_FACTOR, SINK_ISOLATION, SINK_GAP, MAX_SINKS = 10.0, 4.0, 2.0, 4
 
 
+def _tile_index(tile) -> np.ndarray:
+    """Int64 ``[rows, cols]``: the image token (layout order) at each cell of ``tile``'s grid (newline tokens left out)."""
+    rows, cols = tile.grid
+    width = cols + 1 if getattr(tile, "newline", False) else cols
+    return tile.token_range[0] + (np.arange(rows)[:, None] * width + np.arange(cols)[None, :])
+
+
 def image_sinks(weights: np.ndarray, layout, view: str) -> list[int]:
     """Image tokens of ``view`` that soak up the attention like a sink, by the criterion of
-    :func:`attnviz.analysis.sinks.find_sinks` (a share at least 10x uniform, at least 4x any neighbouring token --
-    neighbours: boxes that touch, across seams under a quarter of a token --, and the sinks together at least 2x the next token), in decreasing weight."""
+    :func:`attnviz.analysis.sinks.find_sinks` (a share of the view's weight at least 10x uniform, at least 4x any of
+    its 8 neighbours in its tile's grid, and the sinks together at least 2x the next token), in decreasing weight.
+    Cost: O(tokens), also for a photo of many thousand image tokens."""
     idx = view_tokens(layout, view)
     n = idx.size
     if n < 2:
         return []
-    w = np.asarray(weights, dtype=np.float64)[idx]
-    total = w.sum()
+    w = np.asarray(weights, dtype=np.float64)
+    total = w[idx].sum()
     if total <= 0:
         return []
-    s = w / total
-    b = layout.token_boxes()[idx]
-    sides = np.concatenate([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]])
-    eps = 0.25 * float(np.median(sides))  # tiles may leave thin unseen seams (LLaVA-OneVision's 378 of 384 px)
-    touch = ((b[:, None, 0] <= b[None, :, 2] + eps) & (b[None, :, 0] <= b[:, None, 2] + eps)
-             & (b[:, None, 1] <= b[None, :, 3] + eps) & (b[None, :, 1] <= b[:, None, 3] + eps))
-    np.fill_diagonal(touch, False)
-    near = np.where(touch, s[None, :], 0.0).max(axis=1)
+    share = np.zeros_like(w)
+    share[idx] = w[idx] / total
+    near = np.zeros_like(w)
+    for tile in layout.tiles:
+        if getattr(tile, "view", "image") != view:
+            continue
+        cells = _tile_index(tile)
+        grid = np.pad(share[cells], 1)
+        rows, cols = cells.shape
+        best = np.zeros((rows, cols))
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    best = np.maximum(best, grid[1 + dr:1 + dr + rows, 1 + dc:1 + dc + cols])
+        near[cells] = best
+    s = share[idx]
     order = np.argsort(-s, kind="stable")
-    best = 0
+    best_j = 0
     for j in range(1, min(MAX_SINKS, n - 1) + 1):
         k = order[j - 1]
-        if s[k] < SINK_FACTOR / n or s[k] < SINK_ISOLATION * near[k]:
+        if s[k] < SINK_FACTOR / n or s[k] < SINK_ISOLATION * near[idx[k]]:
             break
         if s[k] >= SINK_GAP * s[order[j]]:
-            best = j
-    return [int(idx[k]) for k in order[:best]]
+            best_j = j
+    return [int(idx[k]) for k in order[:best_j]]

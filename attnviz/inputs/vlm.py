@@ -440,6 +440,9 @@ def anyres_layout(image_size: tuple[int, int], grid_pinpoints, tile_size: int, p
         step = count / out
         return tuple((pixel(start + i * step, False), pixel(start + (i + 1) * step, True)) for i in range(out))
 
+    if min(rows, cols, out_rows, out_cols) < 1:
+        raise ValueError(f"the {W}x{H} photo is too thin for its tiles: the unpadded grid is {out_rows}x{out_cols} "
+                         "features (the processor's image tokens would be newlines only)")
     xs = spans(c0, cols, out_cols, paste_x, new_w, W)
     ys = spans(r0, rows, out_rows, paste_y, new_h, H)
     seen = n * p / T

@@ -347,8 +347,6 @@ def _check_audio(name: str, options) -> CheckReport:
     return _report(sm.source.model_id, sm.model_type, f"audio ({what})", sm.model, rows, backends)
 
 
-#: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
-#: ``(name, LoadOptions) -> CheckReport``.
 #: Prompt and answer length of the vision-language check.
 CHECK_VLM_PROMPT, CHECK_VLM_TOKENS = "Describe the photo.", 6
 
@@ -357,7 +355,8 @@ def _check_vlm(name: str, options) -> CheckReport:
     """A vision-language model answers :data:`CHECK_VLM_PROMPT` about each of :data:`CHECK_IMAGES` and a tall photo
     (greedy, :data:`CHECK_VLM_TOKENS` tokens); every generated token's row (every layer and head) is compared with
     eager ``output_attentions`` of one forward over the prompt, its pixel inputs and the generated ids
-    (:func:`attnviz.vlm.eager_generation_rows`), and the greedy ids with ``model.generate``: ids that differ make the
+    (:func:`attnviz.vlm.eager_generation_rows`), and the greedy ids with plain greedy ``model.generate`` (the
+    checkpoint's own repetition penalty and the like left out, as attnviz decodes): ids that differ make the
     row's difference infinite (not exact)."""
     import torch
 
@@ -374,17 +373,25 @@ def _check_vlm(name: str, options) -> CheckReport:
         prepared = prepare_vlm_prompt(vm, CHECK_VLM_PROMPT, photo, chat=chat)
         ref = eager_generation_rows(vm, prepared, g.generated_ids)
         diff = float((ref - g.attentions).abs().max())
+        from transformers import GenerationConfig
+
+        own = vm.model.generation_config
+        # plain greedy decoding, as attnviz decodes: none of the checkpoint's own repetition penalty, top-k...
+        plain = GenerationConfig(do_sample=False, max_new_tokens=g.num_generated, min_new_tokens=g.num_generated,
+                                 eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id, bos_token_id=own.bos_token_id)
         with torch.inference_mode():
             device = next(vm.model.parameters()).device
-            out = vm.model.generate(**{k: v.to(device) for k, v in prepared.inputs.items()},
-                                    max_new_tokens=g.num_generated, min_new_tokens=g.num_generated, do_sample=False)
+            out = vm.model.generate(**{k: v.to(device) for k, v in prepared.inputs.items()}, generation_config=plain)
+        label = f"{size[0]}×{size[1]} ({vgen.num_image_tokens} img)"
         if out[0, g.prompt_length:].tolist() != list(g.generated_ids):
-            diff = float("inf")
-        rows.append(KindCheck(f"{size[0]}×{size[1]} ({vgen.num_image_tokens} img)", "self", g.num_layers,
+            diff, label = float("inf"), label + " ids≠generate"
+        rows.append(KindCheck(label, "self", g.num_layers,
                               g.num_heads, g.num_generated, g.prompt_length + g.num_generated, True, 0, diff))
     return _report(vm.source.model_id, vm.model_type, "vision-language", vm.model, rows, [g.backend])
 
 
+#: The built-in inputs of ``attnviz check`` per modality name (:data:`attnviz.inputs.MODALITIES`): a function
+#: ``(name, LoadOptions) -> CheckReport``.
 CHECK_INPUTS: dict[str, Callable] = {"text": _check_text, "image": _check_image, "detection": _check_detection,
                                      "audio": _check_audio, "vision-language": _check_vlm}
 

@@ -3,8 +3,9 @@ attention is kept (exact, float32), split into image / prompt / answer / first t
 
 ::
 
-    from attnviz.pipelines.generate import GenerateRequest, run
     from attnviz.pipelines.common import ModelRequest
+    from attnviz.pipelines.generate import GenerateRequest
+    from attnviz.pipelines.vlm import run
 
     run_ = run(GenerateRequest("What is on the table?", image="photo.jpg", chat=True,
                                model=ModelRequest("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")))
@@ -13,7 +14,7 @@ attention is kept (exact, float32), split into image / prompt / answer / first t
     run_.to_json()             # what `attnviz generate ... --image ... --json` prints
 
 Files: ``answer``, ``token-{i}`` (the ``--token``/``--step`` token, else the one that looks at the image most),
-``image-share``, ``generation-map`` and ``sink-share`` (image tokens collapsed into one key), ``report.html`` with
+``image-share``, ``generation-map`` (image tokens collapsed into one key), ``sink-share``, ``report.html`` with
 ``--format html``; all written together at the end, or none.
 """
 
@@ -178,7 +179,7 @@ def _write_views(vgen, collapsed, shares, image_step: int, q, output, fmt: str, 
         output.figure(token_image_view(vgen, image_step, layer=q.layer, head=q.head, style=style), f"token-{image_step}", fmt),
         output.figure(image_share_view(vgen, shares, style=style), "image-share", fmt),
         output.figure(generation_map(collapsed, q.layer, q.head, q.fusion, style=style), "generation-map", fmt),
-        output.figure(sink_view(collapsed, style=style), "sink-share", fmt),
+        output.figure(sink_view(vgen.generation, style=style), "sink-share", fmt),  # key 0 itself, image or not
     ]
 
 

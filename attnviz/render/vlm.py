@@ -127,8 +127,12 @@ def _panels(vgen, step: int, top_heads: int, layer: int | None = None, head: int
             ) -> list[tuple[str, np.ndarray]]:
     """``(title, weights [image tokens])`` per panel. Default: the mean over layers, each layer (head mean) and the
     ``top_heads`` heads with the largest image share; with ``layer``: that layer's head mean and each of its heads;
-    with ``head`` too: that one head."""
+    with ``head`` too: that one head; with ``head`` alone: that head in every layer."""
     g = vgen.generation
+    if layer is None and head is not None:  # that head in every layer
+        head = head % g.num_heads
+        panels = [(f"head {head}, mean over layers", A.image_weights(vgen, step, None, head))]
+        return panels + [(f"L{l} H{head}", A.image_weights(vgen, step, l, head)) for l in range(g.num_layers)]
     if layer is not None:
         layer = layer % g.num_layers
         if head is not None:
@@ -148,7 +152,8 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
                      style: Style | None = None) -> Figure:
     """Generated token ``step``'s attention on the image tokens, drawn over the photo: panels for the mean over
     layers, each layer (head mean) and the ``top_heads`` heads whose row puts the most on the image (with ``layer``:
-    that layer's head mean and each of its heads; with ``head`` too, that head alone); one block of panels per view
+    that layer's head mean and each of its heads; with ``head`` too, that head alone; with ``head`` alone, that head in
+    every layer); one block of panels per view
     (:func:`attnviz.analysis.vlm.views_of`: the photo, or the global image and the tiles).
 
     Colour: attention probability, one scale from 0 shared by every panel; image tokens that act as sinks in the
