@@ -97,11 +97,15 @@ def _prompt_text(tm: TextModel, prompt: str, chat: bool) -> str:
 
 
 def token_label(tokenizer, token_id: int) -> str:
-    """A display label for one generated token id: its decoded text, stripped (``␣`` for whitespace)."""
+    """A display label for one generated token id: its decoded text, stripped (``␣`` for whitespace; ``<id N>`` for
+    an id past the tokenizer's vocabulary, which a model whose embedding has spare rows can generate)."""
     text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    token = tokenizer.convert_ids_to_tokens(int(token_id))
+    if token is None:  # an id past the tokenizer's vocabulary (the model's embedding has spare rows)
+        return f"<id {int(token_id)}>"
     if "\ufffd" in text:  # part of a multi-byte character: show the token itself
-        return tokenizer.convert_ids_to_tokens(int(token_id))
-    return text.strip() or ("␣" if text else tokenizer.convert_ids_to_tokens(int(token_id)))
+        return token
+    return text.strip() or ("␣" if text else token)
 
 
 def _accepts(model, name: str) -> bool:

@@ -411,3 +411,13 @@ def test_chat_uses_the_tokenizers_template_when_the_processor_has_none(vlm_model
     vm = load_vlm(str(copy))
     assert not vm.processor.chat_template and vm.text.tokenizer.chat_template
     assert prompt_text(vm, PROMPT, chat=True) == want
+
+
+def test_an_id_past_the_tokenizers_vocabulary_is_labelled_by_its_id(vlm_models):
+    from attnviz.generate import token_label
+    from attnviz.vlm import load_vlm
+
+    tok = load_vlm(str(vlm_models("qwen2_vl"))).text.tokenizer
+    past = len(tok) + 3
+    assert token_label(tok, past) == f"<id {past}>"
+    assert token_label(tok, tok.convert_tokens_to_ids("<|im_end|>")) == "<|im_end|>"
