@@ -44,7 +44,8 @@ PROVEN_TYPES: frozenset[str] = frozenset({
     # speech (tests/audio_tiny.py, tests/test_audio.py; WavLM is recomputed and checked on every call instead)
     "whisper", "wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat",
     # vision-language models while they answer (tests/vlm_tiny.py VLM_KINDS, tests/test_vlm.py)
-    "llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3",
+    "llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "paligemma",
+    "gemma3",
 })
 #: Query positions of the run-time check's probe (a prefix of the text).
 PROBE_TOKENS = 32

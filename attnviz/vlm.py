@@ -26,7 +26,8 @@ from attnviz.types import GenerationAttention, TokenInfo
 #: ``config.model_type`` of the vision-language models attnviz generates with (tests/test_vlm.py proves each).
 VLM_TYPES: dict[str, str] = {
     "llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT", "llava_onevision": "LLaVA-OneVision", "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL", "idefics3": "Idefics3", "smolvlm": "SmolVLM", "paligemma": "PaliGemma", "gemma3": "Gemma-3",
+    "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL", "idefics3": "Idefics3", "smolvlm": "SmolVLM",
+    "paligemma": "PaliGemma", "gemma3": "Gemma-3",
 }
 
 #: Label of an image token in token lists and figures.
@@ -183,7 +184,7 @@ def _placeholder(vm: VisionLanguageModel) -> str:
     """The text that stands for the photo in a prompt without chat template (the processor expands it)."""
     proc = vm.processor
     token = getattr(proc, "image_token", None) or "<image>"
-    if vm.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if vm.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         start = getattr(proc, "vision_start_token", None) or "<|vision_start|>"
         end = getattr(proc, "vision_end_token", None) or "<|vision_end|>"
         return f"{start}{token}{end}"
@@ -357,9 +358,10 @@ def _verify_language_model(vm: VisionLanguageModel, enabled: bool) -> str | None
 
 
 #: Language model types proven inside a VLM by the tests although not as text models on their own
-#: (Qwen2-VL's text model with M-RoPE): text type -> VLM types.
+#: (Qwen2-VL's text model with M-RoPE, Qwen3-VL's with interleaved M-RoPE and deepstack): text type -> VLM types.
 VLM_PROVEN_TEXT: dict[str, tuple[str, ...]] = {
-    "qwen2_vl_text": ("qwen2_vl",), "qwen2_5_vl_text": ("qwen2_5_vl",), "gemma": ("paligemma",), "gemma3_text": ("gemma3",),
+    "qwen2_vl_text": ("qwen2_vl",), "qwen2_5_vl_text": ("qwen2_5_vl",), "qwen3_vl_text": ("qwen3_vl",),
+    "gemma": ("paligemma",), "gemma3_text": ("gemma3",),
 }
 
 #: ``token_type_ids`` of generated tokens in a one-forward reference, as ``model.generate`` treats them: PaliGemma's
@@ -387,7 +389,7 @@ def eager_generation_rows(vm: VisionLanguageModel, prepared: VLMPrompt, generate
     new = torch.tensor([list(generated_ids)], device=device, dtype=inputs["input_ids"].dtype)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], new], 1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if "mm_token_type_ids" in inputs:  # Qwen2-VL: generated tokens are text
+    if "mm_token_type_ids" in inputs:  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: generated tokens are text (0)
         mm = inputs["mm_token_type_ids"]
         inputs["mm_token_type_ids"] = torch.cat([mm, torch.zeros(1, T, dtype=mm.dtype, device=device)], 1)
     if "token_type_ids" in inputs:  # PaliGemma: generated tokens are the causal suffix (1); Gemma-3: text (0)

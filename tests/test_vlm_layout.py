@@ -17,22 +17,34 @@ def _gradient(width: int, height: int, blue: int = 0):
     return Image.fromarray(np.stack([x, y, np.full_like(x, blue)], -1).round().astype(np.uint8))
 
 
-@pytest.mark.parametrize("size", [(400, 400), (640, 240), (240, 640), (1000, 120)])
-def test_qwen2_vl_token_boxes_hold_their_pixels(size):
-    """Square, wide, tall and very wide photos: as many boxes as the processor's own count (grid_t * grid_h * grid_w
-    // merge_size^2); the boxes tile the photo; and the centre pixel of every patch the processor put into a token,
-    decoded back to photo coordinates, lies in that token's box (which also pins the processor's patch order: 2x2
-    windows, row-major over the merged grid)."""
+def _qwen3_vl_image_processor():
+    """Qwen/Qwen3-VL-2B-Instruct's image processor (PIL backend): patch 16, merge 2 (32-pixel tokens), mean = std =
+    0.5, 256 * 256 .. 4096 * 4096 pixels."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from attnviz.inputs.vlm import qwen2_vl_layout
+    return Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
+                                    image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
 
-    proc = Qwen2VLImageProcessorPil()
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("size", [(400, 400), (640, 240), (240, 640), (1000, 120)])
+def test_qwen2_vl_token_boxes_hold_their_pixels(size, family):
+    """Square, wide, tall and very wide photos, through Qwen2-VL's processor (patch 14) and Qwen3-VL's (patch 16):
+    as many boxes as the processor's own count (grid_t * grid_h * grid_w // merge_size^2); the boxes tile the photo;
+    and the centre pixel of every patch the processor put into a token, decoded back to photo coordinates, lies in
+    that token's box (which also pins the processor's patch order: 2x2 windows, row-major over the merged grid)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from attnviz.inputs.vlm import image_token_layout, qwen2_vl_layout
+
+    proc = Qwen2VLImageProcessorPil() if family == "qwen2_vl" else _qwen3_vl_image_processor()
     W, H = size
     out = proc(images=_gradient(W, H), return_tensors="pt")
     grid = out["image_grid_thw"][0].tolist()
     m, p = proc.merge_size, proc.patch_size
+    assert p == (14 if family == "qwen2_vl" else 16)
     layout = qwen2_vl_layout((W, H), grid, m)
+    assert image_token_layout(family, None, proc, (W, H), out) == layout
     boxes = layout.token_boxes()
     assert len(boxes) == grid[0] * grid[1] * grid[2] // m ** 2 == layout.num_tokens
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()
@@ -423,18 +435,18 @@ def test_llava_dispatch_counts_like_the_processor(strategy):
 
 
 def test_qwen2_vl_dispatch_and_refusals():
-    """Qwen2-VL / Qwen2.5-VL through the dispatcher; other model types, and a llava_next whose feature strategy
-    would not give a square of features, are refused with a one-line ValueError."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL through the dispatcher; other model types, and a llava_next whose feature
+    strategy would not give a square of features, are refused with a one-line ValueError."""
     from transformers import LlavaNextConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from attnviz.inputs.vlm import LAYOUT_TYPES, image_token_layout
 
-    assert LAYOUT_TYPES == {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-                            "paligemma", "gemma3"}
+    assert LAYOUT_TYPES == {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3",
+                            "smolvlm", "paligemma", "gemma3"}
     proc = Qwen2VLImageProcessorPil()
     out = proc(images=_gradient(640, 240), return_tensors="pt")
-    for kind in ("qwen2_vl", "qwen2_5_vl"):
+    for kind in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         layout = image_token_layout(kind, None, proc, (640, 240), out)
         assert layout.num_tokens == int(out["image_grid_thw"][0].prod()) // 4
     with pytest.raises(ValueError, match="no image-token layout for model type 'mllama'"):

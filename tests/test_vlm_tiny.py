@@ -31,8 +31,9 @@ PROMPTS = {
     "gemma3": "<bos><start_of_turn>user\n<start_of_image>What is on the table?<end_of_turn>\n<start_of_turn>model\n",
 }
 PROMPTS["qwen2_5_vl"] = PROMPTS["qwen2_vl"]
+PROMPTS["qwen3_vl"] = PROMPTS["qwen2_vl"].removeprefix("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
 #: image tokens for the square (224 px) photo
-SQUARE_TOKENS = {"llava": 16, "llava_next": 24, "llava_onevision": 51, "qwen2_vl": 16, "qwen2_5_vl": 16,
+SQUARE_TOKENS = {"llava": 16, "llava_next": 24, "llava_onevision": 51, "qwen2_vl": 16, "qwen2_5_vl": 16, "qwen3_vl": 16,
                  "idefics3": 40, "smolvlm": 40, "paligemma": 16, "gemma3": 16}
 #: what the processor returns, per kind
 INPUT_KEYS = {
@@ -42,7 +43,7 @@ INPUT_KEYS = {
     "qwen2_vl": {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"},
     "idefics3": {"input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"},
 }
-INPUT_KEYS["qwen2_5_vl"] = INPUT_KEYS["qwen2_vl"]
+INPUT_KEYS["qwen2_5_vl"] = INPUT_KEYS["qwen3_vl"] = INPUT_KEYS["qwen2_vl"]
 INPUT_KEYS["smolvlm"] = INPUT_KEYS["idefics3"]
 INPUT_KEYS["paligemma"] = {"input_ids", "attention_mask", "pixel_values", "token_type_ids", "labels"}
 INPUT_KEYS["gemma3"] = {"input_ids", "attention_mask", "pixel_values", "token_type_ids"}
@@ -127,8 +128,8 @@ def test_folder_loads_offline(kind, vlm):
         AutoProcessor.from_pretrained(path)
     except ImportError as err:
         assert not is_torchvision_available() and "torchvision" in str(err).lower()
-        assert type(processor).__name__ in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "LlavaOnevisionProcessor",
-                                            "SmolVLMProcessor")
+        assert type(processor).__name__ in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor",
+                                            "LlavaOnevisionProcessor", "SmolVLMProcessor")
     model = AutoModelForImageTextToText.from_pretrained(path)
     assert type(model).__name__.lower().replace("_", "").startswith(kind.replace("_", ""))
     assert next(model.parameters()).dtype == torch.float32

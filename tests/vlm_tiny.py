@@ -23,6 +23,9 @@ llava_onevision  OneVision: SigLIP + Qwen2         anyres, 42 px tiles of 3x3 pa
                                                    anyres_max_4 (9x9 pooled to 6x6)
 qwen2_vl         Qwen2-VL: M-RoPE                  patch 14, merge 2x2, 4..16 tokens       9 (96 px), 16 (>= 112 px)
 qwen2_5_vl       Qwen2.5-VL: window attention      patch 14, merge 2x2, 4..16 tokens       9 (96 px), 16 (>= 112 px)
+qwen3_vl         Qwen3-VL: interleaved M-RoPE,     patch 16, merge 2x2, 4..16 tokens,      9 (96 px), 16 (>= 128 px)
+                 deepstack (vision layer 0 into    learned 8x8 position grid resampled
+                 LM layer 0's output)
 idefics3         Idefics3: SigLIP + Llama          split into 56 px tiles (<= 3x3) + the   3x3 tiles + global, 4 each
                                                    global one, patch 14, pixel shuffle 2   = 40
 smolvlm          SmolVLM: SigLIP + SmolLM (Llama)  as Idefics3, 32 px tiles, patch 8       40
@@ -49,7 +52,7 @@ logits are nearly flat, |logit| < 1, and EOS would otherwise come now and then).
 
 Without torchvision (this project's test environment), ``AutoProcessor.from_pretrained`` cannot load any processor
 that holds a video processor -- Qwen2-VL, Qwen2.5-VL, OneVision, SmolVLM, the real checkpoints as well as these: it
-raises ImportError. :func:`load_processor` then builds the same processor without one. SmolVLM's processor also
+raises ImportError (Qwen3-VL's too). :func:`load_processor` then builds the same processor without one. SmolVLM's processor also
 needs the ``num2words`` package (:data:`REQUIRES`), to build as well as to load.
 """
 
@@ -64,7 +67,8 @@ from tiny import bpe_tokenizer
 #: the Gemma-based families (token_type_ids: PaliGemma's two-way prefix, Gemma-3's two-way images)
 GEMMA_KINDS = ("paligemma", "gemma3")
 #: the families :func:`make_vlm` builds (and attnviz generate --image proves, tests/test_vlm.py)
-VLM_KINDS = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm") + GEMMA_KINDS
+VLM_KINDS = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3",
+             "smolvlm") + GEMMA_KINDS
 #: kinds without a chat template (like the real checkpoints): a plain prompt
 NO_CHAT = ("paligemma",)
 #: the token_type_ids value of a generated token, in one forward over prompt + generated ids that gives what
@@ -122,6 +126,19 @@ QWEN_VL_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' or 'image' in c %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: Qwen/Qwen3-VL-2B-Instruct (no default system prompt; its thinking/tool branches left out):
+#: "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is on the table?<|im_end|>\n<|im_start|>assistant\n"
+QWEN3_VL_TEMPLATE = (
+    "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for c in message['content'] %}"
@@ -299,6 +316,9 @@ VIDEO_PROCESSORS = {
                 "max_image_size": {"longest_edge": 32}},
 }
 VIDEO_PROCESSORS["qwen2_5_vl"] = VIDEO_PROCESSORS["qwen2_vl"]
+VIDEO_PROCESSORS["qwen3_vl"] = {"video_processor_type": "Qwen3VLVideoProcessor", "patch_size": 16, "merge_size": 2,
+                                "temporal_patch_size": 2, "size": {"shortest_edge": 32 * 32 * 8,
+                                                                   "longest_edge": 32 * 32 * 16 * 2}}
 
 
 def _save_processor(processor, path: Path, kind: str) -> None:
@@ -418,6 +438,33 @@ def _build_parts(kind: str):
         )
         cls = tf.Qwen2VLProcessor if kind == "qwen2_vl" else tf.Qwen2_5_VLProcessor
         processor = _processor(cls, image_processor=image_processor, tokenizer=tok, chat_template=QWEN_VL_TEMPLATE)
+        return config, processor, [im_end, end]
+
+    if kind == "qwen3_vl":
+        specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+        tok = _tokenizer(specials)
+        (start, end_, image, video, im_end, end) = _ids(
+            tok, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_end|>", "<|endoftext|>",
+        )
+        # interleaved M-RoPE: head_dim 16, 8 rotary frequencies, (T, H, W) sections [4, 2, 2] (real: [24, 20, 20] of 64)
+        rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+        text = dict(**LM, head_dim=16, vocab_size=_vocab(tok), rope_parameters=rope, bos_token_id=end,
+                    eos_token_id=im_end, pad_token_id=end)
+        # patch 16, merge 2x2 (32 px tokens); a learned 8x8 position grid (real 48x48) resampled to the photo's grid;
+        # deepstack: vision layer 0's merged features are added to LM layer 0's output at the image tokens (real:
+        # vision layers 5, 11, 17 into LM layers 0, 1, 2)
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=64, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0])
+        config = tf.Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=image, video_token_id=video,
+                                  vision_start_token_id=start, vision_end_token_id=end_)
+        # real: mean = std = 0.5, 16 * 16 * 2 * 2 * 64 .. 2^24 pixels; here between 2x2 and 4x4 merged tokens (32 px)
+        image_processor = tf.Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 16}, patch_size=16, merge_size=2,
+            temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        )
+        processor = _processor(tf.Qwen3VLProcessor, image_processor=image_processor, tokenizer=tok,
+                               chat_template=QWEN3_VL_TEMPLATE)
         return config, processor, [im_end, end]
 
     if kind in ("idefics3", "smolvlm"):

@@ -34,7 +34,7 @@ def generate_command(
     head: Optional[int] = typer.Option(None, "--head", help="Head (0-based; default: all heads, combined with --fusion in the maps)."),
     fusion: str = typer.Option("mean", "--fusion", help="mean or max over heads in the generation map (without --head)."),
     top: int = typer.Option(3, "--top", help="Top attended tokens per step in --json."),
-    image: Optional[Path] = typer.Option(None, "--image", "-i", help="A photo for a vision-language model (LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM, PaliGemma, Gemma-3) to answer about: writes answer, token-{i} (over the photo), image-share."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="A photo for a vision-language model (LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3, SmolVLM, PaliGemma, Gemma-3) to answer about: writes answer, token-{i} (over the photo), image-share."),
     method: Optional[str] = typer.Option(None, "--method", help="Explain the --token/--step token (default: the last) with these methods: attention, rollout, grad-attention, relevance, value-norm (comma-separated or 'all')."),
     out: Path = OUT,
     fmt: str = FORMAT,

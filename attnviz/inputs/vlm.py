@@ -11,9 +11,9 @@ Supported (:data:`LAYOUT_TYPES`, dispatched by :func:`image_token_layout`):
 * LLaVA-1.5 (``llava``, :func:`center_crop_layout`): a CLIP processor resizes the photo's shortest edge to the crop
   size and keeps the centre square; the grid of patches is the image tokens ([CLS] dropped by the ``"default"``
   feature strategy; with ``"full"`` it is one more token, first, drawn over the whole crop).
-* Qwen2-VL / Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``, :func:`qwen2_vl_layout`): the photo is resized, without
-  cropping or padding, to ``grid_h x grid_w`` patches, and each ``merge_size x merge_size`` window of patches is one
-  token, row-major over the merged grid.
+* Qwen2-VL / Qwen2.5-VL / Qwen3-VL (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, :func:`qwen2_vl_layout`): the photo
+  is resized, without cropping or padding, to ``grid_h x grid_w`` patches (14 pixels; Qwen3-VL's 16), and each
+  ``merge_size x merge_size`` window of patches is one token, row-major over the merged grid.
 * LLaVA-NeXT / LLaVA-OneVision (``llava_next``, ``llava_onevision``, :func:`anyres_layout`): first the base view (the
   whole photo squashed to one vision tile, no newline tokens), then the high-resolution tiles as ONE combined grid
   over the photo after the model's unpadding, each of its rows followed by one ``image_newline`` token; OneVision
@@ -37,8 +37,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 #: The ``config.model_type`` values :func:`image_token_layout` places.
-LAYOUT_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-                          "paligemma", "gemma3"})
+LAYOUT_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3",
+                          "smolvlm", "paligemma", "gemma3"})
 
 Span = tuple[float, float]
 
@@ -240,7 +240,7 @@ def _layout(image_size, tiles: list[dict]) -> ImageTokenLayout:
 
 
 def qwen2_vl_layout(image_size: tuple[int, int], grid_thw, merge_size: int = 2) -> ImageTokenLayout:
-    """The image tokens of a photo for Qwen2-VL / Qwen2.5-VL.
+    """The image tokens of a photo for Qwen2-VL / Qwen2.5-VL / Qwen3-VL.
 
     Args:
         image_size: the original photo's ``(width, height)`` in pixels.
@@ -649,7 +649,7 @@ def image_token_layout(model_type: str, config, processor, image_size: tuple[int
     W, H = (int(v) for v in image_size)
     vision = _get(config, "vision_config", {})
     ip = getattr(processor, "image_processor", processor)
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         if "image_grid_thw" not in processed:
             raise ValueError("the processor returned no image_grid_thw")
         merge = int(_get(ip, "merge_size", _get(vision, "spatial_merge_size", 2)))
