@@ -294,7 +294,7 @@ def attend_generation(
     verdict = verify_model(lm, tm.model_type, probe, verify and prepared is None)
     backend = "eager" if verdict.use_eager else "auto"
     # prefill: the prompt (or the decoder start token), no attention kept
-    if prepared is not None and backend == "auto":
+    if prepared is not None:  # the run-time check is the caller's, so the backend is "auto"
         # a vision-language model's prefill also runs its vision tower (a batch of tiles, attention the answer's
         # rows never read): the model's own attention fills the KV cache; the steps below capture the rows
         with torch.inference_mode():
@@ -348,6 +348,12 @@ def attend_generation(
             attn = _lazy_zeros((maps.num_layers, maps.num_heads, max_new_tokens, ctx + max_new_tokens))
             kv_heads = maps.kv_heads
         row = maps.rows[:, :, -1, :]  # [L, H, nk]
+        if row.shape[-1] > end or maps.num_layers != attn.shape[0]:
+            # more keys than prompt + generated tokens (a model that inserts tokens of its own, a cache filled
+            # twice), or another set of layers: the row is not this sequence's [query, key] map
+            raise ModelError(f"'{tm.source.model_id}': step {step} attends over {row.shape[-1]} keys in {maps.num_layers} "
+                             f"layers, but its sequence holds {end} tokens and the model {attn.shape[0]} layers; refusing "
+                             "rather than drawing rows that do not line up with the tokens")
         attn[:, :, step, end - row.shape[-1] : end] = row
         if encdec:
             cmaps = cap.attention.get(CROSS)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 WRAPPER = """
 import resource, subprocess, sys, time
@@ -36,3 +38,16 @@ def best_of(runs: list[dict], label: str, floor_like: bool) -> dict:
     best["peak_rss_mb"] = (min if floor_like else max)(r["peak_rss_mb"] for r in ok)
     print(f"{label}: {best['seconds']:.2f} s, {best['peak_rss_mb']:.0f} MB", flush=True)
     return best
+
+
+def run_child(script: str, args: list[str], threads: int, timeout: float) -> dict:
+    """Run ``python script *args`` in a fresh process with ``threads`` BLAS/OpenMP threads, offline, the project
+    on ``PYTHONPATH``; returns the JSON dict its last stdout line prints, or ``{"error": ...}`` with its last lines."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

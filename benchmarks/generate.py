@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _process import run_child  # noqa: E402
 from capture import CONFIG, _reset_peak, _status  # noqa: E402  (the benchmark model of benchmarks/capture.py)
 
 MODES = ("plain", "eager", "attnviz")
@@ -117,14 +117,7 @@ def child(mode: str, prompt_len: int, new: int, model_dir: str, threads: int) ->
 
 
 def _run_child(args: list[str], threads: int, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args, threads, timeout)
 
 
 def _combine(runs: list[dict]) -> dict:

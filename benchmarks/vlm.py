@@ -50,7 +50,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +57,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _process import run_child  # noqa: E402
 from capture import CONFIG, _reset_peak, _status  # noqa: E402  (the language model sizes of benchmarks/capture.py)
 
 MODES = ("plain", "eager", "attnviz", "prefill")
@@ -73,16 +73,8 @@ WARMUP_SIZE = (200, 150)  # 1 tile + base: a quarter of the work
 PROMPT = "t17 t230 t4711 t9 t1234 t86 t3001 t42"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
-#: llava-hf/llava-onevision-qwen2-0.5b-ov-hf's chat template (as tests/vlm_tiny.py's ONEVISION_TEMPLATE)
-TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}{% endfor %}"
-    "{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+sys.path.insert(0, str(HERE.parent / "tests"))
+from vlm_tiny import ONEVISION_TEMPLATE as TEMPLATE  # noqa: E402  (llava-hf/llava-onevision-qwen2-0.5b-ov-hf's)
 
 #: the model's sizes: the full benchmark and the --quick smoke run
 SIZES = {
@@ -310,14 +302,7 @@ def child(mode: str, new: int, model_dir: str, threads: int) -> dict:
 
 
 def _run_child(args: list[str], threads: int, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args, threads, timeout)
 
 
 def _combine(runs: list[dict]) -> dict:

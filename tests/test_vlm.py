@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_tiny import GENERATED_TOKEN_TYPE, NO_CHAT, VLM_KINDS, make_vlm
+from vlm_tiny import NO_CHAT, VLM_KINDS, extend_inputs, make_vlm
 
 PROMPT = "What is on the table?"
 
@@ -39,27 +39,15 @@ def vlm_models(tmp_path_factory):
     return get
 
 
-def model_type(path) -> str:
-    return json.loads((Path(path) / "config.json").read_text())["model_type"]
-
-
 def _eager_rows(path, prepared, generated_ids) -> torch.Tensor:
-    """Eager ``output_attentions`` of one forward over prompt + generated ids with the prompt's pixel inputs:
-    float32 ``[L, H, T, P + T]``, the generated positions' rows."""
+    """Eager ``output_attentions`` of one forward over prompt + generated ids with the prompt's pixel inputs, from a
+    model loaded afresh with eager attention (independent of attnviz.vlm.eager_generation_rows): float32
+    ``[L, H, T, P + T]``, the generated positions' rows; and that model."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
-    inputs = dict(prepared.inputs)
     T = len(generated_ids)
-    ids = torch.cat([inputs["input_ids"], torch.tensor([list(generated_ids)])], 1)
-    inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
-    if "mm_token_type_ids" in inputs:
-        extra = torch.zeros(1, T, dtype=inputs["mm_token_type_ids"].dtype)
-        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
-    if "token_type_ids" in inputs:  # PaliGemma / Gemma-3 (tests/vlm_tiny.py GENERATED_TOKEN_TYPE)
-        tt = inputs["token_type_ids"]
-        fill = GENERATED_TOKEN_TYPE[model_type(path)]
-        inputs["token_type_ids"] = torch.cat([tt, torch.full((1, T), fill, dtype=tt.dtype)], 1)
+    inputs = extend_inputs(dict(prepared.inputs), torch.tensor([list(generated_ids)]), model.config.model_type)
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
     att = torch.stack([a[0] for a in out.attentions])  # [L, H, N, N]: the language model's layers
@@ -145,7 +133,7 @@ def test_paint_puts_each_weight_in_its_box(vlm_models):
     vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=2)
     layout = vgen.layout
     weights = np.arange(vgen.num_image_tokens, dtype=float)
-    view = A.views_of(layout)[0]
+    view = layout.views()[0]
     canvas = A.paint(layout, weights, view, max_side=320)
     W, H = layout.image_size
     boxes = layout.token_boxes()
@@ -161,7 +149,7 @@ def test_image_sinks_flag_an_isolated_spike_only(vlm_models):
 
     vgen = attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=1)
     layout = vgen.layout
-    view = A.views_of(layout)[0]
+    view = layout.views()[0]
     n = vgen.num_image_tokens
     flat = np.full(n, 1.0 / n)
     assert A.image_sinks(flat, layout, view) == []
@@ -280,7 +268,7 @@ def test_views_show_the_numbers_and_fit(vlm_models, kind, size):
     style = Style.from_options(size=size)
     shares = A.shares(vgen)
     fig = token_image_view(vgen, 2, style=style)
-    views = A.views_of(vgen.layout)
+    views = vgen.layout.views()
     g = vgen.generation
     heat = [im for ax in fig.axes for im in ax.get_images() if im.get_gid() == "heatmap"]
     panels = 1 + g.num_layers + min(4, g.num_layers * g.num_heads)
@@ -374,16 +362,16 @@ def test_image_share_is_all_the_weight_on_image_tokens_even_at_key_0(vlm_models,
 
 @pytest.mark.parametrize("kind", VLM_KINDS)
 def test_tile_grids_index_the_tokens_in_layout_order(vlm_models, kind):
-    """The sink criterion's neighbours come from each tile's grid: the token at grid cell (r, c) is the one whose box
-    is that cell (newline tokens left out), for every family's layout."""
-    from attnviz.analysis.vlm import _tile_index
+    """The sink criterion's neighbours come from each tile's grid (``layout.paint`` of the token indices): the token
+    at grid cell (r, c) is the one whose box is that cell (newline tokens left out), for every family's layout."""
     from attnviz.vlm import load_vlm, prepare_vlm_prompt
 
     vm = load_vlm(str(vlm_models(kind)))
     layout = prepare_vlm_prompt(vm, PROMPT, _photo(), chat=kind not in NO_CHAT).layout
     boxes = layout.token_boxes()
-    for tile in layout.tiles:
-        assert np.allclose(boxes[_tile_index(tile)], tile.cell_boxes())
+    for view in layout.views():
+        for tile_cells in layout.paint(np.arange(layout.num_tokens), view):
+            assert np.allclose(boxes[tile_cells.values.astype(int)], tile_cells.tile.cell_boxes())
 
 
 def test_a_photo_too_thin_for_its_tiles_is_refused_in_one_line(vlm_models):
@@ -421,3 +409,40 @@ def test_an_id_past_the_tokenizers_vocabulary_is_labelled_by_its_id(vlm_models):
     past = len(tok) + 3
     assert token_label(tok, past) == f"<id {past}>"
     assert token_label(tok, tok.convert_tokens_to_ids("<|im_end|>")) == "<|im_end|>"
+
+
+def test_rows_that_do_not_line_up_with_the_tokens_are_refused(vlm_models, monkeypatch):
+    """A step whose row has more keys than prompt + generated tokens (a model inserting tokens of its own, a cache
+    filled twice) is refused in one line, never written into the wrong key positions."""
+    from dataclasses import replace
+
+    import attnviz.generate as G
+    from attnviz.errors import ModelError
+    from attnviz.vlm import attend_vlm_generation, load_vlm
+
+    real = G.capture
+
+    def one_key_too_many(model, inputs, plan, **kwargs):
+        cap = real(model, inputs, plan, **kwargs)
+        maps = cap.attention.get("self")
+        if maps is not None and maps.rows is not None:
+            cap.attention["self"] = replace(maps, rows=torch.cat([maps.rows[..., :1] * 0, maps.rows], -1))
+        return cap
+
+    monkeypatch.setattr(G, "capture", one_key_too_many)
+    with pytest.raises(ModelError, match="do not line up"):
+        attend_vlm_generation(PROMPT, _photo(), load_vlm(str(vlm_models("llava"))), chat=True, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "paligemma"])
+def test_attnviz_check_proves_a_vlm_on_three_photos(vlm_models, kind):
+    """attnviz check on a VLM: square, wide and tall photos, every generated row against one eager forward and the ids
+    against plain greedy generate; exact, with the image tokens counted in each row's label."""
+    from attnviz.pipelines.check import CheckRequest, run
+
+    report = run(CheckRequest(str(vlm_models(kind))))
+    doc = report.to_json()
+    assert report.exact and report.exit_code == 0 and doc["modality"] == "vision-language" and doc["proven"]
+    assert len(doc["checks"]) == 3 and all(c["max_abs_diff"] <= 1e-5 for c in doc["checks"])
+    assert all("img)" in c["input"] and "ids≠generate" not in c["input"] for c in doc["checks"])
+    assert all(c["queries"] == 6 and c["causal"] for c in doc["checks"])

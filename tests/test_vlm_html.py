@@ -56,9 +56,8 @@ def _run(runs, kind):
     if isinstance(r, str):
         pytest.skip(r)
     if kind != "llava":
-        from attnviz.analysis.vlm import views_of
 
-        if len(views_of(r[0].layout)) < 2:
+        if len(r[0].layout.views()) < 2:
             pytest.skip(f"{kind}: the layout has a single view")
     return r
 
@@ -100,7 +99,7 @@ def test_payload_equals_analysis(runs, kind):
     # boxes, views, shares and regions: the layout's and the analysis' numbers
     boxes = np.frombuffer(base64.b64decode(p["boxes"]), dtype="<f4").reshape(n, 4)
     assert np.allclose(boxes, layout.token_boxes(), equal_nan=True, atol=1e-3)
-    views = list(A.views_of(layout))
+    views = list(layout.views())
     assert p["views"] == views
     token_view = np.frombuffer(base64.b64decode(p["token_view"]), dtype=np.uint8)
     for view in views:
@@ -209,7 +208,7 @@ def test_page_in_browser(runs, driver, kind, tmp_path):
     payload = d.execute_script("return attnviz.data")
 
     # one panel per view, each with the boxes of its image tokens that cover pixels
-    views = list(A.views_of(layout))
+    views = list(layout.views())
     panels = d.find_elements(By.CSS_SELECTOR, "figure.vview")
     assert [p.get_attribute("data-view") for p in panels] == views
     drawn = _drawn(d)

@@ -259,15 +259,10 @@ def test_seed_makes_the_weights(kind, tmp_path):
 def _eager_reference(model, inputs, generated, kind, fill=None):
     """Eager ``output_attentions`` of one forward over prompt + ``generated`` with the prompt's pixel inputs and
     ``token_type_ids`` extended by ``fill`` (default: GENERATED_TOKEN_TYPE[kind]); float32 ``[L, H, T, P + T]``."""
-    fill = GENERATED_TOKEN_TYPE[kind] if fill is None else fill
     P, T = inputs["input_ids"].shape[1], len(generated)
-    new = torch.tensor([list(generated)])
-    full = {k: v for k, v in inputs.items() if k != "labels"}
-    full["input_ids"] = torch.cat([inputs["input_ids"], new], 1)
-    full["attention_mask"] = torch.ones_like(full["input_ids"])
-    full["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.full_like(new, fill)], 1)
     with torch.no_grad():
-        out = model(**full, output_attentions=True, use_cache=False)
+        out = model(**extend_inputs(inputs, torch.tensor([list(generated)]), kind, fill), output_attentions=True,
+                    use_cache=False)
     return torch.stack([a[0, :, P:P + T, :P + T] for a in out.attentions]).float()
 
 

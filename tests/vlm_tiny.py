@@ -120,21 +120,6 @@ ONEVISION_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-#: Qwen/Qwen2-VL-2B-Instruct (also Qwen2.5-VL): default system prompt, then
-#: "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is on the table?<|im_end|>\n"
-QWEN_VL_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' or 'image' in c %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 #: Qwen/Qwen3-VL-2B-Instruct (no default system prompt; its thinking/tool branches left out):
 #: "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is on the table?<|im_end|>\n<|im_start|>assistant\n"
 QWEN3_VL_TEMPLATE = (
@@ -147,6 +132,13 @@ QWEN3_VL_TEMPLATE = (
     "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+#: Qwen/Qwen2-VL-2B-Instruct (also Qwen2.5-VL): Qwen3-VL's, after a default system prompt:
+#: "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>..."
+QWEN_VL_TEMPLATE = QWEN3_VL_TEMPLATE.replace(
+    "{% for message in messages %}",
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}", 1)
 
 #: HuggingFaceM4/Idefics3-8B-Llama3: "<s>User:<image>What is on the table?<end_of_utterance>\nAssistant:"
 IDEFICS3_TEMPLATE = (
@@ -563,19 +555,18 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def extend_inputs(inputs: dict, new_ids: torch.Tensor, kind: str | None = None) -> dict:
+def extend_inputs(inputs: dict, new_ids: torch.Tensor, kind: str | None = None, fill: int | None = None) -> dict:
     """The processor's ``inputs`` with ``new_ids`` (``[1, n]``, generated tokens) appended: ``input_ids``, an
     ``attention_mask`` of ones, Qwen's ``mm_token_type_ids`` (0 = text) and PaliGemma's / Gemma-3's
-    ``token_type_ids`` (:data:`GENERATED_TOKEN_TYPE` of ``kind``) extended; PaliGemma's ``labels`` dropped; the
-    pixel inputs unchanged. A forward over these (pixel inputs and all) gives the logits a prefill plus n decode steps
-    gives."""
+    ``token_type_ids`` (``fill``, default :data:`GENERATED_TOKEN_TYPE` of ``kind``) extended; PaliGemma's ``labels``
+    dropped; the pixel inputs unchanged. A forward over these (pixel inputs and all) gives the logits a prefill plus
+    n decode steps gives."""
     out = {k: v for k, v in inputs.items() if k != "labels"}
     if "token_type_ids" in inputs:
-        fill = GENERATED_TOKEN_TYPE[kind]
+        fill = GENERATED_TOKEN_TYPE[kind] if fill is None else fill
         out["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.full_like(new_ids, fill)], 1)
     out["input_ids"] = torch.cat([inputs["input_ids"], new_ids], 1)
-    if "attention_mask" in inputs:
-        out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(new_ids)], 1)
+    out["attention_mask"] = torch.ones_like(out["input_ids"])
     if "mm_token_type_ids" in inputs:
         out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new_ids)], 1)
     return out

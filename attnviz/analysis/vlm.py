@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 #: What each view of a photo is called in figures and pages.
 VIEW_TITLES = {"image": "photo", "global": "global view (whole photo)", "tiles": "high-resolution tiles"}
@@ -64,7 +65,7 @@ class Shares:
 def shares(vgen) -> Shares:
     """The shares of every step (see the module docstring) of a :class:`attnviz.vlm.VLMGeneration`."""
     g = vgen.generation
-    att = g.attentions.double().mean(dim=1).numpy()  # [L, T, K]: head mean
+    att = g.attentions.mean(dim=1, dtype=torch.float64).numpy()  # [L, T, K]: head mean (no float64 copy of all heads)
     groups = key_groups(att.shape[-1], g.context_length, vgen.image_positions)
     out = np.zeros((att.shape[1], att.shape[0], len(GROUPS)))
     for k in range(len(GROUPS)):
@@ -130,7 +131,11 @@ def tile_of(layout) -> list[str]:
     return names
 
 
-def top_regions(weights: np.ndarray, layout, k: int = 5) -> list[Region]:
+#: Image regions per step in the JSON and the HTML page.
+TOP_REGIONS = 5
+
+
+def top_regions(weights: np.ndarray, layout, k: int = TOP_REGIONS) -> list[Region]:
     """The ``k`` image tokens with the largest ``weights`` (``[image tokens]``) that cover pixels, as regions."""
     boxes = layout.token_boxes()
     tiles = tile_of(layout)
@@ -167,8 +172,9 @@ def collapse_image(generation, image_positions):
     Returns:
         A new :class:`GenerationAttention` whose ``attentions`` are ``[L, H, T, K - N + 1]``.
     """
-    import torch
     from dataclasses import replace
+
+    from attnviz.types import TokenInfo
 
     positions = list(image_positions)
     n = len(positions)
@@ -178,7 +184,7 @@ def collapse_image(generation, image_positions):
     first = positions[0]
     image = set(positions)
     keep = [i for i in range(K) if i not in image or i == first]
-    att = generation.attentions[..., keep].clone()
+    att = generation.attentions[..., keep]  # a copy (advanced indexing)
     att[..., keep.index(first)] = generation.attentions[..., positions].sum(dim=-1)
     C = generation.context_length
     context_keep = [i for i in keep if i < C]
@@ -186,26 +192,18 @@ def collapse_image(generation, image_positions):
     context = tuple(label if i == first else generation.context[i] for i in context_keep)
     special = tuple(True if i == first else generation.context_special[i] for i in context_keep)
     prompt = generation.prompt
-    from attnviz.types import TokenInfo
-
     m = len(context_keep)
     info = TokenInfo(prompt.text, context, (None,) * m, ((0, 0),) * m, special)
     ids = tuple(generation.prompt_ids[i] for i in context_keep)
-    return replace(generation, attentions=att.contiguous() if isinstance(att, torch.Tensor) else att, prompt=info,
-                   prompt_ids=ids, context=context, context_special=special)
+    return replace(generation, attentions=att, prompt=info, prompt_ids=ids, context=context, context_special=special)
 
 
 def view_tokens(layout, view: str) -> np.ndarray:
     """Int64 indices of the image tokens (layout order) of the tiles drawn on panel ``view`` that cover pixels."""
     boxes = layout.token_boxes()
-    idx = [i for tile in layout.tiles if getattr(tile, "view", "image") == view for i in range(*tile.token_range)]
+    idx = [i for tile in layout.tiles if tile.view == view for i in range(*tile.token_range)]
     idx = np.asarray(idx, dtype=np.int64)
     return idx[np.isfinite(boxes[idx]).all(axis=1)] if idx.size else idx
-
-
-def views_of(layout) -> tuple[str, ...]:
-    """The layout's views (panels drawn over the photo), in tile order: ``("image",)`` or ``("global", "tiles")``."""
-    return tuple(layout.views())
 
 
 def paint(layout, weights: np.ndarray, view: str, max_side: int = 768) -> np.ndarray:
@@ -220,13 +218,6 @@ def paint(layout, weights: np.ndarray, view: str, max_side: int = 768) -> np.nda
 
 #: Sink criterion, as :mod:`attnviz.analysis.sinks` (over image tokens instead of ViT patches).
 SINK_FACTOR, SINK_ISOLATION, SINK_GAP, MAX_SINKS = 10.0, 4.0, 2.0, 4
-
-
-def _tile_index(tile) -> np.ndarray:
-    """Int64 ``[rows, cols]``: the image token (layout order) at each cell of ``tile``'s grid (newline tokens left out)."""
-    rows, cols = tile.grid
-    width = cols + 1 if getattr(tile, "newline", False) else cols
-    return tile.token_range[0] + (np.arange(rows)[:, None] * width + np.arange(cols)[None, :])
 
 
 def image_sinks(weights: np.ndarray, layout, view: str) -> list[int]:
@@ -245,10 +236,8 @@ def image_sinks(weights: np.ndarray, layout, view: str) -> list[int]:
     share = np.zeros_like(w)
     share[idx] = w[idx] / total
     near = np.zeros_like(w)
-    for tile in layout.tiles:
-        if getattr(tile, "view", "image") != view:
-            continue
-        cells = _tile_index(tile)
+    for tile_cells in layout.paint(np.arange(w.size), view):  # each tile's grid of token indices, newlines left out
+        cells = tile_cells.values.astype(np.int64)
         grid = np.pad(share[cells], 1)
         rows, cols = cells.shape
         best = np.zeros((rows, cols))

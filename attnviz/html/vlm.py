@@ -3,7 +3,7 @@
 One self-contained, offline page (drawn by ``assets/vlm.js``): the answer as a row of tokens shaded by their share
 of attention on the image (:data:`attnviz.analysis.vlm.SHARE_RULE`); for the selected token (a click, or the left
 and right arrow keys) the photo with that step's attention on every image token drawn over it as coloured boxes
-(one panel per view of the layout, :func:`attnviz.analysis.vlm.views_of`), the mean over layers or one layer (head
+(one panel per view of the layout, :meth:`attnviz.inputs.vlm.ImageTokenLayout.views`), the mean over layers or one layer (head
 mean), the step's shares on the four key groups, its strongest image regions and the strongest keys outside the
 image.
 
@@ -21,7 +21,7 @@ Payload (``vlm_payload``; ``T`` generated tokens, ``L`` layers, ``n`` image toke
   into ``views`` of each token's tile; ``tiles``: the layout's tiles (name, view, grid, box, token range);
 - ``shares``: ``[T][L][4]`` (:class:`attnviz.analysis.vlm.Shares` ``values``, groups :data:`~attnviz.analysis.vlm.GROUPS`),
   ``image_share`` ``[T]``;
-- ``regions``: per step the :data:`TOP_REGIONS` strongest image regions of the mean over layers, exact
+- ``regions``: per step the :data:`attnviz.analysis.vlm.TOP_REGIONS` strongest image regions of the mean over layers, exact
   (:func:`attnviz.analysis.vlm.top_regions`, the numbers of ``--json``); for a single layer the page finds them in
   the 8-bit data;
 - ``other_keys``: per step the :data:`TOP_OTHER` strongest keys outside the image (head mean, mean over layers, over
@@ -44,8 +44,6 @@ from attnviz.html.payload import QUANTISATION, _photo_data_uri, b64, quantise_ro
 #: tests/test_vlm_html.py checks that the two agree).
 VLM_CMAP = "inferno"
 
-#: Strongest image regions listed per step (as the ``--json`` of ``generate --image``).
-TOP_REGIONS = 5
 #: Strongest keys outside the image listed per step.
 TOP_OTHER = 8
 #: Stops of the colour map embedded for the page.
@@ -62,7 +60,7 @@ def _maps(vgen) -> tuple[np.ndarray, np.ndarray]:
     layer, then their mean over layers, quantised per row."""
     g = vgen.generation
     pos = torch.as_tensor(list(vgen.image_positions), dtype=torch.long)
-    a = g.attentions.index_select(-1, pos).double().mean(dim=1)  # [L, T, n] head mean
+    a = g.attentions.index_select(-1, pos).mean(dim=1, dtype=torch.float64)  # [L, T, n] head mean
     a = torch.cat([a, a.mean(dim=0, keepdim=True)], dim=0)  # [L + 1, T, n]
     return quantise_rows(a.transpose(0, 1).contiguous())  # [T, L + 1, n], [T, L + 1]
 
@@ -74,7 +72,7 @@ def _other_keys(vgen, k: int = TOP_OTHER) -> list[list[dict]]:
 
     g = vgen.generation
     C, K = g.context_length, int(g.attentions.shape[-1])
-    rows = g.attentions.double().mean(dim=1).mean(dim=0).numpy()  # [T, K]
+    rows = g.attentions.mean(dim=1, dtype=torch.float64).mean(dim=0).numpy()  # [T, K] (no float64 copy of all heads)
     groups = key_groups(K, C, vgen.image_positions)
     labels = g.key_labels
     image = GROUPS.index("image")
@@ -106,15 +104,15 @@ def vlm_payload(vgen, shares, label: str | None = None) -> dict:
 
     g, layout = vgen.generation, vgen.layout
     T, n = g.num_generated, vgen.num_image_tokens
-    views = list(A.views_of(layout))
+    views = list(layout.views())
     q, peaks = _maps(vgen)
     boxes = np.asarray(layout.token_boxes(), dtype=np.float32).reshape(n, 4)
     token_view = np.zeros(n, dtype=np.uint8)
     for tile in layout.tiles:
-        token_view[tile.token_range[0]:tile.token_range[1]] = views.index(getattr(tile, "view", "image"))
+        token_view[tile.token_range[0]:tile.token_range[1]] = views.index(tile.view)
     photo, _scale = _photo_data_uri(vgen.photo)
     W, H = (int(v) for v in layout.image_size)
-    regions = [[r.to_dict() for r in A.top_regions(A.image_weights(vgen, i), layout, TOP_REGIONS)] for i in range(T)]
+    regions = [[r.to_dict() for r in A.top_regions(A.image_weights(vgen, i), layout)] for i in range(T)]
     return {
         "type": "vlm",
         **generation_header(g, label),
@@ -138,7 +136,7 @@ def vlm_payload(vgen, shares, label: str | None = None) -> dict:
         "image_size": [W, H],
         "photo": photo,
         "regions": regions,
-        "top_regions": TOP_REGIONS,
+        "top_regions": A.TOP_REGIONS,
         "other_keys": _other_keys(vgen),
         "cmap": _cmap_stops(VLM_CMAP),
         "cmap_name": VLM_CMAP,

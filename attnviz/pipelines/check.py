@@ -372,7 +372,8 @@ def _check_vlm(name: str, options) -> CheckReport:
         g = vgen.generation
         prepared = prepare_vlm_prompt(vm, CHECK_VLM_PROMPT, photo, chat=chat)
         ref = eager_generation_rows(vm, prepared, g.generated_ids)
-        diff = float((ref - g.attentions).abs().max())
+        # rows of another shape (layers, keys) are not this sequence's maps: never called exact
+        diff = float((ref - g.attentions).abs().max()) if ref.shape == g.attentions.shape else float("inf")
         from transformers import GenerationConfig
 
         own = vm.model.generation_config

@@ -171,22 +171,7 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
 
     style = q.style.style()
     formats, html = out.formats()
-    if top < 1:
-        raise UsageError("--top must be at least 1")
-    if token is not None and step is not None:
-        raise UsageError("give either --token or --step, not both")
-    if fusion not in ("mean", "max"):
-        raise UsageError(f"--fusion must be one of mean, max, not '{fusion}'")
-    if not sample and (temperature != 1.0 or top_p != 1.0 or seed is not None):
-        raise UsageError("--temperature, --top-p and --seed need --sample (decoding is greedy without it)")
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
-    if sample and not temperature > 0:
-        raise UsageError(f"--temperature must be > 0, not {temperature}")
-    if sample and not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], not {top_p}")
-    if not prompt or not prompt.strip():
-        raise UsageError("the prompt is empty" if not prompt else "the prompt is only whitespace")
+    check_request(q)
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None
 
     quiet_libraries()
@@ -259,6 +244,31 @@ def run(request: GenerateRequest, progress: Callable[[int, int], None] | None = 
     return GenerateRun(result, tuple(links), tuple(source_links) if source_links is not None else None, layer, head, fusion,
                        chosen, focus, tuple(files), output.tensor, note, style, provenance(tm.model, tm.tokenizer),
                        explanation, method_step)
+
+
+def check_request(q: GenerateRequest) -> None:
+    """The options of a generate request that need no model: ``--top``, ``--token``/``--step``, ``--fusion``, the
+    sampling settings, ``--max-new-tokens`` and the prompt (also for ``--image`` runs, :mod:`attnviz.pipelines.vlm`).
+
+    Raises:
+        UsageError: one line naming the option.
+    """
+    if q.top < 1:
+        raise UsageError("--top must be at least 1")
+    if q.token is not None and q.step is not None:
+        raise UsageError("give either --token or --step, not both")
+    if q.fusion not in ("mean", "max"):
+        raise UsageError(f"--fusion must be one of mean, max, not '{q.fusion}'")
+    if not q.sample and (q.temperature != 1.0 or q.top_p != 1.0 or q.seed is not None):
+        raise UsageError("--temperature, --top-p and --seed need --sample (decoding is greedy without it)")
+    if q.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, not {q.max_new_tokens}")
+    if q.sample and not q.temperature > 0:
+        raise UsageError(f"--temperature must be > 0, not {q.temperature}")
+    if q.sample and not 0 < q.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], not {q.top_p}")
+    if not q.prompt or not q.prompt.strip():
+        raise UsageError("the prompt is empty" if not q.prompt else "the prompt is only whitespace")
 
 
 def explain_step(tm, result, step: int, names, layer: int = -1):

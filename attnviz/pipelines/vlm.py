@@ -33,10 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.pipelines.generate import GenerateRequest
     from attnviz.vlm import VLMGeneration
 
-#: Image regions per step in the JSON.
-TOP_REGIONS = 5
-
-
 @dataclass(frozen=True)
 class VLMGenerateRun(GenerateRun):
     """:class:`GenerateRun` of a vision-language model: ``vlm`` (:class:`attnviz.vlm.VLMGeneration`), ``shares``
@@ -61,25 +57,25 @@ class VLMGenerateRun(GenerateRun):
             weights = A.image_weights(v, i)
             entry["image_share"] = round(float(s.image_share[i]), 6)
             entry["shares"] = {k: round(val, 6) for k, val in s.step(i).items()}
-            entry["regions"] = [r.to_dict() for r in A.top_regions(weights, layout, TOP_REGIONS)]
+            entry["regions"] = [r.to_dict() for r in A.top_regions(weights, layout)]
         doc["image"] = {
             "path": self.photo_path,
             "size": list(layout.image_size),
             "num_tokens": v.num_image_tokens,
             "token_positions": list(v.image_positions),
             "layout": layout.to_json(),
-            "views": list(A.views_of(layout)),
+            "views": list(layout.views()),
         }
         doc["share_rule"] = A.SHARE_RULE
         doc["image_share_by_layer"] = np.round(s.group("image"), 6).tolist()  # [steps][layers]: image-share.png
-        doc["regions_rule"] = (f"per step, the {TOP_REGIONS} image tokens with the largest attention probability (mean over "
+        doc["regions_rule"] = (f"per step, the {A.TOP_REGIONS} image tokens with the largest attention probability (mean over "
                                "layers and heads), as pixel boxes (x0, y0, x1, y1) in the photo")
         g = v.generation
         mean = A.image_weights(v, self.image_step)
         doc["token_view"] = {
             "step": self.image_step, "token": g.generated[self.image_step],
             "top_heads": [h.to_dict() for h in A.top_image_heads(v, self.image_step)],
-            "sinks": [t for view in A.views_of(layout) for t in A.image_sinks(mean, layout, view)],
+            "sinks": [t for view in layout.views() for t in A.image_sinks(mean, layout, view)],
             "unplaced": round(A.unplaced_weight(mean, layout), 6),
             "layer": self.layer, "head": self.head,
         }
@@ -99,25 +95,14 @@ def run(request: "GenerateRequest", progress: Callable[[int, int], None] | None 
     from attnviz.inputs.imagefile import load_image
     from attnviz.models import load_config, resolve_model
     from attnviz.pipelines.common import quiet_libraries
-    from attnviz.pipelines.generate import _save
+    from attnviz.pipelines.generate import _save, check_request
     from attnviz.report import RunOutput, check_tensor_path, model_files
     from attnviz.vlm import attend_vlm_generation, check_vlm, load_vlm
 
     q, out = request, request.output
     if q.method:
         raise UsageError("--method does not cover --image yet (vision-language models): leave it out")
-    if q.token is not None and q.step is not None:
-        raise UsageError("give either --token or --step, not both")
-    if q.top < 1:
-        raise UsageError("--top must be at least 1")
-    if q.fusion not in ("mean", "max"):
-        raise UsageError(f"--fusion must be one of mean, max, not '{q.fusion}'")
-    if not q.sample and (q.temperature != 1.0 or q.top_p != 1.0 or q.seed is not None):
-        raise UsageError("--temperature, --top-p and --seed need --sample (decoding is greedy without it)")
-    if q.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, not {q.max_new_tokens}")
-    if not q.prompt or not q.prompt.strip():
-        raise UsageError("the prompt is empty" if not q.prompt else "the prompt is only whitespace")
+    check_request(q)
     style = q.style.style()
     formats, html = out.formats()
     tensor_path = check_tensor_path(out.save_attn) if out.save_attn else None

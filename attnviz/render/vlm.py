@@ -3,14 +3,15 @@ Figures, no I/O.
 
 - :func:`answer_view`: the generated text, each token shaded by its share of attention on the image;
 - :func:`token_image_view`: one generated token's attention over the photo, per layer (head mean), the mean over
-  layers and the heads that look at the image most; one row of panels per view of the photo (a model with tiles and
-  a global image shows both);
+  layers and the heads that look at the image most; one block of panels per view of the photo (a model with tiles
+  and a global image shows both);
 - :func:`image_share_view`: the share on the image per step and layer (:func:`attnviz.render.generate.layer_share_view`).
 """
 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -27,17 +28,12 @@ VLM_CMAP = IMAGE_CMAP
 MAX_PHOTO_PIXELS = 768
 
 
-
 def _photo(vgen) -> np.ndarray:
     image = vgen.photo
     if max(image.size) > MAX_PHOTO_PIXELS:
         image = image.copy()
         image.thumbnail((MAX_PHOTO_PIXELS, MAX_PHOTO_PIXELS))
     return np.asarray(image.convert("RGB"))
-
-
-def _fonts(style: Style, width: float):
-    return style.fonts(width)
 
 
 def _model(style: Style, vgen) -> str:
@@ -66,7 +62,7 @@ def answer_view(vgen, shares: "A.Shares", style: Style | None = None) -> Figure:
     style = style or DEFAULT_STYLE
     g = vgen.generation
     width = style.width(8.0)
-    fonts = _fonts(style, width)
+    fonts = style.fonts(width)
     font = fonts.text + 1 if not style.print_size else fonts.text
     share = shares.image_share
     vmax = max(float(share.max()) if share.size else 0.0, 1e-6)
@@ -154,7 +150,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
     layers, each layer (head mean) and the ``top_heads`` heads whose row puts the most on the image (with ``layer``:
     that layer's head mean and each of its heads; with ``head`` too, that head alone; with ``head`` alone, that head in
     every layer); one block of panels per view
-    (:func:`attnviz.analysis.vlm.views_of`: the photo, or the global image and the tiles).
+    (:meth:`attnviz.inputs.vlm.ImageTokenLayout.views`: the photo, or the global image and the tiles).
 
     Colour: attention probability, one scale from 0 shared by every panel; image tokens that act as sinks in the
     mean map (:func:`attnviz.analysis.vlm.image_sinks`) are outlined and left out of the scale (their weight is in
@@ -168,7 +164,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
     g = vgen.generation
     step = g.check_step(step)
     layout = vgen.layout
-    views = A.views_of(layout)
+    views = layout.views()
     panels = _panels(vgen, step, top_heads, layer, head)
     mean = A.image_weights(vgen, step)  # sinks are found in the mean over layers and heads
     sinks = sorted({t for v in views for t in A.image_sinks(mean, layout, v)})
@@ -179,7 +175,7 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
     aspect = W / H
     n = len(panels)
     width = style.width(min(16.0, 1.0 + 2.4 * min(n, 6)))
-    fonts = _fonts(style, width)
+    fonts = style.fonts(width)
     cb_room = (0.75 if width < 5 else 1.0) if style.print_size else 0.9
     cols = int(clamp(math.floor((width - 0.3 - cb_room) / (0.72 if style.print_size else 2.0)), 1, n))
     pw = (width - 0.3 - cb_room - (cols - 1) * 0.08) / cols
@@ -199,7 +195,10 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
         notes.append("outlined: image token" + ("s " if len(sinks) > 1 else " ") + ", ".join(str(t) for t in sinks)
                      + " act as attention sinks (mean over layers: " + ", ".join(f"{mean[t]:.3g}" for t in sinks)
                      + "), left out of the colour scale")
-    if any(np.isnan(A.paint(layout, np.ones(vgen.num_image_tokens), v, max_side=64)).any() for v in views):
+    # per view, the parts of the photo no token of it covers (outside a centre crop), faded in every panel
+    outside = {v: ~np.isfinite(A.paint(layout, np.ones(vgen.num_image_tokens), v, max_side=256)) for v in views}
+    in_view = {v: set(A.view_tokens(layout, v).tolist()) for v in views}
+    if any(o.any() for o in outside.values()):
         notes.append("faded: parts of the photo no image token covers (cropped away, or beyond the last whole patch of a tile)")
     if unplaced > 0:
         notes.append(f"{unplaced:.3g} of the mean row falls on row-end image_newline tokens, which cover no pixels")
@@ -234,17 +233,15 @@ def token_image_view(vgen, step: int, top_heads: int = 4, layer: int | None = No
             ax.imshow(photo, extent=(0, W, H, 0), interpolation="antialiased", zorder=0)
             shown = np.where(keep, weights, np.nan)
             canvas = A.paint(layout, shown, view, max_side=256)
-            painted = A.paint(layout, np.ones_like(weights), view, max_side=256)
-            outside = ~np.isfinite(painted)  # no token of this view covers it (outside a centre crop): faded
-            if outside.any():
-                dim = ax.imshow(np.where(outside, 0.0, np.nan), extent=(0, W, H, 0), cmap="Greys", vmin=0, vmax=1,
+            if outside[view].any():
+                dim = ax.imshow(np.where(outside[view], 0.0, np.nan), extent=(0, W, H, 0), cmap="Greys", vmin=0, vmax=1,
                                 alpha=0.6, interpolation="nearest", zorder=1)  # white veil, as attnviz image dims
                 dim.set_gid("unseen")
             img = ax.imshow(np.ma.masked_invalid(canvas), extent=(0, W, H, 0), cmap=cmap, vmin=0.0, vmax=vmax,
                             alpha=OVERLAY_ALPHA, interpolation="nearest", zorder=2)
             img.set_gid("heatmap")
             for t in sinks:
-                if t in set(A.view_tokens(layout, view).tolist()):
+                if t in in_view[view]:
                     x0, y0, x1, y1 = boxes[t]
                     rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=SINK_COLOR, linewidth=1.0, zorder=5)
                     rect.set_gid("sink")
